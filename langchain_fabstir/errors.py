@@ -1,0 +1,271 @@
+"""One error hierarchy for the whole package, with stable codes.
+
+Every error raised by ``langchain_fabstir`` is a :class:`FabstirError`. Each class has a
+stable ``code`` (a string that never changes between releases, safe to branch on), a
+message a person can act on, and the facts needed to act: ``host_url``, ``session_id``,
+``retry_after`` (seconds) and free-form ``details``.
+
+Errors that describe a model call are *also* the matching ``langchain_core.exceptions``
+type, so code written against LangChain's provider-neutral errors keeps working, and
+``is_retryable`` is right for both:
+
+>>> from langchain_core.exceptions import ModelRateLimitError
+>>> err = RateLimitedError("Rate limit exceeded", retry_after=60.0)
+>>> isinstance(err, ModelRateLimitError), err.code, err.is_retryable
+(True, 'RATE_LIMITED', True)
+>>> str(err)
+'[RATE_LIMITED] Rate limit exceeded (retry after 60.0s)'
+
+Branching on codes, as in the seed API's error-handling example:
+
+>>> try:
+...     raise SessionTimeoutError("idle for 3700 s", session_id="s-1")
+... except FabstirError as e:
+...     e.code
+'SESSION_TIMEOUT'
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "CheckpointError",
+    "ConnectionFailedError",
+    "FabstirError",
+    "HostDisconnectedError",
+    "HostError",
+    "IntegrityError",
+    "InvalidRequestError",
+    "ModelNotAvailableError",
+    "NoHostAvailableError",
+    "ProtocolError",
+    "RateLimitedError",
+    "ResponseTimeoutError",
+    "RevisionConflictError",
+    "SessionNotFoundError",
+    "SessionTimeoutError",
+    "ShareCodeError",
+    "StorageError",
+    "StreamChunkTimeoutError",
+    "TokenLimitExceededError",
+]
+
+
+class FabstirError(Exception):
+    """Base of every error this package raises.
+
+    Attributes:
+        code: stable machine-readable code (class attribute, overridable per instance).
+        message: what happened and, where possible, what to do about it.
+        host_url: the host involved, when there is one.
+        session_id: the session involved, when there is one.
+        retry_after: seconds after which a retry may succeed, when known.
+        details: any further facts (e.g. ``attempts``, ``prompt_tokens``).
+    """
+
+    code: ClassVar[str] = "FABSTIR_ERROR"
+    is_retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host_url: str | None = None,
+        session_id: str | None = None,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.host_url = host_url
+        self.session_id = session_id
+        self.retry_after = retry_after
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __str__(self) -> str:
+        text = f"[{self.code}] {self.message}"
+        if self.retry_after is not None:
+            text += f" (retry after {self.retry_after}s)"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view of the error (for logs and APIs)."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "host_url": self.host_url,
+            "session_id": self.session_id,
+            "retry_after": self.retry_after,
+            "details": self.details,
+        }
+
+
+# --- Sessions -------------------------------------------------------------------------
+
+
+class SessionNotFoundError(FabstirError, ModelInvalidRequestError):
+    """No session with that id is known to this manager (or it has ended)."""
+
+    code = "SESSION_NOT_FOUND"
+
+
+class SessionTimeoutError(FabstirError, ModelError):
+    """The session was idle longer than ``SessionConfig.session_timeout``.
+
+    Not retryable on the same session: create or resume a session instead.
+    """
+
+    code = "SESSION_TIMEOUT"
+    is_retryable = False
+
+
+# --- Host connection ------------------------------------------------------------------
+
+
+class ConnectionFailedError(FabstirError, ModelConnectionError):
+    """The host could not be reached (refused, DNS, TLS, open/handshake timeout)."""
+
+    code = "HOST_UNREACHABLE"
+    is_retryable = True
+
+
+class HostDisconnectedError(FabstirError, ModelConnectionError):
+    """The host closed the connection or went away, and reconnecting did not help."""
+
+    code = "HOST_DISCONNECTED"
+    is_retryable = True
+
+
+class NoHostAvailableError(FabstirError, ModelConnectionError):
+    """Discovery found no healthy host that serves the requested model."""
+
+    code = "NO_HOST_AVAILABLE"
+    is_retryable = True
+
+
+class ProtocolError(FabstirError, ModelAPIError):
+    """A peer sent a frame that does not follow the Fabstir protocol.
+
+    ``details["excerpt"]`` holds a bounded excerpt of the offending frame.
+    """
+
+    code = "PROTOCOL_ERROR"
+    is_retryable = True
+
+
+class AuthenticationError(FabstirError, ModelAuthenticationError):
+    """Credentials were refused (a portal token, a signature)."""
+
+    code = "AUTH_FAILED"
+    is_retryable = False
+
+
+# --- Responses ------------------------------------------------------------------------
+
+
+class ResponseTimeoutError(FabstirError, ModelTimeoutError, TimeoutError):
+    """The host did not answer in time (ack, first token, or the whole response)."""
+
+    code = "RESPONSE_TIMEOUT"
+    is_retryable = True
+
+
+class StreamChunkTimeoutError(ResponseTimeoutError):
+    """No chunk arrived within the inactivity timeout in the middle of a stream."""
+
+    code = "STREAM_CHUNK_TIMEOUT"
+
+
+class TokenLimitExceededError(FabstirError, ContextOverflowError):
+    """The prompt plus context does not fit the model's context window."""
+
+    code = "TOKEN_LIMIT_EXCEEDED"
+    is_retryable = False
+
+
+class RateLimitedError(FabstirError, ModelRateLimitError):
+    """The host refused the prompt for now; ``retry_after`` says for how long."""
+
+    code = "RATE_LIMITED"
+    is_retryable = True
+
+
+class ModelNotAvailableError(FabstirError, ModelNotFoundError):
+    """The requested model is not served by the host (or by any known host)."""
+
+    code = "MODEL_NOT_AVAILABLE"
+    is_retryable = False
+
+
+class InvalidRequestError(FabstirError, ModelInvalidRequestError):
+    """The host (or this client) rejected the request as invalid (e.g. an empty prompt)."""
+
+    code = "INVALID_REQUEST"
+    is_retryable = False
+
+
+class HostError(FabstirError, ModelAPIError):
+    """The host reported a failure of its own (engine error, internal error)."""
+
+    code = "HOST_ERROR"
+    is_retryable = True
+
+
+# --- Checkpoints ----------------------------------------------------------------------
+
+
+class CheckpointError(FabstirError):
+    """A checkpoint could not be made, stored or verified (seed: ``CHECKPOINT_FAILED``).
+
+    By default a warning: the stream goes on. With ``require_verified_checkpoints`` it
+    is raised.
+    """
+
+    code = "CHECKPOINT_FAILED"
+
+
+# --- Storage --------------------------------------------------------------------------
+
+
+class StorageError(FabstirError):
+    """The S5 portal or storage layer failed (unreachable, refused, malformed reply)."""
+
+    code = "STORAGE_ERROR"
+    is_retryable = True
+
+
+class IntegrityError(StorageError):
+    """Downloaded bytes do not match their content hash, or a signature does not verify."""
+
+    code = "INTEGRITY_ERROR"
+    is_retryable = False
+
+
+class RevisionConflictError(StorageError):
+    """A registry write lost a compare-and-swap race (a newer revision exists)."""
+
+    code = "REVISION_CONFLICT"
+    is_retryable = True
+
+
+class ShareCodeError(FabstirError):
+    """A share code is malformed, or its key does not open the shared export."""
+
+    code = "INVALID_SHARE_CODE"
