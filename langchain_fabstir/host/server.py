@@ -1,0 +1,476 @@
+"""The reference host: ``/v1/ws`` and the HTTP endpoints of a Fabstir host, on one port.
+
+It behaves like a deployed host (``docs/PROTOCOL.md``): the ``connected`` greeting,
+``session_init_ack`` echoing ``id``, ``prompt`` and ``inference``, one ``stream_chunk``
+per token, the final empty chunk, ``stream_end`` with ``usage``, both error shapes each
+followed by ``stream_end`` reason ``error``, ``stream_cancel``, a shared prompt rate
+limit, and no memory of the conversation beyond the ``conversation_context`` of each
+prompt (last 10 messages). A request that does not deserialize gets no answer at all,
+exactly as on real hosts.
+
+This project's extensions are announced in ``connected.features`` and
+``/v1/version.features``; a client uses them only when announced.
+
+Start one in-process (tests do this on port 0):
+
+>>> import asyncio
+>>> from langchain_fabstir.host import EchoEngine, ReferenceHost
+>>> async def main():
+...     async with ReferenceHost(EchoEngine()) as host:
+...         return host.url.startswith("http://127.0.0.1:")
+>>> asyncio.run(main())
+True
+
+or from the shell: ``fabstir host --engine llama --port 8080``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from langchain_fabstir import __version__
+from langchain_fabstir.errors import ProtocolError
+from langchain_fabstir.host.engines import Engine, EngineError
+from langchain_fabstir.protocol import (
+    Connected,
+    ErrorFrame,
+    InferenceRequest,
+    PromptFrame,
+    SessionInit,
+    SessionInitAck,
+    StreamCancel,
+    StreamEnd,
+    Usage,
+    encode_frame,
+    parse_frame,
+)
+
+__all__ = ["CONTEXT_MESSAGES", "HOST_FEATURES", "ReferenceHost", "run_host"]
+
+log = logging.getLogger(__name__)
+
+CONTEXT_MESSAGES = 10
+"""Real hosts use only the last 10 messages of ``conversation_context``."""
+
+HOST_FEATURES = ["seed", "response_format"]
+"""Extensions this host serves (announced in ``connected`` and ``/v1/version``)."""
+
+
+class _RateLimiter:
+    """Prompts per minute shared by all clients of a host (real hosts: 100)."""
+
+    def __init__(self, per_minute: int | None) -> None:
+        self.per_minute = per_minute
+        self._times: deque[float] = deque()
+
+    def check(self) -> float | None:
+        """Record a prompt; return seconds to wait when over the limit, else None."""
+        if not self.per_minute:
+            return None
+        now = time.monotonic()
+        while self._times and now - self._times[0] >= 60.0:
+            self._times.popleft()
+        if len(self._times) >= self.per_minute:
+            return max(1.0, 60.0 - (now - self._times[0]))
+        self._times.append(now)
+        return None
+
+
+class _Connection:
+    """One client socket: session binding and the stream in progress."""
+
+    def __init__(self, host: ReferenceHost, ws: web.WebSocketResponse) -> None:
+        self.host = host
+        self.ws = ws
+        self.session_id: str | None = None
+        self.job_id: int | None = None
+        self.chain_id: int | None = None
+        self.cancel = asyncio.Event()
+        self.cancel_reason = "user_cancelled"
+
+    async def send(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def serve(self) -> None:
+        await self.send(encode_frame(self.host.greeting()))
+        inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(inbox))
+        try:
+            while True:
+                raw = await inbox.get()
+                if raw is None:
+                    return
+                await self._handle_idle(raw, inbox)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read(self, inbox: asyncio.Queue[str | None]) -> None:
+        """Read frames; a ``stream_cancel`` takes effect at once, even mid-stream."""
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                data: str = msg.data
+                if '"stream_cancel"' in data:
+                    with contextlib.suppress(ProtocolError):
+                        frame = parse_frame(data)
+                        if isinstance(frame, StreamCancel):
+                            self.cancel_reason = frame.reason
+                            self.cancel.set()
+                            continue
+                inbox.put_nowait(data)
+        finally:
+            self.cancel.set()
+            inbox.put_nowait(None)
+
+    async def _handle_idle(self, raw: str, inbox: asyncio.Queue[str | None]) -> None:
+        try:
+            frame = parse_frame(raw)
+        except ProtocolError as exc:
+            log.info("ignoring malformed frame: %s", exc)
+            return
+        if isinstance(frame, SessionInit):
+            self.session_id = frame.session_id
+            self.job_id = frame.job_id
+            self.chain_id = frame.chain_id
+            await self.send(
+                encode_frame(
+                    SessionInitAck(
+                        session_id=frame.session_id,
+                        job_id=frame.job_id,
+                        chain_id=frame.chain_id,
+                        message="Session initialized successfully",
+                        id=frame.id,
+                    )
+                )
+            )
+        elif isinstance(frame, PromptFrame):
+            try:
+                job_id = frame.job_id if isinstance(frame.job_id, int) else self.job_id
+                if isinstance(frame.job_id, str) and frame.job_id.isdigit():
+                    job_id = int(frame.job_id)
+                request = frame.effective_request(session_id=self.session_id, job_id=job_id)
+            except ValueError as exc:  # a request that does not deserialize
+                log.info("ignoring undeserializable request: %s", exc)
+                return
+            self.cancel.clear()
+            await self.host.run_prompt(self, request, frame.id)
+        # stream_cancel while idle, unknown types: no answer, as on real hosts.
+
+
+class ReferenceHost:
+    """A Fabstir host you can run: the protocol of deployed hosts over a real engine.
+
+    Args:
+        engine: an :class:`~langchain_fabstir.host.engines.Engine` (``EchoEngine`` or
+            ``LlamaEngine``).
+        host, port: where to listen (port 0 picks a free port; see :attr:`url`).
+        rate_limit_per_minute: prompts a minute for all clients together (real hosts:
+            100); ``None`` or 0 disables the limit.
+        max_frame_size: the largest WebSocket message accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rate_limit_per_minute: int | None = 100,
+        max_frame_size: int = 4 * 1024 * 1024,
+        chain_id: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.bind_host = host
+        self.bind_port = port
+        self.max_frame_size = max_frame_size
+        self.chain_id = chain_id
+        self._limiter = _RateLimiter(rate_limit_per_minute)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.port: int = port
+        self.connections: set[_Connection] = set()
+        self.received_cancels = 0
+        """How many ``stream_cancel`` frames stopped a stream (tests read this)."""
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The HTTP base URL (the WebSocket is at ``{url}/v1/ws``)."""
+        return f"http://{self.bind_host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.bind_host}:{self.port}/v1/ws"
+
+    def features(self) -> list[str]:
+        return list(HOST_FEATURES)
+
+    def greeting(self) -> Connected:
+        return Connected(
+            message="WebSocket connected successfully",
+            features=self.features(),
+            models=[m["id"] for m in self.engine.models()],
+            version=__version__,
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_frame_size)
+        app.router.add_get("/v1/ws", self._ws)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/version", self._version)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/inference", self._inference)
+        app.router.add_get("/v1/checkpoints/{session_id}", self._checkpoints)
+        return app
+
+    async def start(self) -> ReferenceHost:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.bind_host, self.bind_port)
+        await self._site.start()
+        server = self._site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        for conn in list(self.connections):
+            conn.cancel.set()
+            with contextlib.suppress(Exception):
+                await conn.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> ReferenceHost:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- WebSocket ------------------------------------------------------------------
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=True, max_msg_size=self.max_frame_size)
+        await ws.prepare(request)
+        conn = _Connection(self, ws)
+        self.connections.add(conn)
+        try:
+            await conn.serve()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.connections.discard(conn)
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        return ws
+
+    def _messages(self, request: InferenceRequest) -> list[dict[str, str]]:
+        context = request.conversation_context[-CONTEXT_MESSAGES:]
+        messages = [{"role": m.role, "content": m.content} for m in context]
+        messages.append({"role": "user", "content": request.prompt})
+        return messages
+
+    async def _error(self, conn: _Connection, frame: ErrorFrame, rid: str | None) -> None:
+        await conn.send(encode_frame(frame))
+        await conn.send(encode_frame(StreamEnd(reason="error", tokens_used=0, id=rid)))
+
+    async def run_prompt(
+        self, conn: _Connection, request: InferenceRequest, rid: str | None
+    ) -> None:
+        """Stream one answer to ``conn``: chunks, the final empty chunk, ``stream_end``."""
+        wait = self._limiter.check()
+        if wait is not None:
+            msg = f"Rate limit exceeded, retry after {round(wait)} seconds"
+            await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
+            return
+        if not request.prompt.strip():
+            msg = "Validation error for prompt: Prompt cannot be empty"
+            await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
+            return
+        messages = self._messages(request)
+        prompt_tokens = self.engine.count_prompt_tokens(messages)
+        window = self.engine.context_window
+        if prompt_tokens + 1 > window:
+            await self._error(
+                conn,
+                ErrorFrame(
+                    code="TOKEN_LIMIT_EXCEEDED",
+                    message=(
+                        f"Prompt ({prompt_tokens} tokens) exceeds the context window "
+                        f"({window} tokens)"
+                    ),
+                    prompt_tokens=prompt_tokens,
+                    context_window_size=window,
+                    id=rid,
+                ),
+                rid,
+            )
+            return
+        max_tokens = min(request.max_tokens, max(1, window - prompt_tokens))
+        gen = self.engine.generate(
+            messages,
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            seed=request.seed,
+            response_format=request.response_format,
+        )
+        sent = 0
+        cancelled = False
+        # The per-token path: one pre-built JSON text per token, nothing else.
+        prefix = '{"type":"stream_chunk","content":'
+        suffix = ',"tokens":1' + (f',"id":{_json_str(rid)}' if rid is not None else "") + "}"
+        try:
+            async for token in gen:
+                if conn.cancel.is_set():
+                    cancelled = True
+                    break
+                await conn.send(prefix + _json_str(token) + suffix)
+                sent += 1
+        except EngineError as exc:
+            await conn.send(
+                prefix + _json_str(f"Error: {exc}") + suffix.replace('"tokens":1', '"tokens":0')
+            )
+        finally:
+            await gen.aclose()
+        if conn.ws.closed:
+            return
+        if conn.cancel.is_set():
+            self.received_cancels += 1
+            await conn.send(
+                encode_frame(
+                    StreamEnd(
+                        reason="cancelled",
+                        tokens_used=sent,
+                        finish_reason="cancelled",
+                        session_id=conn.session_id,
+                    )
+                )
+            )
+            return
+        result = gen.result
+        await conn.send(prefix + '""' + suffix.replace('"tokens":1', '"tokens":0'))
+        completion = result.completion_tokens or sent
+        usage = Usage(
+            prompt_tokens=result.prompt_tokens or prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=(result.prompt_tokens or prompt_tokens) + completion,
+            context_window_size=window,
+        )
+        await conn.send(
+            encode_frame(
+                StreamEnd(
+                    reason="complete",
+                    tokens_used=completion,
+                    id=rid,
+                    finish_reason=result.finish_reason,
+                    usage=usage,
+                )
+            )
+        )
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy", "issues": []})
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "version": __version__,
+                "build": "langchain-fabstir reference host",
+                "date": "2026-11-24",
+                "features": self.features(),
+                "chains": [self.chain_id] if self.chain_id else [],
+                "engine": self.engine.name,
+            }
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"models": self.engine.models()}
+        if self.chain_id:
+            body["chain_id"] = self.chain_id
+        return web.json_response(body)
+
+    async def _inference(self, request: web.Request) -> web.Response:
+        def invalid(message: str, field: str | None = None) -> web.Response:
+            return web.json_response(
+                {
+                    "error_type": "validation_error",
+                    "message": message,
+                    "details": {"field": field} if field else {},
+                },
+                status=400,
+            )
+
+        try:
+            body = await request.json()
+            req = InferenceRequest.model_validate(body)
+        except ValueError as exc:
+            return invalid(f"invalid request body: {str(exc)[:300]}")
+        if not req.prompt.strip():
+            return invalid("Prompt cannot be empty", "prompt")
+        if self._limiter.check() is not None:
+            return web.json_response(
+                {"error_type": "rate_limited", "message": "Rate limit exceeded"}, status=429
+            )
+        messages = self._messages(req)
+        gen = self.engine.generate(
+            messages,
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            seed=req.seed,
+            response_format=req.response_format,
+        )
+        try:
+            content = "".join([t async for t in gen])
+        except EngineError as exc:
+            return web.json_response(
+                {"error_type": "engine_error", "message": str(exc)}, status=500
+            )
+        result = gen.result
+        prompt_tokens = result.prompt_tokens or self.engine.count_prompt_tokens(messages)
+        return web.json_response(
+            {
+                "model": req.model,
+                "content": content,
+                "tokens_used": result.completion_tokens,
+                "finish_reason": result.finish_reason,
+                "request_id": req.request_id,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "total_tokens": prompt_tokens + result.completion_tokens,
+                },
+            }
+        )
+
+    async def _checkpoints(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": f"no checkpoints for session {request.match_info['session_id']}"},
+            status=404,
+        )
+
+
+def _json_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+async def run_host(engine: Engine, *, host: str = "127.0.0.1", port: int = 8080, **kw: Any) -> None:
+    """Serve until cancelled (used by ``fabstir host``)."""
+    async with ReferenceHost(engine, host=host, port=port, **kw) as server:
+        log.warning("Fabstir reference host (%s engine) at %s", engine.name, server.url)
+        await asyncio.Event().wait()
