@@ -74,7 +74,7 @@ def excerpt(raw: str | bytes, limit: int = EXCERPT_LIMIT) -> str:
     """A bounded, printable excerpt of a frame for error messages.
 
     >>> excerpt("x" * 500)[-20:]
-    "xxxxx… (500 chars)'"
+    "xxxxxx… (500 chars)'"
     """
     text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else raw
     if len(text) > limit:

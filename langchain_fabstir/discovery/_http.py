@@ -1,0 +1,80 @@
+"""A bounded JSON GET over an injectable ``httpx.AsyncClient`` (shared by sources and probes)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+__all__ = ["FetchError", "JsonReply", "get_json"]
+
+
+class FetchError(Exception):
+    """A GET failed. ``kind`` is ``unreachable`` (network/timeout/HTTP status) or ``invalid``."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class JsonReply:
+    """A parsed JSON body, its HTTP status, and the request's round-trip time in seconds."""
+
+    status: int
+    body: Any
+    elapsed_s: float
+
+
+def _excerpt(raw: bytes, limit: int = 80) -> str:
+    text = raw[:limit].decode("utf-8", errors="replace")
+    return repr(text) + ("..." if len(raw) > limit else "")
+
+
+async def get_json(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    timeout: httpx.Timeout,
+    max_bytes: int,
+    accept_error_body: bool = False,
+) -> JsonReply:
+    """GET ``url`` and parse its body as JSON, reading at most ``max_bytes``.
+
+    Raises :class:`FetchError` with ``kind="unreachable"`` for transport failures, timeouts and
+    (unless ``accept_error_body``) HTTP statuses >= 400; ``kind="invalid"`` for bodies that are
+    too large or not JSON. With ``accept_error_body`` a >= 400 reply whose body is JSON is
+    returned (``/health`` answers 503 with a JSON status).
+    """
+    started = time.perf_counter()
+    try:
+        async with client.stream("GET", url, timeout=timeout) as response:
+            elapsed = time.perf_counter() - started
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FetchError("invalid", f"GET {url}: reply larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            status = response.status_code
+    except httpx.TimeoutException as exc:
+        raise FetchError("unreachable", f"GET {url}: timed out ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        detail = str(exc) or type(exc).__name__
+        raise FetchError("unreachable", f"GET {url}: {type(exc).__name__}: {detail}") from exc
+    raw = b"".join(chunks)
+    if status >= 400 and not accept_error_body:
+        raise FetchError("unreachable", f"GET {url}: HTTP {status}", status=status)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if status >= 400:
+            raise FetchError("unreachable", f"GET {url}: HTTP {status}", status=status) from exc
+        raise FetchError("invalid", f"GET {url}: reply is not JSON: {_excerpt(raw)}") from exc
+    return JsonReply(status=status, body=body, elapsed_s=elapsed)

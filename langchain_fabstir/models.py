@@ -1,0 +1,138 @@
+"""The seed API's data types, Pythonic: ``SessionConfig``, ``Session``, ``Message``, ...
+
+Field names are snake_case versions of the seed's TypeScript names; times are
+``datetime`` (UTC) and durations are seconds.
+
+>>> cfg = SessionConfig(checkpoint_interval=500)
+>>> cfg.checkpoint_interval, cfg.reconnect_attempts, cfg.session_timeout
+(500, 3, 3600.0)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from langchain_fabstir.protocol import Usage
+
+__all__ = [
+    "Message",
+    "Session",
+    "SessionConfig",
+    "SessionStatus",
+    "SessionSummary",
+    "StreamResult",
+    "utcnow",
+]
+
+SessionStatus = Literal["active", "paused", "ended"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SessionConfig(BaseModel):
+    """How sessions behave (the seed's ``SessionConfig`` plus the timeouts it implies).
+
+    All durations are in seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    checkpoint_interval: int = Field(default=1000, ge=1)
+    """Generated tokens between automatic checkpoints."""
+    persistence_enabled: bool = True
+    """Keep conversations in S5 when a storage backend is configured."""
+    compression_enabled: bool = True
+    """Negotiate permessage-deflate on the WebSocket."""
+    reconnect_attempts: int = Field(default=3, ge=0)
+    """Reconnections tried after a dropped socket before ``HOST_DISCONNECTED``."""
+    session_timeout: float = Field(default=3600.0, gt=0)
+    """An idle session past this raises ``SESSION_TIMEOUT`` on its next use."""
+    open_timeout: float = Field(default=10.0, gt=0)
+    """Connecting and receiving the host's greeting."""
+    ack_timeout: float = Field(default=10.0, gt=0)
+    """Waiting for ``session_init_ack``."""
+    first_token_timeout: float = Field(default=60.0, gt=0)
+    """From sending a prompt to its first frame (a host that never answers ends here)."""
+    chunk_timeout: float = Field(default=30.0, gt=0)
+    """Inactivity between two frames of one answer."""
+    max_frame_size: int = Field(default=4 * 1024 * 1024, ge=1024)
+    ping_interval: float | None = 20.0
+    max_context_messages: int = Field(default=10, ge=1)
+    """Real hosts use only the last 10 context messages; the client sends at most this
+    many, always keeping system messages first."""
+    require_verified_checkpoints: bool = False
+    """Make a checkpoint that cannot be made or verified fatal (default: a warning)."""
+    default_max_tokens: int = Field(default=500, ge=1)
+    default_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+
+
+class Message(BaseModel):
+    """One message of a conversation (the seed's ``Message``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant", "system"]
+    content: str
+    timestamp: datetime = Field(default_factory=utcnow)
+    token_count: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Session(BaseModel):
+    """A conversation with one host (the seed's ``Session``)."""
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    id: str
+    host_url: str
+    model: str
+    status: SessionStatus = "active"
+    conversation_id: str | None = None
+    token_count: int = 0
+    checkpoint_count: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    last_activity: datetime = Field(default_factory=utcnow)
+    # Beyond the seed: the parameters the session was created with.
+    job_id: int | None = None
+    chain_id: int = 84532
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system_prompt: str | None = None
+
+
+class SessionSummary(BaseModel):
+    """What :meth:`SessionManager.end_session` returns."""
+
+    final_token_count: int
+    checkpoint_proofs: list[Any] = Field(default_factory=list)
+    conversation_id: str | None = None
+
+
+class StreamResult(BaseModel):
+    """How one answer ended, with the host's real counts when it sent them."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    reason: str = "complete"
+    tokens_used: int = 0
+    usage: Usage | None = None
+    host_url: str = ""
+    session_id: str = ""
+    model: str = ""
+    request_id: str = ""
+    resumed: int = 0
+    """How many times the answer was resumed after a dropped connection."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def input_tokens(self) -> int:
+        return self.usage.prompt_tokens if self.usage else 0
+
+    @property
+    def output_tokens(self) -> int:
+        return self.usage.completion_tokens if self.usage else self.tokens_used

@@ -1,0 +1,580 @@
+"""``SessionManager``: the seed's Session Manager API, async-first and Pythonic.
+
+A session is a conversation with one host. Real hosts keep no history, so every prompt
+carries the conversation as ``conversation_context``; the manager keeps the history,
+counts tokens, enforces timeouts and maps every failure to a typed error with a stable
+code (see :mod:`langchain_fabstir.errors`).
+
+Quick start, against a reference host running locally::
+
+    import asyncio
+    from langchain_fabstir import SessionManager
+
+    async def main():
+        async with SessionManager(host_url="http://127.0.0.1:8080") as manager:
+            session = await manager.create_session(system_prompt="Be brief.")
+            async for token in manager.stream_prompt(session.id, "What are React hooks?"):
+                print(token, end="", flush=True)
+            summary = await manager.end_session(session.id)
+            print(summary.final_token_count)
+
+    asyncio.run(main())
+
+A runnable version (doctest) with the in-process echo host:
+
+>>> import asyncio
+>>> from langchain_fabstir.host import EchoEngine, ReferenceHost
+>>> async def demo():
+...     async with ReferenceHost(EchoEngine()) as host:
+...         async with SessionManager(host_url=host.url) as manager:
+...             s = await manager.create_session(model="echo")
+...             text = "".join([t async for t in manager.stream_prompt(s.id, "hi there")])
+...             history = await manager.get_conversation_history(s.id)
+...             return text, [m.role for m in history]
+>>> asyncio.run(demo())
+('Echo: hi there', ['user', 'assistant'])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from langchain_fabstir.errors import (
+    FabstirError,
+    InvalidRequestError,
+    ProtocolError,
+    ResponseTimeoutError,
+    SessionNotFoundError,
+    SessionTimeoutError,
+)
+from langchain_fabstir.models import (
+    Message,
+    Session,
+    SessionConfig,
+    SessionSummary,
+    StreamResult,
+    utcnow,
+)
+from langchain_fabstir.protocol import (
+    InferenceRequest,
+    SessionInit,
+    SessionInitAck,
+)
+from langchain_fabstir.stream import PromptStream
+from langchain_fabstir.transport import Transport, TransportOptions
+
+__all__ = ["SessionManager"]
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[..., Any | Awaitable[Any]]
+
+_EXTENSION_FIELDS = {
+    "seed": "seed",
+    "tools": "tools",
+    "tool_choice": "tools",
+    "response_format": "response_format",
+}
+"""Request fields this client sends only to hosts that announced the feature."""
+
+_ids = itertools.count(1)
+
+
+def _request_id() -> str:
+    """An id in the SDK's shape: ``<epoch ms>-<counter>``."""
+    return f"{int(time.time() * 1000)}-{next(_ids):x}"
+
+
+class _SessionState:
+    """What the manager keeps per session (the public part is ``session``)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.messages: list[Message] = []
+        self.transport: Transport | None = None
+        self.lock = asyncio.Lock()
+        self.proofs: list[Any] = []
+        self.pending_request: InferenceRequest | None = None
+        self.last_used = time.monotonic()
+
+
+class SessionManager:
+    """Sessions with Fabstir hosts: create, stream, history, checkpoints, resume, end.
+
+    Args:
+        config: a :class:`~langchain_fabstir.models.SessionConfig` (defaults as the seed).
+        host_url: the default host (``http://``, ``https://``, ``ws://`` or ``wss://``
+            base URL). ``FABSTIR_HOST_URL`` is used when neither this nor a per-session
+            host is given.
+        user_address: the user's wallet address, sent in ``session_init``.
+        chain_id: the chain sent in ``session_init`` (default Base Sepolia, 84532).
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig | None = None,
+        *,
+        host_url: str | None = None,
+        user_address: str | None = None,
+        chain_id: int = 84532,
+    ) -> None:
+        self.config = config or SessionConfig()
+        self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
+        self.user_address = user_address
+        self.chain_id = chain_id
+        self._sessions: dict[str, _SessionState] = {}
+        self._handlers: dict[str, list[EventHandler]] = {}
+        self._initialized = False
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def initialize(self) -> SessionManager:
+        """Prepare the manager (idempotent). Called for you by ``async with``."""
+        self._initialized = True
+        return self
+
+    async def aclose(self) -> None:
+        """Close every open connection (sessions stay in memory until ended)."""
+        for state in list(self._sessions.values()):
+            if state.transport is not None:
+                await state.transport.close()
+                state.transport = None
+
+    async def __aenter__(self) -> SessionManager:
+        return await self.initialize()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- events ---------------------------------------------------------------------
+
+    def on(self, event: str, handler: EventHandler) -> EventHandler:
+        """Register ``handler`` (sync or async) for ``event`` (e.g. ``"checkpoint"``).
+
+        Returns the handler, so it can be used as a decorator. A handler that raises is
+        logged and does not stop the stream.
+        """
+        self._handlers.setdefault(event, []).append(handler)
+        return handler
+
+    def off(self, event: str, handler: EventHandler) -> None:
+        """Unregister a handler added with :meth:`on`."""
+        handlers = self._handlers.get(event, [])
+        if handler in handlers:
+            handlers.remove(handler)
+
+    async def _emit(self, event: str, *args: Any) -> None:
+        for handler in list(self._handlers.get(event, ())):
+            try:
+                result = handler(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("%r handler %r failed", event, handler)
+
+    # --- sessions -------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        model: str | None = None,
+        host_url: str | None = None,
+        job_id: int | None = None,
+        initial_context: str | Sequence[Message | dict[str, Any]] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        system_prompt: str | None = None,
+        session_id: str | None = None,
+        connect: bool = True,
+    ) -> Session:
+        """Create a session and connect to its host (the seed's ``createSession``).
+
+        ``initial_context`` is either text (kept as a system message after the system
+        prompt, as the seed's multi-model example uses it) or earlier messages.
+        With ``connect=False`` the socket opens on the first prompt.
+        """
+        url = host_url or self.default_host_url
+        if not url:
+            raise InvalidRequestError(
+                "no host: pass host_url= to create_session or SessionManager, "
+                "or set FABSTIR_HOST_URL"
+            )
+        sid = session_id or (str(job_id) if job_id is not None else uuid.uuid4().hex)
+        if sid in self._sessions and self._sessions[sid].session.status != "ended":
+            raise InvalidRequestError(f"session {sid} already exists", session_id=sid)
+        session = Session(
+            id=sid,
+            host_url=url,
+            model=model or "",
+            job_id=job_id,
+            chain_id=self.chain_id,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            system_prompt=system_prompt,
+            conversation_id=sid,
+        )
+        state = _SessionState(session)
+        if system_prompt:
+            state.messages.append(Message(role="system", content=system_prompt))
+        state.messages.extend(_context_messages(initial_context))
+        self._sessions[sid] = state
+        if connect:
+            try:
+                await self._connection(state)
+            except BaseException:
+                del self._sessions[sid]
+                raise
+        await self._emit("session_created", session)
+        return session
+
+    def get_session(self, session_id: str) -> Session:
+        """The session with this id (raises ``SESSION_NOT_FOUND``)."""
+        return self._state(session_id).session
+
+    @property
+    def sessions(self) -> list[Session]:
+        return [s.session for s in self._sessions.values()]
+
+    def _state(self, session_id: str, *, active: bool = False) -> _SessionState:
+        state = self._sessions.get(session_id)
+        if state is None:
+            raise SessionNotFoundError(f"no session {session_id!r}", session_id=session_id)
+        if active:
+            if state.session.status == "ended":
+                raise SessionNotFoundError(
+                    f"session {session_id!r} has ended", session_id=session_id
+                )
+            idle = time.monotonic() - state.last_used
+            if idle > self.config.session_timeout:
+                state.session.status = "paused"
+                raise SessionTimeoutError(
+                    f"session {session_id!r} was idle for {idle:.0f}s (session_timeout is "
+                    f"{self.config.session_timeout:.0f}s): create or resume a session",
+                    session_id=session_id,
+                    host_url=state.session.host_url,
+                )
+        return state
+
+    async def _connection(self, state: _SessionState) -> Transport:
+        """The session's socket, opened and initialised if needed."""
+        transport = state.transport
+        if transport is not None and not transport.closed:
+            return transport
+        session = state.session
+        options = TransportOptions(
+            open_timeout=self.config.open_timeout,
+            compression=self.config.compression_enabled,
+            max_frame_size=self.config.max_frame_size,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_interval,
+        )
+        transport = await Transport.open(session.host_url, options)
+        try:
+            await self._session_init(transport, session)
+        except BaseException:
+            await transport.close()
+            raise
+        if not session.model and transport.greeting.models:
+            session.model = transport.greeting.models[0]
+        state.transport = transport
+        return transport
+
+    async def _session_init(self, transport: Transport, session: Session) -> None:
+        rid = _request_id()
+        await transport.send(
+            SessionInit(
+                chain_id=session.chain_id,
+                session_id=session.id,
+                job_id=session.job_id,
+                user_address=self.user_address,
+                id=rid,
+            )
+        )
+        deadline = time.monotonic() + self.config.ack_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResponseTimeoutError(
+                    f"no session_init_ack from {session.host_url} within "
+                    f"{self.config.ack_timeout}s",
+                    host_url=session.host_url,
+                    session_id=session.id,
+                )
+            frame = await transport.recv(remaining, what="session_init_ack")
+            if isinstance(frame, SessionInitAck) and frame.id in (None, rid):
+                if frame.status != "success":
+                    raise ProtocolError(
+                        f"host refused session_init: {frame.message or frame.status}",
+                        host_url=session.host_url,
+                        session_id=session.id,
+                    )
+                return
+
+    # --- prompts --------------------------------------------------------------------
+
+    def _context(self, state: _SessionState) -> list[dict[str, str]]:
+        """The history as ``conversation_context``: system messages first, then the
+        newest others, at most ``max_context_messages`` in all."""
+        limit = self.config.max_context_messages
+        messages = state.messages
+        system = [m for m in messages if m.role == "system"]
+        others = [m for m in messages if m.role != "system"]
+        keep = max(0, limit - len(system))
+        chosen = system[-limit:] + (others[-keep:] if keep else [])
+        return [{"role": m.role, "content": m.content} for m in chosen]
+
+    def build_payload(
+        self,
+        session: Session,
+        features: Sequence[str],
+        prompt: str,
+        context: list[dict[str, str]],
+        request_id: str,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """The ``prompt`` frame for this prompt, as a dict (see PROTOCOL.md).
+
+        Extension fields (``seed``, ``tools``, ``response_format``...) are included only
+        when the host announced the matching feature.
+        """
+        request: dict[str, Any] = {
+            "model": params.pop("model", None) or session.model or "default",
+            "prompt": prompt,
+            "max_tokens": params.pop("max_tokens", None)
+            or session.max_tokens
+            or self.config.default_max_tokens,
+            "temperature": _first_not_none(
+                params.pop("temperature", None),
+                session.temperature,
+                self.config.default_temperature,
+            ),
+            "stream": True,
+            "request_id": request_id,
+            "conversation_context": context,
+            "session_id": session.id,
+        }
+        if session.job_id is not None:
+            request["job_id"] = session.job_id
+        for key, value in params.items():
+            if value is None:
+                continue
+            feature = _EXTENSION_FIELDS.get(key)
+            if feature is not None and feature not in features:
+                continue
+            request[key] = value
+        payload: dict[str, Any] = {
+            "type": "prompt",
+            "chain_id": session.chain_id,
+            "prompt": prompt,
+            "request": request,
+            "id": request_id,
+        }
+        if session.job_id is not None:
+            payload["jobId"] = str(session.job_id)
+        return payload
+
+    async def open_stream(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        context: list[dict[str, str]] | None = None,
+        record: bool = True,
+        **params: Any,
+    ) -> AsyncIterator[tuple[PromptStream, str]]:
+        """Low-level streaming used by :meth:`stream_prompt` and ``ChatFabstir``.
+
+        Yields ``(stream, text)`` pairs; ``stream.result`` describes how the answer ended.
+        ``context`` replaces the session's own history for this prompt (and with
+        ``record=False`` the exchange is not added to the history).
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("the prompt is empty", session_id=session_id)
+        state = self._state(session_id, active=True)
+        session = state.session
+        async with state.lock:
+            state.last_used = time.monotonic()
+            transport = await self._connection(state)
+            rid = _request_id()
+            ctx = self._context(state) if context is None else context
+            payload = self.build_payload(
+                session, transport.features, prompt, ctx, rid, **params
+            )
+            stream = PromptStream(
+                transport,
+                payload,
+                rid,
+                first_timeout=self.config.first_token_timeout,
+                chunk_timeout=self.config.chunk_timeout,
+                session_id=session.id,
+                model=payload["request"]["model"],
+            )
+            user_msg = Message(role="user", content=prompt)
+            try:
+                async with contextlib.aclosing(stream.run()) as pieces:
+                    async for text in pieces:
+                        yield stream, text
+            except FabstirError:
+                # A broken or timed-out answer leaves the socket in an unknown state.
+                if stream.transport.closed or not stream.finished:
+                    await self._drop_connection(state)
+                raise
+            finally:
+                self._account(state, stream.result, user_msg, stream, record)
+
+    def _account(
+        self,
+        state: _SessionState,
+        result: StreamResult,
+        user_msg: Message,
+        stream: PromptStream,
+        record: bool,
+    ) -> None:
+        session = state.session
+        now = utcnow()
+        session.last_activity = now
+        state.last_used = time.monotonic()
+        if result.usage is not None:
+            session.token_count += result.usage.total_tokens
+        else:
+            session.token_count += result.tokens_used or stream.chunks_received
+        if record and stream.pieces:
+            state.messages.append(user_msg)
+            state.messages.append(
+                Message(
+                    role="assistant",
+                    content=stream.text,
+                    token_count=result.output_tokens or stream.chunks_received,
+                    metadata={"finish_reason": result.finish_reason}
+                    if result.finish_reason
+                    else {},
+                )
+            )
+
+    async def _drop_connection(self, state: _SessionState) -> None:
+        if state.transport is not None:
+            await state.transport.close()
+            state.transport = None
+
+    async def stream_prompt(self, session_id: str, prompt: str, **params: Any) -> AsyncIterator[str]:
+        """Send a prompt and yield the answer's text as it arrives (seed: ``streamPrompt``).
+
+        ``params`` override the session's ``model``, ``max_tokens``, ``temperature`` for
+        this prompt (``seed`` and other extensions are sent to hosts that announce them).
+        Breaking out of the loop sends ``stream_cancel`` to the host.
+        """
+        async with contextlib.aclosing(self.open_stream(session_id, prompt, **params)) as it:
+            async for _stream, text in it:
+                yield text
+
+    async def prompt(self, session_id: str, prompt: str, **params: Any) -> StreamResult:
+        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``)."""
+        result: StreamResult | None = None
+        stream_obj: PromptStream | None = None
+        async for stream_obj, _text in self.open_stream(session_id, prompt, **params):
+            pass
+        if stream_obj is not None:
+            result = stream_obj.result
+        if result is None:
+            result = StreamResult(session_id=session_id)
+        return result
+
+    async def buffered_stream(
+        self, session_id: str, prompt: str, buffer_size: int = 10
+    ) -> AsyncIterator[str]:
+        """Like :meth:`stream_prompt`, but yields ``buffer_size`` tokens at a time."""
+        if buffer_size < 1:
+            raise InvalidRequestError("buffer_size must be at least 1")
+        buffer: list[str] = []
+        async with contextlib.aclosing(self.stream_prompt(session_id, prompt)) as it:
+            async for token in it:
+                buffer.append(token)
+                if len(buffer) >= buffer_size:
+                    yield "".join(buffer)
+                    buffer.clear()
+        if buffer:
+            yield "".join(buffer)
+
+    async def send_inference_request(
+        self, session_id: str, request: dict[str, Any] | InferenceRequest
+    ) -> str:
+        """Queue a request (the seed's ``sendInferenceRequest``); read it with
+        :meth:`stream_response`. Accepts ``{"type": "inference", "request": {...}}``
+        or the request body itself. Returns the request id."""
+        state = self._state(session_id, active=True)
+        body: Any = request
+        if isinstance(body, dict) and "request" in body and isinstance(body["request"], dict):
+            body = body["request"]
+        if isinstance(body, dict):
+            merged = {"model": state.session.model or "default", "max_tokens": 500, **body}
+            try:
+                body = InferenceRequest.model_validate(merged)
+            except ValueError as exc:
+                raise InvalidRequestError(
+                    f"invalid inference request: {exc}", session_id=session_id
+                ) from None
+        state.pending_request = body
+        return body.request_id or _request_id()
+
+    async def stream_response(self, session_id: str) -> AsyncIterator[str]:
+        """Stream the answer to the request queued by :meth:`send_inference_request`."""
+        state = self._state(session_id, active=True)
+        req = state.pending_request
+        if req is None:
+            raise InvalidRequestError(
+                "no request queued: call send_inference_request first", session_id=session_id
+            )
+        state.pending_request = None
+        params: dict[str, Any] = {
+            "model": req.model,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+        }
+        async with contextlib.aclosing(self.stream_prompt(session_id, req.prompt, **params)) as it:
+            async for token in it:
+                yield token
+
+    async def get_conversation_history(self, session_id: str) -> list[Message]:
+        """The conversation so far, oldest first (seed: ``getConversationHistory``)."""
+        return list(self._state(session_id).messages)
+
+    async def end_session(self, session_id: str) -> SessionSummary:
+        """End the session, close its socket and summarise it (seed: ``endSession``)."""
+        state = self._state(session_id)
+        async with state.lock:
+            await self._drop_connection(state)
+            state.session.status = "ended"
+        summary = SessionSummary(
+            final_token_count=state.session.token_count,
+            checkpoint_proofs=list(state.proofs),
+            conversation_id=state.session.conversation_id,
+        )
+        await self._emit("session_ended", state.session, summary)
+        return summary
+
+
+def _first_not_none(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _context_messages(
+    initial: str | Sequence[Message | dict[str, Any]] | None,
+) -> list[Message]:
+    if initial is None:
+        return []
+    if isinstance(initial, str):
+        return [Message(role="system", content=initial)] if initial else []
+    out: list[Message] = []
+    for item in initial:
+        out.append(item if isinstance(item, Message) else Message.model_validate(item))
+    return out
+

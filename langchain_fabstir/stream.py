@@ -1,0 +1,293 @@
+"""One answer streamed from a host: frames in, text out. The per-token hot path lives here.
+
+:class:`PromptStream` sends one prompt on a connected :class:`~langchain_fabstir.transport.Transport`
+and turns the host's frames into text. It enforces the timeouts (first frame, inactivity
+between frames), maps host errors to typed errors, ignores frames of other answers
+(stale frames after a cancel), and sends ``stream_cancel`` when the consumer stops early.
+It knows nothing of sessions: :mod:`langchain_fabstir.session` drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from langchain_fabstir import _compat
+from langchain_fabstir.errors import (
+    FabstirError,
+    HostError,
+    InvalidRequestError,
+    ModelNotAvailableError,
+    ProtocolError,
+    RateLimitedError,
+    ResponseTimeoutError,
+    StreamChunkTimeoutError,
+    TokenLimitExceededError,
+)
+from langchain_fabstir.models import StreamResult
+from langchain_fabstir.protocol import (
+    ErrorFrame,
+    StreamCancel,
+    StreamChunk,
+    StreamEnd,
+    Usage,
+    frame_from_obj,
+)
+from langchain_fabstir.transport import Transport
+
+__all__ = ["PromptStream", "error_from_frame", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*(ms|milliseconds|s|sec|seconds)?", re.I)
+
+
+def parse_retry_after(text: str) -> float | None:
+    """Seconds a host asked us to wait, from its error text.
+
+    >>> parse_retry_after("Rate limit exceeded, retry after 60 seconds")
+    60.0
+    >>> parse_retry_after("slow down") is None
+    True
+    """
+    m = _RETRY_AFTER.search(text)
+    if not m:
+        return None
+    value = float(m.group(1))
+    return value / 1000.0 if (m.group(2) or "").lower().startswith("m") else value
+
+
+def error_from_frame(
+    frame: ErrorFrame, *, host_url: str | None = None, session_id: str | None = None
+) -> FabstirError:
+    """Map a host's ``error`` frame (either shape) to a typed error.
+
+    >>> e = error_from_frame(ErrorFrame(error="Rate limit exceeded, retry after 60 seconds"))
+    >>> e.code, e.retry_after
+    ('RATE_LIMITED', 60.0)
+    """
+    text = frame.text
+    where: dict[str, Any] = {"host_url": host_url, "session_id": session_id}
+    lowered = text.lower()
+    if frame.code == "TOKEN_LIMIT_EXCEEDED" or "context window" in lowered:
+        return TokenLimitExceededError(
+            text,
+            details={
+                "prompt_tokens": frame.prompt_tokens,
+                "context_window_size": frame.context_window_size,
+            },
+            **where,
+        )
+    if "rate limit" in lowered or frame.code in ("RATE_LIMITED", "RATE_LIMIT_EXCEEDED"):
+        return RateLimitedError(text, retry_after=parse_retry_after(text), **where)
+    if "validation error" in lowered or "invalid" in lowered:
+        return InvalidRequestError(text, **where)
+    if "model" in lowered and ("not found" in lowered or "not available" in lowered):
+        return ModelNotAvailableError(text, **where)
+    return HostError(text, details={"host_code": frame.code}, **where)
+
+
+class PromptStream:
+    """An async iterator of text pieces for one prompt; :attr:`result` when it ends.
+
+    Args:
+        transport: a connected socket (its session already initialised).
+        payload: the prompt frame as a dict (sent as JSON).
+        request_id: the frame's ``id``; frames carrying another id are ignored.
+        first_timeout: seconds to the first frame.
+        chunk_timeout: seconds of inactivity allowed between frames.
+        on_tokens: called as ``on_tokens(text, n_tokens)`` for every piece (the
+            session's accounting and checkpoints); keep it cheap.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        payload: dict[str, Any],
+        request_id: str,
+        *,
+        first_timeout: float,
+        chunk_timeout: float,
+        session_id: str = "",
+        model: str = "",
+        on_tokens: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.payload = payload
+        self.request_id = request_id
+        self.first_timeout = first_timeout
+        self.chunk_timeout = chunk_timeout
+        self.session_id = session_id
+        self.on_tokens = on_tokens
+        self.pieces: list[str] = []
+        self.result = StreamResult(
+            host_url=transport.host_url,
+            session_id=session_id,
+            model=model,
+            request_id=request_id,
+        )
+        self.finished = False
+        self.chunks_received = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._run()
+
+    def run(self) -> AsyncIterator[str]:
+        """The text pieces, as an async generator (close it to stop early)."""
+        return self._run()
+
+    async def _next_frame(self, deadline: float, first: bool) -> Any:
+        """The next frame's decoded JSON object (dict), within ``deadline`` seconds."""
+        try:
+            async with _compat.timeout(deadline):
+                raw = await self.transport.recv_raw()
+        except asyncio.TimeoutError:
+            if first:
+                raise ResponseTimeoutError(
+                    f"host {self.transport.host_url} sent nothing within {deadline}s of the "
+                    "prompt (a host silently drops requests it cannot parse)",
+                    host_url=self.transport.host_url,
+                    session_id=self.session_id,
+                ) from None
+            raise StreamChunkTimeoutError(
+                f"no chunk from {self.transport.host_url} for {deadline}s in the middle of an "
+                "answer",
+                host_url=self.transport.host_url,
+                session_id=self.session_id,
+            ) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            frame_from_obj(None, raw)  # raises the ProtocolError with an excerpt
+            raise  # pragma: no cover
+
+    async def _run(self) -> AsyncIterator[str]:
+        await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
+        rid = self.request_id
+        first = True
+        held_error: str | None = None  # an "Error: ..." chunk waiting for what follows
+        pending: FabstirError | None = None
+        on_tokens = self.on_tokens
+        pieces = self.pieces
+        try:
+            while True:
+                obj = await self._next_frame(
+                    self.first_timeout if first else self.chunk_timeout, first
+                )
+                first = False
+                # Hot path: a token chunk of this answer, checked with plain dict access.
+                if (
+                    type(obj) is dict
+                    and obj.get("type") == "stream_chunk"
+                    and obj.get("id", rid) == rid
+                ):
+                    content = obj.get("content")
+                    if type(content) is not str:
+                        frame_from_obj(obj)  # typed ProtocolError with an excerpt
+                        raise ProtocolError(f"bad stream_chunk content: {content!r}")
+                    if held_error is not None:
+                        self._emit(held_error, 0)
+                        yield held_error
+                        held_error = None
+                    if not content:
+                        continue
+                    if content.startswith("Error: "):
+                        held_error = content
+                        continue
+                    tokens = obj.get("tokens", 1)
+                    n = tokens if type(tokens) is int else 1
+                    self.chunks_received += 1
+                    pieces.append(content)
+                    if on_tokens is not None:
+                        on_tokens(content, n)
+                    yield content
+                    continue
+                frame = frame_from_obj(obj)
+                if isinstance(frame, StreamChunk):
+                    continue  # a chunk of another (cancelled) answer
+                if isinstance(frame, ErrorFrame):
+                    if frame.id not in (None, rid):
+                        continue
+                    pending = error_from_frame(
+                        frame, host_url=self.transport.host_url, session_id=self.session_id
+                    )
+                    continue
+                if isinstance(frame, StreamEnd):
+                    if frame.id not in (None, rid):
+                        continue
+                    if frame.id is None and frame.reason == "cancelled" and not pieces and (
+                        held_error is None and pending is None
+                    ):
+                        # The end of an earlier, cancelled answer on this socket.
+                        first = True
+                        continue
+                    self._finish(frame)
+                    if pending is not None:
+                        raise pending
+                    if frame.reason == "error":
+                        raise HostError(
+                            "host ended the answer with an error and no details",
+                            host_url=self.transport.host_url,
+                            session_id=self.session_id,
+                        )
+                    if held_error is not None:
+                        raise HostError(
+                            held_error[len("Error: ") :],
+                            host_url=self.transport.host_url,
+                            session_id=self.session_id,
+                            details={"partial_text": self.text},
+                        )
+                    return
+                # connected, session_init_ack, unknown extension frames: not ours to use.
+                self.on_other_frame(frame)
+        finally:
+            if not self.finished:
+                await self._cancel_remote()
+
+    def _emit(self, text: str, n: int) -> None:
+        self.pieces.append(text)
+        self.chunks_received += 1
+        if self.on_tokens is not None:
+            self.on_tokens(text, n)
+
+    def on_other_frame(self, frame: Any) -> None:
+        """Hook for extension frames (e.g. checkpoints); ignored by default."""
+
+    def _finish(self, end: StreamEnd) -> None:
+        self.finished = True
+        r = self.result
+        r.text = self.text
+        r.reason = end.reason
+        r.finish_reason = end.finish_reason or (
+            "stop" if end.reason == "complete" else end.reason
+        )
+        r.tokens_used = end.tokens_used
+        r.usage = end.usage
+        if r.usage is not None and not r.usage.total_tokens:
+            r.usage = Usage(
+                prompt_tokens=r.usage.prompt_tokens,
+                completion_tokens=r.usage.completion_tokens,
+                total_tokens=r.usage.prompt_tokens + r.usage.completion_tokens,
+                context_window_size=r.usage.context_window_size,
+            )
+
+    async def _cancel_remote(self) -> None:
+        """The consumer stopped early: ask the host to stop generating (best effort)."""
+        if self.transport.closed:
+            return
+        frame = StreamCancel(session_id=self.session_id or None, reason="user_cancelled")
+        with contextlib.suppress(Exception):
+            async with _compat.timeout(2.0):
+                await asyncio.shield(self.transport.send(frame))
+        self.result.reason = "cancelled"
+        self.result.finish_reason = self.result.finish_reason or "cancelled"
+        self.result.text = self.text
