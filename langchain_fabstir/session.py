@@ -104,7 +104,7 @@ class _SessionState:
         self.lock = asyncio.Lock()
         self.proofs: list[Any] = []
         self.pending_request: InferenceRequest | None = None
-        self.last_used = time.monotonic()
+        self.last_used = 0.0
 
 
 class SessionManager:
@@ -126,8 +126,10 @@ class SessionManager:
         host_url: str | None = None,
         user_address: str | None = None,
         chain_id: int = 84532,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or SessionConfig()
+        self._clock = clock
         self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
         self.user_address = user_address
         self.chain_id = chain_id
@@ -223,6 +225,7 @@ class SessionManager:
             conversation_id=sid,
         )
         state = _SessionState(session)
+        state.last_used = self._clock()
         if system_prompt:
             state.messages.append(Message(role="system", content=system_prompt))
         state.messages.extend(_context_messages(initial_context))
@@ -253,7 +256,7 @@ class SessionManager:
                 raise SessionNotFoundError(
                     f"session {session_id!r} has ended", session_id=session_id
                 )
-            idle = time.monotonic() - state.last_used
+            idle = self._clock() - state.last_used
             if idle > self.config.session_timeout:
                 state.session.status = "paused"
                 raise SessionTimeoutError(
@@ -402,7 +405,7 @@ class SessionManager:
         state = self._state(session_id, active=True)
         session = state.session
         async with state.lock:
-            state.last_used = time.monotonic()
+            state.last_used = self._clock()
             transport = await self._connection(state)
             rid = _request_id()
             ctx = self._context(state) if context is None else context
@@ -442,7 +445,7 @@ class SessionManager:
         session = state.session
         now = utcnow()
         session.last_activity = now
-        state.last_used = time.monotonic()
+        state.last_used = self._clock()
         if result.usage is not None:
             session.token_count += result.usage.total_tokens
         else:

@@ -110,7 +110,10 @@ class _Cutter:
         if ei < 0 or ec < 0:
             return f"boundary {boundary} is negative"
         if ei >= len(self.messages):
-            return f"boundary {boundary} is past the last message (history has {len(self.messages)})"
+            return (
+                f"boundary {boundary} is past the last message "
+                f"(the history has {len(self.messages)})"
+            )
         if ec > len(self.messages[ei][1]):
             return (
                 f"boundary {boundary} is past the end of message {ei} "

@@ -61,7 +61,7 @@ def normalize_address(address: str, *, what: str = "address") -> str:
     """Return ``address`` in EIP-55 checksum form; a malformed one is a :class:`CheckpointError`.
 
     >>> normalize_address("0x" + "ab" * 20)
-    '0xABaBaBaBABabABabAbAbABAbABAbaBaBaBaBAbab'
+    '0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB'
     """
     if not isinstance(address, str) or not _ADDRESS_RE.match(address):
         raise CheckpointError(

@@ -90,6 +90,8 @@ class HostDiscovery:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
+        if failure_threshold < 1 or reset_timeout < 0:
+            raise ValueError("failure_threshold must be >= 1 and reset_timeout >= 0")
         self._static = merge_hosts(
             parse_entries(hosts or [], source="hosts"),
             env_hosts(environ) if use_env else [],

@@ -202,6 +202,9 @@ class ReferenceHost:
         self.connections: set[_Connection] = set()
         self.received_cancels = 0
         """How many ``stream_cancel`` frames stopped a stream (tests read this)."""
+        self.requests: deque[InferenceRequest] = deque(maxlen=64)
+        """The latest requests run, newest last (for inspection and tests)."""
+        self.cancel_seen = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -301,6 +304,7 @@ class ReferenceHost:
             msg = "Validation error for prompt: Prompt cannot be empty"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
+        self.requests.append(request)
         messages = self._messages(request)
         prompt_tokens = self.engine.count_prompt_tokens(messages)
         window = self.engine.context_window
@@ -350,6 +354,7 @@ class ReferenceHost:
             return
         if conn.cancel.is_set():
             self.received_cancels += 1
+            self.cancel_seen.set()
             await conn.send(
                 encode_frame(
                     StreamEnd(

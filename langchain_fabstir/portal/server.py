@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import base58
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from langchain_fabstir.errors import StorageError
+from langchain_fabstir.portal.store import BlobStore, PortalDB
 from langchain_fabstir.s5.cid import CID, blake3_hash
 from langchain_fabstir.s5.encoding import EncodingError, b64url_decode, b64url_encode
 from langchain_fabstir.s5.registry import (
@@ -35,7 +36,6 @@ from langchain_fabstir.s5.registry import (
     RegistryEntry,
     verify_ed25519,
 )
-from langchain_fabstir.portal.store import BlobStore, PortalDB
 
 __all__ = ["PortalConfig", "build_app"]
 
@@ -93,7 +93,9 @@ class _Portal:
 
     async def _read_json(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > _MAX_JSON:
-            raise web.HTTPRequestEntityTooLarge(max_size=_MAX_JSON, actual_size=request.content_length)
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=_MAX_JSON, actual_size=request.content_length
+            )
         raw = await request.content.read(_MAX_JSON + 1)
         if len(raw) > _MAX_JSON:
             raise web.HTTPRequestEntityTooLarge(max_size=_MAX_JSON, actual_size=len(raw))
@@ -199,12 +201,12 @@ class _Portal:
             raise too_large
         if request.content_type.startswith("multipart/"):
             reader = await request.multipart()
-            async for part in reader:
-                if getattr(part, "name", None) != "file":
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name != "file":
                     continue
                 chunks: list[bytes] = []
                 total = 0
-                while chunk := await part.read_chunk(64 * 1024):  # type: ignore[union-attr]
+                while chunk := await part.read_chunk(64 * 1024):
                     total += len(chunk)
                     if total > limit:
                         raise too_large

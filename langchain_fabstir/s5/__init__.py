@@ -1,0 +1,77 @@
+"""A Python S5 client: CIDs, signed registry entries, portal HTTP API and an FS5 file tree.
+
+S5 is content-addressed storage: blobs are named by their BLAKE3 hash (:class:`CID`), and
+mutable state lives in small signed registry entries (:class:`RegistryEntry`) that point at
+blobs. :class:`S5PortalClient` talks to a portal's HTTP API and checks every hash and
+signature; :class:`S5FileSystem` keeps an encrypted, FS5-compatible directory tree on top;
+:class:`S5AppendLog` is an append-only record log for chat histories and checkpoints.
+
+Quick start (against a local portal)::
+
+    from langchain_fabstir.portal import LocalPortal
+    from langchain_fabstir.s5 import S5FileSystem, S5Identity, S5PortalClient
+
+    identity, phrase = S5Identity.generate()          # keep the phrase secret
+    async with LocalPortal("./portal-data") as portal, S5PortalClient(portal.url) as client:
+        await client.ensure_account(identity.portal_account_key_pair())
+        fs = S5FileSystem(client, identity)
+        await fs.put("home/hello.txt", b"hi", media_type="text/plain")
+        assert await fs.get("home/hello.txt") == b"hi"
+"""
+
+from __future__ import annotations
+
+from langchain_fabstir.s5.cid import CID, InvalidCIDError, blake3_hash
+from langchain_fabstir.s5.client import BlobNotFoundError, PortalRequestError, S5PortalClient
+from langchain_fabstir.s5.crypto import (
+    decrypt_mutable,
+    derive_hash_int,
+    derive_hash_string,
+    encrypt_mutable,
+)
+from langchain_fabstir.s5.dirv1 import DirRef, DirV1, FileRef, InvalidDirectoryError
+from langchain_fabstir.s5.fs import DirEntry, FileInfo, InvalidPathError, S5FileSystem
+from langchain_fabstir.s5.log import LogRecord, S5AppendLog
+from langchain_fabstir.s5.registry import (
+    Ed25519KeyPair,
+    InvalidRegistryEntryError,
+    RegistryEntry,
+)
+from langchain_fabstir.s5.seed import (
+    InvalidSeedPhraseError,
+    S5Identity,
+    entropy_to_phrase,
+    generate_phrase,
+    phrase_to_entropy,
+)
+
+__all__ = [
+    "CID",
+    "BlobNotFoundError",
+    "DirEntry",
+    "DirRef",
+    "DirV1",
+    "Ed25519KeyPair",
+    "FileInfo",
+    "FileRef",
+    "InvalidCIDError",
+    "InvalidDirectoryError",
+    "InvalidPathError",
+    "InvalidRegistryEntryError",
+    "InvalidSeedPhraseError",
+    "LogRecord",
+    "PortalRequestError",
+    "RegistryEntry",
+    "S5AppendLog",
+    "S5FileSystem",
+    "S5Identity",
+    "S5PortalClient",
+    "blake3_hash",
+    "decrypt_mutable",
+    "derive_hash_int",
+    "derive_hash_string",
+    "encrypt_mutable",
+    "entropy_to_phrase",
+    "generate_phrase",
+    "phrase_to_entropy",
+]

@@ -112,9 +112,7 @@ class CID:
         elif raw[:1] == bytes([LEGACY_RAW_PREFIX]):
             body = raw[1:]
         else:
-            raise InvalidCIDError(
-                "unknown CID type byte", details={"excerpt": raw[:4].hex()}
-            )
+            raise InvalidCIDError("unknown CID type byte", details={"excerpt": raw[:4].hex()})
         if len(body) < 33 or body[0] not in (MULTIHASH_BLAKE3, MULTIHASH_BLAKE3_DEFAULT):
             raise InvalidCIDError("CID does not hold a BLAKE3 multihash of 32 bytes")
         size_bytes = body[33:]
@@ -140,8 +138,10 @@ class CID:
 
     def to_legacy_bytes(self) -> bytes:
         """The legacy raw form ``26 1f hash size`` (what the Dart node's upload returns)."""
-        return bytes([LEGACY_RAW_PREFIX, MULTIHASH_BLAKE3_DEFAULT]) + self.hash + _size_to_le(
-            self.size
+        return (
+            bytes([LEGACY_RAW_PREFIX, MULTIHASH_BLAKE3_DEFAULT])
+            + self.hash
+            + _size_to_le(self.size)
         )
 
     def to_string(self, base: Base = "b") -> str:

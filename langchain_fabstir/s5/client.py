@@ -40,6 +40,7 @@ from tenacity import (
 
 from langchain_fabstir.errors import (
     AuthenticationError,
+    FabstirError,
     IntegrityError,
     RevisionConflictError,
     StorageError,
@@ -246,7 +247,7 @@ class S5PortalClient:
             raise StorageError(str(exc), host_url=self.portal_url) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _refused(self, what: str, response: _Response) -> StorageError:
+    def _refused(self, what: str, response: _Response) -> FabstirError:
         details = {"status": response.status, "excerpt": response.text, "operation": what}
         message = f"S5 portal {self.portal_url} refused to {what}: HTTP {response.status}"
         if response.status in (401, 403):
@@ -256,10 +257,12 @@ class S5PortalClient:
                 details=details,
             )
         if response.status == 404:
-            return BlobNotFoundError(f"{message} (not found)", host_url=self.portal_url,
-                                     details=details)
-        return PortalRequestError(f"{message}: {response.text}", host_url=self.portal_url,
-                                  details=details)
+            return BlobNotFoundError(
+                f"{message} (not found)", host_url=self.portal_url, details=details
+            )
+        return PortalRequestError(
+            f"{message}: {response.text}", host_url=self.portal_url, details=details
+        )
 
     def _json(self, what: str, response: _Response) -> dict[str, Any]:
         try:
@@ -301,7 +304,9 @@ class S5PortalClient:
         try:
             challenge = b64url_decode(self._json(endpoint, reply).get("challenge", ""))
         except EncodingError as exc:
-            raise StorageError("portal challenge is not base64url", host_url=self.portal_url) from exc
+            raise StorageError(
+                "portal challenge is not base64url", host_url=self.portal_url
+            ) from exc
         if len(challenge) != 32:
             raise StorageError("portal challenge must be 32 bytes", host_url=self.portal_url)
         response = bytes([kind]) + challenge + blake3_hash(self.portal_host.encode("utf-8"))
@@ -322,7 +327,9 @@ class S5PortalClient:
             raise self._refused(endpoint, reply)
         token = self._json(endpoint, reply).get("authToken")
         if not isinstance(token, str) or not token:
-            raise StorageError(f"portal {endpoint} reply has no authToken", host_url=self.portal_url)
+            raise StorageError(
+                f"portal {endpoint} reply has no authToken", host_url=self.portal_url
+            )
         self._token = SecretStr(token)
         return self._token
 
@@ -347,7 +354,9 @@ class S5PortalClient:
         )
         return await self._challenge_flow("register", CHALLENGE_REGISTER, key_pair, extra, bearer)
 
-    async def login(self, key_pair: Ed25519KeyPair, *, label: str = "langchain-fabstir") -> SecretStr:
+    async def login(
+        self, key_pair: Ed25519KeyPair, *, label: str = "langchain-fabstir"
+    ) -> SecretStr:
         """Log in to an existing account (challenge type ``0x02``) and keep the new token."""
         return await self._challenge_flow(
             "login", CHALLENGE_LOGIN, key_pair, {"label": label}, None
@@ -387,7 +396,8 @@ class S5PortalClient:
             got = CID.parse(text) if isinstance(text, str) else None
         except InvalidCIDError as exc:
             raise StorageError(
-                "portal upload reply holds a malformed CID", host_url=self.portal_url,
+                "portal upload reply holds a malformed CID",
+                host_url=self.portal_url,
                 details={"excerpt": str(text)[:_EXCERPT]},
             ) from exc
         if got is None or got.hash != expected.hash or got.size != expected.size:
@@ -451,7 +461,9 @@ class S5PortalClient:
         reply = await self._request(
             "read the registry",
             lambda: self._http.build_request(
-                "GET", self._url("registry"), params={"pk": b64url_encode(key)},
+                "GET",
+                self._url("registry"),
+                params={"pk": b64url_encode(key)},
                 headers=self._auth_headers(),
             ),
         )

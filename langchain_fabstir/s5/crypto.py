@@ -103,7 +103,9 @@ def decrypt_mutable(blob: bytes, key: bytes) -> bytes:
             blob[2 + _NONCE :], None, blob[2 : 2 + _NONCE], key
         )
     except nacl.exceptions.CryptoError as exc:
-        raise IntegrityError("encrypted blob failed authentication (wrong key or tampered)") from exc
+        raise IntegrityError(
+            "encrypted blob failed authentication (wrong key or tampered)"
+        ) from exc
     length = int.from_bytes(plain[:4], "little")
     if length > len(plain) - 4:
         raise IntegrityError("encrypted blob declares a length beyond its contents")

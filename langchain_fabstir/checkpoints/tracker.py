@@ -1,0 +1,396 @@
+"""Incremental checkpointing: the tracker the session layer drives as a conversation grows.
+
+:class:`CheckpointTracker` (alias :data:`ConversationHasher`) keeps the conversation as
+lists of text pieces, counts generated tokens, and makes a
+:class:`~langchain_fabstir.checkpoints.CheckpointProof` every ``checkpoint_interval``
+tokens. A checkpoint hashes only the delta since the previous boundary (see
+:mod:`langchain_fabstir.checkpoints.chain`), so its cost is proportional to what changed;
+a streamed token costs one list append and two additions.
+
+One subtlety shapes the API: whether a checkpoint's last piece is *partial* depends on
+whether its message goes on, which is unknown while the message is still streaming. So
+a checkpoint due at the end of a growing message is *pending* until the next text (then
+the piece is partial) or the end of the message (then it is whole); the proof comes back
+from whichever call settles it (:meth:`~CheckpointTracker.on_tokens`,
+:meth:`~CheckpointTracker.append_to_last`, :meth:`~CheckpointTracker.add_message`,
+:meth:`~CheckpointTracker.end_message` or :meth:`~CheckpointTracker.checkpoint`).
+
+>>> tracker = CheckpointTracker("s-1", checkpoint_interval=3)
+>>> tracker.add_message("user", "Count to five")
+>>> _ = tracker.add_message("assistant")
+>>> [tracker.on_tokens(t) is not None for t in ["one", " two", " three", " four", " five"]]
+[False, False, False, True, False]
+>>> final = tracker.checkpoint()   # end of the response: seals the message
+>>> [(p.checkpoint_number, p.start_token, p.end_token) for p in tracker.proofs]
+[(1, 0, 3), (2, 3, 5)]
+>>> verify_checkpoints(tracker.history(), tracker.proofs)   # anyone can recompute them
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from langchain_fabstir.checkpoints.chain import (
+    ZERO_HASH,
+    Position,
+    chain_step,
+    message_role_content,
+    verify_checkpoints,
+)
+from langchain_fabstir.checkpoints.proof import CheckpointBoundary, CheckpointProof, sign_proof
+from langchain_fabstir.checkpoints.signing import PrivateKey, _account
+from langchain_fabstir.errors import CheckpointError
+
+__all__ = ["DEFAULT_CHECKPOINT_INTERVAL", "CheckpointTracker", "ConversationHasher"]
+
+#: Tokens between two automatic checkpoints, as on real hosts.
+DEFAULT_CHECKPOINT_INTERVAL = 1000
+
+
+class _Message:
+    """A message as a list of text pieces: appending is O(1), joining happens once."""
+
+    __slots__ = ("closed", "length", "parts", "role")
+
+    def __init__(self, role: str, content: str) -> None:
+        self.role = role
+        self.parts: list[str] = [content] if content else []
+        self.length = len(content)
+        self.closed = False
+
+
+@dataclass
+class _Pending:
+    boundary: Position
+    token_count: int
+    timestamp: datetime
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class CheckpointTracker:
+    """Hashes a conversation incrementally and makes checkpoint proofs.
+
+    Args:
+        session_id: the session the proofs belong to.
+        checkpoint_interval: generated tokens between automatic checkpoints
+            (``None`` turns automatic checkpoints off).
+        signing_key: when given, every proof is signed with it (:func:`sign_proof`).
+        clock: returns "now" (UTC); for tests.
+
+    Messages are open (may grow with :meth:`append_to_last`) until the next
+    :meth:`add_message`, :meth:`end_message` or :meth:`checkpoint`. Not thread-safe: one
+    session drives one tracker.
+
+    Attributes:
+        hashed_bytes: bytes fed to SHA-256 so far (each checkpoint adds 32 plus its
+            delta's canonical JSON): the measure of checkpointing work.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        checkpoint_interval: int | None = DEFAULT_CHECKPOINT_INTERVAL,
+        signing_key: PrivateKey | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not session_id:
+            raise CheckpointError("session_id must not be empty", details={"reason": "bad_args"})
+        if checkpoint_interval is not None and checkpoint_interval < 1:
+            raise CheckpointError(
+                f"checkpoint_interval must be >= 1 or None, got {checkpoint_interval}",
+                details={"reason": "bad_args"},
+            )
+        self.session_id = session_id
+        self.checkpoint_interval = checkpoint_interval
+        self._account = _account(signing_key) if signing_key is not None else None
+        self._clock = clock or _utc_now
+        self._messages: list[_Message] = []
+        # Where the next delta starts: message index, and part index inside it.
+        self._cursor_message = 0
+        self._cursor_part = 0
+        self._previous_boundary: Position | None = None
+        self._hash = ZERO_HASH
+        self._proofs: list[CheckpointProof] = []
+        self._tokens = 0
+        self._proven_tokens = 0
+        self._pending: _Pending | None = None
+        self.hashed_bytes = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointTracker(session_id={self.session_id!r}, messages={len(self._messages)}, "
+            f"tokens={self._tokens}, checkpoints={len(self._proofs)})"
+        )
+
+    # --- resuming ---------------------------------------------------------------------
+
+    @classmethod
+    def resume(
+        cls,
+        session_id: str,
+        history: Sequence[Any],
+        proofs: Iterable[CheckpointProof | Mapping[str, Any]] = (),
+        **kwargs: Any,
+    ) -> CheckpointTracker:
+        """A tracker that goes on from ``history`` and its earlier ``proofs``.
+
+        The proofs are verified against the history first (:func:`verify_checkpoints`);
+        every history message is taken as complete. Costs one pass over the history.
+        """
+        parsed = [CheckpointProof.from_dict(p) for p in proofs]
+        verify_checkpoints(history, parsed)
+        if parsed and parsed[0].session_id != session_id:
+            raise CheckpointError(
+                f"proofs belong to session {parsed[0].session_id!r}, not {session_id!r}",
+                session_id=session_id,
+                details={"reason": "wrong_session"},
+            )
+        tracker = cls(session_id, **kwargs)
+        for i, item in enumerate(history):
+            role, content = message_role_content(item, i)
+            message = _Message(role, content)
+            message.closed = True
+            tracker._messages.append(message)
+        if parsed:
+            last = parsed[-1]
+            mi, co = last.boundary.as_tuple()
+            message = tracker._messages[mi]
+            if co == message.length:
+                tracker._cursor_message, tracker._cursor_part = mi + 1, 0
+            else:
+                content = "".join(message.parts)
+                message.parts = [content[:co], content[co:]]
+                tracker._cursor_message, tracker._cursor_part = mi, 1
+            tracker._previous_boundary = (mi, co)
+            tracker._hash = bytes.fromhex(last.conversation_hash[2:])
+            tracker._proofs = parsed
+            tracker._tokens = tracker._proven_tokens = last.end_token
+        return tracker
+
+    # --- what the tracker knows -------------------------------------------------------
+
+    @property
+    def proofs(self) -> list[CheckpointProof]:
+        """Every proof made so far, in order (a copy)."""
+        return list(self._proofs)
+
+    @property
+    def last_proof(self) -> CheckpointProof | None:
+        """The latest proof, if any."""
+        return self._proofs[-1] if self._proofs else None
+
+    @property
+    def tokens(self) -> int:
+        """Generated tokens counted so far."""
+        return self._tokens
+
+    @property
+    def conversation_hash(self) -> str:
+        """The latest checkpoint's hash (``0x`` + 64 zeros before the first one)."""
+        return "0x" + self._hash.hex()
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a checkpoint waits for the current message to grow or end."""
+        return self._pending is not None
+
+    def history(self) -> list[dict[str, str]]:
+        """The conversation as ``{"role", "content"}`` dicts (joins every message)."""
+        return [{"role": m.role, "content": "".join(m.parts)} for m in self._messages]
+
+    # --- the conversation grows -------------------------------------------------------
+
+    def add_message(self, role: str, content: str = "") -> CheckpointProof | None:
+        """Append a message (it stays open for :meth:`append_to_last`).
+
+        Returns the proof of a pending checkpoint that this settles, if any.
+        """
+        ready = self._settle(partial=False) if self._pending is not None else None
+        if self._messages:
+            self._messages[-1].closed = True
+        self._messages.append(_Message(role, content))
+        return ready
+
+    def append_to_last(self, text: str) -> CheckpointProof | None:
+        """Append streamed text to the last (open) message. O(1).
+
+        Returns the proof of a pending checkpoint that this settles (as partial), if any.
+        """
+        if not self._messages or self._messages[-1].closed:
+            raise CheckpointError(
+                "append_to_last needs an open last message (add_message first; a message "
+                "is closed by add_message, end_message and checkpoint)",
+                session_id=self.session_id,
+                details={"reason": "message_closed"},
+            )
+        if not text:
+            return None
+        ready = self._settle(partial=True) if self._pending is not None else None
+        message = self._messages[-1]
+        message.parts.append(text)
+        message.length += len(text)
+        return ready
+
+    def add_tokens(self, n_tokens: int) -> None:
+        """Count ``n_tokens`` more generated tokens."""
+        if n_tokens < 0:
+            raise CheckpointError(
+                f"token counts only grow (got {n_tokens})", details={"reason": "bad_args"}
+            )
+        self._tokens += n_tokens
+
+    def on_tokens(self, text: str, n_tokens: int = 1) -> CheckpointProof | None:
+        """A streamed chunk: append ``text``, count ``n_tokens``, keep the cadence.
+
+        Returns a proof when one is complete (at most one per call; it covers the text up
+        to the chunk that crossed the interval), else ``None``. O(1) unless a proof is due.
+        """
+        ready = self.append_to_last(text) if text else None
+        self.add_tokens(n_tokens)
+        if self._pending is None and self.should_checkpoint():
+            self.request_checkpoint()
+        return ready
+
+    def end_message(self) -> CheckpointProof | None:
+        """The last message is complete; returns a pending proof this settles, if any."""
+        ready = self._settle(partial=False) if self._pending is not None else None
+        if self._messages:
+            self._messages[-1].closed = True
+        return ready
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def should_checkpoint(self, generated_tokens: int | None = None) -> bool:
+        """Whether ``generated_tokens`` (default: the count so far) is at least one
+        interval past the last checkpoint (pending ones included)."""
+        if self.checkpoint_interval is None:
+            return False
+        count = self._tokens if generated_tokens is None else generated_tokens
+        proven = self._pending.token_count if self._pending is not None else self._proven_tokens
+        return count - proven >= self.checkpoint_interval
+
+    def request_checkpoint(self, token_count: int | None = None) -> CheckpointProof | None:
+        """Checkpoint at the current end of the conversation as soon as that is unambiguous.
+
+        If the last message is closed, the proof is made and returned now; if it is still
+        open, the checkpoint becomes pending and the call that settles it returns it.
+        """
+        count = self._check_count(token_count)
+        if self._messages and self._messages[-1].closed:
+            return self._prove(self._end_position(), count, partial=False)
+        if self._pending is not None:
+            self._pending.token_count = count
+        else:
+            self._pending = _Pending(self._end_position(), count, self._now())
+        return None
+
+    def checkpoint(
+        self, token_count: int | None = None, *, timestamp: datetime | None = None
+    ) -> CheckpointProof:
+        """Make a proof now, at the end of the conversation; closes the last message.
+
+        ``token_count`` defaults to the tokens counted so far. Mid-stream checkpoints
+        come from :meth:`on_tokens` (or :meth:`request_checkpoint`), which leave the
+        message open.
+        """
+        count = self._check_count(token_count)
+        position = self._end_position()
+        self._pending = None  # a pending checkpoint is at this very position: this is it
+        if self._messages:
+            self._messages[-1].closed = True
+        return self._prove(position, count, partial=False, timestamp=timestamp)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self._clock()
+
+    def _check_count(self, token_count: int | None) -> int:
+        count = self._tokens if token_count is None else token_count
+        if count < self._proven_tokens:
+            raise CheckpointError(
+                f"token_count {count} is below the last checkpoint's {self._proven_tokens}",
+                session_id=self.session_id,
+                details={"reason": "bad_args"},
+            )
+        return count
+
+    def _end_position(self) -> Position:
+        if not self._messages:
+            raise CheckpointError(
+                "nothing to checkpoint: the conversation is empty",
+                session_id=self.session_id,
+                details={"reason": "empty_conversation"},
+            )
+        return (len(self._messages) - 1, self._messages[-1].length)
+
+    def _settle(self, *, partial: bool) -> CheckpointProof:
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        return self._prove(
+            pending.boundary, pending.token_count, partial=partial, timestamp=pending.timestamp
+        )
+
+    def _take_delta(self, boundary: Position, partial: bool) -> list[dict[str, Any]]:
+        """The pieces from the cursor to ``boundary`` (the current end), moving the cursor."""
+        if boundary == self._previous_boundary:
+            return []
+        last = boundary[0]
+        delta: list[dict[str, Any]] = []
+        for index in range(self._cursor_message, last + 1):
+            message = self._messages[index]
+            parts = message.parts
+            start = self._cursor_part if index == self._cursor_message else 0
+            piece: dict[str, Any] = {
+                "role": message.role,
+                "content": "".join(parts[start:] if start else parts),
+            }
+            if partial and index == last:
+                piece["partial"] = True
+            delta.append(piece)
+        if partial:
+            self._cursor_message, self._cursor_part = last, len(self._messages[last].parts)
+        else:
+            self._cursor_message, self._cursor_part = last + 1, 0
+        return delta
+
+    def _prove(
+        self,
+        boundary: Position,
+        token_count: int,
+        *,
+        partial: bool,
+        timestamp: datetime | None = None,
+    ) -> CheckpointProof:
+        delta = self._take_delta(boundary, partial)
+        digest, hashed = chain_step(self._hash, delta)
+        self.hashed_bytes += hashed
+        proof = CheckpointProof(
+            session_id=self.session_id,
+            checkpoint_number=len(self._proofs) + 1,
+            conversation_hash="0x" + digest.hex(),
+            token_count=token_count,
+            timestamp=timestamp or self._now(),
+            boundary=CheckpointBoundary(message_index=boundary[0], char_offset=boundary[1]),
+            start_token=self._proven_tokens,
+            end_token=token_count,
+        )
+        if self._account is not None:
+            proof = sign_proof(proof, self._account)
+        self._hash = digest
+        self._previous_boundary = boundary
+        self._proven_tokens = token_count
+        self._proofs.append(proof)
+        return proof
+
+
+#: The same class under the name that says what it computes.
+ConversationHasher = CheckpointTracker
