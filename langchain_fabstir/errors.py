@@ -78,7 +78,7 @@ class FabstirError(Exception):
     """
 
     code: ClassVar[str] = "FABSTIR_ERROR"
-    is_retryable: ClassVar[bool] = False
+    is_retryable = False
 
     def __init__(
         self,

@@ -363,9 +363,7 @@ def frame_from_obj(data: Any, raw: str | bytes | None = None) -> _Frame:
     """Turn an already-decoded JSON value into a typed frame (see :func:`parse_frame`)."""
     if not isinstance(data, dict):
         shown = excerpt(raw if raw is not None else json.dumps(data, default=str))
-        raise ProtocolError(
-            f"frame is not a JSON object: {shown}", details={"excerpt": shown}
-        )
+        raise ProtocolError(f"frame is not a JSON object: {shown}", details={"excerpt": shown})
     kind = data.get("type")
     if not isinstance(kind, str):
         shown = excerpt(raw if raw is not None else json.dumps(data, default=str))

@@ -45,7 +45,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from langchain_fabstir.errors import (
@@ -393,7 +393,7 @@ class SessionManager:
         context: list[dict[str, str]] | None = None,
         record: bool = True,
         **params: Any,
-    ) -> AsyncIterator[tuple[PromptStream, str]]:
+    ) -> AsyncGenerator[tuple[PromptStream, str], None]:
         """Low-level streaming used by :meth:`stream_prompt` and ``ChatFabstir``.
 
         Yields ``(stream, text)`` pairs; ``stream.result`` describes how the answer ended.
@@ -409,9 +409,7 @@ class SessionManager:
             transport = await self._connection(state)
             rid = _request_id()
             ctx = self._context(state) if context is None else context
-            payload = self.build_payload(
-                session, transport.features, prompt, ctx, rid, **params
-            )
+            payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
             stream = PromptStream(
                 transport,
                 payload,
@@ -468,7 +466,9 @@ class SessionManager:
             await state.transport.close()
             state.transport = None
 
-    async def stream_prompt(self, session_id: str, prompt: str, **params: Any) -> AsyncIterator[str]:
+    async def stream_prompt(
+        self, session_id: str, prompt: str, **params: Any
+    ) -> AsyncGenerator[str, None]:
         """Send a prompt and yield the answer's text as it arrives (seed: ``streamPrompt``).
 
         ``params`` override the session's ``model``, ``max_tokens``, ``temperature`` for
@@ -481,19 +481,15 @@ class SessionManager:
 
     async def prompt(self, session_id: str, prompt: str, **params: Any) -> StreamResult:
         """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``)."""
-        result: StreamResult | None = None
-        stream_obj: PromptStream | None = None
-        async for stream_obj, _text in self.open_stream(session_id, prompt, **params):
-            pass
-        if stream_obj is not None:
-            result = stream_obj.result
-        if result is None:
-            result = StreamResult(session_id=session_id)
-        return result
+        last: PromptStream | None = None
+        async with contextlib.aclosing(self.open_stream(session_id, prompt, **params)) as it:
+            async for stream, _text in it:
+                last = stream
+        return last.result if last is not None else StreamResult(session_id=session_id)
 
     async def buffered_stream(
         self, session_id: str, prompt: str, buffer_size: int = 10
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Like :meth:`stream_prompt`, but yields ``buffer_size`` tokens at a time."""
         if buffer_size < 1:
             raise InvalidRequestError("buffer_size must be at least 1")
@@ -528,7 +524,7 @@ class SessionManager:
         state.pending_request = body
         return body.request_id or _request_id()
 
-    async def stream_response(self, session_id: str) -> AsyncIterator[str]:
+    async def stream_response(self, session_id: str) -> AsyncGenerator[str, None]:
         """Stream the answer to the request queued by :meth:`send_inference_request`."""
         state = self._state(session_id, active=True)
         req = state.pending_request
@@ -580,4 +576,3 @@ def _context_messages(
     for item in initial:
         out.append(item if isinstance(item, Message) else Message.model_validate(item))
     return out
-

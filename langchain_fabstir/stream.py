@@ -1,9 +1,9 @@
 """One answer streamed from a host: frames in, text out. The per-token hot path lives here.
 
-:class:`PromptStream` sends one prompt on a connected :class:`~langchain_fabstir.transport.Transport`
-and turns the host's frames into text. It enforces the timeouts (first frame, inactivity
-between frames), maps host errors to typed errors, ignores frames of other answers
-(stale frames after a cancel), and sends ``stream_cancel`` when the consumer stops early.
+:class:`PromptStream` sends one prompt on a connected
+:class:`~langchain_fabstir.transport.Transport` and turns the host's frames into text. It
+enforces the timeouts (first frame, inactivity between frames), maps host errors to typed
+errors, ignores frames of other answers (stale frames after a cancel), and sends ``stream_cancel`` when the consumer stops early.
 It knows nothing of sessions: :mod:`langchain_fabstir.session` drives it.
 """
 
@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from langchain_fabstir import _compat
@@ -141,7 +141,7 @@ class PromptStream:
     def __aiter__(self) -> AsyncIterator[str]:
         return self._run()
 
-    def run(self) -> AsyncIterator[str]:
+    def run(self) -> AsyncGenerator[str, None]:
         """The text pieces, as an async generator (close it to stop early)."""
         return self._run()
 
@@ -170,7 +170,7 @@ class PromptStream:
             frame_from_obj(None, raw)  # raises the ProtocolError with an excerpt
             raise  # pragma: no cover
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _run(self) -> AsyncGenerator[str, None]:
         await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
         rid = self.request_id
         first = True
@@ -224,8 +224,11 @@ class PromptStream:
                 if isinstance(frame, StreamEnd):
                     if frame.id not in (None, rid):
                         continue
-                    if frame.id is None and frame.reason == "cancelled" and not pieces and (
-                        held_error is None and pending is None
+                    if (
+                        frame.id is None
+                        and frame.reason == "cancelled"
+                        and not pieces
+                        and (held_error is None and pending is None)
                     ):
                         # The end of an earlier, cancelled answer on this socket.
                         first = True
@@ -267,9 +270,7 @@ class PromptStream:
         r = self.result
         r.text = self.text
         r.reason = end.reason
-        r.finish_reason = end.finish_reason or (
-            "stop" if end.reason == "complete" else end.reason
-        )
+        r.finish_reason = end.finish_reason or ("stop" if end.reason == "complete" else end.reason)
         r.tokens_used = end.tokens_used
         r.usage = end.usage
         if r.usage is not None and not r.usage.total_tokens:

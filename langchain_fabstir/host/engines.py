@@ -290,9 +290,7 @@ class LlamaEngine:
                     result.prompt_tokens = int(usage.get("prompt_tokens", 0))
                     result.completion_tokens = int(usage.get("completion_tokens", 0))
                 if "error" in chunk:
-                    loop.call_soon_threadsafe(
-                        queue.put_nowait, EngineError(str(chunk["error"]))
-                    )
+                    loop.call_soon_threadsafe(queue.put_nowait, EngineError(str(chunk["error"])))
             return stop.is_set()
 
         def work() -> None:

@@ -243,9 +243,9 @@ class ReferenceHost:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.bind_host, self.bind_port)
         await self._site.start()
-        server = self._site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = addresses[0][1]
         return self
 
     async def stop(self) -> None:
@@ -333,14 +333,12 @@ class ReferenceHost:
             response_format=request.response_format,
         )
         sent = 0
-        cancelled = False
         # The per-token path: one pre-built JSON text per token, nothing else.
         prefix = '{"type":"stream_chunk","content":'
         suffix = ',"tokens":1' + (f',"id":{_json_str(rid)}' if rid is not None else "") + "}"
         try:
             async for token in gen:
                 if conn.cancel.is_set():
-                    cancelled = True
                     break
                 await conn.send(prefix + _json_str(token) + suffix)
                 sent += 1

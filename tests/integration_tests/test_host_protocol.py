@@ -39,12 +39,27 @@ async def test_greeting_ack_and_streamed_answer(echo_host: ReferenceHost) -> Non
         assert greeting["type"] == "connected"
         assert greeting["message"] == "WebSocket connected successfully"
         assert "features" in greeting  # announced extras
-        await ws.send(json.dumps({"type": "session_init", "session_id": "7", "jobId": "7",
-                                  "chain_id": 84532, "id": "init-1"}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session_init",
+                    "session_id": "7",
+                    "jobId": "7",
+                    "chain_id": 84532,
+                    "id": "init-1",
+                }
+            )
+        )
         ack = await recv_json(ws)
-        assert ack == {"type": "session_init_ack", "status": "success", "session_id": "7",
-                       "job_id": 7, "chain_id": 84532,
-                       "message": "Session initialized successfully", "id": "init-1"}
+        assert ack == {
+            "type": "session_init_ack",
+            "status": "success",
+            "session_id": "7",
+            "job_id": 7,
+            "chain_id": 84532,
+            "message": "Session initialized successfully",
+            "id": "init-1",
+        }
         await ws.send(json.dumps({"type": "prompt", "prompt": "one two three", "id": "p-1"}))
         frames = await read_answer(ws)
     chunks = [f for f in frames if f["type"] == "stream_chunk"]
@@ -69,19 +84,40 @@ async def test_typescript_sdk_style_client_is_served(echo_host: ReferenceHost) -
         assert (await recv_json(ws))["type"] == "connected"
         for n, question in enumerate(["first question", "second question"]):
             init_id = f"1700000000000-i{n}"
-            await ws.send(json.dumps({"type": "session_init", "chain_id": 84532,
-                                      "session_id": "123", "jobId": "123",
-                                      "user_address": "0xabc", "id": init_id}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "session_init",
+                        "chain_id": 84532,
+                        "session_id": "123",
+                        "jobId": "123",
+                        "user_address": "0xabc",
+                        "id": init_id,
+                    }
+                )
+            )
             ack = await recv_json(ws)
             assert ack["type"] == "session_init_ack" and ack["id"] == init_id
             pid = f"1700000000001-p{n}"
-            await ws.send(json.dumps({
-                "type": "prompt", "chain_id": 84532, "jobId": "123", "prompt": question,
-                "request": {"model": "llama-2-13b-chat", "prompt": question, "max_tokens": 500,
-                            "temperature": 0.7, "stream": True,
-                            "conversation_context": history},
-                "id": pid,
-            }))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "prompt",
+                        "chain_id": 84532,
+                        "jobId": "123",
+                        "prompt": question,
+                        "request": {
+                            "model": "llama-2-13b-chat",
+                            "prompt": question,
+                            "max_tokens": 500,
+                            "temperature": 0.7,
+                            "stream": True,
+                            "conversation_context": history,
+                        },
+                        "id": pid,
+                    }
+                )
+            )
             frames = await read_answer(ws)
             assert all(f.get("id") == pid for f in frames)
             text = "".join(f["content"] for f in frames if f["type"] == "stream_chunk")
@@ -89,8 +125,10 @@ async def test_typescript_sdk_style_client_is_served(echo_host: ReferenceHost) -
             req = echo_host.requests[-1]
             assert req.job_id == 123 and req.session_id == "123"
             assert [m.content for m in req.conversation_context] == [m["content"] for m in history]
-            history += [{"role": "user", "content": question},
-                        {"role": "assistant", "content": text}]
+            history += [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": text},
+            ]
 
 
 async def test_inference_type_uses_request_as_is(echo_host: ReferenceHost) -> None:
@@ -98,8 +136,15 @@ async def test_inference_type_uses_request_as_is(echo_host: ReferenceHost) -> No
         await recv_json(ws)
         await ws.send(json.dumps({"type": "session_init", "session_id": "9", "job_id": 9}))
         await recv_json(ws)
-        await ws.send(json.dumps({"type": "inference", "id": "i1", "request": {
-            "model": "m", "prompt": "abc def", "max_tokens": 2}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "inference",
+                    "id": "i1",
+                    "request": {"model": "m", "prompt": "abc def", "max_tokens": 2},
+                }
+            )
+        )
         frames = await read_answer(ws)
     assert frames[-1]["finish_reason"] == "length"
     assert frames[-1]["tokens_used"] == 2
@@ -110,8 +155,20 @@ async def test_host_uses_only_the_last_ten_context_messages(echo_host: Reference
     context = [{"role": "user", "content": f"m{i}"} for i in range(15)]
     async with websockets.connect(echo_host.ws_url) as ws:
         await recv_json(ws)
-        await ws.send(json.dumps({"type": "prompt", "id": "c", "request": {
-            "model": "m", "prompt": "q", "max_tokens": 5, "conversation_context": context}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "prompt",
+                    "id": "c",
+                    "request": {
+                        "model": "m",
+                        "prompt": "q",
+                        "max_tokens": 5,
+                        "conversation_context": context,
+                    },
+                }
+            )
+        )
         await read_answer(ws)
     # The request is recorded as received; the engine saw the last 10 plus the prompt.
     messages = echo_host._messages(echo_host.requests[-1])
@@ -126,8 +183,11 @@ async def test_errors_are_followed_by_stream_end_error() -> None:
             # 1. empty prompt: a bare-string validation error
             await ws.send(json.dumps({"type": "prompt", "prompt": "  ", "id": "e1"}))
             err, end = await recv_json(ws), await recv_json(ws)
-            assert err == {"type": "error", "id": "e1",
-                           "error": "Validation error for prompt: Prompt cannot be empty"}
+            assert err == {
+                "type": "error",
+                "id": "e1",
+                "error": "Validation error for prompt: Prompt cannot be empty",
+            }
             assert end == {"type": "stream_end", "reason": "error", "tokens_used": 0, "id": "e1"}
             # 2. context overflow: the coded shape
             await ws.send(json.dumps({"type": "prompt", "prompt": "word " * 50, "id": "e2"}))
@@ -148,16 +208,17 @@ async def test_stream_cancel_mid_stream_and_when_idle() -> None:
             await recv_json(ws)
             # Idle cancel: no answer at all; the next prompt is answered normally.
             await ws.send(json.dumps({"type": "stream_cancel", "session_id": "1"}))
-            await ws.send(json.dumps({"type": "prompt", "prompt": "x", "id": "a",
-                                      "max_tokens": 3}))
+            await ws.send(json.dumps({"type": "prompt", "prompt": "x", "id": "a", "max_tokens": 3}))
             frames = await read_answer(ws)
             assert frames[0]["type"] == "stream_chunk" and frames[-1]["reason"] == "complete"
-            await ws.send(json.dumps({"type": "prompt", "prompt": "x", "id": "b",
-                                      "max_tokens": 10_000}))
+            await ws.send(
+                json.dumps({"type": "prompt", "prompt": "x", "id": "b", "max_tokens": 10_000})
+            )
             for _ in range(3):
                 assert (await recv_json(ws))["type"] == "stream_chunk"
-            await ws.send(json.dumps({"type": "stream_cancel", "session_id": "1",
-                                      "reason": "user_cancelled"}))
+            await ws.send(
+                json.dumps({"type": "stream_cancel", "session_id": "1", "reason": "user_cancelled"})
+            )
             frames = await read_answer(ws)
     end = frames[-1]
     assert end["reason"] == "cancelled" and end["finish_reason"] == "cancelled"
@@ -170,8 +231,10 @@ async def test_undeserializable_request_gets_no_answer(echo_host: ReferenceHost)
     async with websockets.connect(echo_host.ws_url) as ws:
         await recv_json(ws)
         # A string job_id inside `request` and a missing max_tokens: real hosts stay silent.
-        for request in ({"model": "m", "prompt": "p", "max_tokens": 5, "job_id": "5"},
-                        {"model": "m", "prompt": "p"}):
+        for request in (
+            {"model": "m", "prompt": "p", "max_tokens": 5, "job_id": "5"},
+            {"model": "m", "prompt": "p"},
+        ):
             await ws.send(json.dumps({"type": "prompt", "request": request, "id": "bad"}))
         await ws.send(json.dumps({"type": "ping"}))  # unknown type: ignored
         with pytest.raises(asyncio.TimeoutError):
@@ -190,14 +253,16 @@ async def test_http_endpoints(echo_host: ReferenceHost) -> None:
         assert {"version", "build", "date", "features"} <= set(version)
         models = (await client.get("/v1/models")).json()
         assert models["models"][0]["id"] == "echo"
-        r = await client.post("/v1/inference", json={"model": "echo", "prompt": "a b",
-                                                      "max_tokens": 10})
+        r = await client.post(
+            "/v1/inference", json={"model": "echo", "prompt": "a b", "max_tokens": 10}
+        )
         body = r.json()
         assert r.status_code == 200
         assert body["content"] == "Echo: a b" and body["tokens_used"] == 3
         assert body["usage"]["completion_tokens"] == 3
-        bad = await client.post("/v1/inference", json={"model": "echo", "prompt": "",
-                                                        "max_tokens": 1})
+        bad = await client.post(
+            "/v1/inference", json={"model": "echo", "prompt": "", "max_tokens": 1}
+        )
         assert bad.status_code == 400
         assert bad.json()["error_type"] == "validation_error"
         assert bad.json()["details"] == {"field": "prompt"}
@@ -231,8 +296,20 @@ fuzz_frames = st.one_of(
         lambda kind, fields: json.dumps({**fields, "type": kind}),
         st.sampled_from(["prompt", "inference", "session_init", "stream_cancel", "x"]),
         st.dictionaries(
-            st.sampled_from(["prompt", "request", "jobId", "job_id", "session_id", "id",
-                             "max_tokens", "temperature", "model", "chain_id"]),
+            st.sampled_from(
+                [
+                    "prompt",
+                    "request",
+                    "jobId",
+                    "job_id",
+                    "session_id",
+                    "id",
+                    "max_tokens",
+                    "temperature",
+                    "model",
+                    "chain_id",
+                ]
+            ),
             json_values,
             max_size=5,
         ),
@@ -240,8 +317,11 @@ fuzz_frames = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(fuzz_frames, min_size=1, max_size=4))
 def test_fuzzed_frames_never_break_a_live_host(
     threaded_echo_host: ReferenceHost, frames: list[str | bytes]
@@ -252,8 +332,9 @@ def test_fuzzed_frames_never_break_a_live_host(
         assert json.loads(ws.recv(5))["type"] == "connected"
         for raw in frames:
             ws.send(raw)
-        ws.send(json.dumps({"type": "prompt", "prompt": "still there", "id": "probe",
-                            "max_tokens": 10}))
+        ws.send(
+            json.dumps({"type": "prompt", "prompt": "still there", "id": "probe", "max_tokens": 10})
+        )
         while True:
             frame = parse_frame(ws.recv(10))  # every reply is a well-formed frame
             if frame.type == "stream_end" and getattr(frame, "id", None) == "probe":

@@ -88,8 +88,15 @@ async def test_buffered_stream_and_inference_request(echo_host: ReferenceHost) -
         assert "".join(pieces) == f"Echo: {prompt}"
         await manager.send_inference_request(
             s.id,
-            {"type": "inference", "request": {"prompt": "queued", "max_tokens": 500,
-                                              "temperature": 0.7, "stream": True}},
+            {
+                "type": "inference",
+                "request": {
+                    "prompt": "queued",
+                    "max_tokens": 500,
+                    "temperature": 0.7,
+                    "stream": True,
+                },
+            },
         )
         assert await collect(manager.stream_response(s.id)) == "Echo: queued"
         with pytest.raises(InvalidRequestError):
@@ -184,8 +191,11 @@ async def raw_host(
             async for raw in ws:
                 msg = json.loads(raw)
                 if msg["type"] == "session_init":
-                    await ws.send(json.dumps({"type": "session_init_ack", "status": "success",
-                                              "id": msg.get("id")}))
+                    await ws.send(
+                        json.dumps(
+                            {"type": "session_init_ack", "status": "success", "id": msg.get("id")}
+                        )
+                    )
                 else:
                     await on_prompt(ws, msg)
 
@@ -209,8 +219,9 @@ async def test_host_that_never_answers_ends_in_response_timeout() -> None:
 
 async def test_host_that_stalls_mid_answer_ends_in_chunk_timeout() -> None:
     async def stall(ws: ServerConnection, msg: dict[str, Any]) -> None:
-        await ws.send(json.dumps({"type": "stream_chunk", "content": "partial", "tokens": 1,
-                                  "id": msg["id"]}))
+        await ws.send(
+            json.dumps({"type": "stream_chunk", "content": "partial", "tokens": 1, "id": msg["id"]})
+        )
 
     async with raw_host(stall) as url:
         config = SessionConfig(chunk_timeout=0.3)
@@ -245,12 +256,15 @@ async def test_host_that_answers_garbage_is_a_protocol_error(garbage: str) -> No
 async def test_engine_failure_chunk_becomes_host_error() -> None:
     async def failing(ws: ServerConnection, msg: dict[str, Any]) -> None:
         rid = msg["id"]
-        await ws.send(json.dumps({"type": "stream_chunk", "content": "Hi", "tokens": 1,
-                                  "id": rid}))
-        await ws.send(json.dumps({"type": "stream_chunk", "content": "Error: CUDA OOM",
-                                  "tokens": 0, "id": rid}))
-        await ws.send(json.dumps({"type": "stream_end", "reason": "complete",
-                                  "tokens_used": 1, "id": rid}))
+        await ws.send(json.dumps({"type": "stream_chunk", "content": "Hi", "tokens": 1, "id": rid}))
+        await ws.send(
+            json.dumps(
+                {"type": "stream_chunk", "content": "Error: CUDA OOM", "tokens": 0, "id": rid}
+            )
+        )
+        await ws.send(
+            json.dumps({"type": "stream_end", "reason": "complete", "tokens_used": 1, "id": rid})
+        )
 
     async with raw_host(failing) as url:
         async with SessionManager(host_url=url) as manager:
@@ -266,10 +280,10 @@ async def test_minimal_stream_end_without_usage_is_fine() -> None:
     async def plain(ws: ServerConnection, msg: dict[str, Any]) -> None:
         rid = msg["id"]
         for tok in ("a", "b"):
-            await ws.send(json.dumps({"type": "stream_chunk", "content": tok, "tokens": 1,
-                                      "id": rid}))
-        await ws.send(json.dumps({"type": "stream_end", "reason": "complete",
-                                  "tokens_used": 2}))
+            await ws.send(
+                json.dumps({"type": "stream_chunk", "content": tok, "tokens": 1, "id": rid})
+            )
+        await ws.send(json.dumps({"type": "stream_end", "reason": "complete", "tokens_used": 2}))
 
     async with raw_host(plain) as url:
         async with SessionManager(host_url=url) as manager:
@@ -281,8 +295,9 @@ async def test_minimal_stream_end_without_usage_is_fine() -> None:
 
 async def test_host_dropping_the_socket_is_host_disconnected() -> None:
     async def drop(ws: ServerConnection, msg: dict[str, Any]) -> None:
-        await ws.send(json.dumps({"type": "stream_chunk", "content": "a", "tokens": 1,
-                                  "id": msg["id"]}))
+        await ws.send(
+            json.dumps({"type": "stream_chunk", "content": "a", "tokens": 1, "id": msg["id"]})
+        )
         await ws.close(1011, "engine crashed")
 
     async with raw_host(drop) as url:

@@ -195,13 +195,24 @@ def test_encoder_omits_none_and_uses_wire_names() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 frame_types = st.sampled_from(
-    ["session_init", "prompt", "inference", "stream_cancel", "connected", "session_init_ack",
-     "stream_chunk", "stream_end", "error", "other"]
+    [
+        "session_init",
+        "prompt",
+        "inference",
+        "stream_cancel",
+        "connected",
+        "session_init_ack",
+        "stream_chunk",
+        "stream_end",
+        "error",
+        "other",
+    ]
 )
 
 
