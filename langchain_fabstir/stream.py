@@ -4,7 +4,8 @@
 :class:`~langchain_fabstir.transport.Transport` and turns the host's frames into text. It
 enforces the timeouts (first frame, inactivity between frames), maps host errors to typed
 errors, ignores frames of other answers (stale frames after a cancel), and sends
-``stream_cancel`` when the consumer stops early. It knows nothing of sessions: :mod:`langchain_fabstir.session` drives it.
+``stream_cancel`` when the consumer stops early. It knows nothing of sessions:
+:mod:`langchain_fabstir.session` drives it.
 """
 
 from __future__ import annotations
