@@ -26,6 +26,8 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
 test: $(STAMP)
+	$(PY) -m ruff check langchain_fabstir tests examples bench
+	$(PY) -m mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -1,0 +1,72 @@
+"""``make bench``: run every benchmark, print a table, write ``bench/results.json``.
+
+Each figure is a ratio of two measurements taken side by side in the same run (or a
+plainly reported absolute), never a wall-clock limit: machines here are noisy.
+Run a subset with ``python -m bench.run foundation``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODULES = ["foundation", "chat_model", "checkpoints", "storage", "resilience"]
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or MODULES
+    results: list[dict[str, Any]] = []
+    for name in wanted:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bench.{name}":
+                continue
+            raise
+        for bench in module.BENCHMARKS:
+            print(f"running {name}.{bench.__name__} ...", flush=True)
+            outcome = bench()
+            if asyncio.iscoroutine(outcome):
+                outcome = asyncio.run(outcome)
+            rows = outcome if isinstance(outcome, list) else [outcome]
+            for row in rows:
+                row["group"] = name
+                results.append(row)
+    out = Path(__file__).with_name("results.json")
+    out.write_text(
+        json.dumps(
+            {
+                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"python": platform.python_version(), "cpus": _cpus()},
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print()
+    print(f"{'benchmark':<52} {'value':>10} {'unit':<8} {'target':<20} ok")
+    for row in results:
+        ok = {True: "yes", False: "NO", None: "-"}[row["passed"]]
+        print(
+            f"{row['group'] + '.' + row['name']:<52} {row['value']:>10} {row['unit']:<8} "
+            f"{row['target'] or '':<20} {ok}"
+        )
+    print(f"\nwritten to {out}")
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
