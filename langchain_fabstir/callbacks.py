@@ -196,12 +196,17 @@ class FabstirCheckpointHandler(_ProofCollector, BaseCallbackHandler):
     """Collects checkpoint proofs from chunks, final messages and custom events.
 
     Args:
-        on_proof: called once with each new proof (from the thread that delivered it).
+        on_proof: called once with each new proof, inline in the thread or event loop
+            that delivered it: keep it quick.
 
     Attributes:
         proofs: distinct proofs in order of arrival; ``proofs_for(session_id)``,
             ``latest``, ``errors``, ``conflicts`` and ``clear()`` as well.
     """
+
+    # Cheap, non-blocking and thread-safe: in async runs there is no need to hop to an
+    # executor thread for every streamed token.
+    run_inline = True
 
     def __init__(self, on_proof: Callable[[CheckpointProof], None] | None = None) -> None:
         _ProofCollector.__init__(self, on_proof)

@@ -82,6 +82,7 @@ _EXTENSION_FIELDS = {
     "seed": "seed",
     "tools": "tools",
     "tool_choice": "tools",
+    "parallel_tool_calls": "tools",
     "response_format": "response_format",
 }
 """Request fields this client sends only to hosts that announced the feature."""

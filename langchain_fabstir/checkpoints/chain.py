@@ -68,8 +68,13 @@ BoundaryLike = CheckpointBoundary | tuple[int, int] | Sequence[int]
 
 
 def chain_step(previous: bytes, delta: list[dict[str, Any]]) -> tuple[bytes, int]:
-    """One link of the chain: ``(sha256(previous + canonical_json(delta)), bytes hashed)``."""
-    data = previous + canonical_json(delta).encode("utf-8")
+    """One link of the chain: ``(sha256(previous + canonical_json(delta)), bytes hashed)``.
+
+    Text is UTF-8. A lone surrogate (which a peer can smuggle into a ``str`` with a JSON
+    ``\\ud800`` escape) cannot be UTF-8: it is encoded as Python's ``surrogatepass``
+    does, so that every string hashes, the same way everywhere.
+    """
+    data = previous + canonical_json(delta).encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).digest(), len(data)
 
 

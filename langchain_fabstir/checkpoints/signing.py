@@ -115,7 +115,14 @@ def address_of(private_key: PrivateKey) -> str:
 
 def personal_sign(text: str, private_key: PrivateKey) -> str:
     """EIP-191 ``personal_sign`` of ``text``; returns the 65-byte signature as ``0x``-hex."""
-    signed = Account.sign_message(encode_defunct(text=text), _account(private_key).key)
+    try:
+        message = encode_defunct(text=text)
+    except UnicodeEncodeError:
+        raise CheckpointError(
+            "cannot sign text that is not valid Unicode (lone surrogate)",
+            details={"reason": "bad_text"},
+        ) from None
+    signed = Account.sign_message(message, _account(private_key).key)
     return "0x" + bytes(signed.signature).hex()
 
 

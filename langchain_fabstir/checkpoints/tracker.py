@@ -40,7 +40,11 @@ from langchain_fabstir.checkpoints.chain import (
     message_role_content,
     verify_checkpoints,
 )
-from langchain_fabstir.checkpoints.proof import CheckpointBoundary, CheckpointProof, sign_proof
+from langchain_fabstir.checkpoints.proof import (
+    CheckpointBoundary,
+    CheckpointProof,
+    sign_proof,
+)
 from langchain_fabstir.checkpoints.signing import PrivateKey, _account
 from langchain_fabstir.errors import CheckpointError
 

@@ -44,8 +44,11 @@ class HostDiscovery:
     """Host discovery without a blockchain: sources, probes, policies and circuit breakers.
 
     Hosts come from ``hosts`` (URLs, dicts or :class:`HostInfo`), the ``FABSTIR_HOSTS``
-    environment variable (unless ``use_env=False``) and ``registry`` (a JSON file path or an
-    http(s) URL, re-read on every refresh). Every refresh probes all hosts concurrently (at
+    environment variable (read once, here; unless ``use_env=False``; ``environ`` replaces
+    ``os.environ``) and ``registry`` (a JSON file path or an http(s) URL, re-read on every
+    refresh; its hosts appear in :attr:`hosts` after the first refresh). If the registry URL
+    becomes unreachable after a successful load, the last list is kept and the failure is
+    stored in :attr:`registry_error`. Every refresh probes all hosts concurrently (at
     most ``max_concurrency`` at a time) with ``probe_settings``; :meth:`candidates` refreshes by
     itself when the last probe is older than ``probe_ttl`` seconds.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import re
 import threading
@@ -85,6 +86,7 @@ class Engine(Protocol):
         temperature: float = 0.7,
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
+        repeat_penalty: float | None = None,
     ) -> Generation: ...
 
     def close(self) -> None: ...
@@ -146,6 +148,7 @@ class EchoEngine:
         temperature: float = 0.7,
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
+        repeat_penalty: float | None = None,
     ) -> Generation:
         tokens = self.plan(messages, max_tokens)
         full = self.plan(messages, max_tokens + 1)
@@ -190,13 +193,38 @@ def default_model_path() -> str:
 
 _DONE = object()
 
+_COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
+
+def _compact_json_grammar(response_format: dict[str, Any] | None) -> str | None:
+    """An llguidance grammar for a ``response_format`` that allows no free whitespace.
+
+    llama.cpp turns ``response_format`` into a grammar that lets the model emit runs of
+    newlines and indentation; a small model spends its token budget on them. The same
+    schema with whitespace fixed keeps every answer compact (and still valid JSON).
+    """
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema", spec) if isinstance(spec, dict) else {}
+    elif kind == "json_object":
+        schema = {"type": "object"}
+    else:
+        return None
+    schema = {**schema, "x-guidance": _COMPACT}
+    return "%llguidance {}\nstart: %json " + json.dumps(schema, separators=(",", ":"))
+
 
 class LlamaEngine:
     """A real model through xllamacpp (llama.cpp), SmolLM2-135M-Instruct by default.
 
     Generation runs in a worker thread; each token crosses to the event loop once.
     ``temperature``, ``max_tokens`` and ``seed`` are honoured per request, and
-    ``response_format`` (a JSON schema) is enforced by grammar-constrained decoding.
+    ``response_format`` (a JSON schema) is enforced by grammar-constrained decoding,
+    with no free whitespace. ``repeat_penalty`` (default 1.1) keeps a small model out of
+    repetition loops; set 1.0 for llama.cpp's plain sampling.
     """
 
     name = "llama"
@@ -210,6 +238,7 @@ class LlamaEngine:
         threads: int = 2,
         seed: int = 42,
         model_id: str | None = None,
+        repeat_penalty: float = 1.1,
     ) -> None:
         try:
             import xllamacpp
@@ -221,6 +250,7 @@ class LlamaEngine:
         self.model_id = model_id or os.path.splitext(os.path.basename(self.model_path))[0]
         self.context_window = n_ctx
         self.seed = seed
+        self.repeat_penalty = repeat_penalty
         params = xllamacpp.CommonParams()
         params.model.path = self.model_path
         params.n_ctx = n_ctx * n_parallel
@@ -255,9 +285,13 @@ class LlamaEngine:
             "temperature": temperature,
             "seed": self.seed if seed is None else seed,
             "stream_options": {"include_usage": True},
+            # A small model falls into loops ("the cat was a cat, and the cat was...");
+            # a mild penalty keeps answers (and constrained JSON strings) moving.
+            "repeat_penalty": self.repeat_penalty,
         }
-        if response_format is not None:
-            body["response_format"] = response_format
+        grammar = _compact_json_grammar(response_format)
+        if grammar is not None:
+            body["grammar"] = grammar
         return body
 
     def generate(
@@ -268,8 +302,11 @@ class LlamaEngine:
         temperature: float = 0.7,
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
+        repeat_penalty: float | None = None,
     ) -> Generation:
         body = self._request(messages, max_tokens, temperature, seed, response_format)
+        if repeat_penalty is not None:
+            body["repeat_penalty"] = repeat_penalty
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 from langchain_fabstir import __version__
 from langchain_fabstir.errors import ProtocolError
 from langchain_fabstir.host.engines import Engine, EngineError
+from langchain_fabstir.tool_protocol import envelope_schema, tool_instructions
 from langchain_fabstir.protocol import (
     Connected,
     ErrorFrame,
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 CONTEXT_MESSAGES = 10
 """Real hosts use only the last 10 messages of ``conversation_context``."""
 
-HOST_FEATURES = ["seed", "response_format"]
+HOST_FEATURES = ["seed", "response_format", "tools"]
 """Extensions this host serves (announced in ``connected`` and ``/v1/version``)."""
 
 
@@ -285,6 +286,14 @@ class ReferenceHost:
         context = request.conversation_context[-CONTEXT_MESSAGES:]
         messages = [{"role": m.role, "content": m.content} for m in context]
         messages.append({"role": "user", "content": request.prompt})
+        if request.tools and request.tool_choice != "none":
+            # The model must see the tools it may call (as a chat template would show
+            # them); decoding is then constrained to the envelope.
+            text = tool_instructions(request.tools, request.tool_choice)
+            if messages[0]["role"] == "system":
+                messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + text}
+            else:
+                messages.insert(0, {"role": "system", "content": text})
         return messages
 
     async def _error(self, conn: _Connection, frame: ErrorFrame, rid: str | None) -> None:
@@ -330,7 +339,9 @@ class ReferenceHost:
             max_tokens=max_tokens,
             temperature=request.temperature,
             seed=request.seed,
-            response_format=request.response_format,
+            response_format=_response_format(request),
+            # Tool arguments copy values from the prompt: no repetition penalty there.
+            repeat_penalty=1.0 if request.tools else None,
         )
         sent = 0
         # The per-token path: one pre-built JSON text per token, nothing else.
@@ -466,6 +477,16 @@ class ReferenceHost:
             {"error": f"no checkpoints for session {request.match_info['session_id']}"},
             status=404,
         )
+
+
+def _response_format(request: InferenceRequest) -> dict[str, Any] | None:
+    """The decoding constraint for a request: its ``response_format``, or the tool-call
+    envelope when tools are bound (the ``tools`` extension)."""
+    if request.tools and request.tool_choice != "none":
+        parallel = bool((request.model_extra or {}).get("parallel_tool_calls"))
+        schema = envelope_schema(request.tools, request.tool_choice, parallel=parallel)
+        return {"type": "json_schema", "json_schema": {"name": "tool_envelope", "schema": schema}}
+    return request.response_format
 
 
 def _json_str(text: str) -> str:

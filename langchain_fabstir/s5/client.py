@@ -45,6 +45,16 @@ from langchain_fabstir.errors import (
     RevisionConflictError,
     StorageError,
 )
+from langchain_fabstir.s5._http import (
+    EXCERPT,
+    TRANSPORT_ERRORS,
+    BlobNotFoundError,
+    PortalRequestError,
+    Response,
+    Transient,
+    connect_only,
+    is_transient,
+)
 from langchain_fabstir.s5.cid import CID, InvalidCIDError, blake3_hash
 from langchain_fabstir.s5.encoding import EncodingError, b64url_decode, b64url_encode
 from langchain_fabstir.s5.registry import (
@@ -66,54 +76,6 @@ __all__ = [
 CHALLENGE_REGISTER = 0x01
 CHALLENGE_LOGIN = 0x02
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0, pool=5.0)
-_EXCERPT = 200
-
-
-class BlobNotFoundError(StorageError):
-    """The portal does not have the requested blob (HTTP 404)."""
-
-    code = "BLOB_NOT_FOUND"
-    is_retryable = False
-
-
-class PortalRequestError(StorageError):
-    """The portal refused a request for a reason other than auth, revision or integrity."""
-
-    code = "PORTAL_REQUEST_REJECTED"
-    is_retryable = False
-
-
-class _Transient(Exception):
-    """An HTTP answer worth retrying (5xx, 429); carries the response facts."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"HTTP {status}: {text}")
-        self.status = status
-
-
-_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (_Transient, *_TRANSPORT_ERRORS))
-
-
-def _connect_only(exc: BaseException) -> bool:
-    # a request that never reached the portal can always be resent
-    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, _Transient))
-
-
-class _Response:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, headers: httpx.Headers) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
-
-    @property
-    def text(self) -> str:
-        return self.body[:_EXCERPT].decode("utf-8", "replace")
 
 
 class S5PortalClient:
@@ -188,7 +150,7 @@ class S5PortalClient:
             return {}
         return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
-    async def _once(self, build: Callable[[], httpx.Request], limit: int) -> _Response:
+    async def _once(self, build: Callable[[], httpx.Request], limit: int) -> Response:
         response = await self._http.send(build(), stream=True)
         try:
             chunks: list[bytes] = []
@@ -203,9 +165,9 @@ class S5PortalClient:
                 chunks.append(chunk)
         finally:
             await response.aclose()
-        result = _Response(response.status_code, b"".join(chunks), response.headers)
+        result = Response(response.status_code, b"".join(chunks), response.headers)
         if result.status >= 500 or result.status == 429:
-            raise _Transient(result.status, result.text)
+            raise Transient(result.status, result.text)
         return result
 
     async def _request(
@@ -215,11 +177,11 @@ class S5PortalClient:
         *,
         idempotent: bool = True,
         limit: int = 1024 * 1024,
-    ) -> _Response:
+    ) -> Response:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
-            retry=retry_if_exception(_is_transient if idempotent else _connect_only),
+            retry=retry_if_exception(is_transient if idempotent else connect_only),
             reraise=False,
         )
         attempts = 0
@@ -236,18 +198,22 @@ class S5PortalClient:
                 host_url=self.portal_url,
                 details={"attempts": attempts, "operation": what},
             ) from last
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise StorageError(
                 f"S5 portal {self.portal_url} failed to {what} after {attempts} attempts: "
                 f"{type(exc).__name__}: {exc}",
                 host_url=self.portal_url,
                 details={"attempts": attempts, "operation": what},
             ) from exc
-        except _Transient as exc:  # pragma: no cover - reraise=False routes here only oddly
-            raise StorageError(str(exc), host_url=self.portal_url) from exc
+        except httpx.HTTPError as exc:  # invalid URL, unsupported scheme, undecodable body
+            raise StorageError(
+                f"S5 portal {self.portal_url} could not {what}: {type(exc).__name__}: {exc}",
+                host_url=self.portal_url,
+                details={"attempts": attempts, "operation": what},
+            ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _refused(self, what: str, response: _Response) -> FabstirError:
+    def _refused(self, what: str, response: Response) -> FabstirError:
         details = {"status": response.status, "excerpt": response.text, "operation": what}
         message = f"S5 portal {self.portal_url} refused to {what}: HTTP {response.status}"
         if response.status in (401, 403):
@@ -264,7 +230,7 @@ class S5PortalClient:
             f"{message}: {response.text}", host_url=self.portal_url, details=details
         )
 
-    def _json(self, what: str, response: _Response) -> dict[str, Any]:
+    def _json(self, what: str, response: Response) -> dict[str, Any]:
         try:
             obj = json.loads(response.body)
         except ValueError as exc:
@@ -398,7 +364,7 @@ class S5PortalClient:
             raise StorageError(
                 "portal upload reply holds a malformed CID",
                 host_url=self.portal_url,
-                details={"excerpt": str(text)[:_EXCERPT]},
+                details={"excerpt": str(text)[:EXCERPT]},
             ) from exc
         if got is None or got.hash != expected.hash or got.size != expected.size:
             raise IntegrityError(

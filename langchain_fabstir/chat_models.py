@@ -1,0 +1,802 @@
+"""``ChatFabstir``: a LangChain chat model over Fabstir sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from langchain_fabstir._sync import iterate_sync, run_sync
+from langchain_fabstir.errors import FabstirError, RateLimitedError
+from langchain_fabstir.models import SessionConfig, StreamResult
+from langchain_fabstir.session import SessionManager
+from langchain_fabstir.stream import PromptStream
+from langchain_fabstir.tool_protocol import (
+    envelope_schema,
+    forced_tool_names,
+    parse_envelope,
+    tool_instructions,
+    validate_arguments,
+)
+
+__all__ = ["ChatFabstir"]
+
+_RETRY_AFTER_CAP = 30.0
+
+
+class _LoopResources:
+    """A SessionManager and its idle sessions, for one event loop."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self.idle: dict[str, list[str]] = {}
+
+
+class ChatFabstir(BaseChatModel):
+    """Chat model on Fabstir's decentralized LLM network.
+
+    Setup:
+        Install ``langchain-fabstir`` and point the model at a Fabstir host (or run one
+        locally: ``fabstir host --engine llama --port 8080``)::
+
+            pip install langchain-fabstir
+            export FABSTIR_HOST_URL=http://127.0.0.1:8080
+
+    Key init args — completion params:
+        model: model id to ask the host for (hosts fall back to their default).
+        temperature: sampling temperature (0..2).
+        max_tokens: maximum tokens to generate.
+        stop: stop sequences, enforced on the client (the host is told to stop).
+        seed: sampling seed, sent to hosts that announce the ``seed`` feature.
+
+    Key init args — client params:
+        host_url: one host URL, or a list tried in order (failover before the first
+            token). Defaults to ``FABSTIR_HOST_URL``.
+        timeout: seconds to wait for the first token.
+        stream_chunk_timeout: seconds of silence allowed between chunks.
+        max_retries: retries of retryable failures before the first token.
+        job_id, chain_id: the on-chain job this conversation is paid by (optional).
+        private_key: the user's key (``FABSTIR_PRIVATE_KEY``); a secret, never shown.
+        session_config: a :class:`~langchain_fabstir.models.SessionConfig` for the
+            underlying sessions.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_fabstir import ChatFabstir
+
+            llm = ChatFabstir(host_url="http://127.0.0.1:8080", temperature=0, max_tokens=64)
+
+    Invoke:
+        .. code-block:: python
+
+            msg = llm.invoke([("system", "Answer briefly."), ("human", "Capital of France?")])
+            msg.content              # 'The capital of France is Paris.'
+            msg.usage_metadata       # {'input_tokens': 37, 'output_tokens': 8, 'total_tokens': 45}
+            msg.response_metadata["model_name"], msg.response_metadata["finish_reason"]
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("Tell me about the sea."):
+                print(chunk.content, end="", flush=True)
+
+        Usage arrives on exactly one chunk (the last, ``chunk_position="last"``). Breaking
+        out of the loop sends ``stream_cancel`` so the host stops generating.
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("hello")
+            async for chunk in llm.astream("hello"):
+                ...
+            await llm.abatch(["a", "b"])
+
+        The sync methods also work inside a running event loop (e.g. a notebook): they
+        run on a private background loop, without ``nest_asyncio``.
+
+    Tool calling:
+        .. code-block:: python
+
+            from langchain_core.tools import tool
+
+            @tool
+            def get_weather(city: str) -> str:
+                \"\"\"Weather in a city.\"\"\"
+                return "sunny"
+
+            llm_tools = llm.bind_tools([get_weather], tool_choice="any")
+            msg = llm_tools.invoke("Weather in Paris?")
+            msg.tool_calls   # [{'name': 'get_weather', 'args': {'city': 'Paris'}, 'id': ...}]
+
+        Two paths, chosen per host:
+
+        - hosts that announce the ``tools`` feature (the reference host does) receive
+          ``tools``/``tool_choice`` and constrain decoding to the tool-call envelope:
+          every answer parses, names are always bound tools, and arguments always match
+          the tool's JSON schema (the values are the model's choice).
+        - other hosts get the tools described in a system message; the client parses the
+          answer and validates arguments (required keys, top-level types). Calls that do
+          not validate become ``invalid_tool_calls``; text that is not a call is content.
+
+        While streaming with tools bound, the answer is buffered and the tool calls are
+        emitted as ``tool_call_chunks`` when the envelope is complete.
+
+    Structured output:
+        .. code-block:: python
+
+            from pydantic import BaseModel
+
+            class Joke(BaseModel):
+                setup: str
+                punchline: str
+
+            llm.with_structured_output(Joke).invoke("A joke about cats")
+            # Joke(setup='...', punchline='...')
+
+        ``method="json_schema"`` (default) sends ``response_format`` to hosts that
+        announce it (grammar-constrained: the result always parses and matches the
+        schema) and otherwise asks for JSON and validates it; ``"function_calling"`` uses
+        tool calling; ``"json_mode"`` asks for any JSON object.
+
+    History:
+        Messages of every type map onto the protocol's ``conversation_context``:
+        system, human, AI (earlier tool calls included as their JSON envelope) and tool
+        results (as user turns that name the tool). Content a host cannot take (images,
+        audio, files) is refused with a ``ValueError``, never silently dropped.
+
+    Errors:
+        Every failure is a :class:`~langchain_fabstir.errors.FabstirError` with a stable
+        ``code`` that is also the matching ``langchain_core.exceptions`` type:
+        ``ModelConnectionError`` (HOST_UNREACHABLE, HOST_DISCONNECTED),
+        ``ModelTimeoutError`` (RESPONSE_TIMEOUT, STREAM_CHUNK_TIMEOUT),
+        ``ContextOverflowError`` (TOKEN_LIMIT_EXCEEDED), ``ModelRateLimitError``
+        (RATE_LIMITED), ``ModelNotFoundError`` (MODEL_NOT_AVAILABLE),
+        ``ModelInvalidRequestError`` (INVALID_REQUEST), with ``is_retryable`` set.
+
+    A runnable example with the in-process echo host:
+
+    >>> import asyncio
+    >>> from langchain_fabstir.host import EchoEngine, ReferenceHost
+    >>> async def demo():
+    ...     async with ReferenceHost(EchoEngine()) as host:
+    ...         llm = ChatFabstir(host_url=host.url, stop=["world"])
+    ...         msg = await llm.ainvoke("hello world")
+    ...         return msg.content, msg.response_metadata["finish_reason"]
+    >>> asyncio.run(demo())
+    ('Echo: hello ', 'stop')
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    model: str | None = Field(default=None, alias="model_name")
+    """Model id to request. ``None``: the model the host announces (or its default);
+    hosts fall back to their default model for ids they do not serve."""
+    host_url: str | list[str] | None = None
+    """Host base URL, or a list tried in order. Defaults to ``FABSTIR_HOST_URL``."""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    seed: int | None = None
+    timeout: float | None = None
+    """Seconds to wait for the first token (default: the session config's 60 s)."""
+    stream_chunk_timeout: float | None = None
+    """Seconds of silence allowed between two chunks (default 30 s)."""
+    max_retries: int = 2
+    job_id: int | None = None
+    chain_id: int = 84532
+    private_key: SecretStr | None = Field(default=None)
+    user_address: str | None = None
+    streaming: bool = False
+    session_config: SessionConfig | None = None
+
+    _resources: weakref.WeakKeyDictionary[Any, _LoopResources] = PrivateAttr(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        import os
+
+        if kwargs.get("private_key") is None and os.environ.get("FABSTIR_PRIVATE_KEY"):
+            kwargs["private_key"] = SecretStr(os.environ["FABSTIR_PRIVATE_KEY"])
+        if kwargs.get("host_url") is None and os.environ.get("FABSTIR_HOST_URL"):
+            kwargs["host_url"] = os.environ["FABSTIR_HOST_URL"]
+        super().__init__(**kwargs)
+
+    # --- LangChain plumbing ------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "fabstir"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "host_url": self.host_url,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+            "seed": self.seed,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="fabstir",
+            ls_model_name=kwargs.get("model") or self.model or "default",
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_fabstir", "chat_models"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"private_key": "FABSTIR_PRIVATE_KEY"}
+
+    # --- sessions ----------------------------------------------------------------------
+
+    def _hosts(self) -> list[str]:
+        hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
+        if not hosts:
+            raise ValueError(
+                "ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL"
+            )
+        return hosts
+
+    def _config(self) -> SessionConfig:
+        config = self.session_config or SessionConfig()
+        updates: dict[str, Any] = {"reconnect_attempts": config.reconnect_attempts}
+        if self.timeout is not None:
+            updates["first_token_timeout"] = self.timeout
+        if self.stream_chunk_timeout is not None:
+            updates["chunk_timeout"] = self.stream_chunk_timeout
+        return config.model_copy(update=updates)
+
+    def _loop_resources(self) -> _LoopResources:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        res = self._resources.get(loop)
+        if res is None:
+            manager = SessionManager(
+                self._config(), user_address=self.user_address, chain_id=self.chain_id
+            )
+            res = _LoopResources(manager)
+            self._resources[loop] = res
+        return res
+
+    async def _checkout(self, host_url: str) -> tuple[_LoopResources, str]:
+        res = self._loop_resources()
+        idle = res.idle.setdefault(host_url, [])
+        while idle:
+            sid = idle.pop()
+            with contextlib.suppress(FabstirError):
+                if res.manager.get_session(sid).status == "active":
+                    return res, sid
+        session = await res.manager.create_session(
+            host_url=host_url, model=None, job_id=self.job_id, session_id=uuid.uuid4().hex
+        )
+        return res, session.id
+
+    # --- messages ----------------------------------------------------------------------
+
+    @staticmethod
+    def _text(message: BaseMessage) -> str:
+        content = message.content
+        if isinstance(content, str):
+            return content
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type") in ("text", "text-plain"):
+                parts.append(str(block.get("text", "")))
+            elif isinstance(block, dict) and block.get("type") in (
+                "tool_use",
+                "tool_call",
+                "function_call",
+            ):
+                continue  # represented by the message's tool_calls
+            else:
+                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+                raise ValueError(
+                    f"Fabstir hosts take text only; a {type(message).__name__} has a "
+                    f"{kind!r} content block. Describe it in text or use another model."
+                )
+        return "".join(parts)
+
+    def _to_protocol(self, messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        for m in messages:
+            text = self._text(m)
+            if isinstance(m, SystemMessage):
+                out.append({"role": "system", "content": text})
+            elif isinstance(m, HumanMessage):
+                out.append({"role": "user", "content": text})
+            elif isinstance(m, AIMessage):
+                if m.tool_calls:
+                    envelope = {
+                        "tool_calls": [
+                            {"name": c["name"], "arguments": c["args"]} for c in m.tool_calls
+                        ]
+                    }
+                    text = (text + "\n" if text else "") + json.dumps(envelope)
+                out.append({"role": "assistant", "content": text})
+            elif isinstance(m, ToolMessage):
+                name = m.name or "tool"
+                status = " (error)" if m.status == "error" else ""
+                out.append(
+                    {
+                        "role": "user",
+                        "content": f"Result of tool {name}{status} (call {m.tool_call_id}): "
+                        f"{text}",
+                    }
+                )
+            elif isinstance(m, FunctionMessage):
+                out.append({"role": "user", "content": f"Result of tool {m.name}: {text}"})
+            elif isinstance(m, ChatMessage):
+                role = m.role if m.role in ("user", "assistant", "system") else "user"
+                out.append({"role": role, "content": text})
+            else:
+                raise ValueError(f"unsupported message type {type(m).__name__}")
+        if not out:
+            raise ValueError("no messages to send")
+        return out
+
+    # --- the core stream ---------------------------------------------------------------
+
+    def _stream_params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        params = {
+            "model": kwargs.get("model", self.model),
+            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "seed": kwargs.get("seed", self.seed),
+            "stop": stop if stop is not None else kwargs.get("stop", self.stop),
+            "tools": kwargs.get("tools"),
+            "tool_choice": kwargs.get("tool_choice"),
+            "response_format": kwargs.get("response_format"),
+            "parallel_tool_calls": kwargs.get("parallel_tool_calls"),
+        }
+        return params
+
+    async def _attempt(
+        self,
+        host_url: str,
+        protocol_messages: list[dict[str, str]],
+        params: dict[str, Any],
+    ) -> AsyncIterator[tuple[PromptStream, str, list[dict[str, Any]] | None]]:
+        """One try against one host: yields (stream, text, extra_context)."""
+        res, sid = await self._checkout(host_url)
+        manager = res.manager
+        healthy = False
+        try:
+            state = manager._state(sid)
+            transport = await manager._connection(state)
+            features = transport.features
+            context = list(protocol_messages[:-1])
+            prompt = protocol_messages[-1]["content"] or " "
+            request: dict[str, Any] = {
+                "model": params["model"],
+                "max_tokens": params["max_tokens"],
+                "temperature": params["temperature"],
+                "seed": params["seed"],
+            }
+            tools = params["tools"]
+            if tools:
+                if "tools" in features:
+                    request["tools"] = tools
+                    request["tool_choice"] = params["tool_choice"]
+                    request["parallel_tool_calls"] = params["parallel_tool_calls"]
+                else:
+                    instructions = tool_instructions(tools, params["tool_choice"])
+                    context.insert(0, {"role": "system", "content": instructions})
+            fmt = params["response_format"]
+            if fmt is not None:
+                if "response_format" in features:
+                    request["response_format"] = fmt
+                else:
+                    context.insert(0, {"role": "system", "content": _format_instructions(fmt)})
+            async with contextlib.aclosing(
+                manager.open_stream(sid, prompt, context=context, record=False, **request)
+            ) as it:
+                async for stream, text in it:
+                    yield stream, text, None
+            healthy = True
+        finally:
+            if healthy:
+                res.idle.setdefault(host_url, []).append(sid)
+            else:
+                with contextlib.suppress(Exception):
+                    await manager.end_session(sid)
+
+    async def _chunks(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        protocol_messages = self._to_protocol(messages)
+        params = self._stream_params(stop, kwargs)
+        stops = [s for s in (params.pop("stop") or []) if s]
+        buffering = bool(params["tools"]) or params["response_format"] is not None
+        hosts = self._hosts()
+        attempts = self.max_retries + 1
+        started = False
+        attempt_no = 0
+        last: PromptStream | None = None
+        emitted: list[str] = []
+        stopped = False
+
+        def retryable(exc: BaseException) -> bool:
+            return (
+                not started
+                and isinstance(exc, FabstirError)
+                and bool(getattr(exc, "is_retryable", False))
+            )
+
+        def wait(retry_state: Any) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            base = wait_exponential_jitter(initial=0.2, max=5.0)(retry_state)
+            if isinstance(exc, RateLimitedError) and exc.retry_after:
+                return min(max(base, exc.retry_after), _RETRY_AFTER_CAP)
+            return base
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            retry=retry_if_exception(retryable),
+            wait=wait,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                host = hosts[attempt_no % len(hosts)]
+                attempt_no += 1
+                pending = ""
+                async with contextlib.aclosing(
+                    self._attempt(host, protocol_messages, params)
+                ) as pieces:
+                    async for stream, text, _ in pieces:
+                        last = stream
+                        started = True
+                        if buffering:
+                            emitted.append(text)
+                            continue
+                        if stops:
+                            pending += text
+                            cut = _find_stop(pending, stops)
+                            if cut is not None:
+                                text, stopped = pending[:cut], True
+                                pending = ""
+                            else:
+                                safe = len(pending) - _held_back(pending, stops)
+                                text, pending = pending[:safe], pending[safe:]
+                        if text:
+                            emitted.append(text)
+                            yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                        if stopped:
+                            break
+                    if pending and not stopped:
+                        emitted.append(pending)
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=pending))
+        if last is None:
+            return
+        result = last.result
+        full = "".join(emitted)
+        final = AIMessageChunk(content="", chunk_position="last")
+        if buffering:
+            final = self._parse_buffered(full, params)
+        if stopped:
+            result.finish_reason = "stop"
+        final.usage_metadata = _usage(result)
+        final.response_metadata = self._response_metadata(result)
+        yield ChatGenerationChunk(message=final, generation_info=_generation_info(result))
+
+    def _parse_buffered(self, text: str, params: dict[str, Any]) -> AIMessageChunk:
+        if not params["tools"]:
+            return AIMessageChunk(content=text, chunk_position="last")
+        try:
+            content, calls = parse_envelope(text)
+        except ValueError as exc:
+            return AIMessageChunk(
+                content=text,
+                chunk_position="last",
+                invalid_tool_calls=[
+                    {"name": None, "args": text, "id": None, "error": str(exc),
+                     "type": "invalid_tool_call"}
+                ],
+            )
+        schemas = {
+            t["function"]["name"]: t["function"].get("parameters") or {} for t in params["tools"]
+        }
+        if not params["parallel_tool_calls"]:
+            calls = calls[:1]
+        chunks = []
+        invalid = []
+        for i, call in enumerate(calls):
+            call_id = f"call_{uuid.uuid4().hex[:24]}"
+            problems = (
+                ["unknown tool"]
+                if call["name"] not in schemas
+                else validate_arguments(call["args"], schemas[call["name"]])
+            )
+            if problems:
+                invalid.append(
+                    {"name": call["name"], "args": json.dumps(call["args"]), "id": call_id,
+                     "error": "; ".join(problems), "type": "invalid_tool_call"}
+                )
+                continue
+            chunks.append(
+                {"name": call["name"], "args": json.dumps(call["args"]), "id": call_id,
+                 "index": i, "type": "tool_call_chunk"}
+            )
+        return AIMessageChunk(
+            content=content,
+            chunk_position="last",
+            tool_call_chunks=chunks,  # type: ignore[arg-type]
+            invalid_tool_calls=invalid,  # type: ignore[arg-type]
+        )
+
+    def _response_metadata(self, result: StreamResult) -> dict[str, Any]:
+        return {
+            "model_name": result.model or self.model or "default",
+            "model_provider": "fabstir",
+            "finish_reason": result.finish_reason,
+            "host_url": result.host_url,
+            "session_id": result.session_id,
+            "request_id": result.request_id,
+        }
+
+    # --- BaseChatModel hooks -----------------------------------------------------------
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async with contextlib.aclosing(self._chunks(messages, stop, **kwargs)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        yield from iterate_sync(self._chunks(messages, stop, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        merged: ChatGenerationChunk | None = None
+        async with contextlib.aclosing(self._chunks(messages, stop, **kwargs)) as chunks:
+            async for chunk in chunks:
+                merged = chunk if merged is None else merged + chunk
+        return _to_result(merged)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return run_sync(self._agenerate(messages, stop, **kwargs))
+
+    # --- tools and structured output ---------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (functions, pydantic models, ``BaseTool``, OpenAI dicts).
+
+        ``tool_choice``: ``"auto"``/``None`` (the model decides), ``"any"``/``"required"``
+        (some tool), a tool name, or ``"none"``.
+        """
+        specs = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice == "none":
+            return self.bind(**kwargs)
+        forced_tool_names(specs, tool_choice)  # validates the choice early
+        return self.bind(tools=specs, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Return outputs shaped like ``schema`` (pydantic class, TypedDict or JSON schema).
+
+        See the class docstring for what each ``method`` guarantees.
+        """
+        if kwargs:
+            raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        ls_format = {
+            "kwargs": {"method": method},
+            "schema": convert_to_json_schema(schema),
+        }
+        parser: Runnable[Any, Any]
+        if method == "function_calling":
+            tool = convert_to_openai_tool(schema)
+            name = tool["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=ls_format)
+            if is_pydantic:
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            else:
+                parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema":
+                json_schema = convert_to_json_schema(schema)
+                if strict is not False:
+                    json_schema = _closed_objects(json_schema)
+                fmt: dict[str, Any] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": json_schema.get("title", "output"),
+                        "schema": json_schema,
+                    },
+                }
+            else:
+                fmt = {"type": "json_object"}
+            llm = self.bind(response_format=fmt, ls_structured_output_format=ls_format)
+            if is_pydantic and method == "json_schema":
+                parser = PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+            else:
+                parser = JsonOutputParser()
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        if not include_raw:
+            return llm | parser
+        parser_with_fallback = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        ).with_fallbacks(
+            [RunnablePassthrough.assign(parsed=lambda _: None)],
+            exception_key="parsing_error",
+        )
+        return RunnableMap(raw=llm) | parser_with_fallback
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    """Index where the earliest stop sequence starts in ``text``, if any."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters could still begin a stop sequence."""
+    longest = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                longest = max(longest, n)
+                break
+    return longest
+
+
+def _closed_objects(schema: Any) -> Any:
+    """A copy of a JSON schema whose objects admit only their declared properties
+    (unless they say otherwise), as strict structured output expects."""
+    if isinstance(schema, list):
+        return [_closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed_objects(v) for k, v in schema.items()}
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def _format_instructions(fmt: dict[str, Any]) -> str:
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema", {})
+        return (
+            "Reply with one JSON object only, no prose, matching this JSON schema: "
+            + json.dumps(schema, separators=(",", ":"))
+        )
+    return "Reply with one JSON object only, no prose."
+
+
+def _usage(result: StreamResult) -> UsageMetadata:
+    if result.usage is not None:
+        return UsageMetadata(
+            input_tokens=result.usage.prompt_tokens,
+            output_tokens=result.usage.completion_tokens,
+            total_tokens=result.usage.total_tokens,
+        )
+    out = result.tokens_used
+    return UsageMetadata(input_tokens=0, output_tokens=out, total_tokens=out)
+
+
+def _generation_info(result: StreamResult) -> dict[str, Any]:
+    return {"finish_reason": result.finish_reason}
+
+
+def _to_result(chunk: ChatGenerationChunk | None) -> ChatResult:
+    if chunk is None:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
+    msg = chunk.message
+    assert isinstance(msg, AIMessageChunk)
+    message = AIMessage(
+        content=msg.content,
+        tool_calls=msg.tool_calls,
+        invalid_tool_calls=msg.invalid_tool_calls,
+        usage_metadata=msg.usage_metadata,
+        response_metadata=msg.response_metadata,
+        id=msg.id,
+    )
+    return ChatResult(
+        generations=[ChatGeneration(message=message, generation_info=chunk.generation_info)]
+    )
+
