@@ -80,7 +80,7 @@ async def echo_ratio() -> dict[str, Any]:
             async def session_stream() -> float:
                 watch = Stopwatch()
                 n = 0
-                async for stream, _text in manager.open_stream(
+                async for _stream, _text in manager.open_stream(
                     session.id, "go", context=[], record=False
                 ):
                     n += 1

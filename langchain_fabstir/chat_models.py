@@ -6,7 +6,7 @@ import contextlib
 import json
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -51,7 +51,6 @@ from langchain_fabstir.models import SessionConfig, StreamResult
 from langchain_fabstir.session import SessionManager
 from langchain_fabstir.stream import PromptStream
 from langchain_fabstir.tool_protocol import (
-    envelope_schema,
     forced_tool_names,
     parse_envelope,
     tool_instructions,
@@ -292,9 +291,7 @@ class ChatFabstir(BaseChatModel):
     def _hosts(self) -> list[str]:
         hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
         if not hosts:
-            raise ValueError(
-                "ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL"
-            )
+            raise ValueError("ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL")
         return hosts
 
     def _config(self) -> SessionConfig:
@@ -382,8 +379,7 @@ class ChatFabstir(BaseChatModel):
                 out.append(
                     {
                         "role": "user",
-                        "content": f"Result of tool {name}{status} (call {m.tool_call_id}): "
-                        f"{text}",
+                        "content": f"Result of tool {name}{status} (call {m.tool_call_id}): {text}",
                     }
                 )
             elif isinstance(m, FunctionMessage):
@@ -418,7 +414,7 @@ class ChatFabstir(BaseChatModel):
         host_url: str,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
-    ) -> AsyncIterator[tuple[PromptStream, str, list[dict[str, Any]] | None]]:
+    ) -> AsyncGenerator[tuple[PromptStream, str, list[dict[str, Any]] | None], None]:
         """One try against one host: yields (stream, text, extra_context)."""
         res, sid = await self._checkout(host_url)
         manager = res.manager
@@ -468,7 +464,7 @@ class ChatFabstir(BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    ) -> AsyncGenerator[ChatGenerationChunk, None]:
         protocol_messages = self._to_protocol(messages)
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
@@ -555,8 +551,13 @@ class ChatFabstir(BaseChatModel):
                 content=text,
                 chunk_position="last",
                 invalid_tool_calls=[
-                    {"name": None, "args": text, "id": None, "error": str(exc),
-                     "type": "invalid_tool_call"}
+                    {
+                        "name": None,
+                        "args": text,
+                        "id": None,
+                        "error": str(exc),
+                        "type": "invalid_tool_call",
+                    }
                 ],
             )
         schemas = {
@@ -575,19 +576,29 @@ class ChatFabstir(BaseChatModel):
             )
             if problems:
                 invalid.append(
-                    {"name": call["name"], "args": json.dumps(call["args"]), "id": call_id,
-                     "error": "; ".join(problems), "type": "invalid_tool_call"}
+                    {
+                        "name": call["name"],
+                        "args": json.dumps(call["args"]),
+                        "id": call_id,
+                        "error": "; ".join(problems),
+                        "type": "invalid_tool_call",
+                    }
                 )
                 continue
             chunks.append(
-                {"name": call["name"], "args": json.dumps(call["args"]), "id": call_id,
-                 "index": i, "type": "tool_call_chunk"}
+                {
+                    "name": call["name"],
+                    "args": json.dumps(call["args"]),
+                    "id": call_id,
+                    "index": i,
+                    "type": "tool_call_chunk",
+                }
             )
         return AIMessageChunk(
             content=content,
             chunk_position="last",
-            tool_call_chunks=chunks,  # type: ignore[arg-type]
-            invalid_tool_calls=invalid,  # type: ignore[arg-type]
+            tool_call_chunks=chunks,
+            invalid_tool_calls=invalid,
         )
 
     def _response_metadata(self, result: StreamResult) -> dict[str, Any]:
@@ -690,7 +701,7 @@ class ChatFabstir(BaseChatModel):
             name = tool["function"]["name"]
             llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=ls_format)
             if is_pydantic:
-                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)
             else:
                 parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         elif method in ("json_schema", "json_mode"):
@@ -709,7 +720,7 @@ class ChatFabstir(BaseChatModel):
                 fmt = {"type": "json_object"}
             llm = self.bind(response_format=fmt, ls_structured_output_format=ls_format)
             if is_pydantic and method == "json_schema":
-                parser = PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                parser = PydanticOutputParser(pydantic_object=schema)
             else:
                 parser = JsonOutputParser()
         else:
@@ -799,4 +810,3 @@ def _to_result(chunk: ChatGenerationChunk | None) -> ChatResult:
     return ChatResult(
         generations=[ChatGeneration(message=message, generation_info=chunk.generation_info)]
     )
-

@@ -39,7 +39,6 @@ from aiohttp import WSMsgType, web
 from langchain_fabstir import __version__
 from langchain_fabstir.errors import ProtocolError
 from langchain_fabstir.host.engines import Engine, EngineError
-from langchain_fabstir.tool_protocol import envelope_schema, tool_instructions
 from langchain_fabstir.protocol import (
     Connected,
     ErrorFrame,
@@ -53,6 +52,7 @@ from langchain_fabstir.protocol import (
     encode_frame,
     parse_frame,
 )
+from langchain_fabstir.tool_protocol import envelope_schema, tool_instructions
 
 __all__ = ["CONTEXT_MESSAGES", "HOST_FEATURES", "ReferenceHost", "run_host"]
 

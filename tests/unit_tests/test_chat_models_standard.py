@@ -7,9 +7,8 @@ import os
 from typing import Any
 from unittest import mock
 
-from langchain_core.load import dumpd, dumps, load
-
 import pytest
+from langchain_core.load import dumpd, dumps, load
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_fabstir.chat_models import ChatFabstir
@@ -77,7 +76,10 @@ def test_private_key_never_in_repr_or_dumps() -> None:
     text = dumps(llm)
     assert key not in text
     assert json.loads(text)["kwargs"]["private_key"] == {
-        "lc": 1, "type": "secret", "id": ["FABSTIR_PRIVATE_KEY"]}
+        "lc": 1,
+        "type": "secret",
+        "id": ["FABSTIR_PRIVATE_KEY"],
+    }
     with mock.patch.dict(os.environ, {"FABSTIR_PRIVATE_KEY": key}):
         env_llm = ChatFabstir(host_url="http://127.0.0.1:1")
     assert env_llm.private_key is not None
