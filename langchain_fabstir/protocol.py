@@ -152,6 +152,7 @@ class InferenceRequest(BaseModel):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     resume: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
 
     @field_validator("chain_id", mode="before")
     @classmethod

@@ -48,6 +48,9 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
+from pydantic import SecretStr
+
+from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.errors import (
     FabstirError,
     InvalidRequestError,
@@ -69,6 +72,7 @@ from langchain_fabstir.protocol import (
     SessionInit,
     SessionInitAck,
 )
+from langchain_fabstir.session_checkpoints import new_tracker, settle_proof
 from langchain_fabstir.stream import PromptStream
 from langchain_fabstir.transport import Transport, TransportOptions
 
@@ -83,6 +87,7 @@ _EXTENSION_FIELDS = {
     "tools": "tools",
     "tool_choice": "tools",
     "parallel_tool_calls": "tools",
+    "checkpoint": "checkpoints",
     "response_format": "response_format",
 }
 """Request fields this client sends only to hosts that announced the feature."""
@@ -103,7 +108,8 @@ class _SessionState:
         self.messages: list[Message] = []
         self.transport: Transport | None = None
         self.lock = asyncio.Lock()
-        self.proofs: list[Any] = []
+        self.proofs: list[CheckpointProof] = []
+        self.tracker: CheckpointTracker | None = None
         self.pending_request: InferenceRequest | None = None
         self.last_used = 0.0
 
@@ -118,6 +124,12 @@ class SessionManager:
             host is given.
         user_address: the user's wallet address, sent in ``session_init``.
         chain_id: the chain sent in ``session_init`` (default Base Sepolia, 84532).
+        private_key: the user's secp256k1 key (hex), used to sign checkpoint proofs.
+            Defaults to ``FABSTIR_PRIVATE_KEY``. Kept as a ``SecretStr``.
+
+    Events (:meth:`on`): ``"checkpoint"`` (a :class:`CheckpointProof`),
+    ``"checkpoint_failed"`` (a :class:`~langchain_fabstir.errors.CheckpointError`),
+    ``"session_created"``, ``"session_ended"``.
     """
 
     def __init__(
@@ -127,10 +139,15 @@ class SessionManager:
         host_url: str | None = None,
         user_address: str | None = None,
         chain_id: int = 84532,
+        private_key: str | SecretStr | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or SessionConfig()
         self._clock = clock
+        key = os.environ.get("FABSTIR_PRIVATE_KEY") if private_key is None else private_key
+        self._private_key: SecretStr | None = (
+            key if isinstance(key, SecretStr) else SecretStr(key) if key else None
+        )
         self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
         self.user_address = user_address
         self.chain_id = chain_id
@@ -230,6 +247,12 @@ class SessionManager:
         if system_prompt:
             state.messages.append(Message(role="system", content=system_prompt))
         state.messages.extend(_context_messages(initial_context))
+        state.tracker = new_tracker(
+            sid,
+            self.config.checkpoint_interval,
+            [{"role": m.role, "content": m.content} for m in state.messages],
+            self._private_key,
+        )
         self._sessions[sid] = state
         if connect:
             try:
@@ -410,7 +433,28 @@ class SessionManager:
             transport = await self._connection(state)
             rid = _request_id()
             ctx = self._context(state) if context is None else context
+            if context is None and state.tracker is not None:
+                tracker, scope = state.tracker, "session"
+            else:
+                interval = self.config.checkpoint_interval
+                tracker = new_tracker(session.id, interval, ctx, self._private_key)
+                scope = "request"
+            params.setdefault(
+                "checkpoint", {"interval": self.config.checkpoint_interval, "scope": scope}
+            )
             payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
+            started = False
+
+            def feed(text: str, n: int) -> CheckpointProof | None:
+                # The exchange enters the hash chain with its first piece of answer, as
+                # it enters the history (a prompt that got no answer is in neither).
+                nonlocal started
+                if not started:
+                    started = True
+                    tracker.add_message("user", prompt)
+                    tracker.add_message("assistant")
+                return tracker.on_tokens(text, n)
+
             stream = PromptStream(
                 transport,
                 payload,
@@ -419,19 +463,73 @@ class SessionManager:
                 chunk_timeout=self.config.chunk_timeout,
                 session_id=session.id,
                 model=payload["request"]["model"],
+                on_tokens=feed,
             )
             user_msg = Message(role="user", content=prompt)
             try:
                 async with contextlib.aclosing(stream.run()) as pieces:
                     async for text in pieces:
+                        if stream.new_proofs:
+                            stream.chunk_proofs = [
+                                await self._settle(state, stream, p) for p in stream.new_proofs
+                            ]
+                            stream.new_proofs.clear()
                         yield stream, text
+                        if stream.chunk_proofs:
+                            stream.chunk_proofs = []
+                if started:
+                    last = tracker.end_message()
+                    if last is not None:
+                        stream.end_proofs.append(await self._settle(state, stream, last))
             except FabstirError:
                 # A broken or timed-out answer leaves the socket in an unknown state.
                 if stream.transport.closed or not stream.finished:
                     await self._drop_connection(state)
                 raise
             finally:
+                if started and not stream.finished:
+                    tracker.end_message()  # an interrupted answer still closes its message
                 self._account(state, stream.result, user_msg, stream, record)
+
+    async def _settle(
+        self, state: _SessionState, stream: PromptStream, proof: CheckpointProof
+    ) -> CheckpointProof:
+        transport = stream.transport
+        announced = "checkpoints" in transport.features
+        settled = await settle_proof(
+            proof,
+            host_checkpoints=stream.host_checkpoints,
+            host_address=transport.greeting.host_address if announced else None,
+            signing_key=self._private_key,
+            require_verified=self.config.require_verified_checkpoints,
+            emit=self._emit,
+            host_url=transport.host_url,
+        )
+        state.proofs.append(settled)
+        state.session.checkpoint_count += 1
+        return settled
+
+    async def create_checkpoint(self, session_id: str) -> CheckpointProof:
+        """A checkpoint proof of the conversation as it is now (seed: ``createCheckpoint``).
+
+        Between prompts it covers everything since the previous checkpoint (an empty
+        delta when nothing changed). Signed with the user's key when one is configured.
+        """
+        state = self._state(session_id)
+        async with state.lock:
+            if state.tracker is None:
+                raise InvalidRequestError(
+                    "this session keeps no checkpoints", session_id=session_id
+                )
+            proof = state.tracker.checkpoint()
+            state.proofs.append(proof)
+            state.session.checkpoint_count += 1
+            await self._emit("checkpoint", proof)
+            return proof
+
+    def get_checkpoint_proofs(self, session_id: str) -> list[CheckpointProof]:
+        """Every proof of the session so far, in order."""
+        return list(self._state(session_id).proofs)
 
     def _account(
         self,

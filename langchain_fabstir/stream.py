@@ -103,7 +103,8 @@ class PromptStream:
         first_timeout: seconds to the first frame.
         chunk_timeout: seconds of inactivity allowed between frames.
         on_tokens: called as ``on_tokens(text, n_tokens)`` for every piece (the
-            session's accounting and checkpoints); keep it cheap.
+            session's checkpoint tracker); keep it cheap. Whatever it returns other than
+            ``None`` (a completed checkpoint) is collected in :attr:`new_proofs`.
     """
 
     def __init__(
@@ -116,7 +117,7 @@ class PromptStream:
         chunk_timeout: float,
         session_id: str = "",
         model: str = "",
-        on_tokens: Callable[[str, int], None] | None = None,
+        on_tokens: Callable[[str, int], Any] | None = None,
     ) -> None:
         self.transport = transport
         self.payload = payload
@@ -134,6 +135,14 @@ class PromptStream:
         )
         self.finished = False
         self.chunks_received = 0
+        self.new_proofs: list[Any] = []
+        """Checkpoints completed by the latest piece (the consumer clears it)."""
+        self.chunk_proofs: list[Any] = []
+        """Settled proofs that belong to the piece being yielded (set by the session)."""
+        self.end_proofs: list[Any] = []
+        """Proofs settled when the answer ended."""
+        self.host_checkpoints: dict[int, dict[str, Any]] = {}
+        """Signed ``checkpoint`` frames the host pushed, by checkpoint number."""
 
     @property
     def text(self) -> str:
@@ -209,7 +218,9 @@ class PromptStream:
                     self.chunks_received += 1
                     pieces.append(content)
                     if on_tokens is not None:
-                        on_tokens(content, n)
+                        proof = on_tokens(content, n)
+                        if proof is not None:
+                            self.new_proofs.append(proof)
                     yield content
                     continue
                 frame = frame_from_obj(obj)
@@ -261,10 +272,18 @@ class PromptStream:
         self.pieces.append(text)
         self.chunks_received += 1
         if self.on_tokens is not None:
-            self.on_tokens(text, n)
+            proof = self.on_tokens(text, n)
+            if proof is not None:
+                self.new_proofs.append(proof)
 
     def on_other_frame(self, frame: Any) -> None:
-        """Hook for extension frames (e.g. checkpoints); ignored by default."""
+        """Extension frames: a host's signed ``checkpoint`` is kept for the session to
+        verify; anything else is ignored."""
+        if frame.type == "checkpoint" and frame.model_extra:
+            proof = frame.model_extra.get("proof")
+            number = proof.get("checkpointNumber") if isinstance(proof, dict) else None
+            if isinstance(number, int) and frame.model_extra.get("id") in (None, self.request_id):
+                self.host_checkpoints[number] = proof
 
     def _finish(self, end: StreamEnd) -> None:
         self.finished = True

@@ -1,0 +1,126 @@
+"""An answer being generated, independent of the socket that asked for it.
+
+The reference host runs each prompt as an :class:`AnswerJob`: a producer task turns the
+engine's tokens into ready-to-send frames, and any number of consumers (the socket that
+asked, or a later socket that *resumes* it) send those frames from a position. A
+dropped socket does not stop the job; it is kept for a grace period so that a client
+can reconnect and continue from the token it last received (the ``resume`` extension).
+
+>>> import asyncio
+>>> async def demo():
+...     async def tokens():
+...         for t in ["a", "b", "c"]:
+...             yield t
+...     job = AnswerJob("r1", chunk_frame=lambda t, n: t, end_frames=lambda job: ["END"])
+...     job.start(tokens())
+...     await job.finished.wait()
+...     return job.frames_from(job.start_of_token(1))
+>>> asyncio.run(demo())
+['b', 'c', 'END']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+__all__ = ["AnswerJob"]
+
+
+class AnswerJob:
+    """Frames of one answer, produced once, consumable from any token offset.
+
+    Args:
+        request_id: the prompt's id (a resume names it).
+        chunk_frame: ``chunk_frame(token, index)`` -> the frame text for one token.
+        end_frames: ``end_frames(job)`` -> frames sent after the last token (called once
+            when the engine is done: checkpoint, final empty chunk, ``stream_end``).
+        on_token: optional ``on_token(token)`` -> extra frames to send *before* the token
+            (checkpoint frames).
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        *,
+        chunk_frame: Callable[[str, int], str],
+        end_frames: Callable[[AnswerJob], list[str]],
+        on_token: Callable[[str], list[str]] | None = None,
+        on_error: Callable[[Exception], str] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.frames: list[str] = []
+        self.chunk_at: list[int] = []  # frame index of token i's chunk
+        self.tokens = 0
+        self.finished = asyncio.Event()
+        self.cancelled = False
+        self._chunk_frame = chunk_frame
+        self._end_frames = end_frames
+        self._on_token = on_token
+        self._on_error = on_error
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, tokens: AsyncIterator[str]) -> None:
+        self._task = asyncio.ensure_future(self._produce(tokens))
+
+    async def _produce(self, tokens: AsyncIterator[str]) -> None:
+        frames = self.frames
+        try:
+            async for token in tokens:
+                if self._on_token is not None:
+                    frames.extend(self._on_token(token))
+                self.chunk_at.append(len(frames))
+                frames.append(self._chunk_frame(token, self.tokens))
+                self.tokens += 1
+                if self._waiters:
+                    self._wake()
+        except asyncio.CancelledError:
+            self.cancelled = True
+        except Exception as exc:  # an engine failure becomes an "Error: ..." chunk
+            if self._on_error is None:
+                raise
+            frames.append(self._on_error(exc))
+        finally:
+            closer = getattr(tokens, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+            if not self.cancelled:
+                frames.extend(self._end_frames(self))
+            self.finished.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def start_of_token(self, offset: int) -> int:
+        """Frame index from which a client that received ``offset`` tokens continues."""
+        if offset <= 0:
+            return 0
+        if offset <= len(self.chunk_at):
+            return self.chunk_at[offset - 1] + 1
+        return len(self.frames)
+
+    def frames_from(self, position: int) -> list[str]:
+        return self.frames[position:]
+
+    async def wait_beyond(self, position: int) -> None:
+        """Return once there are frames past ``position`` or the job is finished."""
+        if position < len(self.frames) or self.finished.is_set():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "frames": len(self.frames), "done": self.finished.is_set()}
