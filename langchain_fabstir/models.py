@@ -50,6 +50,8 @@ class SessionConfig(BaseModel):
     """Negotiate permessage-deflate on the WebSocket."""
     reconnect_attempts: int = Field(default=3, ge=0)
     """Reconnections tried after a dropped socket before ``HOST_DISCONNECTED``."""
+    max_resumes: int = Field(default=10, ge=0)
+    """Resumes of one answer (after drops that each made progress) before giving up."""
     session_timeout: float = Field(default=3600.0, gt=0)
     """An idle session past this raises ``SESSION_TIMEOUT`` on its next use."""
     open_timeout: float = Field(default=10.0, gt=0)
@@ -65,6 +67,8 @@ class SessionConfig(BaseModel):
     max_context_messages: int = Field(default=10, ge=1)
     """Real hosts use only the last 10 context messages; the client sends at most this
     many, always keeping system messages first."""
+    max_retry_after: float = Field(default=30.0, ge=0)
+    """The longest "retry after N seconds" of a rate-limited host that is waited out."""
     require_verified_checkpoints: bool = False
     """Make a checkpoint that cannot be made or verified fatal (default: a warning)."""
     default_max_tokens: int = Field(default=500, ge=1)

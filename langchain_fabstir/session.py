@@ -51,10 +51,15 @@ from typing import Any
 from pydantic import SecretStr
 
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
+from langchain_fabstir.discovery import HostDiscovery, SelectionPolicy
 from langchain_fabstir.errors import (
+    ConnectionFailedError,
     FabstirError,
+    HostDisconnectedError,
+    HostError,
     InvalidRequestError,
     ProtocolError,
+    RateLimitedError,
     ResponseTimeoutError,
     SessionNotFoundError,
     SessionTimeoutError,
@@ -71,6 +76,12 @@ from langchain_fabstir.protocol import (
     InferenceRequest,
     SessionInit,
     SessionInitAck,
+)
+from langchain_fabstir.recovery import (
+    RESUMABLE,
+    continuation_payload,
+    reconnect,
+    resume_payload,
 )
 from langchain_fabstir.session_checkpoints import new_tracker, settle_proof
 from langchain_fabstir.stream import PromptStream
@@ -111,6 +122,7 @@ class _SessionState:
         self.proofs: list[CheckpointProof] = []
         self.tracker: CheckpointTracker | None = None
         self.pending_request: InferenceRequest | None = None
+        self.alternates: list[str] = []
         self.last_used = 0.0
 
 
@@ -126,6 +138,12 @@ class SessionManager:
         chain_id: the chain sent in ``session_init`` (default Base Sepolia, 84532).
         private_key: the user's secp256k1 key (hex), used to sign checkpoint proofs.
             Defaults to ``FABSTIR_PRIVATE_KEY``. Kept as a ``SecretStr``.
+        hosts: hosts to discover from (URLs or ``{address, url, models, price}``); also
+            read from ``FABSTIR_HOSTS``. ``create_session()`` without a host then picks
+            one (probing ``/health``, ``/v1/models``, ``/v1/version``) and fails over
+            to the others.
+        discovery: a configured :class:`~langchain_fabstir.discovery.HostDiscovery`
+            (registry file or URL, policy weights, circuit breaker settings).
 
     Events (:meth:`on`): ``"checkpoint"`` (a :class:`CheckpointProof`),
     ``"checkpoint_failed"`` (a :class:`~langchain_fabstir.errors.CheckpointError`),
@@ -140,6 +158,8 @@ class SessionManager:
         user_address: str | None = None,
         chain_id: int = 84532,
         private_key: str | SecretStr | None = None,
+        hosts: Sequence[str | dict[str, Any]] | None = None,
+        discovery: HostDiscovery | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or SessionConfig()
@@ -149,6 +169,9 @@ class SessionManager:
             key if isinstance(key, SecretStr) else SecretStr(key) if key else None
         )
         self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
+        if discovery is None and (hosts or os.environ.get("FABSTIR_HOSTS")):
+            discovery = HostDiscovery(list(hosts) if hosts else None)
+        self.discovery = discovery
         self.user_address = user_address
         self.chain_id = chain_id
         self._sessions: dict[str, _SessionState] = {}
@@ -215,18 +238,27 @@ class SessionManager:
         system_prompt: str | None = None,
         session_id: str | None = None,
         connect: bool = True,
+        policy: SelectionPolicy | str = "auto",
     ) -> Session:
         """Create a session and connect to its host (the seed's ``createSession``).
 
         ``initial_context`` is either text (kept as a system message after the system
         prompt, as the seed's multi-model example uses it) or earlier messages.
-        With ``connect=False`` the socket opens on the first prompt.
+        With ``connect=False`` the socket opens on the first prompt. Without a host (and
+        no default), discovery picks one by ``policy`` (``auto``, ``fastest``,
+        ``cheapest``) among those serving ``model``, failing over in that order.
         """
         url = host_url or self.default_host_url
+        alternates: list[str] = []
+        if not url and self.discovery is not None:
+            candidates = await self.discovery.candidates(model=model, policy=policy)
+            if not candidates:
+                await self.discovery.select(model=model, policy=policy)  # raises, with reasons
+            url, alternates = candidates[0].url, [c.url for c in candidates[1:]]
         if not url:
             raise InvalidRequestError(
                 "no host: pass host_url= to create_session or SessionManager, "
-                "or set FABSTIR_HOST_URL"
+                "set FABSTIR_HOST_URL, or give hosts= / FABSTIR_HOSTS for discovery"
             )
         sid = session_id or (str(job_id) if job_id is not None else uuid.uuid4().hex)
         if sid in self._sessions and self._sessions[sid].session.status != "ended":
@@ -243,6 +275,7 @@ class SessionManager:
             conversation_id=sid,
         )
         state = _SessionState(session)
+        state.alternates = alternates
         state.last_used = self._clock()
         if system_prompt:
             state.messages.append(Message(role="system", content=system_prompt))
@@ -256,7 +289,7 @@ class SessionManager:
         self._sessions[sid] = state
         if connect:
             try:
-                await self._connection(state)
+                await self._first_connection(state)
             except BaseException:
                 del self._sessions[sid]
                 raise
@@ -291,11 +324,37 @@ class SessionManager:
                 )
         return state
 
+    async def _first_connection(self, state: _SessionState) -> Transport:
+        """Connect a new session: its host, or (with discovery) the next candidates."""
+        if not state.alternates:
+            return await self._connection(state)
+        session = state.session
+        hosts = [session.host_url, *state.alternates]
+        last: FabstirError | None = None
+        for host in hosts:
+            try:
+                state.transport = await self._open(state, host)
+            except (ConnectionFailedError, ResponseTimeoutError, ProtocolError) as exc:
+                if self.discovery is not None:
+                    self.discovery.record_failure(host, exc)
+                last = exc
+                continue
+            session.host_url = host
+            state.alternates = [h for h in hosts if h != host]
+            return state.transport
+        assert last is not None
+        raise last
+
     async def _connection(self, state: _SessionState) -> Transport:
         """The session's socket, opened and initialised if needed."""
         transport = state.transport
         if transport is not None and not transport.closed:
             return transport
+        state.transport = await self._open(state, state.session.host_url)
+        return state.transport
+
+    async def _open(self, state: _SessionState, host_url: str) -> Transport:
+        """Open and initialise a socket to ``host_url`` for this session."""
         session = state.session
         options = TransportOptions(
             open_timeout=self.config.open_timeout,
@@ -304,7 +363,7 @@ class SessionManager:
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_interval,
         )
-        transport = await Transport.open(session.host_url, options)
+        transport = await Transport.open(host_url, options)
         try:
             await self._session_init(transport, session)
         except BaseException:
@@ -312,7 +371,8 @@ class SessionManager:
             raise
         if not session.model and transport.greeting.models:
             session.model = transport.greeting.models[0]
-        state.transport = transport
+        if self.discovery is not None:
+            self.discovery.record_success(host_url)
         return transport
 
     async def _session_init(self, transport: Transport, session: Session) -> None:
@@ -466,17 +526,24 @@ class SessionManager:
                 on_tokens=feed,
             )
             user_msg = Message(role="user", content=prompt)
+            recovery = _Recovery()
             try:
-                async with contextlib.aclosing(stream.run()) as pieces:
-                    async for text in pieces:
-                        if stream.new_proofs:
-                            stream.chunk_proofs = [
-                                await self._settle(state, stream, p) for p in stream.new_proofs
-                            ]
-                            stream.new_proofs.clear()
-                        yield stream, text
-                        if stream.chunk_proofs:
-                            stream.chunk_proofs = []
+                while True:
+                    try:
+                        async with contextlib.aclosing(stream.run()) as pieces:
+                            async for text in pieces:
+                                if stream.new_proofs:
+                                    stream.chunk_proofs = [
+                                        await self._settle(state, stream, p)
+                                        for p in stream.new_proofs
+                                    ]
+                                    stream.new_proofs.clear()
+                                yield stream, text
+                                if stream.chunk_proofs:
+                                    stream.chunk_proofs = []
+                        break
+                    except FabstirError as exc:
+                        await self._recover(state, stream, payload, exc, recovery)
                 if started:
                     last = tracker.end_message()
                     if last is not None:
@@ -495,7 +562,7 @@ class SessionManager:
         self, state: _SessionState, stream: PromptStream, proof: CheckpointProof
     ) -> CheckpointProof:
         transport = stream.transport
-        announced = "checkpoints" in transport.features
+        announced = stream.host_cosign and "checkpoints" in transport.features
         settled = await settle_proof(
             proof,
             host_checkpoints=stream.host_checkpoints,
@@ -560,10 +627,104 @@ class SessionManager:
                 )
             )
 
-    async def _drop_connection(self, state: _SessionState) -> None:
+    async def _drop_connection(
+        self, state: _SessionState, failed: BaseException | None = None
+    ) -> None:
         if state.transport is not None:
+            if failed is not None and self.discovery is not None:
+                self.discovery.record_failure(state.transport.host_url, failed)
+            if failed is not None:
+                state.transport.abort()
             await state.transport.close()
             state.transport = None
+
+    async def _recover(
+        self,
+        state: _SessionState,
+        stream: PromptStream,
+        payload: dict[str, Any],
+        exc: FabstirError,
+        recovery: _Recovery,
+    ) -> None:
+        """Make a broken answer go on, or re-raise ``exc``.
+
+        - rate limited before any text: wait as long as the host asked, if that is at most
+          ``max_retry_after``, and send again (a longer wait is the caller's decision);
+        - the host lost an answer it was asked to resume: continue it as any host would;
+        - the socket dropped, stalled or sent garbage mid-answer: reconnect (same host,
+          then alternates) and resume exactly where the client stopped (hosts with the
+          ``resume`` extension) or ask for a continuation (any other host). Gives up
+          after ``reconnect_attempts`` drops in a row without a new token, or after
+          ``max_resumes`` resumes of one answer.
+        """
+        config = self.config
+        if isinstance(exc, RateLimitedError):
+            wait = 1.0 if exc.retry_after is None else exc.retry_after
+            if (
+                stream.pieces
+                or wait > config.max_retry_after
+                or recovery.rate_waits >= config.reconnect_attempts
+            ):
+                raise exc
+            recovery.rate_waits += 1
+            await asyncio.sleep(wait)
+            stream.reattach(stream.transport, payload)
+            return
+        if isinstance(exc, HostError) and exc.details.get("host_code") == "RESUME_NOT_FOUND":
+            cont = continuation_payload(payload, stream.text, stream.chunks_received)
+            stream.reattach(stream.transport, cont, mode="continuation")
+            return
+        if not isinstance(exc, RESUMABLE) or stream.finished:
+            raise exc
+        if stream.chunks_received > recovery.progress_mark:
+            recovery.stalled_drops = 0
+        recovery.stalled_drops += 1
+        recovery.progress_mark = stream.chunks_received
+        recovery.resumes += 1
+        if (
+            recovery.stalled_drops > config.reconnect_attempts
+            or recovery.resumes > config.max_resumes
+        ):
+            exc.details["attempts"] = recovery.resumes - 1
+            raise exc
+        await self._drop_connection(state, failed=exc)
+        transport = await self._reconnect(state, exc)
+        if "resume" in transport.features:
+            again = resume_payload(payload, stream.request_id, stream.chunks_received)
+            stream.reattach(transport, again, mode="exact")
+        else:
+            cont = continuation_payload(payload, stream.text, stream.chunks_received)
+            stream.reattach(transport, cont, mode="continuation")
+
+    async def _reconnect(self, state: _SessionState, cause: BaseException) -> Transport:
+        """A new socket for a broken answer: the same host first, then alternates."""
+        session = state.session
+        hosts = [session.host_url, *[h for h in state.alternates if h != session.host_url]]
+
+        async def connect(host: str) -> Transport:
+            return await self._open(state, host)
+
+        def failed(host: str, exc: BaseException) -> None:
+            if self.discovery is not None:
+                self.discovery.record_failure(host, exc)
+
+        try:
+            transport = await reconnect(
+                connect, hosts, self.config.reconnect_attempts, on_failure=failed
+            )
+        except FabstirError as exc:
+            raise HostDisconnectedError(
+                f"lost {session.host_url} mid-answer ({cause}) and could not reconnect after "
+                f"{exc.details.get('attempts', '?')} attempts: {exc}",
+                host_url=session.host_url,
+                session_id=session.id,
+                details={"attempts": exc.details.get("attempts"), "cause": str(cause)},
+            ) from exc
+        if transport.host_url != session.host_url:
+            await self._emit("failover", session, session.host_url, transport.host_url)
+            session.host_url = transport.host_url
+        state.transport = transport
+        return transport
 
     async def stream_prompt(
         self, session_id: str, prompt: str, **params: Any
@@ -658,6 +819,16 @@ class SessionManager:
         )
         await self._emit("session_ended", state.session, summary)
         return summary
+
+
+class _Recovery:
+    """Counters of one answer's recoveries."""
+
+    def __init__(self) -> None:
+        self.rate_waits = 0
+        self.resumes = 0
+        self.stalled_drops = 0  # drops in a row with no new token in between
+        self.progress_mark = 0
 
 
 def _first_not_none(*values: Any) -> Any:

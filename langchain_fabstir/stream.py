@@ -142,6 +142,10 @@ class PromptStream:
         self.end_proofs: list[Any] = []
         """Proofs settled when the answer ended."""
         self.host_checkpoints: dict[int, dict[str, Any]] = {}
+        self.resume_note: dict[str, Any] | None = None
+        """Set when the answer was resumed; the consumer reads and clears it."""
+        self.host_cosign = True
+        """False once the host's view of the answer can differ from the client's."""
         """Signed ``checkpoint`` frames the host pushed, by checkpoint number."""
 
     @property
@@ -267,6 +271,24 @@ class PromptStream:
         finally:
             if not self.finished:
                 await self._cancel_remote()
+
+    def reattach(
+        self, transport: Transport, payload: dict[str, Any], *, mode: str | None = None
+    ) -> None:
+        """Go on with this answer on ``transport`` by sending ``payload`` (a resume or a
+        continuation; ``mode`` says which). Text received so far is kept, so the consumer
+        sees every token once."""
+        self.transport = transport
+        self.payload = payload
+        self.finished = False
+        self.result.host_url = transport.host_url
+        if mode is not None:
+            self.result.resumed += 1
+            note = {"mode": mode, "offset": self.chunks_received, "host_url": transport.host_url}
+            self.result.metadata.setdefault("resumes", []).append(note)
+            self.resume_note = note
+            if mode == "continuation":
+                self.host_cosign = False
 
     def _emit(self, text: str, n: int) -> None:
         self.pieces.append(text)

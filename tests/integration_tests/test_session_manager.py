@@ -196,7 +196,7 @@ async def raw_host(
                             {"type": "session_init_ack", "status": "success", "id": msg.get("id")}
                         )
                     )
-                else:
+                elif msg["type"] in ("prompt", "inference"):
                     await on_prompt(ws, msg)
 
     async with serve(handler, "127.0.0.1", 0) as server:
@@ -224,7 +224,7 @@ async def test_host_that_stalls_mid_answer_ends_in_chunk_timeout() -> None:
         )
 
     async with raw_host(stall) as url:
-        config = SessionConfig(chunk_timeout=0.3)
+        config = SessionConfig(chunk_timeout=0.3, reconnect_attempts=0)
         async with SessionManager(config, host_url=url) as manager:
             s = await manager.create_session()
             got: list[str] = []

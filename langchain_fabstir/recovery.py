@@ -1,0 +1,131 @@
+"""Keeping an answer going when its host drops, stalls or refuses for a while.
+
+The session layer calls these when a stream breaks:
+
+- :func:`reconnect`: a new socket, with tenacity (exponential backoff with jitter),
+  first to the same host, then to the session's alternate hosts (failover). Only
+  failures that can be retried are retried.
+- :func:`resume_payload`: how to continue the same answer on that socket. A host that
+  announced the ``resume`` extension (the reference host keeps an interrupted answer for
+  a grace period) continues exactly from the token offset the client last received.
+  Any other host is asked to continue the partial assistant message
+  (:data:`CONTINUE_PROMPT`); the result says so (``mode="continuation"``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from langchain_fabstir.errors import (
+    ConnectionFailedError,
+    FabstirError,
+    HostDisconnectedError,
+    ProtocolError,
+    ResponseTimeoutError,
+    StreamChunkTimeoutError,
+)
+from langchain_fabstir.transport import Transport
+
+__all__ = [
+    "CONTINUE_PROMPT",
+    "RESUMABLE",
+    "continuation_payload",
+    "reconnect",
+    "resume_payload",
+]
+
+RESUMABLE: tuple[type[FabstirError], ...] = (
+    HostDisconnectedError,
+    StreamChunkTimeoutError,
+    ProtocolError,
+)
+"""Failures in the middle of an answer that a new socket may cure."""
+
+CONTINUE_PROMPT = (
+    "Continue your previous answer exactly where it stopped. Do not repeat anything "
+    "already written and do not comment on the interruption."
+)
+
+
+def _reconnectable(exc: BaseException) -> bool:
+    return isinstance(exc, (ConnectionFailedError, ResponseTimeoutError, *RESUMABLE))
+
+
+async def reconnect(
+    connect: Callable[[str], Awaitable[Transport]],
+    hosts: Sequence[str],
+    attempts: int,
+    *,
+    on_failure: Callable[[str, BaseException], None] | None = None,
+    initial_wait: float = 0.05,
+    max_wait: float = 2.0,
+) -> Transport:
+    """Open a socket to ``hosts[0]``, then the others in turn, ``attempts`` tries in all.
+
+    Raises the last failure (with ``details["attempts"]``) when every try failed.
+    """
+    tried = 0
+
+    def target() -> str:
+        return hosts[(tried - 1) % len(hosts)]
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_random_exponential(multiplier=initial_wait, max=max_wait),
+        retry=retry_if_exception(_reconnectable),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                tried += 1
+                host = target()
+                try:
+                    return await connect(host)
+                except Exception as exc:
+                    if on_failure is not None:
+                        on_failure(host, exc)
+                    raise
+    except FabstirError as exc:
+        exc.details["attempts"] = tried
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def resume_payload(payload: dict[str, Any], request_id: str, offset: int) -> dict[str, Any]:
+    """The same prompt, asking a ``resume``-capable host to continue from ``offset``."""
+    again = copy.deepcopy(payload)
+    again["request"]["resume"] = {"request_id": request_id, "offset": offset}
+    return again
+
+
+def continuation_payload(
+    payload: dict[str, Any], partial_text: str, generated: int
+) -> dict[str, Any]:
+    """For any host: the conversation plus the partial answer, and a request to go on.
+
+    The token budget shrinks by what was already generated.
+    """
+    again = copy.deepcopy(payload)
+    request = again["request"]
+    context = list(request.get("conversation_context") or [])
+    context += [
+        {"role": "user", "content": request["prompt"]},
+        {"role": "assistant", "content": partial_text},
+    ]
+    request["conversation_context"] = context
+    request["prompt"] = CONTINUE_PROMPT
+    request["max_tokens"] = max(1, int(request.get("max_tokens") or 1) - generated)
+    request.pop("resume", None)
+    request.pop("checkpoint", None)  # the host's view no longer matches the client's
+    again["prompt"] = CONTINUE_PROMPT
+    return again
