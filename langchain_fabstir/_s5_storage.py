@@ -35,6 +35,7 @@ from langchain_fabstir._sync import background_loop, run_sync
 from langchain_fabstir.errors import RevisionConflictError
 from langchain_fabstir.s5 import (
     DirV1,
+    FileRef,
     PortalRequestError,
     S5FileSystem,
     S5Identity,
@@ -157,9 +158,7 @@ class S5Access:
                 else seed_phrase
             )
             self._identity = S5Identity.from_phrase(phrase)
-        self.portal_url = (fs.client.portal_url if fs is not None else str(portal_url)).rstrip(
-            "/"
-        )
+        self.portal_url = (fs.client.portal_url if fs is not None else str(portal_url)).rstrip("/")
         self._fs: S5FileSystem | None = None
         self._plain: S5FileSystem | None = None
         self._client: S5PortalClient | None = None
@@ -197,9 +196,7 @@ class S5Access:
         """The same tree, writing files and directories unencrypted (s5.js can read them)."""
         if self._plain is None:
             fs = await self.fs()
-            self._plain = _clone_fs(
-                fs, fs.client, encrypt_files=False, encrypt_directories=False
-            )
+            self._plain = _clone_fs(fs, fs.client, encrypt_files=False, encrypt_directories=False)
         return self._plain
 
     async def write_key(self, path: str) -> bytes:
@@ -273,10 +270,12 @@ async def update_file(
             new = change(old)
             new_ref = await fs._store_content(new, media_type, fs.encrypt_files)
 
-            def swap(d: DirV1) -> tuple[bool, None]:
+            def swap(
+                d: DirV1, old_ref: FileRef | None = old_ref, new_ref: FileRef = new_ref
+            ) -> tuple[bool, None]:
                 current = d.files.get(name)
-                if (current is None) != (old_ref is None) or (
-                    current is not None and old_ref is not None and current.hash != old_ref.hash
+                if (None if current is None else current.hash) != (
+                    None if old_ref is None else old_ref.hash
                 ):
                     raise _StaleRead
                 d.files[name] = new_ref

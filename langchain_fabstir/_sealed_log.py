@@ -273,9 +273,7 @@ class SealedLog:
         out: list[tuple[int, list[bytes]]] = []
         first = head.tail_first
         tail = head.tail
-        while tail and (
-            len(tail) >= self.seal_records or sum(map(len, tail)) >= self.seal_bytes
-        ):
+        while tail and (len(tail) >= self.seal_records or sum(map(len, tail)) >= self.seal_bytes):
             take, size = 0, 0
             while take < len(tail) and take < self.seal_records and size < self.seal_bytes:
                 size += len(tail[take])
@@ -347,9 +345,7 @@ class SealedLog:
         data = self._writer_id + revision.to_bytes(8, "big")
         stamp = time.time_ns() // 1000
         try:
-            await self.fs.client.registry_set(
-                RegistryEntry.create(self._beacon_pair, data, stamp)
-            )
+            await self.fs.client.registry_set(RegistryEntry.create(self._beacon_pair, data, stamp))
         except RevisionConflictError:
             pass  # another loser posted at the same moment; its claim serves as well
 

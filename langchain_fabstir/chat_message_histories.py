@@ -20,11 +20,14 @@ Use (sync or async; sync works inside a running event loop too, e.g. in a notebo
     await history.aadd_messages([...]); await history.aget_messages(); await history.aclear()
 
 With ``RunnableWithMessageHistory`` (deprecated in langchain-core 1.x in favour of LangGraph
-persistence; see :class:`~langchain_fabstir.saver.S5CheckpointSaver`)::
+persistence; see :class:`~langchain_fabstir.saver.S5CheckpointSaver`). A factory should
+share one :class:`~langchain_fabstir._s5_storage.S5Access` (one HTTP client, one login)
+between the histories it makes::
 
+    access = S5Access(portal_url=url, seed_phrase=phrase)
     chain = RunnableWithMessageHistory(
         model,
-        lambda session_id: S5ChatMessageHistory(session_id, fs=fs),
+        lambda session_id: S5ChatMessageHistory(session_id, access=access),
     )
     chain.invoke([HumanMessage("hi")], config={"configurable": {"session_id": "s-1"}})
 
@@ -32,7 +35,7 @@ Storage: one :class:`~langchain_fabstir._sealed_log.SealedLog` per history at
 ``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
 message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
 calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
-same at any history length; loading 10,000 messages downloads about 80 blobs. Several
+same at any history length; loading 10,000 messages downloads about 65 blobs. Several
 writers may append at once (compare-and-swap on the portal's registry; nothing is lost,
 each writer's messages keep their order). A process killed mid-append leaves the history
 readable, with or without that append.
@@ -58,7 +61,14 @@ from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.s5.fs import split_path
 
-__all__ = ["DEFAULT_PATH_PREFIX", "S5ChatMessageHistory", "decode_messages", "encode_message"]
+__all__ = [
+    "DEFAULT_PATH_PREFIX",
+    "S5Access",
+    "S5ChatMessageHistory",
+    "decode_messages",
+    "encode_message",
+    "history_path",
+]
 
 DEFAULT_PATH_PREFIX = "home/langchain/histories/{session_id}"
 
@@ -70,9 +80,9 @@ def encode_message(message: BaseMessage) -> bytes:
     >>> encode_message(AIMessage("hi", id="a1"))[:40]
     b'{"type":"ai","data":{"content":"hi","add'
     """
-    return json.dumps(
-        message_to_dict(message), ensure_ascii=False, separators=(",", ":")
-    ).encode("utf-8")
+    return json.dumps(message_to_dict(message), ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8"
+    )
 
 
 def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list[BaseMessage]:
@@ -144,8 +154,8 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
         seed_phrase: SecretStr | str | None = None,
         identity: S5Identity | None = None,
         path_prefix: str = DEFAULT_PATH_PREFIX,
-        seal_records: int = 128,
-        seal_bytes: int = 32 * 1024,
+        seal_records: int = 256,
+        seal_bytes: int = 64 * 1024,
         access: S5Access | None = None,
     ) -> None:
         self.session_id = session_id

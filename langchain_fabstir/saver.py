@@ -86,8 +86,8 @@ class _Thread:
         default_factory=dict
     )
     blobs: dict[tuple[str, str, Any], _Typed] = field(default_factory=dict)
-    writes: dict[tuple[str, str], dict[tuple[str, int], tuple[str, str, _Typed, str]]] = (
-        field(default_factory=dict)
+    writes: dict[tuple[str, str], dict[tuple[str, int], tuple[str, str, _Typed, str]]] = field(
+        default_factory=dict
     )
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -339,8 +339,8 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
         thread_id = str(conf["thread_id"])
         ns = str(conf.get("checkpoint_ns", ""))
         cid = str(conf["checkpoint_id"])
-        items = [
-            [WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value)]
+        items: list[tuple[int, str, str, bytes]] = [
+            (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value))
             for idx, (channel, value) in enumerate(writes)
         ]
         log, state = await self._thread(thread_id)
