@@ -72,6 +72,7 @@ from langchain_fabstir.models import (
     StreamResult,
     utcnow,
 )
+from langchain_fabstir.persistence import S5ConversationStore
 from langchain_fabstir.protocol import (
     InferenceRequest,
     SessionInit,
@@ -84,6 +85,7 @@ from langchain_fabstir.recovery import (
     resume_payload,
 )
 from langchain_fabstir.session_checkpoints import new_tracker, settle_proof
+from langchain_fabstir.session_storage import SessionStorageMixin
 from langchain_fabstir.stream import PromptStream
 from langchain_fabstir.transport import Transport, TransportOptions
 
@@ -126,7 +128,7 @@ class _SessionState:
         self.last_used = 0.0
 
 
-class SessionManager:
+class SessionManager(SessionStorageMixin):
     """Sessions with Fabstir hosts: create, stream, history, checkpoints, resume, end.
 
     Args:
@@ -144,6 +146,9 @@ class SessionManager:
             to the others.
         discovery: a configured :class:`~langchain_fabstir.discovery.HostDiscovery`
             (registry file or URL, policy weights, circuit breaker settings).
+        storage: an :class:`~langchain_fabstir.persistence.S5ConversationStore`; with
+            ``config.persistence_enabled`` every conversation is kept on S5 (see
+            :mod:`langchain_fabstir.session_storage`).
 
     Events (:meth:`on`): ``"checkpoint"`` (a :class:`CheckpointProof`),
     ``"checkpoint_failed"`` (a :class:`~langchain_fabstir.errors.CheckpointError`),
@@ -160,6 +165,7 @@ class SessionManager:
         private_key: str | SecretStr | None = None,
         hosts: Sequence[str | dict[str, Any]] | None = None,
         discovery: HostDiscovery | None = None,
+        storage: S5ConversationStore | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or SessionConfig()
@@ -172,6 +178,7 @@ class SessionManager:
         if discovery is None and (hosts or os.environ.get("FABSTIR_HOSTS")):
             discovery = HostDiscovery(list(hosts) if hosts else None)
         self.discovery = discovery
+        self.storage = storage
         self.user_address = user_address
         self.chain_id = chain_id
         self._sessions: dict[str, _SessionState] = {}
@@ -287,12 +294,15 @@ class SessionManager:
             self._private_key,
         )
         self._sessions[sid] = state
+        if self._persisting() and self.storage is not None:
+            session.conversation_id = self.storage.conversation_path(sid)
         if connect:
             try:
                 await self._first_connection(state)
             except BaseException:
                 del self._sessions[sid]
                 raise
+        await self._persist(state, state.messages, replace=True)
         await self._emit("session_created", session)
         return session
 
@@ -556,7 +566,9 @@ class SessionManager:
             finally:
                 if started and not stream.finished:
                     tracker.end_message()  # an interrupted answer still closes its message
-                self._account(state, stream.result, user_msg, stream, record)
+                recorded = self._account(state, stream.result, user_msg, stream, record)
+                if recorded:
+                    await self._persist(state, recorded)
 
     async def _settle(
         self, state: _SessionState, stream: PromptStream, proof: CheckpointProof
@@ -605,7 +617,9 @@ class SessionManager:
         user_msg: Message,
         stream: PromptStream,
         record: bool,
-    ) -> None:
+    ) -> list[Message]:
+        """Count the answer's tokens; add the exchange to the history (when recorded and
+        answered). Returns the messages added."""
         session = state.session
         now = utcnow()
         session.last_activity = now
@@ -614,18 +628,16 @@ class SessionManager:
             session.token_count += result.usage.total_tokens
         else:
             session.token_count += result.tokens_used or stream.chunks_received
-        if record and stream.pieces:
-            state.messages.append(user_msg)
-            state.messages.append(
-                Message(
-                    role="assistant",
-                    content=stream.text,
-                    token_count=result.output_tokens or stream.chunks_received,
-                    metadata={"finish_reason": result.finish_reason}
-                    if result.finish_reason
-                    else {},
-                )
-            )
+        if not (record and stream.pieces):
+            return []
+        answer = Message(
+            role="assistant",
+            content=stream.text,
+            token_count=result.output_tokens or stream.chunks_received,
+            metadata={"finish_reason": result.finish_reason} if result.finish_reason else {},
+        )
+        state.messages += [user_msg, answer]
+        return [user_msg, answer]
 
     async def _drop_connection(
         self, state: _SessionState, failed: BaseException | None = None
@@ -803,8 +815,18 @@ class SessionManager:
                 yield token
 
     async def get_conversation_history(self, session_id: str) -> list[Message]:
-        """The conversation so far, oldest first (seed: ``getConversationHistory``)."""
-        return list(self._state(session_id).messages)
+        """The conversation so far, oldest first (seed: ``getConversationHistory``).
+
+        A session this manager does not hold is read from S5 storage (any process or
+        device with the same seed phrase sees the same conversation).
+        """
+        state = self._sessions.get(session_id)
+        if state is not None:
+            return list(state.messages)
+        stored = await self._stored_history(session_id)
+        if stored is None:
+            raise SessionNotFoundError(f"no session {session_id!r}", session_id=session_id)
+        return stored
 
     async def end_session(self, session_id: str) -> SessionSummary:
         """End the session, close its socket and summarise it (seed: ``endSession``)."""
@@ -812,6 +834,7 @@ class SessionManager:
         async with state.lock:
             await self._drop_connection(state)
             state.session.status = "ended"
+            await self._persist(state, [])
         summary = SessionSummary(
             final_token_count=state.session.token_count,
             checkpoint_proofs=list(state.proofs),
