@@ -3,6 +3,7 @@ export and share codes, save/load by CID (a real LocalPortal and reference host)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -69,10 +70,13 @@ async def test_portal_never_sees_the_conversation_in_clear(
     async with SessionManager(host_url=host.url, storage=s5) as manager:
         s = await manager.create_session()
         await manager.prompt(s.id, secret)
-    blobs = [p for p in Path(portal.data_dir).rglob("*") if p.is_file()]
+
+    def contents() -> list[bytes]:
+        return [p.read_bytes() for p in Path(portal.data_dir).rglob("*") if p.is_file()]
+
+    blobs = await asyncio.to_thread(contents)
     assert blobs
-    for path in blobs:
-        assert secret.encode() not in path.read_bytes()
+    assert all(secret.encode() not in blob for blob in blobs)
     await s5.aclose()
 
 
@@ -149,7 +153,8 @@ async def test_share_code_imports_on_a_second_manager_in_a_fresh_process(
             await device_a.prompt(s.id, "hello from A")
             export = await device_a.export_session(s.id)
             code = await device_a.generate_share_code(export)
-        out = subprocess.run(
+        out = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-c", SHARE_IMPORT, portal.url, th.host.url, code],
             capture_output=True,
             text=True,
