@@ -1,18 +1,37 @@
 """The seed's "Complete Conversation Flow", in Python.
 
-Run it with `make demo` (which starts a local reference host with SmolLM2), or point it
-at any Fabstir host: `FABSTIR_HOST_URL=http://host:8080 python examples/quickstart.py`.
+Run it with `make demo` (which starts a local reference host with SmolLM2 and a local S5
+portal), or point it at any Fabstir host:
+`FABSTIR_HOST_URL=http://host:8080 python examples/quickstart.py`. With
+`FABSTIR_PORTAL_URL` and `FABSTIR_S5_SEED_PHRASE` set, the conversation is kept on S5,
+encrypted with keys from the seed phrase.
 """
 
 import asyncio
 import os
 
-from langchain_fabstir import SessionManager
+from langchain_fabstir import SessionConfig, SessionManager
+from langchain_fabstir.persistence import S5ConversationStore
+
+
+def s5_storage() -> S5ConversationStore | None:
+    portal_url = os.environ.get("FABSTIR_PORTAL_URL")
+    phrase = os.environ.get("FABSTIR_S5_SEED_PHRASE")
+    if not (portal_url and phrase):
+        return None
+    return S5ConversationStore(portal_url=portal_url, seed_phrase=phrase, user_address="0xdemo")
 
 
 async def run_conversation() -> None:
     host_url = os.environ.get("FABSTIR_HOST_URL", "http://127.0.0.1:8080")
-    async with SessionManager(host_url=host_url) as session_manager:
+    storage = s5_storage()
+    config = SessionConfig(checkpoint_interval=100)
+    async with SessionManager(config, host_url=host_url, storage=storage) as session_manager:
+        # Checkpoint proofs arrive as events while tokens stream.
+        session_manager.on(
+            "checkpoint",
+            lambda proof: print(f" [checkpoint {proof.checkpoint_number}]", end="", flush=True),
+        )
         # Create a session (the host was given explicitly: discovery picks one otherwise).
         session = await session_manager.create_session(
             system_prompt="You are an expert in TypeScript and React. Answer briefly.",
@@ -37,8 +56,12 @@ async def run_conversation() -> None:
         # End the session and get the summary.
         summary = await session_manager.end_session(session.id)
         print(f"\nSession ended. Total tokens: {summary.final_token_count}")
-        print(f"Checkpoints: {len(summary.checkpoint_proofs)}")
+        print(f"Checkpoint proofs: {len(summary.checkpoint_proofs)}")
         print(f"Conversation saved: {summary.conversation_id}")
+        if storage is not None:
+            stored = await session_manager.get_conversation_history(session.id)
+            print(f"Messages on S5: {len(stored)} (encrypted; the portal sees ciphertext only)")
+            await storage.aclose()
 
 
 if __name__ == "__main__":

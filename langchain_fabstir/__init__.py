@@ -3,11 +3,23 @@
 The main entry points:
 
 - :class:`SessionManager`: the seed's Session Manager API (sessions, streaming,
-  history, checkpoints, resume), async-first.
-- ``ChatFabstir``: a LangChain chat model over Fabstir sessions.
-- :mod:`langchain_fabstir.host`: a reference host you can run with a real model.
+  history, checkpoints, resume, export and share), async-first.
+- :class:`ChatFabstir`: a LangChain chat model over Fabstir sessions.
+- :class:`S5ChatMessageHistory` and :class:`S5CheckpointSaver`: memory on S5.
+- :class:`FabstirCheckpointHandler` / :func:`get_fabstir_checkpoint_callback`:
+  checkpoint proofs as LangChain callbacks.
+- :mod:`langchain_fabstir.host` and :mod:`langchain_fabstir.portal`: a reference host
+  with a real model and a local S5 portal, to run everything on one machine.
 """
 
+from langchain_fabstir.callbacks import (
+    AsyncFabstirCheckpointHandler,
+    FabstirCheckpointHandler,
+    get_fabstir_checkpoint_callback,
+)
+from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
+from langchain_fabstir.chat_models import ChatFabstir
+from langchain_fabstir.checkpoints import CheckpointProof, verify_checkpoints
 from langchain_fabstir.errors import (
     CheckpointError,
     FabstirError,
@@ -20,16 +32,24 @@ from langchain_fabstir.errors import (
     TokenLimitExceededError,
 )
 from langchain_fabstir.models import Message, Session, SessionConfig, SessionSummary, StreamResult
+from langchain_fabstir.persistence import S5ConversationStore
 from langchain_fabstir.session import SessionManager
 
 __all__ = [
+    "AsyncFabstirCheckpointHandler",
+    "ChatFabstir",
     "CheckpointError",
+    "CheckpointProof",
+    "FabstirCheckpointHandler",
     "FabstirError",
     "HostDisconnectedError",
     "Message",
     "ProtocolError",
     "RateLimitedError",
     "ResponseTimeoutError",
+    "S5ChatMessageHistory",
+    "S5CheckpointSaver",
+    "S5ConversationStore",
     "Session",
     "SessionConfig",
     "SessionManager",
@@ -38,5 +58,16 @@ __all__ = [
     "SessionTimeoutError",
     "StreamResult",
     "TokenLimitExceededError",
+    "get_fabstir_checkpoint_callback",
+    "verify_checkpoints",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The LangGraph saver needs the optional `langgraph` extra: imported on first use.
+    if name == "S5CheckpointSaver":
+        from langchain_fabstir.saver import S5CheckpointSaver
+
+        return S5CheckpointSaver
+    raise AttributeError(f"module 'langchain_fabstir' has no attribute {name!r}")

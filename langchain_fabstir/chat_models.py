@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    CallbackManager,
     CallbackManagerForLLMRun,
+    adispatch_custom_event,
 )
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
@@ -42,10 +53,12 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from langchain_fabstir._sync import iterate_sync, run_sync
+from langchain_fabstir.callbacks import CHECKPOINT_EVENT, CHECKPOINTS_METADATA_KEY
 from langchain_fabstir.errors import FabstirError, RateLimitedError
 from langchain_fabstir.models import SessionConfig, StreamResult
 from langchain_fabstir.session import SessionManager
@@ -60,6 +73,8 @@ from langchain_fabstir.tool_protocol import (
 __all__ = ["ChatFabstir"]
 
 _RETRY_AFTER_CAP = 30.0
+_BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
+"""Exponential backoff with jitter (every tenacity >= 8.2 has these)."""
 
 
 class _LoopResources:
@@ -304,8 +319,6 @@ class ChatFabstir(BaseChatModel):
         return config.model_copy(update=updates)
 
     def _loop_resources(self) -> _LoopResources:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         res = self._resources.get(loop)
         if res is None:
@@ -446,11 +459,18 @@ class ChatFabstir(BaseChatModel):
                     request["response_format"] = fmt
                 else:
                     context.insert(0, {"role": "system", "content": _format_instructions(fmt)})
-            async with contextlib.aclosing(
-                manager.open_stream(sid, prompt, context=context, record=False, **request)
-            ) as it:
-                async for stream, text in it:
-                    yield stream, text, None
+            try:
+                async with contextlib.aclosing(
+                    manager.open_stream(sid, prompt, context=context, record=False, **request)
+                ) as it:
+                    async for stream, text in it:
+                        yield stream, text, None
+            except (GeneratorExit, asyncio.CancelledError):
+                # The consumer stopped early (a stop sequence, a ``break``, a cancelled
+                # task): the stream has sent ``stream_cancel`` and the late frames of this
+                # answer are skipped by id, so an open socket stays usable.
+                healthy = state.transport is not None and not state.transport.closed
+                raise
             healthy = True
         finally:
             if healthy:
@@ -463,8 +483,16 @@ class ChatFabstir(BaseChatModel):
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
+        dispatch: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         **kwargs: Any,
     ) -> AsyncGenerator[ChatGenerationChunk, None]:
+        """The answer as LangChain chunks; checkpoint proofs ride on the chunk that
+        completes them (``response_metadata["fabstir_checkpoints"]``, a list so that
+        merging chunks concatenates) and go to ``dispatch`` (default: a
+        ``fabstir_checkpoint`` custom event to the enclosing run, when there is one)."""
+        dispatch = dispatch or _dispatch_to_parent_run
+        carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
+        resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
         protocol_messages = self._to_protocol(messages)
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
@@ -486,7 +514,7 @@ class ChatFabstir(BaseChatModel):
 
         def wait(retry_state: Any) -> float:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
-            base = wait_exponential_jitter(initial=0.2, max=5.0)(retry_state)
+            base = _BACKOFF(retry_state)
             if isinstance(exc, RateLimitedError) and exc.retry_after:
                 return min(max(base, exc.retry_after), _RETRY_AFTER_CAP)
             return base
@@ -508,6 +536,12 @@ class ChatFabstir(BaseChatModel):
                     async for stream, text, _ in pieces:
                         last = stream
                         started = True
+                        if stream.chunk_proofs:
+                            for proof in stream.chunk_proofs:
+                                carry.append(proof.to_dict())
+                                await dispatch(carry[-1])
+                        if stream.resume_note is not None:
+                            resumed, stream.resume_note = stream.resume_note, None
                         if buffering:
                             emitted.append(text)
                             continue
@@ -522,7 +556,11 @@ class ChatFabstir(BaseChatModel):
                                 text, pending = pending[:safe], pending[safe:]
                         if text:
                             emitted.append(text)
-                            yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                            if carry or resumed:
+                                yield _with_metadata(text, carry, resumed)
+                                carry, resumed = [], None
+                            else:
+                                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
                         if stopped:
                             break
                     if pending and not stopped:
@@ -537,8 +575,15 @@ class ChatFabstir(BaseChatModel):
             final = self._parse_buffered(full, params)
         if stopped:
             result.finish_reason = "stop"
-        final.usage_metadata = _usage(result)
+        for proof in last.end_proofs:
+            carry.append(proof.to_dict())
+            await dispatch(carry[-1])
+        final.usage_metadata = _usage(result, last.chunks_received)
         final.response_metadata = self._response_metadata(result)
+        if carry:
+            final.response_metadata[CHECKPOINTS_METADATA_KEY] = carry
+        if result.metadata.get("resumes"):
+            final.response_metadata["fabstir_resumes"] = result.metadata["resumes"]
         yield ChatGenerationChunk(message=final, generation_info=_generation_info(result))
 
     def _parse_buffered(self, text: str, params: dict[str, Any]) -> AIMessageChunk:
@@ -613,16 +658,15 @@ class ChatFabstir(BaseChatModel):
 
     # --- BaseChatModel hooks -----------------------------------------------------------
 
-    async def _astream(
+    def _astream(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None = None,
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async with contextlib.aclosing(self._chunks(messages, stop, **kwargs)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        # The generator itself, not a wrapper re-yielding it: one hop less per token.
+        return self._chunks(messages, stop, **kwargs)
 
     def _stream(
         self,
@@ -640,8 +684,30 @@ class ChatFabstir(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        dispatch = None
+        if run_manager is not None:
+            events = AsyncCallbackManager(
+                handlers=run_manager.handlers,
+                inheritable_handlers=run_manager.inheritable_handlers,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+            run_id = run_manager.run_id
+
+            async def dispatch(proof: dict[str, Any]) -> None:
+                await events.on_custom_event(CHECKPOINT_EVENT, proof, run_id=run_id)
+
+        return await self._collect(messages, stop, dispatch, **kwargs)
+
+    async def _collect(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        dispatch: Callable[[dict[str, Any]], Awaitable[None]] | None,
+        **kwargs: Any,
+    ) -> ChatResult:
         merged: ChatGenerationChunk | None = None
-        async with contextlib.aclosing(self._chunks(messages, stop, **kwargs)) as chunks:
+        async with contextlib.aclosing(self._chunks(messages, stop, dispatch, **kwargs)) as chunks:
             async for chunk in chunks:
                 merged = chunk if merged is None else merged + chunk
         return _to_result(merged)
@@ -653,7 +719,22 @@ class ChatFabstir(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return run_sync(self._agenerate(messages, stop, **kwargs))
+        proofs: list[dict[str, Any]] = []
+
+        async def keep(proof: dict[str, Any]) -> None:
+            proofs.append(proof)
+
+        result = run_sync(self._collect(messages, stop, keep, **kwargs))
+        if run_manager is not None and proofs:
+            events = CallbackManager(
+                handlers=run_manager.handlers,
+                inheritable_handlers=run_manager.inheritable_handlers,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+            for proof in proofs:
+                events.on_custom_event(CHECKPOINT_EVENT, proof, run_id=run_manager.run_id)
+        return result
 
     # --- tools and structured output ---------------------------------------------------
 
@@ -739,6 +820,26 @@ class ChatFabstir(BaseChatModel):
 # --- helpers ---------------------------------------------------------------------------
 
 
+def _with_metadata(
+    text: str, proofs: list[dict[str, Any]], resumed: dict[str, Any] | None
+) -> ChatGenerationChunk:
+    """A chunk that completes checkpoints and/or is the first after a resume (whose
+    ``mode`` says whether the host continued exactly or was asked to continue)."""
+    meta: dict[str, Any] = {}
+    if proofs:
+        meta[CHECKPOINTS_METADATA_KEY] = proofs
+    if resumed:
+        meta["fabstir_resumed"] = resumed
+    return ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=meta))
+
+
+async def _dispatch_to_parent_run(proof: dict[str, Any]) -> None:
+    """A ``fabstir_checkpoint`` custom event for the enclosing run (a chain or graph
+    node); a bare ``astream()`` has none, and the chunk metadata is the channel then."""
+    with contextlib.suppress(RuntimeError):
+        await adispatch_custom_event(CHECKPOINT_EVENT, proof)
+
+
 def _find_stop(text: str, stops: list[str]) -> int | None:
     """Index where the earliest stop sequence starts in ``text``, if any."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
@@ -779,14 +880,16 @@ def _format_instructions(fmt: dict[str, Any]) -> str:
     return "Reply with one JSON object only, no prose."
 
 
-def _usage(result: StreamResult) -> UsageMetadata:
+def _usage(result: StreamResult, chunks_received: int = 0) -> UsageMetadata:
+    """The host's usage; for an answer stopped early (no ``stream_end`` read), the
+    tokens received so far (the prompt's count is then unknown: 0)."""
     if result.usage is not None:
         return UsageMetadata(
             input_tokens=result.usage.prompt_tokens,
             output_tokens=result.usage.completion_tokens,
             total_tokens=result.usage.total_tokens,
         )
-    out = result.tokens_used
+    out = result.tokens_used or chunks_received
     return UsageMetadata(input_tokens=0, output_tokens=out, total_tokens=out)
 
 

@@ -2,11 +2,13 @@
 
     fabstir host --engine llama --port 8080        # a reference host with SmolLM2
     fabstir host --engine echo --delay 0.01        # a deterministic test host
+    fabstir portal --data ./s5-data --port 5050    # a local S5 portal (blobs on disk)
     fabstir chat --host-url http://127.0.0.1:8080  # talk to a host from the terminal
-    fabstir demo                                   # host + examples/quickstart.py
+    fabstir demo                                   # host + portal + examples/quickstart.py
 
-``fabstir host --port 0`` picks a free port and prints ``READY <url>`` on stdout once it
-listens, so scripts (and ``fabstir demo``) can start it and read where it is.
+``fabstir host --port 0`` (and ``fabstir portal --port 0``) picks a free port and prints
+``READY <url>`` on stdout once it listens, so scripts (and ``fabstir demo``) can start it
+and read where it is.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "start_host_process"]
+__all__ = ["main", "start_host_process", "start_portal_process"]
 
 
 def _engine(args: argparse.Namespace) -> object:
@@ -57,12 +59,42 @@ async def _serve_host(args: argparse.Namespace) -> None:
         await host.stop()
 
 
+async def _serve_portal(args: argparse.Namespace) -> None:
+    from langchain_fabstir.portal import LocalPortal
+
+    portal = LocalPortal(args.data, host=args.bind, port=args.port)
+    await portal.start()
+    print(f"READY {portal.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await portal.stop()
+
+
+def start_portal_process(
+    data_dir: str, *, python: str = sys.executable, timeout: float = 60.0
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``fabstir portal --port 0 --data DIR`` as a child process; return it and its URL."""
+    return _start("portal", "--data", data_dir, python=python, timeout=timeout)
+
+
 def start_host_process(
     *extra: str, python: str = sys.executable, timeout: float = 60.0
 ) -> tuple[subprocess.Popen[str], str]:
     """Start ``fabstir host --port 0 ...`` as a child process; return it and its URL."""
+    return _start("host", *extra, python=python, timeout=timeout)
+
+
+def _start(
+    command: str, *extra: str, python: str, timeout: float
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [python, "-m", "langchain_fabstir.cli", "host", "--port", "0", *extra],
+        [python, "-m", "langchain_fabstir.cli", command, "--port", "0", *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -73,11 +105,11 @@ def start_host_process(
     sel.register(proc.stdout, selectors.EVENT_READ)
     if not sel.select(timeout):
         proc.kill()
-        raise RuntimeError(f"host did not start within {timeout}s")
+        raise RuntimeError(f"{command} did not start within {timeout}s")
     line = proc.stdout.readline().strip()
     if not line.startswith("READY "):
         proc.kill()
-        raise RuntimeError(f"host failed to start: {line!r}")
+        raise RuntimeError(f"{command} failed to start: {line!r}")
     return proc, line.split(" ", 1)[1]
 
 
@@ -102,20 +134,38 @@ async def _chat(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from langchain_fabstir.s5 import generate_phrase
+
     root = Path(__file__).resolve().parent.parent
     example = root / "examples" / "quickstart.py"
-    extra = ["--engine", args.engine]
-    print(f"Starting the reference host ({args.engine} engine) on 127.0.0.1 ...", flush=True)
-    proc, url = start_host_process(*extra)
-    try:
-        env = dict(os.environ, FABSTIR_HOST_URL=url)
-        return subprocess.call([sys.executable, str(example)], env=env)
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    print(
+        f"Starting the reference host ({args.engine} engine) and a local S5 portal "
+        "on 127.0.0.1 ...",
+        flush=True,
+    )
+    children: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory(prefix="fabstir-demo-") as data:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            host, host_url = start_host_process("--engine", args.engine)
+            children.append(host)
+            portal, portal_url = start_portal_process(data)
+            children.append(portal)
+            env = dict(
+                os.environ,
+                FABSTIR_HOST_URL=host_url,
+                FABSTIR_PORTAL_URL=portal_url,
+                FABSTIR_S5_SEED_PHRASE=generate_phrase(),
+            )
+            return subprocess.call([sys.executable, str(example)], env=env)
+        finally:
+            for child in children:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     host.add_argument("--fill", action="store_true", help="echo: repeat script to max_tokens")
     host.add_argument("--delay", type=float, default=0.0, help="echo: seconds per token")
 
+    portal = sub.add_parser("portal", help="run a local S5 portal (the S5 HTTP API)")
+    portal.add_argument("--data", default="./s5-data", help="directory for blobs and SQLite")
+    portal.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    portal.add_argument("--port", type=int, default=5050, help="0 picks a free port")
+
     chat = sub.add_parser("chat", help="chat with a host from the terminal")
     chat.add_argument("--host-url", default=os.environ.get("FABSTIR_HOST_URL"))
     chat.add_argument("--system", default="You are a helpful assistant.")
@@ -147,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "host":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve_host(args))
+        return 0
+    if args.command == "portal":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_portal(args))
         return 0
     if args.command == "chat":
         if not args.host_url:

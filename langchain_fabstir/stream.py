@@ -189,6 +189,7 @@ class PromptStream:
         rid = self.request_id
         first = True
         held_error: str | None = None  # an "Error: ..." chunk waiting for what follows
+        failed = False
         pending: FabstirError | None = None
         on_tokens = self.on_tokens
         pieces = self.pieces
@@ -268,9 +269,12 @@ class PromptStream:
                     return
                 # connected, session_init_ack, unknown extension frames: not ours to use.
                 self.on_other_frame(frame)
+        except FabstirError:
+            failed = True  # a broken answer: the session decides (resume or give up)
+            raise
         finally:
-            if not self.finished:
-                await self._cancel_remote()
+            if not self.finished and not failed:
+                await self._cancel_remote()  # the consumer stopped early
 
     def reattach(
         self, transport: Transport, payload: dict[str, Any], *, mode: str | None = None

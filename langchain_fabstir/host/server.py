@@ -36,12 +36,14 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from pydantic import SecretStr
 
 from langchain_fabstir import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import ProtocolError
 from langchain_fabstir.host.engines import Engine, EngineError
 from langchain_fabstir.host.jobs import AnswerJob
+from langchain_fabstir.host.s5_checkpoints import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.protocol import (
     Connected,
     ErrorFrame,
@@ -55,6 +57,7 @@ from langchain_fabstir.protocol import (
     encode_frame,
     parse_frame,
 )
+from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.tool_protocol import envelope_schema, tool_instructions
 
 __all__ = ["CONTEXT_MESSAGES", "HOST_FEATURES", "ReferenceHost", "run_host"]
@@ -99,6 +102,8 @@ class _Connection:
         self.chain_id: int | None = None
         self.cancel = asyncio.Event()
         self.cancel_reason = "user_cancelled"
+        self.gone = False
+        """The socket closed: its answer goes on for a resume, unlike a cancel."""
         self.current_job: AnswerJob | None = None
 
     async def send(self, text: str) -> None:
@@ -137,7 +142,7 @@ class _Connection:
                             continue
                 inbox.put_nowait(data)
         finally:
-            self.cancel.set()
+            self.gone = True
             if self.current_job is not None:
                 self.current_job._wake()
             inbox.put_nowait(None)
@@ -192,6 +197,13 @@ class ReferenceHost:
         resume_grace: seconds an answer is kept after it ends, so that a client whose
             socket dropped can resume it (the ``resume`` extension).
         max_frame_size: the largest WebSocket message accepted, in bytes.
+        portal_url, s5_seed_phrase, s5_fs: an S5 store (a portal and the host's seed
+            phrase, or a ready ``S5FileSystem``). With it and ``host_key`` the host
+            publishes signed checkpoints as real hosts do and serves them at
+            ``GET /v1/checkpoints/{id}`` (see ``host/s5_checkpoints.py``); without it
+            that endpoint answers 503.
+        checkpoint_interval, checkpoint_min_tokens: tokens per S5 checkpoint (1,000),
+            and the unproven tokens that make a checkpoint at the end of an answer (100).
     """
 
     def __init__(
@@ -205,10 +217,24 @@ class ReferenceHost:
         chain_id: int | None = None,
         host_key: str | None = None,
         resume_grace: float = 30.0,
+        portal_url: str | None = None,
+        s5_seed_phrase: str | SecretStr | None = None,
+        s5_fs: S5FileSystem | None = None,
+        checkpoint_interval: int = 1000,
+        checkpoint_min_tokens: int = 100,
     ) -> None:
         self.engine = engine
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
+        # S5 checkpoints (host/s5_checkpoints.py): None when no S5 store is configured.
+        self.s5_checkpoints = S5CheckpointWriter.for_host(
+            host_key,
+            fs=s5_fs,
+            portal_url=portal_url,
+            seed_phrase=s5_seed_phrase,
+            interval=checkpoint_interval,
+            min_final_tokens=checkpoint_min_tokens,
+        )
         self._trackers: OrderedDict[str, CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[str, AnswerJob] = OrderedDict()
         self._job_trackers: dict[str, CheckpointTracker | None] = {}
@@ -281,6 +307,8 @@ class ReferenceHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.s5_checkpoints is not None:  # write the checkpoints already cut
+            await self.s5_checkpoints.aclose()
 
     async def __aenter__(self) -> ReferenceHost:
         return await self.start()
@@ -376,6 +404,11 @@ class ReferenceHost:
             repeat_penalty=1.0 if request.tools else None,
         )
         tracker = self._checkpoint_tracker(conn, request)
+        recorder = (  # S5 checkpoints: counts this answer's tokens in its session
+            self.s5_checkpoints.start_answer(request.session_id or conn.session_id, request.prompt)
+            if self.s5_checkpoints is not None
+            else None
+        )
         # The per-token path: one pre-built JSON text per token, nothing else.
         prefix = '{"type":"stream_chunk","content":'
         suffix = ',"tokens":1' + (f',"id":{_json_str(rid)}' if rid is not None else "") + "}"
@@ -385,7 +418,10 @@ class ReferenceHost:
             return prefix + _json_str(token) + suffix
 
         def on_token(token: str) -> list[str]:
-            assert tracker is not None
+            if recorder is not None:
+                recorder.token(token)
+            if tracker is None:
+                return []
             proof = tracker.on_tokens(token, 1)
             return [] if proof is None else [self._checkpoint_frame(proof, rid)]
 
@@ -393,6 +429,8 @@ class ReferenceHost:
             return prefix + _json_str(f"Error: {exc}") + suffix.replace('"tokens":1', '"tokens":0')
 
         def end_frames(job: AnswerJob) -> list[str]:
+            if recorder is not None:
+                recorder.finish()
             frames = []
             if tracker is not None:
                 proof = tracker.end_message()
@@ -421,10 +459,12 @@ class ReferenceHost:
             rid or f"anonymous-{id(conn)}",
             chunk_frame=chunk_frame,
             end_frames=end_frames,
-            on_token=on_token if tracker is not None else None,
+            on_token=on_token if tracker is not None or recorder is not None else None,
             on_error=on_error,
         )
         job.start(gen.tokens)
+        if recorder is not None:
+            recorder.finish_when(job.finished)  # cancelled answers end here
         self._remember(job, tracker)
         await self._consume(conn, job, 0)
 
@@ -466,10 +506,10 @@ class ReferenceHost:
         try:
             while True:
                 frames = job.frames
-                while position < len(frames) and not conn.cancel.is_set():
+                while position < len(frames) and not conn.cancel.is_set() and not conn.gone:
                     await conn.send(frames[position])
                     position += 1
-                if conn.ws.closed:
+                if conn.gone or conn.ws.closed:
                     return
                 if conn.cancel.is_set():
                     break
@@ -617,9 +657,8 @@ class ReferenceHost:
         )
 
     async def _checkpoints(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": f"no checkpoints for session {request.match_info['session_id']}"},
-            status=404,
+        return await checkpoint_index_response(
+            self.s5_checkpoints, request.match_info["session_id"]
         )
 
 

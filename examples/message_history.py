@@ -1,0 +1,90 @@
+"""A chat that remembers: ``RunnableWithMessageHistory`` around a ChatFabstir chain.
+
+Fabstir hosts keep no memory between prompts; the history lives on the client and is
+sent with every prompt as the conversation context. Here it is kept in memory by
+:func:`get_history` (the one place to change to persist it elsewhere).
+
+Run it as is: with no ``FABSTIR_HOST_URL`` set, it starts a reference host with the real
+SmolLM2-135M model in this process (127.0.0.1, a free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import warnings
+from collections.abc import AsyncIterator
+
+from langchain_core._api import LangChainDeprecationWarning
+from langchain_core.chat_history import BaseChatMessageHistory, InMemoryChatMessageHistory
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.history import RunnableWithMessageHistory
+
+from langchain_fabstir.chat_models import ChatFabstir
+
+# RunnableWithMessageHistory and the in-memory history are deprecated in langchain-core
+# 1.x in favour of LangGraph persistence; they still work and are widely used.
+warnings.filterwarnings("ignore", category=LangChainDeprecationWarning)
+
+_HISTORIES: dict[str, BaseChatMessageHistory] = {}
+
+
+def get_history(session_id: str) -> BaseChatMessageHistory:
+    """The message history of one conversation (kept in memory here)."""
+    if session_id not in _HISTORIES:
+        _HISTORIES[session_id] = InMemoryChatMessageHistory()
+    return _HISTORIES[session_id]
+
+
+@contextlib.asynccontextmanager
+async def fabstir_host() -> AsyncIterator[str]:
+    """``FABSTIR_HOST_URL`` if set, else a local reference host running SmolLM2."""
+    url = os.environ.get("FABSTIR_HOST_URL")
+    if url:
+        yield url
+        return
+    from langchain_fabstir.host import LlamaEngine, ReferenceHost
+
+    engine = LlamaEngine()
+    try:
+        async with ReferenceHost(engine, rate_limit_per_minute=None) as host:
+            yield host.url
+    finally:
+        engine.close()
+
+
+async def main() -> None:
+    async with fabstir_host() as host_url:
+        llm = ChatFabstir(host_url=host_url, temperature=0.0, max_tokens=40)
+        prompt = ChatPromptTemplate.from_messages(
+            [
+                ("system", "You are a helpful assistant. Answer in one short sentence."),
+                MessagesPlaceholder("history"),
+                ("human", "{input}"),
+            ]
+        )
+        chat = RunnableWithMessageHistory(
+            prompt | llm,
+            get_history,
+            input_messages_key="input",
+            history_messages_key="history",
+        )
+        config = RunnableConfig(configurable={"session_id": "demo-user"})
+
+        for text in ["Hi! My name is Ada and I love sailing.", "What did I say my name was?"]:
+            print(f"User: {text}")
+            print("Assistant: ", end="", flush=True)
+            async for chunk in chat.astream({"input": text}, config):
+                print(chunk.content, end="", flush=True)
+            print("\n")
+
+        messages = get_history("demo-user").messages
+        print(f"History of 'demo-user': {len(messages)} messages")
+        for m in messages:
+            print(f"  {type(m).__name__:>14}: {str(m.content)[:60]!r}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
