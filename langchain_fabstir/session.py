@@ -125,6 +125,7 @@ class _SessionState:
         self.tracker: CheckpointTracker | None = None
         self.pending_request: InferenceRequest | None = None
         self.alternates: list[str] = []
+        self.unsaved = False  # history not yet written to storage as a whole
         self.last_used = 0.0
 
 
@@ -207,12 +208,19 @@ class SessionManager(SessionStorageMixin):
 
     # --- events ---------------------------------------------------------------------
 
-    def on(self, event: str, handler: EventHandler) -> EventHandler:
+    def on(self, event: str, handler: EventHandler | None = None) -> Any:
         """Register ``handler`` (sync or async) for ``event`` (e.g. ``"checkpoint"``).
 
-        Returns the handler, so it can be used as a decorator. A handler that raises is
-        logged and does not stop the stream.
+        Without ``handler`` it is a decorator: ``@manager.on("checkpoint")``. Returns the
+        handler. A handler that raises is logged and does not stop the stream.
         """
+        if handler is None:
+
+            def register(fn: EventHandler) -> EventHandler:
+                self._handlers.setdefault(event, []).append(fn)
+                return fn
+
+            return register
         self._handlers.setdefault(event, []).append(handler)
         return handler
 

@@ -103,6 +103,9 @@ class SessionStorageMixin:
             return
         assert self.storage is not None
         session = state.session
+        if state.unsaved:
+            # A session that came from elsewhere (import, given context): write it whole.
+            messages, replace = list(state.messages), True
         try:
             await self.storage.save_conversation(
                 session.id,
@@ -110,6 +113,7 @@ class SessionStorageMixin:
                 metadata=sdk_metadata(session),
                 replace=replace,
             )
+            state.unsaved = False
         except FabstirError as exc:
             log.warning("could not save session %s to S5: %s", session.id, exc)
             await self._emit("persistence_failed", session, exc)
@@ -168,6 +172,9 @@ class SessionStorageMixin:
         state = _SessionState(session)
         state.messages = list(messages)
         state.last_used = self._clock()
+        state.unsaved = True
+        if self._persisting() and self.storage is not None:
+            session.conversation_id = self.storage.conversation_path(session.id)
         history = [{"role": m.role, "content": m.content} for m in messages]
         interval = self.config.checkpoint_interval
         try:
@@ -223,7 +230,7 @@ class SessionStorageMixin:
                 if given is not None:
                     adopted = self._adopt(state.session, given, state.proofs)
                     state.messages, state.tracker = adopted.messages, adopted.tracker
-                    state.proofs = adopted.proofs
+                    state.proofs, state.unsaved = adopted.proofs, True
                     self._sessions[session_id] = state
                 if host_url:
                     state.session.host_url = host_url

@@ -19,7 +19,7 @@ delta's canonical content; hosts with a chain hash their proof of work instead),
 every delta by CID and is signed over ``checkpoints``. ``GET /v1/checkpoints/{id}``
 serves the index (:func:`checkpoint_index_response`).
 
-The per-token cost is a list append and an integer add (:meth:`AnswerRecorder.token`);
+The per-token cost is a comparison, a list append and an integer add (:meth:`AnswerRecorder.token`);
 S5 writes run as one background task per session, in checkpoint order. A write that
 fails (portal down) is logged and retried at the session's next checkpoint or at
 :meth:`S5CheckpointWriter.flush`; checkpoint numbers and token ranges are assigned when
@@ -36,6 +36,25 @@ Wiring (the reference host does this when given ``portal_url`` and ``s5_seed_phr
     recorder.token(text)                                  # per generated token
     recorder.finish()                                     # when the answer ends
     index = await writer.index(session_id)                # GET /v1/checkpoints/{id}
+
+Runnable, against a local portal (3-token checkpoints to keep it short):
+
+>>> import asyncio, tempfile
+>>> from langchain_fabstir.portal import LocalPortal
+>>> from langchain_fabstir.s5 import generate_phrase
+>>> async def demo():
+...     async with LocalPortal(tempfile.mkdtemp()) as portal:
+...         writer = S5CheckpointWriter.from_portal(
+...             portal.url, generate_phrase(), "0x" + "42" * 32, interval=3, min_final_tokens=1)
+...         answer = writer.start_answer("s1", "Count to five")
+...         for word in ["one ", "two ", "three ", "four ", "five"]:
+...             answer.token(word)
+...         answer.finish()
+...         index = await writer.index("s1")
+...         await writer.aclose()
+...         return [(c["index"], c["tokenRange"]) for c in index["checkpoints"]]
+>>> asyncio.run(demo())
+[(0, [0, 3]), (1, [3, 5])]
 """
 
 from __future__ import annotations
@@ -117,6 +136,7 @@ class _SessionLog:
     task: asyncio.Task[None] | None = None
     entries: list[dict[str, Any]] | None = None  # the index on S5 (None: not loaded)
     index: dict[str, Any] | None = None
+    answers: set[AnswerRecorder] = field(default_factory=set)  # not finished yet
 
 
 class AnswerRecorder:
@@ -127,17 +147,19 @@ class AnswerRecorder:
     :meth:`finish_when` with the event that says so).
     """
 
-    __slots__ = ("_done", "_from", "_log", "_pieces", "_timestamp", "_user", "_writer")
+    __slots__ = ("_cuts", "_done", "_ended", "_log", "_pieces", "_timestamp", "_user", "_writer")
 
     def __init__(self, writer: S5CheckpointWriter, log: _SessionLog, prompt: str) -> None:
         self._writer = writer
         self._log = log
-        self._pieces: list[str] = []
-        self._from = 0  # first piece not yet in a delta
+        self._pieces: list[str] = []  # generated since the last cut
+        self._cuts = 0  # checkpoints cut inside this answer
         self._timestamp = _now_ms()
         self._user: Message = {"role": "user", "content": prompt, "timestamp": self._timestamp}
         self._done = False
+        self._ended: asyncio.Event | None = None
         log.pending.append(self._user)
+        log.answers.add(self)
 
     def token(self, text: str) -> None:
         """Record one generated token (cuts a checkpoint first when one is due)."""
@@ -152,12 +174,13 @@ class AnswerRecorder:
         if partial:
             piece: Message = {
                 "role": "assistant",
-                "content": "".join(self._pieces[self._from :]),
+                "content": "".join(self._pieces),
                 "timestamp": self._timestamp,
                 "metadata": {"partial": True},
             }
             log.pending.append(piece)
-            self._from = len(self._pieces)
+            self._pieces = []
+            self._cuts += 1
         self._writer._cut(log)
 
     def finish(self) -> None:
@@ -166,14 +189,17 @@ class AnswerRecorder:
             return
         self._done = True
         log = self._log
-        if not self._pieces:  # no answer at all: the prompt is not part of the record
+        log.answers.discard(self)
+        if (
+            not self._pieces and not self._cuts
+        ):  # no answer at all: the prompt is not part of the record
             with contextlib.suppress(ValueError):
                 log.pending.remove(self._user)
             return
         log.pending.append(
             {
                 "role": "assistant",
-                "content": "".join(self._pieces[self._from :]),
+                "content": "".join(self._pieces),
                 "timestamp": self._timestamp,
             }
         )
@@ -182,7 +208,12 @@ class AnswerRecorder:
             self._cut(partial=False)
 
     def finish_when(self, event: asyncio.Event) -> None:
-        """Call :meth:`finish` once ``event`` is set (covers cancelled answers)."""
+        """Call :meth:`finish` once ``event`` is set (covers cancelled answers).
+
+        :meth:`S5CheckpointWriter.index` also finishes an answer whose event is set,
+        so an index asked for after an answer ended always includes its checkpoint.
+        """
+        self._ended = event
 
         def done(_: object) -> None:
             self.finish()
@@ -212,7 +243,7 @@ class S5CheckpointWriter:
         *,
         interval: int = 1000,
         min_final_tokens: int = 100,
-        index_wait: float = 10.0,
+        index_wait: float = 5.0,
         max_sessions: int = 4096,
         prepare: Callable[[], Awaitable[None]] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
@@ -317,7 +348,7 @@ class S5CheckpointWriter:
     def _evict(self) -> None:
         while len(self._sessions) > self.max_sessions:
             for sid, old in self._sessions.items():
-                if not old.queue and (old.task is None or old.task.done()):
+                if not (old.queue or old.answers) and (old.task is None or old.task.done()):
                     del self._sessions[sid]
                     break
             else:
@@ -439,6 +470,9 @@ class S5CheckpointWriter:
             return None
         log = self._sessions.get(session_id)
         if log is not None:
+            for answer in list(log.answers):
+                if answer._ended is not None and answer._ended.is_set():
+                    answer.finish()
             if log.task is not None and not log.task.done():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(log.task), self.index_wait)

@@ -46,7 +46,7 @@ def test_message_history() -> None:
     out = run_example("message_history.py")
     answers = re.findall(r"^Assistant: (.+)$", out, re.M)
     assert len(answers) == 2 and all(a.strip() for a in answers), out
-    assert "History of 'demo-user': 4 messages" in out
+    assert re.search(r"History of 'demo-user' on S5 \(http://127\.0\.0\.1:\d+\): 4 messages", out)
     assert out.count("AIMessageChunk:") == 2 and out.count("HumanMessage:") == 2
 
 
@@ -56,3 +56,18 @@ def test_agent() -> None:
     assert "[tool result] It is 21 degrees and sunny in" in out
     answer = re.search(r"^Assistant: (.+)$", out, re.M)
     assert answer and len(answer.group(1).split()) >= 3, out
+
+
+def test_cross_device() -> None:
+    out = run_example("cross_device.py")
+    assert re.search(r"^\[Device A\] share code: fsc1", out, re.M), out
+    assert re.search(r"^\[Device B\] session \w+ resumed with 3 messages$", out, re.M), out
+    assert "[Device B] conversation saved: home/sessions/0xdevice-b/" in out
+    assert len(re.findall(r"^Assistant: \S", out, re.M)) == 2, out
+
+
+def test_checkpoints_example() -> None:
+    out = run_example("checkpoints.py")
+    assert re.search(r"^  Checkpoint 1 created at token 500$", out, re.M), out
+    assert "Host signed: True" in out
+    assert "Every conversation hash recomputed from the history: OK" in out
