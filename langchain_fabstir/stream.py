@@ -21,6 +21,7 @@ from typing import Any
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
     FabstirError,
+    HostDisconnectedError,
     HostError,
     InvalidRequestError,
     ModelNotAvailableError,
@@ -142,6 +143,9 @@ class PromptStream:
         self.end_proofs: list[Any] = []
         """Proofs settled when the answer ended."""
         self.host_checkpoints: dict[int, dict[str, Any]] = {}
+        self._waiting_since: float | None = None
+        self._deadline = first_timeout
+        self._timed_out = False
         self.resume_note: dict[str, Any] | None = None
         """Set when the answer was resumed; the consumer reads and clears it."""
         self.host_cosign = True
@@ -159,12 +163,36 @@ class PromptStream:
         """The text pieces, as an async generator (close it to stop early)."""
         return self._run()
 
+    def _watchdog(self) -> None:
+        """Runs now and then while the answer streams, and aborts a socket that has been
+        silent longer than allowed. The hot path only stamps the time it starts waiting:
+        no timer per frame."""
+        loop = self._loop
+        now = loop.time()
+        since = self._waiting_since
+        if since is None:
+            self._watch_at = now + self.chunk_timeout
+        elif now >= since + self._deadline:
+            self._timed_out = True
+            self.transport.abort()
+            return
+        else:
+            self._watch_at = since + self._deadline
+        self._watch = loop.call_at(self._watch_at, self._watchdog)
+
     async def _next_frame(self, deadline: float, first: bool) -> Any:
         """The next frame's decoded JSON object (dict), within ``deadline`` seconds."""
+        self._deadline = deadline
+        since = self._waiting_since = self._loop.time()
+        if since + deadline < self._watch_at:  # a shorter deadline than the watchdog's
+            self._watch.cancel()
+            self._watch_at = since + deadline
+            self._watch = self._loop.call_at(self._watch_at, self._watchdog)
         try:
-            async with _compat.timeout(deadline):
-                raw = await self.transport.recv_raw()
-        except asyncio.TimeoutError:
+            raw = await self.transport.recv_raw()
+        except HostDisconnectedError:
+            if not self._timed_out:
+                raise
             if first:
                 raise ResponseTimeoutError(
                     f"host {self.transport.host_url} sent nothing within {deadline}s of the "
@@ -178,6 +206,8 @@ class PromptStream:
                 host_url=self.transport.host_url,
                 session_id=self.session_id,
             ) from None
+        finally:
+            self._waiting_since = None
         try:
             return json.loads(raw)
         except ValueError:
@@ -185,6 +215,10 @@ class PromptStream:
             raise  # pragma: no cover
 
     async def _run(self) -> AsyncGenerator[str, None]:
+        self._loop = asyncio.get_running_loop()
+        self._timed_out = False
+        self._watch_at = self._loop.time() + self.first_timeout
+        self._watch = self._loop.call_at(self._watch_at, self._watchdog)
         await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
         rid = self.request_id
         first = True
@@ -273,6 +307,7 @@ class PromptStream:
             failed = True  # a broken answer: the session decides (resume or give up)
             raise
         finally:
+            self._watch.cancel()
             if not self.finished and not failed:
                 await self._cancel_remote()  # the consumer stopped early
 

@@ -471,7 +471,7 @@ class ReferenceHost:
     async def _resume(self, conn: _Connection, spec: dict[str, Any], rid: str | None) -> None:
         job = self._jobs.get(str(spec.get("request_id")))
         offset = spec.get("offset")
-        if job is None or not isinstance(offset, int) or offset < 0:
+        if job is None or job.cancelled or not isinstance(offset, int) or offset < 0:
             msg = (
                 f"no answer {spec.get('request_id')!r} to resume here (it expired after "
                 f"{self.resume_grace:.0f}s or ran on another host)"

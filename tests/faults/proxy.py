@@ -618,6 +618,8 @@ class FaultProxy:
             self._tasks.add(task)
         try:
             await conn.run(self.upstream_host, self.upstream_port)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing: the connection ends with it, quietly
         finally:
             if task is not None:
                 self._tasks.discard(task)
