@@ -148,9 +148,8 @@ async def test_two_concurrent_writers_lose_nothing(portal: ThreadedPortal, phras
     assert len(texts) == 2 * n
     assert [t for t in texts if t.startswith("a")] == [f"a{i}" for i in range(n)]
     assert [t for t in texts if t.startswith("b")] == [f"b{i}" for i in range(n)]
-    # both writers really interleaved (one did not simply finish before the other began)
-    first_b = texts.index("b0")
-    assert first_b < texts.index(f"a{n - 1}")
+    # Whether the two writers' appends interleave depends on scheduling (under CPU load
+    # one may win every compare-and-swap for a while): not asserted, as it is not the claim.
     await w1.aclose()
     await w2.aclose()
 
