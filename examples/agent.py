@@ -16,10 +16,8 @@ SmolLM2-135M model in this process (127.0.0.1, a free port).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -34,6 +32,7 @@ from langchain_core.tools import tool
 from langgraph.prebuilt import create_react_agent
 
 from langchain_fabstir.chat_models import ChatFabstir
+from langchain_fabstir.host import local_host
 
 # create_react_agent is deprecated in favour of langchain's create_agent (a separate
 # package); it works the same and ships with langgraph.
@@ -70,25 +69,8 @@ def make_model_chooser(llm: ChatFabstir) -> Any:
     return choose_model
 
 
-@contextlib.asynccontextmanager
-async def fabstir_host() -> AsyncIterator[str]:
-    """``FABSTIR_HOST_URL`` if set, else a local reference host running SmolLM2."""
-    url = os.environ.get("FABSTIR_HOST_URL")
-    if url:
-        yield url
-        return
-    from langchain_fabstir.host import LlamaEngine, ReferenceHost
-
-    engine = LlamaEngine()
-    try:
-        async with ReferenceHost(engine, rate_limit_per_minute=None) as host:
-            yield host.url
-    finally:
-        engine.close()
-
-
 async def main() -> None:
-    async with fabstir_host() as host_url:
+    async with local_host() as host_url:
         llm = ChatFabstir(host_url=host_url, temperature=0.0, max_tokens=48)
         agent = create_react_agent(
             make_model_chooser(llm), TOOLS, prompt="You are a helpful assistant."

@@ -12,26 +12,10 @@ Without FABSTIR_HOST_URL, a reference host with SmolLM2 and a host key is starte
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
-from collections.abc import AsyncIterator
 
 from langchain_fabstir import CheckpointProof, SessionConfig, SessionManager, verify_checkpoints
-
-
-@contextlib.asynccontextmanager
-async def fabstir_host() -> AsyncIterator[str]:
-    url = os.environ.get("FABSTIR_HOST_URL")
-    if url:
-        yield url
-        return
-    from langchain_fabstir.host import LlamaEngine, ReferenceHost
-
-    host_key = "0x" + secrets.token_hex(32)
-    async with ReferenceHost(LlamaEngine(), host_key=host_key) as host:
-        print(f"Reference host {host.url}, host address {host.host_address}")
-        yield host.url
+from langchain_fabstir.host import local_host
 
 
 def submit_proof_to_blockchain(proof: CheckpointProof) -> None:
@@ -41,7 +25,8 @@ def submit_proof_to_blockchain(proof: CheckpointProof) -> None:
 async def managed_checkpoints() -> None:
     user_key = "0x" + secrets.token_hex(32)
     config = SessionConfig(checkpoint_interval=500)
-    async with fabstir_host() as host_url:
+    host_key = "0x" + secrets.token_hex(32)  # the local host signs checkpoints with it
+    async with local_host(host_key=host_key) as host_url:
         async with SessionManager(config, host_url=host_url, private_key=user_key) as manager:
             session = await manager.create_session(max_tokens=400, temperature=0.7)
 

@@ -8,35 +8,16 @@ with ``FABSTIR_HOST_URL=http://host:8080 python examples/lcel_chain.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-from collections.abc import AsyncIterator
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_fabstir.chat_models import ChatFabstir
-
-
-@contextlib.asynccontextmanager
-async def fabstir_host() -> AsyncIterator[str]:
-    """``FABSTIR_HOST_URL`` if set, else a local reference host running SmolLM2."""
-    url = os.environ.get("FABSTIR_HOST_URL")
-    if url:
-        yield url
-        return
-    from langchain_fabstir.host import LlamaEngine, ReferenceHost
-
-    engine = LlamaEngine()
-    try:
-        async with ReferenceHost(engine, rate_limit_per_minute=None) as host:
-            yield host.url
-    finally:
-        engine.close()
+from langchain_fabstir.host import local_host
 
 
 async def main() -> None:
-    async with fabstir_host() as host_url:
+    async with local_host() as host_url:
         llm = ChatFabstir(host_url=host_url, temperature=0.2, max_tokens=40)
         prompt = ChatPromptTemplate.from_messages(
             [

@@ -26,6 +26,7 @@ from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from langchain_fabstir import ChatFabstir, S5ChatMessageHistory
 from langchain_fabstir.chat_message_histories import S5Access
+from langchain_fabstir.host import local_host
 
 # RunnableWithMessageHistory and the in-memory history are deprecated in langchain-core
 # 1.x in favour of LangGraph persistence; they still work and are widely used.
@@ -55,27 +56,10 @@ async def s5_portal() -> AsyncIterator[str]:
             yield portal.url
 
 
-@contextlib.asynccontextmanager
-async def fabstir_host() -> AsyncIterator[str]:
-    """``FABSTIR_HOST_URL`` if set, else a local reference host running SmolLM2."""
-    url = os.environ.get("FABSTIR_HOST_URL")
-    if url:
-        yield url
-        return
-    from langchain_fabstir.host import LlamaEngine, ReferenceHost
-
-    engine = LlamaEngine()
-    try:
-        async with ReferenceHost(engine, rate_limit_per_minute=None) as host:
-            yield host.url
-    finally:
-        engine.close()
-
-
 async def main() -> None:
     from langchain_fabstir.s5 import generate_phrase
 
-    async with fabstir_host() as host_url, s5_portal() as portal_url:
+    async with local_host() as host_url, s5_portal() as portal_url:
         phrase = os.environ.get("FABSTIR_S5_SEED_PHRASE") or generate_phrase()
         _S5["access"] = S5Access(portal_url=portal_url, seed_phrase=phrase)
         llm = ChatFabstir(host_url=host_url, temperature=0.0, max_tokens=40)

@@ -36,6 +36,17 @@ def _engine(args: argparse.Namespace) -> object:
     return LlamaEngine(args.model, n_ctx=args.ctx, seed=args.seed, threads=args.threads)
 
 
+async def _ready_until_signal(url: str) -> None:
+    """Print ``READY <url>`` (what start_*_process waits for), then wait for SIGINT/TERM."""
+    print(f"READY {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def _serve_host(args: argparse.Namespace) -> None:
     from langchain_fabstir.host import ReferenceHost
 
@@ -47,14 +58,8 @@ async def _serve_host(args: argparse.Namespace) -> None:
         rate_limit_per_minute=args.rate_limit or None,
     )
     await host.start()
-    print(f"READY {host.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await _ready_until_signal(host.url)
     finally:
         await host.stop()
 
@@ -64,14 +69,8 @@ async def _serve_portal(args: argparse.Namespace) -> None:
 
     portal = LocalPortal(args.data, host=args.bind, port=args.port)
     await portal.start()
-    print(f"READY {portal.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await _ready_until_signal(portal.url)
     finally:
         await portal.stop()
 

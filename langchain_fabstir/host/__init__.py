@@ -11,6 +11,7 @@ from langchain_fabstir.host.engines import (
     LlamaEngine,
     default_model_path,
 )
+from langchain_fabstir.host.local import local_host
 from langchain_fabstir.host.server import ReferenceHost, run_host
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "LlamaEngine",
     "ReferenceHost",
     "default_model_path",
+    "local_host",
     "run_host",
 ]
