@@ -20,12 +20,12 @@ True
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import IntegrityError, ShareCodeError
 from langchain_fabstir.s5 import CID, BlobNotFoundError, InvalidCIDError, S5PortalClient
 from langchain_fabstir.s5.cid import blake3_hash
@@ -104,7 +104,7 @@ async def fetch_share(code: ShareCode) -> dict[str, Any]:
                 host_url=code.portal_url,
             ) from exc
     try:
-        export = json.loads(decrypt_mutable(blob, code.key))
+        export = loads_untrusted(decrypt_mutable(blob, code.key))
     except IntegrityError as exc:
         raise ShareCodeError("the share code's key does not open the shared export") from exc
     except ValueError as exc:

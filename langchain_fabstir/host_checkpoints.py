@@ -49,7 +49,6 @@ Example (a host at ``host_url``, its portal at ``portal_url``)::
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote
@@ -58,6 +57,7 @@ import httpx
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.checkpoints import (
     HostCheckpointDelta,
@@ -227,7 +227,7 @@ async def _get_index(client: httpx.AsyncClient, host_url: str, session_id: str) 
             details={"status": status, "excerpt": excerpt},
         )
     try:
-        raw = json.loads(body)
+        raw = loads_untrusted(body)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError(
             f"host {host_url} sent a checkpoint index that is not JSON",
@@ -293,7 +293,7 @@ async def _fetch_delta(
             details={"reason": "cid_mismatch", "checkpoint_index": entry.index},
         )
     try:
-        raw = json.loads(body)
+        raw = loads_untrusted(body)
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(
             f"checkpoint {entry.index}: delta {cid} is not JSON",

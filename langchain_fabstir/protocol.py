@@ -40,6 +40,7 @@ from pydantic import (
     field_validator,
 )
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import ProtocolError
 
 __all__ = [
@@ -62,12 +63,21 @@ __all__ = [
     "Usage",
     "encode_frame",
     "excerpt",
+    "loads",
     "parse_frame",
 ]
 
 DEFAULT_CHAIN_ID = 84532
 EXCERPT_LIMIT = 200
 """How many characters of an offending frame an error message quotes."""
+def loads(raw: str | bytes) -> Any:
+    """``json.loads`` for peer input: too deep or not JSON -> :class:`ProtocolError`."""
+    try:
+        return loads_untrusted(raw)
+    except ValueError as exc:  # (UnicodeDecodeError is a ValueError)
+        shown = excerpt(raw)
+        why = str(exc) if "deeper" in str(exc) or "too deep" in str(exc) else "is not valid JSON"
+        raise ProtocolError(f"frame {why}: {shown}", details={"excerpt": shown}) from None
 
 
 def excerpt(raw: str | bytes, limit: int = EXCERPT_LIMIT) -> str:
@@ -351,13 +361,7 @@ def parse_frame(raw: str | bytes) -> _Frame:
             known frame type has fields of the wrong type. The message quotes a bounded
             excerpt of the input and names the failing fields.
     """
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError(
-            f"frame is not valid JSON: {excerpt(raw)}", details={"excerpt": excerpt(raw)}
-        ) from None
-    return frame_from_obj(data, raw)
+    return frame_from_obj(loads(raw), raw)
 
 
 def frame_from_obj(data: Any, raw: str | bytes | None = None) -> _Frame:

@@ -39,6 +39,7 @@ from langchain_fabstir.protocol import (
     StreamEnd,
     Usage,
     frame_from_obj,
+    loads,
 )
 from langchain_fabstir.transport import Transport
 
@@ -208,18 +209,11 @@ class PromptStream:
             ) from None
         finally:
             self._waiting_since = None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            frame_from_obj(None, raw)  # raises the ProtocolError with an excerpt
-            raise  # pragma: no cover
+        return loads(raw)
 
     async def _run(self) -> AsyncGenerator[str, None]:
         self._loop = asyncio.get_running_loop()
         self._timed_out = False
-        self._watch_at = self._loop.time() + self.first_timeout
-        self._watch = self._loop.call_at(self._watch_at, self._watchdog)
-        await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
         rid = self.request_id
         first = True
         held_error: str | None = None  # an "Error: ..." chunk waiting for what follows
@@ -227,33 +221,37 @@ class PromptStream:
         pending: FabstirError | None = None
         on_tokens = self.on_tokens
         pieces = self.pieces
+        self._watch_at = self._loop.time() + self.first_timeout
+        self._watch = self._loop.call_at(self._watch_at, self._watchdog)
         try:
+            await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
             while True:
                 obj = await self._next_frame(
                     self.first_timeout if first else self.chunk_timeout, first
                 )
-                first = False
                 # Hot path: a token chunk of this answer, checked with plain dict access.
                 if (
                     type(obj) is dict
                     and obj.get("type") == "stream_chunk"
                     and obj.get("id", rid) == rid
                 ):
+                    first = False
                     content = obj.get("content")
                     if type(content) is not str:
                         frame_from_obj(obj)  # typed ProtocolError with an excerpt
                         raise ProtocolError(f"bad stream_chunk content: {content!r}")
+                    if not content:
+                        continue  # (the final empty chunk does not release a held error)
                     if held_error is not None:
+                        # It was text after all: more text followed it.
                         self._emit(held_error, 0)
                         yield held_error
                         held_error = None
-                    if not content:
-                        continue
                     if content.startswith("Error: "):
                         held_error = content
                         continue
                     tokens = obj.get("tokens", 1)
-                    n = tokens if type(tokens) is int else 1
+                    n = tokens if type(tokens) is int and tokens >= 0 else 1
                     self.chunks_received += 1
                     pieces.append(content)
                     if on_tokens is not None:
@@ -268,6 +266,7 @@ class PromptStream:
                 if isinstance(frame, ErrorFrame):
                     if frame.id not in (None, rid):
                         continue
+                    first = False
                     pending = error_from_frame(
                         frame, host_url=self.transport.host_url, session_id=self.session_id
                     )
@@ -282,7 +281,6 @@ class PromptStream:
                         and (held_error is None and pending is None)
                     ):
                         # The end of an earlier, cancelled answer on this socket.
-                        first = True
                         continue
                     self._finish(frame)
                     if pending is not None:

@@ -25,6 +25,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from langchain_fabstir._json import loads_untrusted
+
 __all__ = [
     "envelope_schema",
     "forced_tool_names",
@@ -153,7 +155,7 @@ def parse_envelope(text: str) -> tuple[str, list[dict[str, Any]]]:
     if not stripped.startswith("{"):
         return text, []
     try:
-        obj = json.loads(stripped)
+        obj = loads_untrusted(stripped)
     except ValueError:
         if '"tool_calls"' in stripped[:40]:
             raise ValueError("the tool-call envelope is incomplete (cut at max_tokens?)") from None
@@ -172,7 +174,7 @@ def parse_envelope(text: str) -> tuple[str, list[dict[str, Any]]]:
             raise ValueError(f"malformed tool call: {json.dumps(call)[:200]}")
         args = call.get("arguments", call.get("args", {}))
         if isinstance(args, str):
-            args = json.loads(args) if args.strip() else {}
+            args = loads_untrusted(args) if args.strip() else {}
         if not isinstance(args, dict):
             raise ValueError(f"arguments of {call['name']!r} are not an object")
         calls.append({"name": call["name"], "args": args})

@@ -23,13 +23,13 @@ True
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.checkpoints.signing import (
     PrivateKey,
     canonical_json,
@@ -125,7 +125,7 @@ def _raw(value: Any, model: type[_M], what: str) -> tuple[dict[str, Any], _M]:
         raw: Any = value.model_dump(mode="json", by_alias=True, exclude_unset=True)
     elif isinstance(value, (str, bytes, bytearray)):
         try:
-            raw = json.loads(value)
+            raw = loads_untrusted(value)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(
                 f"host {what} is not JSON: {exc}"[:200], details={"reason": f"malformed_{what}"}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from langchain_fabstir._json import loads_untrusted
 
 __all__ = ["FetchError", "JsonReply", "get_json"]
 
@@ -72,7 +73,7 @@ async def get_json(
     if status >= 400 and not accept_error_body:
         raise FetchError("unreachable", f"GET {url}: HTTP {status}", status=status)
     try:
-        body = json.loads(raw)
+        body = loads_untrusted(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         if status >= 400:
             raise FetchError("unreachable", f"GET {url}: HTTP {status}", status=status) from exc

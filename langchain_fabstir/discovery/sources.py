@@ -19,7 +19,6 @@ comma-separated list of URLs, or the same JSON.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.discovery._http import FetchError, get_json
 from langchain_fabstir.discovery.hosts import HostInfo, HostRegistryError
 from langchain_fabstir.errors import ConnectionFailedError
@@ -109,7 +109,7 @@ def _from_json_value(value: object, *, source: str) -> list[HostInfo]:
 def parse_registry(text: str | bytes, *, source: str) -> list[HostInfo]:
     """Parse registry JSON (an array, or ``{"hosts": [...]}``) into hosts."""
     try:
-        value = json.loads(text)
+        value = loads_untrusted(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HostRegistryError(f"{source}: not valid JSON ({exc})") from None
     return _from_json_value(value, source=source)

@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 from pydantic import SecretStr
 
 from langchain_fabstir import __version__
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import ProtocolError
 from langchain_fabstir.host.engines import Engine, EngineError
@@ -615,7 +616,7 @@ class ReferenceHost:
             )
 
         try:
-            body = await request.json()
+            body = loads_untrusted(await request.read())
             req = InferenceRequest.model_validate(body)
         except ValueError as exc:
             return invalid(f"invalid request body: {str(exc)[:300]}")

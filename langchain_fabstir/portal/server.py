@@ -16,7 +16,6 @@ A token is read from ``Authorization: Bearer``, the ``s5-auth-token`` cookie or
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import base58
 from aiohttp import BodyPartReader, web
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import StorageError
 from langchain_fabstir.portal.store import BlobStore, PortalDB
 from langchain_fabstir.s5.cid import CID, blake3_hash
@@ -100,7 +100,7 @@ class _Portal:
         if len(raw) > _MAX_JSON:
             raise web.HTTPRequestEntityTooLarge(max_size=_MAX_JSON, actual_size=len(raw))
         try:
-            return json.loads(raw)
+            return loads_untrusted(raw)
         except ValueError as exc:
             raise web.HTTPBadRequest(text="Invalid JSON") from exc
 

@@ -24,7 +24,6 @@ mismatch), :class:`RevisionConflictError` (registry write with a stale revision)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +37,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
     AuthenticationError,
     FabstirError,
@@ -232,7 +232,7 @@ class S5PortalClient:
 
     def _json(self, what: str, response: Response) -> dict[str, Any]:
         try:
-            obj = json.loads(response.body)
+            obj = loads_untrusted(response.body)
         except ValueError as exc:
             raise StorageError(
                 f"S5 portal {self.portal_url} sent malformed JSON for {what}",

@@ -245,6 +245,18 @@ async def test_undeserializable_request_gets_no_answer(echo_host: ReferenceHost)
         assert frames[-1]["id"] == "good"
 
 
+async def test_hostile_frames_do_not_kill_the_host(echo_host: ReferenceHost) -> None:
+    async with websockets.connect(echo_host.ws_url, max_size=None) as ws:
+        await recv_json(ws)
+        await ws.send("[" * 100_000)  # would overflow the JSON decoder's C stack
+        await ws.send(json.dumps({"type": "prompt", "prompt": "ok", "id": "after"}))
+        frames = await read_answer(ws)
+        assert frames[-1]["id"] == "after" and frames[-1]["reason"] == "complete"
+    async with httpx.AsyncClient(base_url=echo_host.url) as client:
+        r = await client.post("/v1/inference", content=b"[" * 100_000)
+        assert r.status_code == 400
+
+
 async def test_http_endpoints(echo_host: ReferenceHost) -> None:
     async with httpx.AsyncClient(base_url=echo_host.url) as client:
         health = (await client.get("/health")).json()
