@@ -61,6 +61,7 @@ from langchain_fabstir._sync import iterate_sync, run_sync
 from langchain_fabstir.callbacks import CHECKPOINT_EVENT, CHECKPOINTS_METADATA_KEY
 from langchain_fabstir.errors import FabstirError, RateLimitedError
 from langchain_fabstir.models import SessionConfig, StreamResult
+from langchain_fabstir.recovery import fit_context
 from langchain_fabstir.session import SessionManager
 from langchain_fabstir.stream import PromptStream
 from langchain_fabstir.tool_protocol import (
@@ -322,8 +323,15 @@ class ChatFabstir(BaseChatModel):
         loop = asyncio.get_running_loop()
         res = self._resources.get(loop)
         if res is None:
+            # Sessions of loops that are gone (``asyncio.run`` per call) hold sockets and,
+            # through them, their loop: drop them so they are collected and closed.
+            for old in [lp for lp in self._resources if lp.is_closed()]:
+                del self._resources[old]
             manager = SessionManager(
-                self._config(), user_address=self.user_address, chain_id=self.chain_id
+                self._config(),
+                user_address=self.user_address,
+                chain_id=self.chain_id,
+                private_key=self.private_key,
             )
             res = _LoopResources(manager)
             self._resources[loop] = res
@@ -332,11 +340,17 @@ class ChatFabstir(BaseChatModel):
     async def _checkout(self, host_url: str) -> tuple[_LoopResources, str]:
         res = self._loop_resources()
         idle = res.idle.setdefault(host_url, [])
+        manager = res.manager
         while idle:
             sid = idle.pop()
-            with contextlib.suppress(FabstirError):
-                if res.manager.get_session(sid).status == "active":
-                    return res, sid
+            state = manager._sessions.get(sid)
+            if state is None or state.session.status != "active":
+                continue
+            if manager._clock() - state.last_used > manager.config.session_timeout:
+                with contextlib.suppress(FabstirError):
+                    await manager.end_session(sid)  # idle too long: a fresh one instead
+                continue
+            return res, sid
         session = await res.manager.create_session(
             host_url=host_url, model=None, job_id=self.job_id, session_id=uuid.uuid4().hex
         )
@@ -451,14 +465,17 @@ class ChatFabstir(BaseChatModel):
                     request["tool_choice"] = params["tool_choice"]
                     request["parallel_tool_calls"] = params["parallel_tool_calls"]
                 else:
-                    instructions = tool_instructions(tools, params["tool_choice"])
-                    context.insert(0, {"role": "system", "content": instructions})
+                    context = _with_instructions(
+                        context, tool_instructions(tools, params["tool_choice"])
+                    )
             fmt = params["response_format"]
             if fmt is not None:
                 if "response_format" in features:
                     request["response_format"] = fmt
                 else:
-                    context.insert(0, {"role": "system", "content": _format_instructions(fmt)})
+                    context = _with_instructions(context, _format_instructions(fmt))
+            # Hosts read only the last few context messages: keep the system ones.
+            context = fit_context(context, manager.config.max_context_messages)
             try:
                 async with contextlib.aclosing(
                     manager.open_stream(sid, prompt, context=context, record=False, **request)
@@ -868,6 +885,13 @@ def _closed_objects(schema: Any) -> Any:
     if out.get("type") == "object" and "properties" in out:
         out.setdefault("additionalProperties", False)
     return out
+
+
+def _with_instructions(context: list[dict[str, str]], text: str) -> list[dict[str, str]]:
+    """The context with ``text`` added to its first system message (or as one)."""
+    if context and context[0]["role"] == "system":
+        return [{"role": "system", "content": f"{context[0]['content']}\n\n{text}"}, *context[1:]]
+    return [{"role": "system", "content": text}, *context]
 
 
 def _format_instructions(fmt: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "CONTINUE_PROMPT",
     "RESUMABLE",
     "continuation_payload",
+    "fit_context",
     "reconnect",
     "resume_payload",
 ]
@@ -108,12 +109,29 @@ def resume_payload(payload: dict[str, Any], request_id: str, offset: int) -> dic
     return again
 
 
+def fit_context(messages: list[dict[str, str]], limit: int = 10) -> list[dict[str, str]]:
+    """What to send as ``conversation_context`` to a host that reads only the last
+    ``limit`` messages: the system messages first (so instructions are never cut), then
+    the newest others.
+
+    >>> msgs = [{"role": "system", "content": "S"}] + [
+    ...     {"role": "user", "content": str(i)} for i in range(12)]
+    >>> [m["content"] for m in fit_context(msgs, 4)]
+    ['S', '9', '10', '11']
+    """
+    system = [m for m in messages if m["role"] == "system"][-limit:]
+    others = [m for m in messages if m["role"] != "system"]
+    keep = max(0, limit - len(system))
+    return system + (others[-keep:] if keep else [])
+
+
 def continuation_payload(
-    payload: dict[str, Any], partial_text: str, generated: int
+    payload: dict[str, Any], partial_text: str, generated: int, limit: int = 10
 ) -> dict[str, Any]:
     """For any host: the conversation plus the partial answer, and a request to go on.
 
-    The token budget shrinks by what was already generated.
+    The token budget shrinks by what was already generated; the context keeps the
+    system messages within the host's ``limit``.
     """
     again = copy.deepcopy(payload)
     request = again["request"]
@@ -122,7 +140,7 @@ def continuation_payload(
         {"role": "user", "content": request["prompt"]},
         {"role": "assistant", "content": partial_text},
     ]
-    request["conversation_context"] = context
+    request["conversation_context"] = fit_context(context, limit)
     request["prompt"] = CONTINUE_PROMPT
     request["max_tokens"] = max(1, int(request.get("max_tokens") or 1) - generated)
     request.pop("resume", None)

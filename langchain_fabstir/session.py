@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import itertools
 import logging
 import os
 import time
@@ -81,6 +80,7 @@ from langchain_fabstir.protocol import (
 from langchain_fabstir.recovery import (
     RESUMABLE,
     continuation_payload,
+    fit_context,
     reconnect,
     resume_payload,
 )
@@ -105,12 +105,12 @@ _EXTENSION_FIELDS = {
 }
 """Request fields this client sends only to hosts that announced the feature."""
 
-_ids = itertools.count(1)
 
 
 def _request_id() -> str:
-    """An id in the SDK's shape: ``<epoch ms>-<counter>``."""
-    return f"{int(time.time() * 1000)}-{next(_ids):x}"
+    """An id in the SDK's shape, ``<epoch ms>-<suffix>``, with a random suffix: hosts key
+    resumable answers by it, so it must not be guessable or repeat across processes."""
+    return f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:16]}"
 
 
 class _SessionState:
@@ -183,6 +183,7 @@ class SessionManager(SessionStorageMixin):
         self.user_address = user_address
         self.chain_id = chain_id
         self._sessions: dict[str, _SessionState] = {}
+        self._closing = False
         self._handlers: dict[str, list[EventHandler]] = {}
         self._initialized = False
 
@@ -191,10 +192,13 @@ class SessionManager(SessionStorageMixin):
     async def initialize(self) -> SessionManager:
         """Prepare the manager (idempotent). Called for you by ``async with``."""
         self._initialized = True
+        self._closing = False
         return self
 
     async def aclose(self) -> None:
-        """Close every open connection (sessions stay in memory until ended)."""
+        """Close every open connection (sessions stay in memory until ended). Streams in
+        flight end with ``HOST_DISCONNECTED``; nothing reconnects after this."""
+        self._closing = True
         for state in list(self._sessions.values()):
             if state.transport is not None:
                 await state.transport.close()
@@ -427,15 +431,11 @@ class SessionManager(SessionStorageMixin):
     # --- prompts --------------------------------------------------------------------
 
     def _context(self, state: _SessionState) -> list[dict[str, str]]:
-        """The history as ``conversation_context``: system messages first, then the
-        newest others, at most ``max_context_messages`` in all."""
-        limit = self.config.max_context_messages
-        messages = state.messages
-        system = [m for m in messages if m.role == "system"]
-        others = [m for m in messages if m.role != "system"]
-        keep = max(0, limit - len(system))
-        chosen = system[-limit:] + (others[-keep:] if keep else [])
-        return [{"role": m.role, "content": m.content} for m in chosen]
+        """The history as ``conversation_context`` (see :func:`fit_context`)."""
+        return fit_context(
+            [{"role": m.role, "content": m.content} for m in state.messages],
+            self.config.max_context_messages,
+        )
 
     def build_payload(
         self,
@@ -544,7 +544,7 @@ class SessionManager(SessionStorageMixin):
                 on_tokens=feed,
             )
             user_msg = Message(role="user", content=prompt)
-            recovery = _Recovery()
+            recovery = _Recovery(payload)
             try:
                 while True:
                     try:
@@ -691,10 +691,13 @@ class SessionManager(SessionStorageMixin):
             stream.reattach(stream.transport, payload)
             return
         if isinstance(exc, HostError) and exc.details.get("host_code") == "RESUME_NOT_FOUND":
-            cont = continuation_payload(payload, stream.text, stream.chunks_received)
-            stream.reattach(stream.transport, cont, mode="continuation")
+            if stream.chunks_received == recovery.segment_start:
+                # Nothing of this request arrived: send it again as it was.
+                stream.reattach(stream.transport, recovery.segment_payload)
+            else:
+                self._continue_elsewhere(stream, stream.transport, payload, recovery)
             return
-        if not isinstance(exc, RESUMABLE) or stream.finished:
+        if not isinstance(exc, RESUMABLE) or stream.finished or self._closing:
             raise exc
         if stream.chunks_received > recovery.progress_mark:
             recovery.stalled_drops = 0
@@ -709,12 +712,30 @@ class SessionManager(SessionStorageMixin):
             raise exc
         await self._drop_connection(state, failed=exc)
         transport = await self._reconnect(state, exc)
+        received = stream.chunks_received - recovery.segment_start
         if "resume" in transport.features:
-            again = resume_payload(payload, stream.request_id, stream.chunks_received)
+            # Offsets count from the start of the request being resumed (the prompt, or
+            # the latest continuation request).
+            again = resume_payload(recovery.segment_payload, stream.request_id, received)
             stream.reattach(transport, again, mode="exact")
+        elif received == 0:
+            stream.reattach(transport, recovery.segment_payload)  # nothing arrived: resend
         else:
-            cont = continuation_payload(payload, stream.text, stream.chunks_received)
-            stream.reattach(transport, cont, mode="continuation")
+            self._continue_elsewhere(stream, transport, payload, recovery)
+
+    def _continue_elsewhere(
+        self,
+        stream: PromptStream,
+        transport: Transport,
+        payload: dict[str, Any],
+        recovery: _Recovery,
+    ) -> None:
+        """Ask the host to continue the partial answer (a new request segment)."""
+        cont = continuation_payload(
+            payload, stream.text, stream.chunks_received, self.config.max_context_messages
+        )
+        recovery.segment_payload, recovery.segment_start = cont, stream.chunks_received
+        stream.reattach(transport, cont, mode="continuation")
 
     async def _reconnect(self, state: _SessionState, cause: BaseException) -> Transport:
         """A new socket for a broken answer: the same host first, then alternates."""
@@ -855,7 +876,9 @@ class SessionManager(SessionStorageMixin):
 class _Recovery:
     """Counters of one answer's recoveries."""
 
-    def __init__(self) -> None:
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.segment_payload = payload  # the request being streamed now
+        self.segment_start = 0  # tokens of the answer before it
         self.rate_waits = 0
         self.resumes = 0
         self.stalled_drops = 0  # drops in a row with no new token in between

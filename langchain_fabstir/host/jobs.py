@@ -45,12 +45,17 @@ class AnswerJob:
         self,
         request_id: str,
         *,
+        owner: str | None = None,
         chunk_frame: Callable[[str, int], str],
         end_frames: Callable[[AnswerJob], list[str]],
         on_token: Callable[[str], list[str]] | None = None,
         on_error: Callable[[Exception], str] | None = None,
     ) -> None:
         self.request_id = request_id
+        self.owner = owner
+        """The session that asked for it: only that session may resume it."""
+        self.consumers = 0
+        """Sockets sending this answer right now."""
         self.frames: list[str] = []
         self.chunk_at: list[int] = []  # frame index of token i's chunk
         self.tokens = 0

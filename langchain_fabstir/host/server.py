@@ -106,26 +106,30 @@ class _Connection:
         self.gone = False
         """The socket closed: its answer goes on for a resume, unlike a cancel."""
         self.current_job: AnswerJob | None = None
+        self.received = 0  # frames queued so far
+        self.cancel_upto = 0  # a stream_cancel applies to prompts queued up to here
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
 
     async def serve(self) -> None:
         await self.send(encode_frame(self.host.greeting()))
-        inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        # Bounded: a client cannot pile up prompts while an answer streams (the reader
+        # stops reading, and TCP pushes back).
+        inbox: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize=64)
         reader = asyncio.create_task(self._read(inbox))
         try:
-            while True:
-                raw = await inbox.get()
-                if raw is None:
+            while not (self.gone and inbox.empty()):
+                item = await inbox.get()
+                if item is None:
                     return
-                await self._handle_idle(raw, inbox)
+                await self._handle_idle(*item)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _read(self, inbox: asyncio.Queue[str | None]) -> None:
+    async def _read(self, inbox: asyncio.Queue[tuple[int, str] | None]) -> None:
         """Read frames; a ``stream_cancel`` takes effect at once, even mid-stream."""
         try:
             async for msg in self.ws:
@@ -137,18 +141,21 @@ class _Connection:
                         frame = parse_frame(data)
                         if isinstance(frame, StreamCancel):
                             self.cancel_reason = frame.reason
+                            self.cancel_upto = self.received  # also a prompt not yet begun
                             self.cancel.set()
                             if self.current_job is not None:
                                 self.current_job._wake()
                             continue
-                inbox.put_nowait(data)
+                self.received += 1
+                await inbox.put((self.received, data))
         finally:
             self.gone = True
             if self.current_job is not None:
                 self.current_job._wake()
-            inbox.put_nowait(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                inbox.put_nowait(None)
 
-    async def _handle_idle(self, raw: str, inbox: asyncio.Queue[str | None]) -> None:
+    async def _handle_idle(self, seq: int, raw: str) -> None:
         try:
             frame = parse_frame(raw)
         except ProtocolError as exc:
@@ -178,7 +185,10 @@ class _Connection:
             except ValueError as exc:  # a request that does not deserialize
                 log.info("ignoring undeserializable request: %s", exc)
                 return
-            self.cancel.clear()
+            if seq > self.cancel_upto:
+                self.cancel.clear()
+            else:
+                self.cancel.set()  # cancelled before it began
             await self.host.run_prompt(self, request, frame.id)
         # stream_cancel while idle, unknown types: no answer, as on real hosts.
 
@@ -301,6 +311,8 @@ class ReferenceHost:
         return self
 
     async def stop(self) -> None:
+        for job in list(self._jobs.values()):
+            job.cancel()
         for conn in list(self.connections):
             conn.cancel.set()
             with contextlib.suppress(Exception):
@@ -375,6 +387,13 @@ class ReferenceHost:
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
         self.requests.append(request)
+        if request.tools:
+            try:
+                _response_format(request)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                msg = f"Validation error for tools: {exc}"
+                await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
+                return
         messages = self._messages(request)
         prompt_tokens = self.engine.count_prompt_tokens(messages)
         window = self.engine.context_window
@@ -458,6 +477,7 @@ class ReferenceHost:
 
         job = AnswerJob(
             rid or f"anonymous-{id(conn)}",
+            owner=conn.session_id,
             chunk_frame=chunk_frame,
             end_frames=end_frames,
             on_token=on_token if tracker is not None or recorder is not None else None,
@@ -472,7 +492,14 @@ class ReferenceHost:
     async def _resume(self, conn: _Connection, spec: dict[str, Any], rid: str | None) -> None:
         job = self._jobs.get(str(spec.get("request_id")))
         offset = spec.get("offset")
-        if job is None or job.cancelled or not isinstance(offset, int) or offset < 0:
+        owner = conn.session_id
+        if (
+            job is None
+            or job.cancelled
+            or job.owner != owner
+            or not isinstance(offset, int)
+            or offset < 0
+        ):
             msg = (
                 f"no answer {spec.get('request_id')!r} to resume here (it expired after "
                 f"{self.resume_grace:.0f}s or ran on another host)"
@@ -481,6 +508,11 @@ class ReferenceHost:
             return
         self.resumes += 1
         await self._consume(conn, job, job.start_of_token(offset))
+
+    @staticmethod
+    def _reap(job: AnswerJob) -> None:
+        if job.consumers == 0 and not job.finished.is_set():
+            job.cancel()
 
     def _remember(self, job: AnswerJob, tracker: CheckpointTracker | None) -> None:
         """Keep a job for ``resume_grace`` seconds after it ends (and at most 4096)."""
@@ -504,6 +536,7 @@ class ReferenceHost:
         """Send the job's frames from ``position`` until it ends, the client cancels, or
         the socket goes away (then the job goes on, for a resume)."""
         conn.current_job = job
+        job.consumers += 1
         try:
             while True:
                 frames = job.frames
@@ -521,6 +554,10 @@ class ReferenceHost:
             return  # the socket went away mid-send: the job stays for a resume
         finally:
             conn.current_job = None
+            job.consumers -= 1
+            if job.consumers == 0 and not job.finished.is_set():
+                # Nobody reads it now: it waits resume_grace for a resume, then stops.
+                asyncio.get_running_loop().call_later(self.resume_grace, self._reap, job)
         # stream_cancel: stop generating and say so.
         job.cancel()
         tracker = self._job_trackers.get(job.request_id)
