@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.host import LlamaEngine, ReferenceHost
+from tests.chat_model_features import ChatFabstirFeatures
 from tests.conftest import ThreadedHost
 
 pytestmark = pytest.mark.llama
@@ -28,34 +28,10 @@ def llama_reference_host(llama_engine: LlamaEngine) -> Iterator[str]:
     th.stop()
 
 
-class TestChatFabstirIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatFabstir]:
-        return ChatFabstir
-
+class TestChatFabstirIntegration(ChatFabstirFeatures, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"host_url": _HOST["url"], "temperature": 0.0, "max_tokens": 160}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def tool_choice_value(self) -> str | None:

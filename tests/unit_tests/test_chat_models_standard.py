@@ -12,28 +12,13 @@ from langchain_core.load import dumpd, dumps, load
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_fabstir.chat_models import ChatFabstir
+from tests.chat_model_features import ChatFabstirFeatures
 
 
-class TestChatFabstirUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatFabstir]:
-        return ChatFabstir
-
+class TestChatFabstirUnit(ChatFabstirFeatures, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {"host_url": "http://127.0.0.1:1", "model": "SmolLM2-135M-Instruct.Q4_1"}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
 
     @property
     def init_from_env_params(self) -> tuple[dict, dict, dict]:
