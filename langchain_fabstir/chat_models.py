@@ -436,13 +436,15 @@ class ChatFabstir(BaseChatModel):
         }
         return params
 
+    @contextlib.asynccontextmanager
     async def _attempt(
         self,
         host_url: str,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
-    ) -> AsyncGenerator[tuple[PromptStream, str, list[dict[str, Any]] | None], None]:
-        """One try against one host: yields (stream, text, extra_context)."""
+    ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
+        """One try against one host: the ``(stream, text)`` pairs of the answer, from a
+        pooled session (returned to the pool if its socket is still good)."""
         res, sid = await self._checkout(host_url)
         manager = res.manager
         healthy = False
@@ -479,9 +481,8 @@ class ChatFabstir(BaseChatModel):
             try:
                 async with contextlib.aclosing(
                     manager.open_stream(sid, prompt, context=context, record=False, **request)
-                ) as it:
-                    async for stream, text in it:
-                        yield stream, text, None
+                ) as pieces:
+                    yield pieces
             except (GeneratorExit, asyncio.CancelledError):
                 # The consumer stopped early (a stop sequence, a ``break``, a cancelled
                 # task): the stream has sent ``stream_cancel`` and the late frames of this
@@ -547,10 +548,8 @@ class ChatFabstir(BaseChatModel):
                 host = hosts[attempt_no % len(hosts)]
                 attempt_no += 1
                 pending = ""
-                async with contextlib.aclosing(
-                    self._attempt(host, protocol_messages, params)
-                ) as pieces:
-                    async for stream, text, _ in pieces:
+                async with self._attempt(host, protocol_messages, params) as pieces:
+                    async for stream, text in pieces:
                         last = stream
                         started = True
                         if stream.chunk_proofs:
