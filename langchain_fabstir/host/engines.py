@@ -57,7 +57,6 @@ class Generation:
 
     tokens: AsyncIterator[str]
     result: GenerationResult = field(default_factory=GenerationResult)
-    _closer: Any = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self.tokens
@@ -150,10 +149,10 @@ class EchoEngine:
         response_format: dict[str, Any] | None = None,
         repeat_penalty: float | None = None,
     ) -> Generation:
-        tokens = self.plan(messages, max_tokens)
-        full = self.plan(messages, max_tokens + 1)
+        planned = self.plan(messages, max_tokens + 1)  # one more: was the answer cut?
+        tokens = planned[:max_tokens]
         result = GenerationResult(
-            finish_reason="length" if len(full) > len(tokens) else "stop",
+            finish_reason="length" if len(planned) > max_tokens else "stop",
             prompt_tokens=self.count_prompt_tokens(messages),
             completion_tokens=len(tokens),
         )
@@ -260,7 +259,6 @@ class LlamaEngine:
         params.sampling.seed = seed
         params.verbosity = 0
         self._server = xllamacpp.Server(params)
-        self._tokenize_lock = threading.Lock()
 
     def models(self) -> list[dict[str, str]]:
         return [{"id": self.model_id, "name": self.model_id, "description": self.model_path}]

@@ -14,7 +14,7 @@ can reconnect and continue from the token it last received (the ``resume`` exten
 ...     job = AnswerJob("r1", chunk_frame=lambda t, n: t, end_frames=lambda job: ["END"])
 ...     job.start(tokens())
 ...     await job.finished.wait()
-...     return job.frames_from(job.start_of_token(1))
+...     return job.frames[job.start_of_token(1):]
 >>> asyncio.run(demo())
 ['b', 'c', 'END']
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 __all__ = ["AnswerJob"]
 
@@ -112,9 +111,6 @@ class AnswerJob:
             return self.chunk_at[offset - 1] + 1
         return len(self.frames)
 
-    def frames_from(self, position: int) -> list[str]:
-        return self.frames[position:]
-
     async def wait_beyond(self, position: int) -> None:
         """Return once there are frames past ``position`` or the job is finished."""
         if position < len(self.frames) or self.finished.is_set():
@@ -126,6 +122,3 @@ class AnswerJob:
     def cancel(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
-
-    def stats(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "frames": len(self.frames), "done": self.finished.is_set()}

@@ -102,7 +102,6 @@ class _Connection:
         self.job_id: int | None = None
         self.chain_id: int | None = None
         self.cancel = asyncio.Event()
-        self.cancel_reason = "user_cancelled"
         self.gone = False
         """The socket closed: its answer goes on for a resume, unlike a cancel."""
         self.current_job: AnswerJob | None = None
@@ -140,7 +139,6 @@ class _Connection:
                     with contextlib.suppress(ProtocolError):
                         frame = parse_frame(data)
                         if isinstance(frame, StreamCancel):
-                            self.cancel_reason = frame.reason
                             self.cancel_upto = self.received  # also a prompt not yet begun
                             self.cancel.set()
                             if self.current_job is not None:
