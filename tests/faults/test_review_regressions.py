@@ -93,7 +93,10 @@ async def test_exact_resume_after_a_continuation_loses_nothing() -> None:
                     host._jobs.clear()  # the answer expired on the host: a continuation
                     stream.transport.abort()
                 elif len(got) == 12:
-                    await asyncio.sleep(0.2)  # the continuation runs ahead meanwhile
+                    # Let the continuation run ahead of the client first.
+                    job = host._jobs[stream.request_id]
+                    while job.tokens < 20 and not job.finished.is_set():
+                        await job.wait_beyond(len(job.frames))
                     stream.transport.abort()  # a second drop: an exact resume of it
     modes = [r["mode"] for r in stream.result.metadata["resumes"]]
     assert modes[-2:] == ["continuation", "exact"]
