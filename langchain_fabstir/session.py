@@ -106,7 +106,6 @@ _EXTENSION_FIELDS = {
 """Request fields this client sends only to hosts that announced the feature."""
 
 
-
 def _request_id() -> str:
     """An id in the SDK's shape, ``<epoch ms>-<suffix>``, with a random suffix: hosts key
     resumable answers by it, so it must not be guessable or repeat across processes."""

@@ -160,9 +160,7 @@ def conversation_deltas(
         yield delta
 
 
-def conversation_hashes(
-    history: Sequence[Any], boundaries: Iterable[BoundaryLike]
-) -> list[str]:
+def conversation_hashes(history: Sequence[Any], boundaries: Iterable[BoundaryLike]) -> list[str]:
     """The ``conversation_hash`` of each checkpoint, recomputed from ``history``."""
     previous = ZERO_HASH
     out: list[str] = []
@@ -219,17 +217,20 @@ def verify_checkpoints(
             session_id = proof.session_id
         elif proof.session_id != session_id:
             raise _fail(
-                proof, "wrong_session", f"belongs to session {proof.session_id!r}, "
-                f"not {session_id!r}"
+                proof,
+                "wrong_session",
+                f"belongs to session {proof.session_id!r}, not {session_id!r}",
             )
         if proof.checkpoint_number != position + 1:
             raise _fail(
-                proof, "out_of_order",
+                proof,
+                "out_of_order",
                 f"found where checkpoint {position + 1} belongs (missing or reordered proofs)",
             )
         if end_token is not None and proof.start_token != end_token:
             raise _fail(
-                proof, "token_gap",
+                proof,
+                "token_gap",
                 f"starts at token {proof.start_token} but the previous one ended at {end_token}",
             )
         end_token = proof.end_token
@@ -240,10 +241,12 @@ def verify_checkpoints(
         actual = "0x" + previous_hash.hex()
         if actual != proof.conversation_hash:
             raise _fail(
-                proof, "hash_mismatch",
+                proof,
+                "hash_mismatch",
                 "conversation hash does not match the history (a message was changed, "
                 "added, removed or reordered)",
-                expected=proof.conversation_hash, actual=actual,
+                expected=proof.conversation_hash,
+                actual=actual,
             )
         if signer is not None:
             verify_proof_signature(proof, signer)

@@ -196,9 +196,7 @@ class CheckpointProof(BaseModel):
     @model_validator(mode="after")
     def _check_range(self) -> CheckpointProof:
         if self.start_token > self.end_token:
-            raise ValueError(
-                f"start_token {self.start_token} is after end_token {self.end_token}"
-            )
+            raise ValueError(f"start_token {self.start_token} is after end_token {self.end_token}")
         return self
 
     @field_serializer("timestamp")

@@ -170,9 +170,7 @@ async def test_sync_paths_deliver_every_proof() -> None:
         await asyncio.to_thread(llm.invoke, "go", config={"callbacks": [handler]})
         assert [p.token_count for p in handler.proofs] == [4, 8]
         handler = FabstirCheckpointHandler()
-        await asyncio.to_thread(
-            lambda: list(llm.stream("go", config={"callbacks": [handler]}))
-        )
+        await asyncio.to_thread(lambda: list(llm.stream("go", config={"callbacks": [handler]})))
         assert [p.token_count for p in handler.proofs] == [4, 8]
     finally:
         th.stop()

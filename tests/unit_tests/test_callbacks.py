@@ -47,9 +47,9 @@ PROMPT = "Tell me a story"
 WORDS = [f"w{i} " for i in range(20)]
 
 
-def make_script(session_id: str = "cb-1", interval: int = 3) -> tuple[
-    list[tuple[str, dict[str, Any] | None]], list[dict[str, Any]], list[dict[str, str]]
-]:
+def make_script(
+    session_id: str = "cb-1", interval: int = 3
+) -> tuple[list[tuple[str, dict[str, Any] | None]], list[dict[str, Any]], list[dict[str, str]]]:
     """``(word, proof dict or None)`` per chunk, every proof, and the final history."""
     tracker = CheckpointTracker(session_id, checkpoint_interval=interval)
     tracker.add_message("user", PROMPT)
@@ -127,7 +127,8 @@ class ProofEmittingChatModel(BaseChatModel):
     ) -> ChatResult:
         if run_manager is not None and self.emit_events:
             events = CallbackManager(
-                handlers=run_manager.handlers, tags=run_manager.tags,
+                handlers=run_manager.handlers,
+                tags=run_manager.tags,
                 metadata=run_manager.metadata,
             )
             for proof in self.all_proofs:
@@ -143,7 +144,8 @@ class ProofEmittingChatModel(BaseChatModel):
     ) -> ChatResult:
         if run_manager is not None and self.emit_events:
             events = AsyncCallbackManager(
-                handlers=run_manager.handlers, tags=run_manager.tags,
+                handlers=run_manager.handlers,
+                tags=run_manager.tags,
                 metadata=run_manager.metadata,
             )
             for proof in self.all_proofs:
@@ -328,8 +330,11 @@ async def test_chat_model_astream_events_carry_proofs_in_chunks() -> None:
         )
         if event["event"] == "on_chat_model_stream"
     ]
-    carried = [c.response_metadata["fabstir_checkpoint"] for c in stream_chunks
-               if "fabstir_checkpoint" in c.response_metadata]
+    carried = [
+        c.response_metadata["fabstir_checkpoint"]
+        for c in stream_chunks
+        if "fabstir_checkpoint" in c.response_metadata
+    ]
     assert carried == PROOFS
     assert keys(handler.proofs) == EXPECTED_KEYS
 

@@ -133,8 +133,17 @@ def test_proof_round_trips_through_dict_and_json_with_camel_case_names() -> None
     proof = sign_proof(proof, HOST_KEY, field="host_signature")
     data = proof.to_dict()
     assert set(data) == {
-        "sessionId", "checkpointNumber", "conversationHash", "tokenCount", "timestamp",
-        "boundary", "startToken", "endToken", "signature", "signer", "hostSignature",
+        "sessionId",
+        "checkpointNumber",
+        "conversationHash",
+        "tokenCount",
+        "timestamp",
+        "boundary",
+        "startToken",
+        "endToken",
+        "signature",
+        "signer",
+        "hostSignature",
     }
     assert data["boundary"] == {"messageIndex": 2, "charOffset": 17}
     assert data["timestamp"] == "2024-01-10T12:00:00.000Z"
@@ -217,9 +226,7 @@ def test_interval_smaller_than_an_answer_cuts_it_into_partial_pieces() -> None:
     # delta 1: system, user, and the first 50 tokens of the answer, marked partial
     assert [piece["role"] for piece in deltas[0]] == ["system", "user", "assistant"]
     assert deltas[0][2] == {"role": "assistant", "content": "".join(answer[:50]), "partial": True}
-    assert deltas[1] == [
-        {"role": "assistant", "content": "".join(answer[50:100]), "partial": True}
-    ]
+    assert deltas[1] == [{"role": "assistant", "content": "".join(answer[50:100]), "partial": True}]
     # the end of the answer is proven by an explicit checkpoint, as the session does
     final = tracker.checkpoint()
     assert (final.start_token, final.end_token) == (100, 120)
@@ -293,8 +300,9 @@ def test_tracker_refuses_bad_use_with_typed_errors() -> None:
 
 _ops = st.lists(
     st.one_of(
-        st.tuples(st.just("msg"), st.sampled_from(["user", "assistant", "system"]),
-                  st.text(max_size=6)),
+        st.tuples(
+            st.just("msg"), st.sampled_from(["user", "assistant", "system"]), st.text(max_size=6)
+        ),
         st.tuples(st.just("tok"), st.text(max_size=4), st.integers(0, 3)),
         st.tuples(st.just("end")),
         st.tuples(st.just("check")),
@@ -355,8 +363,13 @@ EDGE_HISTORY = [
         ([(0, 2), (1, 0)], [{"role": "assistant", "content": "", "partial": True}]),
         ([(1, 5), (2, 0)], [{"role": "user", "content": ""}]),  # an empty message is whole
         ([(0, 0)], [{"role": "user", "content": "", "partial": True}]),
-        ([(0, 1), (1, 1)], [{"role": "user", "content": "i"},
-                            {"role": "assistant", "content": "H", "partial": True}]),
+        (
+            [(0, 1), (1, 1)],
+            [
+                {"role": "user", "content": "i"},
+                {"role": "assistant", "content": "H", "partial": True},
+            ],
+        ),
     ],
 )
 def test_cutting_edge_cases(cuts: list[tuple[int, int]], last_delta: list[Any]) -> None:
@@ -531,8 +544,11 @@ def test_signature_is_eip191_personal_sign_over_the_five_seed_fields() -> None:
     proof = sign_proof(make_proof(), CLIENT_KEY)
     payload = proof_signing_payload(proof)
     assert json.loads(payload) == {
-        "sessionId": "s-1", "checkpointNumber": 1, "conversationHash": "0x" + "ab" * 32,
-        "tokenCount": 1000, "timestamp": 1704888000000,
+        "sessionId": "s-1",
+        "checkpointNumber": 1,
+        "conversationHash": "0x" + "ab" * 32,
+        "tokenCount": 1000,
+        "timestamp": 1704888000000,
     }
     assert payload == canonical_json(json.loads(payload))
     # recover independently of eth-account: keccak of the EIP-191 prefixed text
@@ -626,8 +642,9 @@ def test_resume_goes_on_from_a_verified_history(stop_inside_answer: bool) -> Non
     if not stop_inside_answer:
         tracker.checkpoint()
     history, proofs = tracker.history(), tracker.proofs
-    resumed = CheckpointTracker.resume("sess-1", history, [p.to_dict() for p in proofs],
-                                       checkpoint_interval=25)
+    resumed = CheckpointTracker.resume(
+        "sess-1", history, [p.to_dict() for p in proofs], checkpoint_interval=25
+    )
     assert resumed.tokens == proofs[-1].end_token
     assert resumed.conversation_hash == proofs[-1].conversation_hash
     resumed.add_message("user", "and then?")
@@ -650,17 +667,31 @@ def test_resume_goes_on_from_a_verified_history(stop_inside_answer: bool) -> Non
 
 def host_deltas() -> list[dict[str, Any]]:
     pieces = [
-        [{"role": "user", "content": "Hi ☃", "timestamp": 1704844800000},
-         {"role": "assistant", "content": "Hello, ", "metadata": {"partial": True},
-          "timestamp": 1704844801000}],
+        [
+            {"role": "user", "content": "Hi ☃", "timestamp": 1704844800000},
+            {
+                "role": "assistant",
+                "content": "Hello, ",
+                "metadata": {"partial": True},
+                "timestamp": 1704844801000,
+            },
+        ],
         [{"role": "assistant", "content": "how are ", "metadata": {"partial": True}}],
-        [{"role": "assistant", "content": "you?"},
-         {"role": "user", "content": "Fine", "timestamp": 1704844805000}],
+        [
+            {"role": "assistant", "content": "you?"},
+            {"role": "user", "content": "Fine", "timestamp": 1704844805000},
+        ],
     ]
     return [
         sign_host_delta(
-            {"checkpointIndex": i, "startToken": i * 1000, "endToken": (i + 1) * 1000,
-             "sessionId": "123", "proofHash": "0x" + f"{i:02x}" * 32, "messages": msgs},
+            {
+                "checkpointIndex": i,
+                "startToken": i * 1000,
+                "endToken": (i + 1) * 1000,
+                "sessionId": "123",
+                "proofHash": "0x" + f"{i:02x}" * 32,
+                "messages": msgs,
+            },
             HOST_KEY,
         )
         for i, msgs in enumerate(pieces)
@@ -669,13 +700,21 @@ def host_deltas() -> list[dict[str, Any]]:
 
 def host_index(deltas: list[dict[str, Any]]) -> dict[str, Any]:
     return sign_host_index(
-        {"sessionId": "123", "hostAddress": address_of(HOST_KEY).lower(),
-         "checkpoints": [
-             {"index": d["checkpointIndex"], "proofHash": d["proofHash"],
-              "deltaCid": f"baa{i}", "tokenRange": [d["startToken"], d["endToken"]],
-              "timestamp": 1704844800000 + i, "encrypted": False}
-             for i, d in enumerate(deltas)
-         ]},
+        {
+            "sessionId": "123",
+            "hostAddress": address_of(HOST_KEY).lower(),
+            "checkpoints": [
+                {
+                    "index": d["checkpointIndex"],
+                    "proofHash": d["proofHash"],
+                    "deltaCid": f"baa{i}",
+                    "tokenRange": [d["startToken"], d["endToken"]],
+                    "timestamp": 1704844800000 + i,
+                    "encrypted": False,
+                }
+                for i, d in enumerate(deltas)
+            ],
+        },
         HOST_KEY,
     )
 
@@ -739,8 +778,12 @@ def test_rebuild_conversation_joins_partial_messages() -> None:
     assert rebuild_conversation(deltas) == expected
     assert rebuild_conversation(list(reversed(deltas))) == expected  # sorted by index
     still_streaming = rebuild_conversation(deltas[:2])
-    assert still_streaming[-1] == {"role": "assistant", "content": "Hello, how are ",
-                                   "timestamp": 1704844801000, "metadata": {"partial": True}}
+    assert still_streaming[-1] == {
+        "role": "assistant",
+        "content": "Hello, how are ",
+        "timestamp": 1704844801000,
+        "metadata": {"partial": True},
+    }
     assert verify_host_checkpoints(host_index(deltas), deltas, address_of(HOST_KEY)) == expected
 
 
@@ -750,10 +793,11 @@ def test_rebuild_conversation_joins_partial_messages() -> None:
         (lambda d: [d[0], d[2]], "missing_delta"),
         (lambda d: [d[0], d[1], d[1], d[2]], "missing_delta"),
         (lambda d: d[1:], "missing_delta"),
-        (lambda d: [d[0], {**d[1], "messages": [{"role": "user", "content": "x"}]}, d[2]],
-         "bad_continuation"),
-        (lambda d: [{**d[0], "messages": list(reversed(d[0]["messages"]))}],
-         "bad_continuation"),
+        (
+            lambda d: [d[0], {**d[1], "messages": [{"role": "user", "content": "x"}]}, d[2]],
+            "bad_continuation",
+        ),
+        (lambda d: [{**d[0], "messages": list(reversed(d[0]["messages"]))}], "bad_continuation"),
     ],
 )
 def test_rebuild_conversation_rejects_broken_chains(

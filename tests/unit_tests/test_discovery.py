@@ -32,6 +32,9 @@ from langchain_fabstir.errors import (
     NoHostAvailableError,
 )
 
+# These tests start small registry and host servers of their own on loopback.
+pytestmark = pytest.mark.allow_hosts(["127.0.0.1", "::1"])
+
 ADDR_A = "0x" + "a1" * 20
 ADDR_B = "0x" + "B2" * 20
 SMOL = {"models": [{"id": "smollm2", "name": "SmolLM2", "description": "tiny"}]}
