@@ -28,9 +28,9 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.langgraph.saver import S5CheckpointSaver
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import generate_phrase
-from langchain_fabstir.saver import S5CheckpointSaver
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 

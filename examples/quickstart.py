@@ -11,7 +11,7 @@ import asyncio
 import os
 
 from langchain_fabstir import SessionConfig, SessionManager
-from langchain_fabstir.persistence import S5ConversationStore
+from langchain_fabstir.storage.conversations import S5ConversationStore
 
 
 def s5_storage() -> S5ConversationStore | None:

@@ -8,10 +8,15 @@ The main entry points:
 - :class:`S5ChatMessageHistory` and :class:`S5CheckpointSaver`: memory on S5.
 - :class:`FabstirCheckpointHandler` / :func:`get_fabstir_checkpoint_callback`:
   checkpoint proofs as LangChain callbacks.
+- :mod:`langchain_fabstir.sessions` (the session layer), :mod:`langchain_fabstir.storage`
+  and :mod:`langchain_fabstir.s5` (S5), :mod:`langchain_fabstir.checkpoints` (proofs),
+  :mod:`langchain_fabstir.discovery` (hosts), :mod:`langchain_fabstir.wire` (frames).
 - :mod:`langchain_fabstir.host` and :mod:`langchain_fabstir.portal`: a reference host
   with a real model and a local S5 portal, to run everything on one machine.
 """
 
+from langchain_fabstir import _moved
+from langchain_fabstir._version import __version__ as __version__
 from langchain_fabstir.callbacks import (
     AsyncFabstirCheckpointHandler,
     FabstirCheckpointHandler,
@@ -31,9 +36,15 @@ from langchain_fabstir.errors import (
     SessionTimeoutError,
     TokenLimitExceededError,
 )
-from langchain_fabstir.models import Message, Session, SessionConfig, SessionSummary, StreamResult
-from langchain_fabstir.persistence import S5ConversationStore
-from langchain_fabstir.session import SessionManager
+from langchain_fabstir.sessions.manager import SessionManager
+from langchain_fabstir.sessions.models import (
+    Message,
+    Session,
+    SessionConfig,
+    SessionSummary,
+    StreamResult,
+)
+from langchain_fabstir.storage.conversations import S5ConversationStore
 
 __all__ = [
     "AsyncFabstirCheckpointHandler",
@@ -61,13 +72,13 @@ __all__ = [
     "get_fabstir_checkpoint_callback",
     "verify_checkpoints",
 ]
-__version__ = "0.1.0"
+_moved.install()  # old module paths keep working, with a warning naming the new home
 
 
 def __getattr__(name: str) -> object:
     # The LangGraph saver needs the optional `langgraph` extra: imported on first use.
     if name == "S5CheckpointSaver":
-        from langchain_fabstir.saver import S5CheckpointSaver
+        from langchain_fabstir.langgraph import S5CheckpointSaver
 
         return S5CheckpointSaver
     raise AttributeError(f"module 'langchain_fabstir' has no attribute {name!r}")

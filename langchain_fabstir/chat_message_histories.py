@@ -20,8 +20,8 @@ Use (sync or async; sync works inside a running event loop too, e.g. in a notebo
     await history.aadd_messages([...]); await history.aget_messages(); await history.aclear()
 
 With ``RunnableWithMessageHistory`` (deprecated in langchain-core 1.x in favour of LangGraph
-persistence; see :class:`~langchain_fabstir.saver.S5CheckpointSaver`). A factory should
-share one :class:`~langchain_fabstir._s5_storage.S5Access` (one HTTP client, one login)
+persistence; see :class:`~langchain_fabstir.langgraph.saver.S5CheckpointSaver`). A factory should
+share one :class:`~langchain_fabstir.storage.access.S5Access` (one HTTP client, one login)
 between the histories it makes::
 
     access = S5Access(portal_url=url, seed_phrase=phrase)
@@ -31,7 +31,7 @@ between the histories it makes::
     )
     chain.invoke([HumanMessage("hi")], config={"configurable": {"session_id": "s-1"}})
 
-Storage: one :class:`~langchain_fabstir._sealed_log.SealedLog` per history at
+Storage: one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` per history at
 ``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
 message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
 calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
@@ -56,10 +56,10 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 from pydantic import SecretStr
 
-from langchain_fabstir._s5_storage import S5Access, SealedLog, blocking, on_background
 from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.s5.fs import split_path
+from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
 
 __all__ = [
     "DEFAULT_PATH_PREFIX",
@@ -141,7 +141,7 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
         path_prefix: where the history lives; ``{session_id}`` is substituted.
         seal_records: messages per sealed segment (compaction; see ``SealedLog``).
         seal_bytes: bytes after which the open tail is sealed regardless of count.
-        access: share one :class:`~langchain_fabstir._s5_storage.S5Access` (HTTP client)
+        access: share one :class:`~langchain_fabstir.storage.access.S5Access` (HTTP client)
             between many histories instead of the arguments above.
     """
 

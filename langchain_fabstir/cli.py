@@ -113,7 +113,7 @@ def _start(
 
 
 async def _chat(args: argparse.Namespace) -> None:
-    from langchain_fabstir import SessionManager
+    from langchain_fabstir.sessions import SessionManager
 
     async with SessionManager(host_url=args.host_url) as manager:
         session = await manager.create_session(system_prompt=args.system)

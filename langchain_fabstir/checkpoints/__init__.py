@@ -32,7 +32,7 @@ Every failure is a :class:`~langchain_fabstir.errors.CheckpointError` (code
 
 from __future__ import annotations
 
-from langchain_fabstir.checkpoints.chain import (
+from langchain_fabstir.checkpoints.hashchain import (
     ZERO_HASH,
     chain_step,
     conversation_deltas,

@@ -4,7 +4,7 @@ A :class:`CheckpointProof` carries the seed API's fields (``session_id``,
 ``checkpoint_number``, ``conversation_hash``, ``token_count``, ``timestamp``,
 ``signature``) plus the token range it covers, who signed it, and its ``boundary``:
 the position in the conversation where its delta ends, so that anyone holding the
-history can recompute every hash (see :mod:`langchain_fabstir.checkpoints.chain`).
+history can recompute every hash (see :mod:`langchain_fabstir.checkpoints.hashchain`).
 
 Attribute names are snake_case; serialised forms use the seed's TypeScript names
 (``sessionId``, ``checkpointNumber``...), and both are accepted on input.

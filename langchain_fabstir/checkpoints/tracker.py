@@ -4,7 +4,7 @@
 lists of text pieces, counts generated tokens, and makes a
 :class:`~langchain_fabstir.checkpoints.CheckpointProof` every ``checkpoint_interval``
 tokens. A checkpoint hashes only the delta since the previous boundary (see
-:mod:`langchain_fabstir.checkpoints.chain`), so its cost is proportional to what changed;
+:mod:`langchain_fabstir.checkpoints.hashchain`), so its cost is proportional to what changed;
 a streamed token costs one list append and two additions.
 
 One subtlety shapes the API: whether a checkpoint's last piece is *partial* depends on
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from langchain_fabstir.checkpoints.chain import (
+from langchain_fabstir.checkpoints.hashchain import (
     ZERO_HASH,
     Position,
     chain_step,

@@ -38,14 +38,15 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from pydantic import SecretStr
 
-from langchain_fabstir import __version__
 from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir._version import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import ProtocolError
 from langchain_fabstir.host.engines import Engine, EngineError
 from langchain_fabstir.host.jobs import AnswerJob
-from langchain_fabstir.host.s5_checkpoints import S5CheckpointWriter, checkpoint_index_response
-from langchain_fabstir.protocol import (
+from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
+from langchain_fabstir.s5.fs import S5FileSystem
+from langchain_fabstir.wire.frames import (
     Connected,
     ErrorFrame,
     InferenceRequest,
@@ -58,8 +59,7 @@ from langchain_fabstir.protocol import (
     encode_frame,
     parse_frame,
 )
-from langchain_fabstir.s5.fs import S5FileSystem
-from langchain_fabstir.tool_protocol import envelope_schema, tool_instructions
+from langchain_fabstir.wire.tools import envelope_schema, tool_instructions
 
 __all__ = ["CONTEXT_MESSAGES", "HOST_FEATURES", "ReferenceHost", "run_host"]
 

@@ -16,9 +16,9 @@ from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.discovery import normalize_host_url
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.models import Session, StreamResult
-from langchain_fabstir.recovery import CONTINUE_PROMPT
-from langchain_fabstir.stream import PromptStream
+from langchain_fabstir.sessions.models import Session, StreamResult
+from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
+from langchain_fabstir.sessions.stream import PromptStream
 from tests.faults.proxy import CutAfterFrames
 from tests.faults.test_resilience import SCRIPT, numbers, proxied
 

@@ -13,7 +13,7 @@ import pytest
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.models import StreamResult
+from langchain_fabstir.sessions.models import StreamResult
 from tests.faults.proxy import CutAfterFrames, FaultProxy
 from tests.faults.test_resilience import SCRIPT, numbers
 

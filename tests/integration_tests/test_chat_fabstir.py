@@ -40,7 +40,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 from websockets.asyncio.server import ServerConnection, serve
 
-import langchain_fabstir.chat_models as chat_models_module
+import langchain_fabstir.chat_models.base as chat_models_module
 from langchain_fabstir import _compat
 from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.errors import (
@@ -54,8 +54,8 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.host.engines import Engine
-from langchain_fabstir.models import SessionConfig
-from langchain_fabstir.protocol import InferenceRequest
+from langchain_fabstir.sessions.models import SessionConfig
+from langchain_fabstir.wire.frames import InferenceRequest
 from tests.conftest import ThreadedHost
 
 WAIT = 5.0  # seconds to wait for an event that should come at once

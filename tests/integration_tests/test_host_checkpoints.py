@@ -19,6 +19,12 @@ from aiohttp import web
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.checkpoints import address_of, sign_host_delta, sign_host_index
+from langchain_fabstir.checkpoints.published import (
+    HostCheckpoints,
+    delta_proof_hash,
+    fetch_host_checkpoints,
+    fetch_host_checkpoints_sync,
+)
 from langchain_fabstir.errors import (
     CheckpointError,
     ConnectionFailedError,
@@ -26,12 +32,6 @@ from langchain_fabstir.errors import (
     ProtocolError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.host_checkpoints import (
-    HostCheckpoints,
-    delta_proof_hash,
-    fetch_host_checkpoints,
-    fetch_host_checkpoints_sync,
-)
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.portal.store import BlobStore
 from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity, S5PortalClient

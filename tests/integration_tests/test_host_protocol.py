@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect as sync_connect
 
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.protocol import parse_frame
+from langchain_fabstir.wire.frames import parse_frame
 
 
 async def recv_json(ws: Any, timeout: float = 5.0) -> dict[str, Any]:

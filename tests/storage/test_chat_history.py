@@ -22,9 +22,9 @@ from langchain_core.messages import (
 )
 from pydantic import SecretStr
 
-from langchain_fabstir._s5_storage import S5Access, on_background
 from langchain_fabstir.chat_message_histories import S5ChatMessageHistory, history_path
 from langchain_fabstir.errors import IntegrityError, StorageError
+from langchain_fabstir.storage.access import S5Access, on_background
 
 from .conftest import ThreadedPortal
 

@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from langchain_fabstir._share import make_share_code, parse_share_code
 from langchain_fabstir.errors import IntegrityError, ShareCodeError, StorageError
-from langchain_fabstir.models import Message, Session
-from langchain_fabstir.persistence import (
-    S5ConversationStore,
-    export_session,
-    sdk_metadata,
-)
 from langchain_fabstir.s5 import CID, DirV1, S5FileSystem, generate_phrase
 from langchain_fabstir.s5.crypto import encrypt_mutable
+from langchain_fabstir.sessions.models import Message, Session
+from langchain_fabstir.sessions.persistence import sdk_metadata
+from langchain_fabstir.storage.conversations import S5ConversationStore, export_session
+from langchain_fabstir.storage.share import make_share_code, parse_share_code
 
 from .conftest import ThreadedPortal
 
@@ -141,7 +138,7 @@ async def test_save_and_load_blobs(portal: ThreadedPortal, phrase: str) -> None:
 IMPORTER = textwrap.dedent(
     """
     import asyncio, json, sys
-    from langchain_fabstir.persistence import S5ConversationStore
+    from langchain_fabstir.storage.conversations import S5ConversationStore
     from langchain_fabstir.s5 import generate_phrase
 
     async def main():

@@ -14,9 +14,9 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from langchain_fabstir import SessionManager
-from langchain_fabstir._s5_storage import S5Access
 from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.storage.access import S5Access
 
 from .conftest import ThreadedPortal
 

@@ -18,8 +18,8 @@ from langgraph.checkpoint.conformance.test_utils import (
 )
 from langgraph.graph import END, START, StateGraph
 
+from langchain_fabstir.langgraph.saver import S5CheckpointSaver
 from langchain_fabstir.s5 import generate_phrase
-from langchain_fabstir.saver import S5CheckpointSaver
 
 from .conftest import ThreadedPortal
 
@@ -169,7 +169,7 @@ async def test_corrupt_record_is_a_typed_error(
         log, _ = await saver._thread("t")
         await log.append(bad)
 
-    from langchain_fabstir._s5_storage import on_background
+    from langchain_fabstir.storage.access import on_background
 
     await on_background(inject())
     fresh = make_saver(portal, phrase)

@@ -15,7 +15,7 @@ import pytest
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir.errors import SessionNotFoundError, ShareCodeError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.persistence import S5ConversationStore
+from langchain_fabstir.storage.conversations import S5ConversationStore
 from tests.storage.conftest import ThreadedPortal
 
 USER = "0xabc0000000000000000000000000000000000001"
@@ -121,7 +121,7 @@ async def test_save_to_s5_and_load_from_s5(
 SHARE_IMPORT = """
 import asyncio, json, sys
 from langchain_fabstir import SessionManager
-from langchain_fabstir.persistence import S5ConversationStore
+from langchain_fabstir.storage.conversations import S5ConversationStore
 from langchain_fabstir.s5 import generate_phrase
 
 async def main(portal_url, host_url, code):

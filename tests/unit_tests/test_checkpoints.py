@@ -38,7 +38,7 @@ from langchain_fabstir.checkpoints import (
     verify_host_signature,
     verify_proof_signature,
 )
-from langchain_fabstir.checkpoints import chain as chain_module
+from langchain_fabstir.checkpoints import hashchain as chain_module
 
 CLIENT_KEY = "0x" + "a1" * 32
 HOST_KEY = "0x" + "b2" * 32

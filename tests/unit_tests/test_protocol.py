@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from langchain_fabstir.errors import ProtocolError
-from langchain_fabstir.protocol import (
+from langchain_fabstir.wire.frames import (
     EXCERPT_LIMIT,
     Connected,
     ErrorFrame,

@@ -31,19 +31,13 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
 )
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import (
     JsonOutputKeyToolsParser,
     PydanticToolsParser,
 )
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
@@ -59,12 +53,26 @@ from tenacity import (
 
 from langchain_fabstir._sync import iterate_sync, run_sync
 from langchain_fabstir.callbacks import CHECKPOINT_EVENT, CHECKPOINTS_METADATA_KEY
+from langchain_fabstir.chat_models.messages import (
+    find_stop,
+    generation_info,
+    held_back,
+    to_protocol,
+    to_result,
+    usage_metadata,
+    with_metadata,
+)
+from langchain_fabstir.chat_models.structured import (
+    closed_objects,
+    format_instructions,
+    with_instructions,
+)
 from langchain_fabstir.errors import FabstirError, RateLimitedError
-from langchain_fabstir.models import SessionConfig, StreamResult
-from langchain_fabstir.recovery import fit_context
-from langchain_fabstir.session import SessionManager
-from langchain_fabstir.stream import PromptStream
-from langchain_fabstir.tool_protocol import (
+from langchain_fabstir.sessions.manager import SessionManager
+from langchain_fabstir.sessions.models import SessionConfig, StreamResult
+from langchain_fabstir.sessions.recovery import fit_context
+from langchain_fabstir.sessions.stream import PromptStream
+from langchain_fabstir.wire.tools import (
     forced_tool_names,
     parse_envelope,
     tool_instructions,
@@ -111,7 +119,7 @@ class ChatFabstir(BaseChatModel):
         max_retries: retries of retryable failures before the first token.
         job_id, chain_id: the on-chain job this conversation is paid by (optional).
         private_key: the user's key (``FABSTIR_PRIVATE_KEY``); a secret, never shown.
-        session_config: a :class:`~langchain_fabstir.models.SessionConfig` for the
+        session_config: a :class:`~langchain_fabstir.sessions.models.SessionConfig` for the
             underlying sessions.
 
     Instantiate:
@@ -343,82 +351,17 @@ class ChatFabstir(BaseChatModel):
         manager = res.manager
         while idle:
             sid = idle.pop()
-            state = manager._sessions.get(sid)
-            if state is None or state.session.status != "active":
-                continue
-            if manager._clock() - state.last_used > manager.config.session_timeout:
+            if manager.is_reusable(sid):
+                return res, sid
+            if any(s.id == sid and s.status == "active" for s in manager.sessions):
                 with contextlib.suppress(FabstirError):
                     await manager.end_session(sid)  # idle too long: a fresh one instead
-                continue
-            return res, sid
         session = await res.manager.create_session(
             host_url=host_url, model=None, job_id=self.job_id, session_id=uuid.uuid4().hex
         )
         return res, session.id
 
     # --- messages ----------------------------------------------------------------------
-
-    @staticmethod
-    def _text(message: BaseMessage) -> str:
-        content = message.content
-        if isinstance(content, str):
-            return content
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type") in ("text", "text-plain"):
-                parts.append(str(block.get("text", "")))
-            elif isinstance(block, dict) and block.get("type") in (
-                "tool_use",
-                "tool_call",
-                "function_call",
-            ):
-                continue  # represented by the message's tool_calls
-            else:
-                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise ValueError(
-                    f"Fabstir hosts take text only; a {type(message).__name__} has a "
-                    f"{kind!r} content block. Describe it in text or use another model."
-                )
-        return "".join(parts)
-
-    def _to_protocol(self, messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
-        for m in messages:
-            text = self._text(m)
-            if isinstance(m, SystemMessage):
-                out.append({"role": "system", "content": text})
-            elif isinstance(m, HumanMessage):
-                out.append({"role": "user", "content": text})
-            elif isinstance(m, AIMessage):
-                if m.tool_calls:
-                    envelope = {
-                        "tool_calls": [
-                            {"name": c["name"], "arguments": c["args"]} for c in m.tool_calls
-                        ]
-                    }
-                    text = (text + "\n" if text else "") + json.dumps(envelope)
-                out.append({"role": "assistant", "content": text})
-            elif isinstance(m, ToolMessage):
-                name = m.name or "tool"
-                status = " (error)" if m.status == "error" else ""
-                out.append(
-                    {
-                        "role": "user",
-                        "content": f"Result of tool {name}{status} (call {m.tool_call_id}): {text}",
-                    }
-                )
-            elif isinstance(m, FunctionMessage):
-                out.append({"role": "user", "content": f"Result of tool {m.name}: {text}"})
-            elif isinstance(m, ChatMessage):
-                role = m.role if m.role in ("user", "assistant", "system") else "user"
-                out.append({"role": role, "content": text})
-            else:
-                raise ValueError(f"unsupported message type {type(m).__name__}")
-        if not out:
-            raise ValueError("no messages to send")
-        return out
 
     # --- the core stream ---------------------------------------------------------------
 
@@ -449,8 +392,7 @@ class ChatFabstir(BaseChatModel):
         manager = res.manager
         healthy = False
         try:
-            state = manager._state(sid)
-            transport = await manager._connection(state)
+            transport = await manager.connect(sid)
             features = transport.features
             context = list(protocol_messages[:-1])
             prompt = protocol_messages[-1]["content"] or " "
@@ -467,7 +409,7 @@ class ChatFabstir(BaseChatModel):
                     request["tool_choice"] = params["tool_choice"]
                     request["parallel_tool_calls"] = params["parallel_tool_calls"]
                 else:
-                    context = _with_instructions(
+                    context = with_instructions(
                         context, tool_instructions(tools, params["tool_choice"])
                     )
             fmt = params["response_format"]
@@ -475,7 +417,7 @@ class ChatFabstir(BaseChatModel):
                 if "response_format" in features:
                     request["response_format"] = fmt
                 else:
-                    context = _with_instructions(context, _format_instructions(fmt))
+                    context = with_instructions(context, format_instructions(fmt))
             # Hosts read only the last few context messages: keep the system ones.
             context = fit_context(context, manager.config.max_context_messages)
             try:
@@ -487,7 +429,7 @@ class ChatFabstir(BaseChatModel):
                 # The consumer stopped early (a stop sequence, a ``break``, a cancelled
                 # task): the stream has sent ``stream_cancel`` and the late frames of this
                 # answer are skipped by id, so an open socket stays usable.
-                healthy = state.transport is not None and not state.transport.closed
+                healthy = manager.is_connected(sid)
                 raise
             healthy = True
         finally:
@@ -511,7 +453,7 @@ class ChatFabstir(BaseChatModel):
         dispatch = dispatch or _dispatch_to_parent_run
         carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
         resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
-        protocol_messages = self._to_protocol(messages)
+        protocol_messages = to_protocol(messages)
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
         buffering = bool(params["tools"]) or params["response_format"] is not None
@@ -563,17 +505,17 @@ class ChatFabstir(BaseChatModel):
                             continue
                         if stops:
                             pending += text
-                            cut = _find_stop(pending, stops)
+                            cut = find_stop(pending, stops)
                             if cut is not None:
                                 text, stopped = pending[:cut], True
                                 pending = ""
                             else:
-                                safe = len(pending) - _held_back(pending, stops)
+                                safe = len(pending) - held_back(pending, stops)
                                 text, pending = pending[:safe], pending[safe:]
                         if text:
                             emitted.append(text)
                             if carry or resumed:
-                                yield _with_metadata(text, carry, resumed)
+                                yield with_metadata(text, carry, resumed)
                                 carry, resumed = [], None
                             else:
                                 yield ChatGenerationChunk(message=AIMessageChunk(content=text))
@@ -594,13 +536,13 @@ class ChatFabstir(BaseChatModel):
         for proof in last.end_proofs:
             carry.append(proof.to_dict())
             await dispatch(carry[-1])
-        final.usage_metadata = _usage(result, last.chunks_received)
+        final.usage_metadata = usage_metadata(result, last.chunks_received)
         final.response_metadata = self._response_metadata(result)
         if carry:
             final.response_metadata[CHECKPOINTS_METADATA_KEY] = carry
         if result.metadata.get("resumes"):
             final.response_metadata["fabstir_resumes"] = result.metadata["resumes"]
-        yield ChatGenerationChunk(message=final, generation_info=_generation_info(result))
+        yield ChatGenerationChunk(message=final, generation_info=generation_info(result))
 
     def _parse_buffered(self, text: str, params: dict[str, Any]) -> AIMessageChunk:
         if not params["tools"]:
@@ -726,7 +668,7 @@ class ChatFabstir(BaseChatModel):
         async with contextlib.aclosing(self._chunks(messages, stop, dispatch, **kwargs)) as chunks:
             async for chunk in chunks:
                 merged = chunk if merged is None else merged + chunk
-        return _to_result(merged)
+        return to_result(merged)
 
     def _generate(
         self,
@@ -805,7 +747,7 @@ class ChatFabstir(BaseChatModel):
             if method == "json_schema":
                 json_schema = convert_to_json_schema(schema)
                 if strict is not False:
-                    json_schema = _closed_objects(json_schema)
+                    json_schema = closed_objects(json_schema)
                 fmt: dict[str, Any] = {
                     "type": "json_schema",
                     "json_schema": {
@@ -836,103 +778,8 @@ class ChatFabstir(BaseChatModel):
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _with_metadata(
-    text: str, proofs: list[dict[str, Any]], resumed: dict[str, Any] | None
-) -> ChatGenerationChunk:
-    """A chunk that completes checkpoints and/or is the first after a resume (whose
-    ``mode`` says whether the host continued exactly or was asked to continue)."""
-    meta: dict[str, Any] = {}
-    if proofs:
-        meta[CHECKPOINTS_METADATA_KEY] = proofs
-    if resumed:
-        meta["fabstir_resumed"] = resumed
-    return ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=meta))
-
-
 async def _dispatch_to_parent_run(proof: dict[str, Any]) -> None:
     """A ``fabstir_checkpoint`` custom event for the enclosing run (a chain or graph
     node); a bare ``astream()`` has none, and the chunk metadata is the channel then."""
     with contextlib.suppress(RuntimeError):
         await adispatch_custom_event(CHECKPOINT_EVENT, proof)
-
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    """Index where the earliest stop sequence starts in ``text``, if any."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters could still begin a stop sequence."""
-    longest = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                longest = max(longest, n)
-                break
-    return longest
-
-
-def _closed_objects(schema: Any) -> Any:
-    """A copy of a JSON schema whose objects admit only their declared properties
-    (unless they say otherwise), as strict structured output expects."""
-    if isinstance(schema, list):
-        return [_closed_objects(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _closed_objects(v) for k, v in schema.items()}
-    if out.get("type") == "object" and "properties" in out:
-        out.setdefault("additionalProperties", False)
-    return out
-
-
-def _with_instructions(context: list[dict[str, str]], text: str) -> list[dict[str, str]]:
-    """The context with ``text`` added to its first system message (or as one)."""
-    if context and context[0]["role"] == "system":
-        return [{"role": "system", "content": f"{context[0]['content']}\n\n{text}"}, *context[1:]]
-    return [{"role": "system", "content": text}, *context]
-
-
-def _format_instructions(fmt: dict[str, Any]) -> str:
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema", {})
-        return (
-            "Reply with one JSON object only, no prose, matching this JSON schema: "
-            + json.dumps(schema, separators=(",", ":"))
-        )
-    return "Reply with one JSON object only, no prose."
-
-
-def _usage(result: StreamResult, chunks_received: int = 0) -> UsageMetadata:
-    """The host's usage; for an answer stopped early (no ``stream_end`` read), the
-    tokens received so far (the prompt's count is then unknown: 0)."""
-    if result.usage is not None:
-        return UsageMetadata(
-            input_tokens=result.usage.prompt_tokens,
-            output_tokens=result.usage.completion_tokens,
-            total_tokens=result.usage.total_tokens,
-        )
-    out = result.tokens_used or chunks_received
-    return UsageMetadata(input_tokens=0, output_tokens=out, total_tokens=out)
-
-
-def _generation_info(result: StreamResult) -> dict[str, Any]:
-    return {"finish_reason": result.finish_reason}
-
-
-def _to_result(chunk: ChatGenerationChunk | None) -> ChatResult:
-    if chunk is None:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
-    msg = chunk.message
-    assert isinstance(msg, AIMessageChunk)
-    message = AIMessage(
-        content=msg.content,
-        tool_calls=msg.tool_calls,
-        invalid_tool_calls=msg.invalid_tool_calls,
-        usage_metadata=msg.usage_metadata,
-        response_metadata=msg.response_metadata,
-        id=msg.id,
-    )
-    return ChatResult(
-        generations=[ChatGeneration(message=message, generation_info=chunk.generation_info)]
-    )

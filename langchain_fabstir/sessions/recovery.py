@@ -5,6 +5,8 @@ The session layer calls these when a stream breaks:
 - :func:`reconnect`: a new socket, with tenacity (exponential backoff with jitter),
   first to the same host, then to the session's alternate hosts (failover). Only
   failures that can be retried are retried.
+- :class:`AnswerRecovery`: what to do after one answer broke (wait out a rate limit, resend,
+  resume exactly, or continue elsewhere), with its counters.
 - :func:`resume_payload`: how to continue the same answer on that socket. A host that
   announced the ``resume`` extension (the reference host keeps an interrupted answer for
   a grace period) continues exactly from the token offset the client last received.
@@ -14,6 +16,7 @@ The session layer calls these when a stream breaks:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,15 +32,20 @@ from langchain_fabstir.errors import (
     ConnectionFailedError,
     FabstirError,
     HostDisconnectedError,
+    HostError,
     ProtocolError,
+    RateLimitedError,
     ResponseTimeoutError,
     StreamChunkTimeoutError,
 )
-from langchain_fabstir.transport import Transport
+from langchain_fabstir.sessions.models import SessionConfig
+from langchain_fabstir.sessions.stream import PromptStream
+from langchain_fabstir.sessions.transport import Transport
 
 __all__ = [
     "CONTINUE_PROMPT",
     "RESUMABLE",
+    "AnswerRecovery",
     "continuation_payload",
     "fit_context",
     "reconnect",
@@ -147,3 +155,100 @@ def continuation_payload(
     request.pop("checkpoint", None)  # the host's view no longer matches the client's
     again["prompt"] = CONTINUE_PROMPT
     return again
+
+
+class AnswerRecovery:
+    """Keeps one answer going through failures (see :meth:`recover`).
+
+    Args:
+        payload: the prompt frame of the answer.
+        config: the session settings (``reconnect_attempts``, ``max_resumes``,
+            ``max_retry_after``, ``max_context_messages``).
+        drop: closes the broken socket (and tells discovery why).
+        reconnect: a new socket after a failure (same host, then alternates).
+        closing: whether the manager is closing (then nothing reconnects).
+    """
+
+    def __init__(
+        self,
+        payload: dict[str, Any],
+        config: SessionConfig,
+        *,
+        drop: Callable[[BaseException], Awaitable[None]],
+        reconnect: Callable[[BaseException], Awaitable[Transport]],
+        closing: Callable[[], bool],
+    ) -> None:
+        self.payload = payload
+        self.config = config
+        self._drop = drop
+        self._reconnect = reconnect
+        self._closing = closing
+        self.segment_payload = payload  # the request being streamed now
+        self.segment_start = 0  # tokens of the answer before it
+        self.rate_waits = 0
+        self.resumes = 0
+        self.stalled_drops = 0  # drops in a row with no new token in between
+        self.progress_mark = 0
+
+    async def recover(self, stream: PromptStream, exc: FabstirError) -> None:
+        """Make a broken answer go on, or re-raise ``exc``.
+
+        - rate limited before any text: wait as long as the host asked, if that is at most
+          ``max_retry_after``, and send again (a longer wait is the caller's decision);
+        - the host lost an answer it was asked to resume: continue it as any host would;
+        - the socket dropped, stalled or sent garbage mid-answer: reconnect (same host,
+          then alternates) and resume exactly where the client stopped (hosts with the
+          ``resume`` extension) or ask for a continuation (any other host). Gives up
+          after ``reconnect_attempts`` drops in a row without a new token, or after
+          ``max_resumes`` resumes of one answer.
+        """
+        config = self.config
+        if isinstance(exc, RateLimitedError):
+            wait = 1.0 if exc.retry_after is None else exc.retry_after
+            if (
+                stream.pieces
+                or wait > config.max_retry_after
+                or self.rate_waits >= config.reconnect_attempts
+            ):
+                raise exc
+            self.rate_waits += 1
+            await asyncio.sleep(wait)
+            stream.reattach(stream.transport, self.payload)
+            return
+        if isinstance(exc, HostError) and exc.details.get("host_code") == "RESUME_NOT_FOUND":
+            if stream.chunks_received == self.segment_start:
+                # Nothing of this request arrived: send it again as it was.
+                stream.reattach(stream.transport, self.segment_payload)
+            else:
+                self._continue_elsewhere(stream, stream.transport)
+            return
+        if not isinstance(exc, RESUMABLE) or stream.finished or self._closing():
+            raise exc
+        if stream.chunks_received > self.progress_mark:
+            self.stalled_drops = 0
+        self.stalled_drops += 1
+        self.progress_mark = stream.chunks_received
+        self.resumes += 1
+        if self.stalled_drops > config.reconnect_attempts or self.resumes > config.max_resumes:
+            exc.details["attempts"] = self.resumes - 1
+            raise exc
+        await self._drop(exc)
+        transport = await self._reconnect(exc)
+        received = stream.chunks_received - self.segment_start
+        if "resume" in transport.features:
+            # Offsets count from the start of the request being resumed (the prompt, or
+            # the latest continuation request).
+            again = resume_payload(self.segment_payload, stream.request_id, received)
+            stream.reattach(transport, again, mode="exact")
+        elif received == 0:
+            stream.reattach(transport, self.segment_payload)  # nothing arrived: resend
+        else:
+            self._continue_elsewhere(stream, transport)
+
+    def _continue_elsewhere(self, stream: PromptStream, transport: Transport) -> None:
+        """Ask the host to continue the partial answer (a new request segment)."""
+        cont = continuation_payload(
+            self.payload, stream.text, stream.chunks_received, self.config.max_context_messages
+        )
+        self.segment_payload, self.segment_start = cont, stream.chunks_received
+        stream.reattach(transport, cont, mode="continuation")

@@ -30,7 +30,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from langchain_fabstir._sealed_log import LogSnapshot, SealedLog
 from langchain_fabstir._sync import background_loop, run_sync
 from langchain_fabstir.errors import RevisionConflictError
 from langchain_fabstir.s5 import (
@@ -42,6 +41,7 @@ from langchain_fabstir.s5 import (
     S5PortalClient,
 )
 from langchain_fabstir.s5.fs import split_path
+from langchain_fabstir.storage.sealed_log import LogSnapshot, SealedLog
 
 __all__ = [
     "LogSnapshot",

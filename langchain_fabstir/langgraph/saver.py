@@ -3,7 +3,7 @@
 Setup and use::
 
     from langgraph.graph import START, MessagesState, StateGraph
-    from langchain_fabstir.saver import S5CheckpointSaver
+    from langchain_fabstir.langgraph.saver import S5CheckpointSaver
 
     saver = S5CheckpointSaver(portal_url="http://127.0.0.1:5050", seed_phrase=phrase)
     graph = builder.compile(checkpointer=saver)
@@ -14,7 +14,7 @@ Setup and use::
 Sync (``invoke``, ``get_tuple``, ``list``, ``put``, ``put_writes``, ``delete_thread``) and
 async (``ainvoke``, ``a*``) both work, the sync ones even inside a running event loop.
 
-Storage: each thread is one :class:`~langchain_fabstir._sealed_log.SealedLog` at
+Storage: each thread is one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` at
 ``{root}/threads/<thread>`` whose records are ``put`` and ``put_writes`` events (CBOR,
 values serialized with the saver's ``serde``, ``JsonPlusSerializer`` by default); a thread's
 state is the fold of its events. Channel values are stored per channel version, as
@@ -54,9 +54,9 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from pydantic import SecretStr
 
-from langchain_fabstir._s5_storage import S5Access, SealedLog, blocking, on_background
 from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, blake3_hash
+from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
 
 __all__ = ["DEFAULT_ROOT", "S5CheckpointSaver"]
 

@@ -1,5 +1,6 @@
-"""Conversations on S5 for the ``SessionManager``: the SDK's ``conversation.json``, saved
-blobs, and share codes for moving a session to another device.
+"""Conversations on S5: the SDK's ``conversation.json``, saved blobs, and share codes for
+moving a conversation to another device. The session layer keeps its sessions here
+(:mod:`langchain_fabstir.sessions.persistence`); this module knows nothing of sessions.
 
 Conversations live at ``home/sessions/{user_address}/{session_id}/conversation.json`` in the
 Fabstir SDK's JSON shape::
@@ -35,11 +36,11 @@ A malformed or tampered code, or one whose key does not open the blob, raises
 Use::
 
     store = S5ConversationStore(portal_url=url, seed_phrase=phrase, user_address="0xabc")
-    await store.save_conversation("42", [Message(role="user", content="hi")],
-                                  metadata=sdk_metadata(session))
+    await store.save_conversation("42", [{"role": "user", "content": "hi"}],
+                                  metadata={"model": "m"})
     conv = await store.load_conversation("42")          # dict in the SDK shape, or None
     cid = await store.save_to_s5({"any": "json"})       # encrypted blob -> CID string
-    code = await store.generate_share_code(export_session(session, messages))
+    code = await store.generate_share_code(export_session({"id": "42"}, messages))
     imported = await other_store.import_session(code)   # {"session": ..., "messages": ...}
 """
 
@@ -54,11 +55,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from langchain_core.messages import BaseMessage
 from pydantic import SecretStr
 
-from langchain_fabstir._s5_storage import S5Access, on_background, update_file
-from langchain_fabstir._share import (
+from langchain_fabstir.errors import IntegrityError
+from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity
+from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
+from langchain_fabstir.storage.access import S5Access, on_background, update_file
+from langchain_fabstir.storage.share import (
     EXPORT_TYPE,
     SHARE_PREFIX,
     ShareCode,
@@ -66,10 +69,6 @@ from langchain_fabstir._share import (
     make_share_code,
     parse_share_code,
 )
-from langchain_fabstir.errors import IntegrityError
-from langchain_fabstir.models import Message, Session
-from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity
-from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
 
 __all__ = [
     "SHARE_PREFIX",
@@ -77,8 +76,8 @@ __all__ = [
     "ShareCode",
     "export_session",
     "message_to_sdk",
+    "ms_timestamp",
     "parse_share_code",
-    "sdk_metadata",
 ]
 
 _ROLES = {
@@ -90,7 +89,8 @@ _ROLES = {
 }
 
 
-def _ms(value: datetime | float | int | None) -> int:
+def ms_timestamp(value: datetime | float | int | None) -> int:
+    """Milliseconds since the epoch (now for ``None``), as the SDK stores times."""
     if value is None:
         return int(time.time() * 1000)
     if isinstance(value, datetime):
@@ -98,35 +98,34 @@ def _ms(value: datetime | float | int | None) -> int:
     return int(value)
 
 
-def message_to_sdk(message: Message | BaseMessage | Mapping[str, Any]) -> dict[str, Any]:
+def message_to_sdk(message: Any) -> dict[str, Any]:
     """One message in the SDK's shape ``{"role","content","timestamp","metadata"}``.
 
-    >>> m = message_to_sdk(Message(role="user", content="hi", token_count=2))
+    Takes an SDK-shaped mapping, an object with a ``to_sdk()`` method (the session layer's
+    :class:`~langchain_fabstir.sessions.Message`), or a LangChain-style message (``type``
+    and ``text``; storage imports neither layer).
+
+    >>> m = message_to_sdk({"role": "user", "content": "hi", "metadata": {"tokenCount": 2}})
     >>> m["role"], m["content"], m["metadata"], isinstance(m["timestamp"], int)
     ('user', 'hi', {'tokenCount': 2}, True)
     >>> from langchain_core.messages import AIMessage
     >>> message_to_sdk(AIMessage("yo"))["role"]
     'assistant'
     """
-    if isinstance(message, Message):
-        metadata = dict(message.metadata)
-        if message.token_count is not None:
-            metadata.setdefault("tokenCount", message.token_count)
-        return {
-            "role": message.role,
-            "content": message.content,
-            "timestamp": _ms(message.timestamp),
-            "metadata": metadata,
-        }
-    if isinstance(message, BaseMessage):
-        role = _ROLES.get(message.type)
-        if role is None:
-            raise ValueError(f"the SDK has no role for {message.type!r} messages")
+    to_sdk = getattr(message, "to_sdk", None)
+    if callable(to_sdk):
+        return dict(to_sdk())
+    if not isinstance(message, Mapping):
+        kind, text = getattr(message, "type", None), getattr(message, "text", None)
+        role = _ROLES.get(str(kind))
+        if role is None or not isinstance(text, str):
+            raise ValueError(f"the SDK has no role for {kind!r} messages")
+        msg_id = getattr(message, "id", None)
         return {
             "role": role,
-            "content": message.text,
-            "timestamp": _ms(None),
-            "metadata": {"id": message.id} if message.id else {},
+            "content": text,
+            "timestamp": ms_timestamp(None),
+            "metadata": {"id": msg_id} if msg_id else {},
         }
     role = _ROLES.get(str(message.get("role")))
     if role is None or not isinstance(message.get("content"), str):
@@ -134,45 +133,24 @@ def message_to_sdk(message: Message | BaseMessage | Mapping[str, Any]) -> dict[s
     return {
         "role": role,
         "content": message["content"],
-        "timestamp": _ms(message.get("timestamp")),
+        "timestamp": ms_timestamp(message.get("timestamp")),
         "metadata": dict(message.get("metadata") or {}),
     }
 
 
-def sdk_metadata(session: Session, **extra: Any) -> dict[str, Any]:
-    """The SDK's conversation ``metadata`` for a :class:`~langchain_fabstir.models.Session`.
-
-    >>> md = sdk_metadata(Session(id="1", host_url="http://h", model="m", job_id=7))
-    >>> md["chainId"], md["model"], md["endpoint"], md["jobId"], md["status"]
-    (84532, 'm', 'http://h', '7', 'active')
-    """
-    status = {"active": "active", "paused": "active", "ended": "ended"}[session.status]
-    out: dict[str, Any] = {
-        "chainId": session.chain_id,
-        "model": session.model,
-        "provider": None,
-        "endpoint": session.host_url,
-        "jobId": None if session.job_id is None else str(session.job_id),
-        "status": status,
-        "totalTokens": session.token_count,
-        "startTime": _ms(session.created_at),
-    }
-    out.update(extra)
-    return out
-
-
-def export_session(
-    session: Session | Mapping[str, Any],
-    messages: Iterable[Message | BaseMessage | Mapping[str, Any]],
-) -> dict[str, Any]:
+def export_session(session: Any, messages: Iterable[Any]) -> dict[str, Any]:
     """A self-contained, JSON-ready export of a session and its messages.
+
+    ``session`` is a mapping or a pydantic model (``model_dump``); messages as
+    :func:`message_to_sdk` takes them.
 
     >>> export = export_session({"id": "s1", "model": "m"}, [{"role": "user", "content": "hi"}])
     >>> export["type"], export["session"]["id"], export["messages"][0]["content"]
     ('fabstir-session-export', 's1', 'hi')
     """
-    if isinstance(session, Session):
-        data = session.model_dump(mode="json")
+    dump = getattr(session, "model_dump", None)
+    if callable(dump):
+        data = dump(mode="json")
     else:
         data = json.loads(json.dumps(dict(session), default=str))
     if not data.get("id"):
@@ -180,7 +158,7 @@ def export_session(
     return {
         "type": EXPORT_TYPE,
         "version": 1,
-        "exportedAt": _ms(None),
+        "exportedAt": ms_timestamp(None),
         "session": data,
         "messages": [message_to_sdk(m) for m in messages],
     }
@@ -264,7 +242,7 @@ class S5ConversationStore:
     async def save_conversation(
         self,
         session_id: str,
-        messages: Iterable[Message | BaseMessage | Mapping[str, Any]] = (),
+        messages: Iterable[Any] = (),
         *,
         metadata: Mapping[str, Any] | None = None,
         replace: bool = False,
@@ -278,7 +256,7 @@ class S5ConversationStore:
         extra["encryption"] = not self.sdk_compatible
 
         def change(old: bytes | None) -> bytes:
-            now = _ms(None)
+            now = ms_timestamp(None)
             conv: dict[str, Any] = (
                 self._decode(old, session_id)
                 if old is not None
@@ -343,10 +321,7 @@ class S5ConversationStore:
     # --- sharing -------------------------------------------------------------------
 
     @staticmethod
-    def export_session(
-        session: Session | Mapping[str, Any],
-        messages: Iterable[Message | BaseMessage | Mapping[str, Any]],
-    ) -> dict[str, Any]:
+    def export_session(session: Any, messages: Iterable[Any]) -> dict[str, Any]:
         """A self-contained export of a session and its messages (see :func:`export_session`)."""
         return export_session(session, messages)
 

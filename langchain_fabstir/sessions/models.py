@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_fabstir.protocol import Usage
+from langchain_fabstir.wire.frames import Usage
 
 __all__ = [
     "Message",
@@ -85,6 +85,23 @@ class Message(BaseModel):
     timestamp: datetime = Field(default_factory=utcnow)
     token_count: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_sdk(self) -> dict[str, Any]:
+        """This message in the SDK's ``conversation.json`` shape.
+
+        >>> m = Message(role="user", content="hi", token_count=2).to_sdk()
+        >>> m["role"], m["content"], m["metadata"], isinstance(m["timestamp"], int)
+        ('user', 'hi', {'tokenCount': 2}, True)
+        """
+        metadata = dict(self.metadata)
+        if self.token_count is not None:
+            metadata.setdefault("tokenCount", self.token_count)
+        return {
+            "role": self.role,
+            "content": self.content,
+            "timestamp": int(self.timestamp.timestamp() * 1000),
+            "metadata": metadata,
+        }
 
 
 class Session(BaseModel):

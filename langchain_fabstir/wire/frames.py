@@ -29,6 +29,7 @@ langchain_fabstir.errors.ProtocolError: [PROTOCOL_ERROR] frame is not valid JSON
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -46,6 +47,7 @@ from langchain_fabstir.errors import ProtocolError
 __all__ = [
     "DEFAULT_CHAIN_ID",
     "EXCERPT_LIMIT",
+    "EXTENSION_FEATURES",
     "ClientFrame",
     "Connected",
     "ContextMessage",
@@ -65,6 +67,7 @@ __all__ = [
     "excerpt",
     "loads",
     "parse_frame",
+    "prompt_payload",
 ]
 
 DEFAULT_CHAIN_ID = 84532
@@ -399,3 +402,70 @@ def encode_frame(frame: _Frame) -> str:
     '{"type":"session_init","chain_id":84532,"session_id":"1","job_id":1,"id":"a"}'
     """
     return frame.model_dump_json(exclude_none=True)
+
+
+EXTENSION_FEATURES = {
+    "seed": "seed",
+    "tools": "tools",
+    "tool_choice": "tools",
+    "parallel_tool_calls": "tools",
+    "checkpoint": "checkpoints",
+    "response_format": "response_format",
+}
+"""Request fields this client sends only to hosts that announced the feature."""
+
+
+def prompt_payload(
+    *,
+    session_id: str,
+    chain_id: int,
+    job_id: int | None,
+    prompt: str,
+    context: list[dict[str, str]],
+    request_id: str,
+    model: str,
+    max_tokens: int,
+    temperature: float | None,
+    features: Sequence[str] = (),
+    extensions: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``prompt`` frame as a dict, in the shape deployed hosts and the SDK use.
+
+    Extension fields (``seed``, ``tools``, ``response_format``...) are included only when
+    ``features`` (what the host announced) has the matching feature; ``None`` values never.
+
+    >>> p = prompt_payload(session_id="s", chain_id=84532, job_id=None, prompt="hi",
+    ...     context=[], request_id="1-a", model="m", max_tokens=8, temperature=0.0,
+    ...     extensions={"seed": 1, "stop": None})
+    >>> p["type"], p["request"]["prompt"], "seed" in p["request"], "stop" in p["request"]
+    ('prompt', 'hi', False, False)
+    """
+    request: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": True,
+        "request_id": request_id,
+        "conversation_context": context,
+        "session_id": session_id,
+    }
+    if job_id is not None:
+        request["job_id"] = job_id
+    for key, value in (extensions or {}).items():
+        if value is None:
+            continue
+        feature = EXTENSION_FEATURES.get(key)
+        if feature is not None and feature not in features:
+            continue
+        request[key] = value
+    payload: dict[str, Any] = {
+        "type": "prompt",
+        "chain_id": chain_id,
+        "prompt": prompt,
+        "request": request,
+        "id": request_id,
+    }
+    if job_id is not None:
+        payload["jobId"] = str(job_id)
+    return payload

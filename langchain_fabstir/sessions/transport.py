@@ -33,7 +33,7 @@ from langchain_fabstir.errors import (
     ProtocolError,
     ResponseTimeoutError,
 )
-from langchain_fabstir.protocol import Connected, _Frame, encode_frame, parse_frame
+from langchain_fabstir.wire.frames import Connected, _Frame, encode_frame, parse_frame
 
 __all__ = ["Transport", "TransportOptions", "ws_url"]
 

@@ -145,7 +145,7 @@ class SealedLog:
     """Append-only log of byte records at ``path`` of ``fs`` (see the module docstring).
 
     Use it only on the loop that owns ``fs`` (the background loop, via
-    :class:`~langchain_fabstir._s5_storage.S5Access`).
+    :class:`~langchain_fabstir.storage.access.S5Access`).
 
     Args:
         fs: the file system whose identity derives the log's keys.

@@ -1,11 +1,11 @@
 """One answer streamed from a host: frames in, text out. The per-token hot path lives here.
 
 :class:`PromptStream` sends one prompt on a connected
-:class:`~langchain_fabstir.transport.Transport` and turns the host's frames into text. It
+:class:`~langchain_fabstir.sessions.transport.Transport` and turns the host's frames into text. It
 enforces the timeouts (first frame, inactivity between frames), maps host errors to typed
 errors, ignores frames of other answers (stale frames after a cancel), and sends
 ``stream_cancel`` when the consumer stops early. It knows nothing of sessions:
-:mod:`langchain_fabstir.session` drives it.
+:mod:`langchain_fabstir.sessions.manager` drives it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from langchain_fabstir.errors import (
     StreamChunkTimeoutError,
     TokenLimitExceededError,
 )
-from langchain_fabstir.models import StreamResult
-from langchain_fabstir.protocol import (
+from langchain_fabstir.sessions.models import StreamResult
+from langchain_fabstir.sessions.transport import Transport
+from langchain_fabstir.wire.frames import (
     ErrorFrame,
     StreamCancel,
     StreamChunk,
@@ -41,7 +42,6 @@ from langchain_fabstir.protocol import (
     frame_from_obj,
     loads,
 )
-from langchain_fabstir.transport import Transport
 
 __all__ = ["PromptStream", "error_from_frame", "parse_retry_after"]
 

@@ -37,7 +37,6 @@ A runnable version (doctest) with the in-process echo host:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -52,18 +51,14 @@ from pydantic import SecretStr
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.discovery import HostDiscovery, SelectionPolicy
 from langchain_fabstir.errors import (
-    ConnectionFailedError,
+    CheckpointError,
     FabstirError,
-    HostDisconnectedError,
-    HostError,
     InvalidRequestError,
-    ProtocolError,
-    RateLimitedError,
-    ResponseTimeoutError,
     SessionNotFoundError,
     SessionTimeoutError,
 )
-from langchain_fabstir.models import (
+from langchain_fabstir.sessions.connection import Connector
+from langchain_fabstir.sessions.models import (
     Message,
     Session,
     SessionConfig,
@@ -71,23 +66,14 @@ from langchain_fabstir.models import (
     StreamResult,
     utcnow,
 )
-from langchain_fabstir.persistence import S5ConversationStore
-from langchain_fabstir.protocol import (
-    InferenceRequest,
-    SessionInit,
-    SessionInitAck,
-)
-from langchain_fabstir.recovery import (
-    RESUMABLE,
-    continuation_payload,
-    fit_context,
-    reconnect,
-    resume_payload,
-)
-from langchain_fabstir.session_checkpoints import new_tracker, settle_proof
-from langchain_fabstir.session_storage import SessionStorageMixin
-from langchain_fabstir.stream import PromptStream
-from langchain_fabstir.transport import Transport, TransportOptions
+from langchain_fabstir.sessions.persistence import SessionPersistence
+from langchain_fabstir.sessions.proofs import new_tracker, settle_proof
+from langchain_fabstir.sessions.recovery import AnswerRecovery, fit_context
+from langchain_fabstir.sessions.state import SessionState, new_request_id
+from langchain_fabstir.sessions.stream import PromptStream
+from langchain_fabstir.sessions.transport import Transport
+from langchain_fabstir.storage.conversations import S5ConversationStore
+from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
 
 __all__ = ["SessionManager"]
 
@@ -95,44 +81,12 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[..., Any | Awaitable[Any]]
 
-_EXTENSION_FIELDS = {
-    "seed": "seed",
-    "tools": "tools",
-    "tool_choice": "tools",
-    "parallel_tool_calls": "tools",
-    "checkpoint": "checkpoints",
-    "response_format": "response_format",
-}
-"""Request fields this client sends only to hosts that announced the feature."""
 
-
-def _request_id() -> str:
-    """An id in the SDK's shape, ``<epoch ms>-<suffix>``, with a random suffix: hosts key
-    resumable answers by it, so it must not be guessable or repeat across processes."""
-    return f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:16]}"
-
-
-class _SessionState:
-    """What the manager keeps per session (the public part is ``session``)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.messages: list[Message] = []
-        self.transport: Transport | None = None
-        self.lock = asyncio.Lock()
-        self.proofs: list[CheckpointProof] = []
-        self.tracker: CheckpointTracker | None = None
-        self.pending_request: InferenceRequest | None = None
-        self.alternates: list[str] = []
-        self.unsaved = False  # history not yet written to storage as a whole
-        self.last_used = 0.0
-
-
-class SessionManager(SessionStorageMixin):
+class SessionManager:
     """Sessions with Fabstir hosts: create, stream, history, checkpoints, resume, end.
 
     Args:
-        config: a :class:`~langchain_fabstir.models.SessionConfig` (defaults as the seed).
+        config: a :class:`~langchain_fabstir.sessions.models.SessionConfig` (defaults as the seed).
         host_url: the default host (``http://``, ``https://``, ``ws://`` or ``wss://``
             base URL). ``FABSTIR_HOST_URL`` is used when neither this nor a per-session
             host is given.
@@ -146,9 +100,9 @@ class SessionManager(SessionStorageMixin):
             to the others.
         discovery: a configured :class:`~langchain_fabstir.discovery.HostDiscovery`
             (registry file or URL, policy weights, circuit breaker settings).
-        storage: an :class:`~langchain_fabstir.persistence.S5ConversationStore`; with
+        storage: an :class:`~langchain_fabstir.storage.conversations.S5ConversationStore`; with
             ``config.persistence_enabled`` every conversation is kept on S5 (see
-            :mod:`langchain_fabstir.session_storage`).
+            :mod:`langchain_fabstir.sessions.persistence`).
 
     Events (:meth:`on`): ``"checkpoint"`` (a :class:`CheckpointProof`),
     ``"checkpoint_failed"`` (a :class:`~langchain_fabstir.errors.CheckpointError`),
@@ -177,14 +131,27 @@ class SessionManager(SessionStorageMixin):
         self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
         if discovery is None and (hosts or os.environ.get("FABSTIR_HOSTS")):
             discovery = HostDiscovery(list(hosts) if hosts else None)
-        self.discovery = discovery
-        self.storage = storage
         self.user_address = user_address
         self.chain_id = chain_id
-        self._sessions: dict[str, _SessionState] = {}
+        self._sessions: dict[str, SessionState] = {}
         self._closing = False
         self._handlers: dict[str, list[EventHandler]] = {}
         self._initialized = False
+        # The parts this facade composes (each usable and testable alone).
+        self._connector = Connector(
+            self.config, discovery=discovery, user_address=user_address, emit=self._emit
+        )
+        self._persistence = SessionPersistence(storage, self.config, emit=self._emit)
+
+    @property
+    def discovery(self) -> HostDiscovery | None:
+        """Where hosts come from when a session names none (``None``: no discovery)."""
+        return self._connector.discovery
+
+    @property
+    def storage(self) -> S5ConversationStore | None:
+        """Where conversations are kept (``None``: in memory only)."""
+        return self._persistence.storage
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -292,7 +259,7 @@ class SessionManager(SessionStorageMixin):
             system_prompt=system_prompt,
             conversation_id=sid,
         )
-        state = _SessionState(session)
+        state = SessionState(session)
         state.alternates = alternates
         state.last_used = self._clock()
         if system_prompt:
@@ -305,15 +272,14 @@ class SessionManager(SessionStorageMixin):
             self._private_key,
         )
         self._sessions[sid] = state
-        if self._persisting() and self.storage is not None:
-            session.conversation_id = self.storage.conversation_path(sid)
+        session.conversation_id = self._persistence.conversation_id(sid)
         if connect:
             try:
-                await self._first_connection(state)
+                await self._connector.first_connection(state)
             except BaseException:
                 del self._sessions[sid]
                 raise
-        await self._persist(state, state.messages, replace=True)
+        await self._persistence.persist(state, state.messages, replace=True)
         await self._emit("session_created", session)
         return session
 
@@ -325,7 +291,7 @@ class SessionManager(SessionStorageMixin):
     def sessions(self) -> list[Session]:
         return [s.session for s in self._sessions.values()]
 
-    def _state(self, session_id: str, *, active: bool = False) -> _SessionState:
+    def _state(self, session_id: str, *, active: bool = False) -> SessionState:
         state = self._sessions.get(session_id)
         if state is None:
             raise SessionNotFoundError(f"no session {session_id!r}", session_id=session_id)
@@ -345,91 +311,9 @@ class SessionManager(SessionStorageMixin):
                 )
         return state
 
-    async def _first_connection(self, state: _SessionState) -> Transport:
-        """Connect a new session: its host, or (with discovery) the next candidates."""
-        if not state.alternates:
-            return await self._connection(state)
-        session = state.session
-        hosts = [session.host_url, *state.alternates]
-        last: FabstirError | None = None
-        for host in hosts:
-            try:
-                state.transport = await self._open(state, host)
-            except (ConnectionFailedError, ResponseTimeoutError, ProtocolError) as exc:
-                if self.discovery is not None:
-                    self.discovery.record_failure(host, exc)
-                last = exc
-                continue
-            session.host_url = host
-            state.alternates = [h for h in hosts if h != host]
-            return state.transport
-        assert last is not None
-        raise last
-
-    async def _connection(self, state: _SessionState) -> Transport:
-        """The session's socket, opened and initialised if needed."""
-        transport = state.transport
-        if transport is not None and not transport.closed:
-            return transport
-        state.transport = await self._open(state, state.session.host_url)
-        return state.transport
-
-    async def _open(self, state: _SessionState, host_url: str) -> Transport:
-        """Open and initialise a socket to ``host_url`` for this session."""
-        session = state.session
-        options = TransportOptions(
-            open_timeout=self.config.open_timeout,
-            compression=self.config.compression_enabled,
-            max_frame_size=self.config.max_frame_size,
-            ping_interval=self.config.ping_interval,
-            ping_timeout=self.config.ping_interval,
-        )
-        transport = await Transport.open(host_url, options)
-        try:
-            await self._session_init(transport, session)
-        except BaseException:
-            await transport.close()
-            raise
-        if not session.model and transport.greeting.models:
-            session.model = transport.greeting.models[0]
-        if self.discovery is not None:
-            self.discovery.record_success(host_url)
-        return transport
-
-    async def _session_init(self, transport: Transport, session: Session) -> None:
-        rid = _request_id()
-        await transport.send(
-            SessionInit(
-                chain_id=session.chain_id,
-                session_id=session.id,
-                job_id=session.job_id,
-                user_address=self.user_address,
-                id=rid,
-            )
-        )
-        deadline = time.monotonic() + self.config.ack_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResponseTimeoutError(
-                    f"no session_init_ack from {session.host_url} within "
-                    f"{self.config.ack_timeout}s",
-                    host_url=session.host_url,
-                    session_id=session.id,
-                )
-            frame = await transport.recv(remaining, what="session_init_ack")
-            if isinstance(frame, SessionInitAck) and frame.id in (None, rid):
-                if frame.status != "success":
-                    raise ProtocolError(
-                        f"host refused session_init: {frame.message or frame.status}",
-                        host_url=session.host_url,
-                        session_id=session.id,
-                    )
-                return
-
     # --- prompts --------------------------------------------------------------------
 
-    def _context(self, state: _SessionState) -> list[dict[str, str]]:
+    def _context(self, state: SessionState) -> list[dict[str, str]]:
         """The history as ``conversation_context`` (see :func:`fit_context`)."""
         return fit_context(
             [{"role": m.role, "content": m.content} for m in state.messages],
@@ -445,46 +329,28 @@ class SessionManager(SessionStorageMixin):
         request_id: str,
         **params: Any,
     ) -> dict[str, Any]:
-        """The ``prompt`` frame for this prompt, as a dict (see PROTOCOL.md).
-
-        Extension fields (``seed``, ``tools``, ``response_format``...) are included only
-        when the host announced the matching feature.
-        """
-        request: dict[str, Any] = {
-            "model": params.pop("model", None) or session.model or "default",
-            "prompt": prompt,
-            "max_tokens": params.pop("max_tokens", None)
+        """The ``prompt`` frame for this prompt, as a dict (see
+        :func:`~langchain_fabstir.wire.frames.prompt_payload`): the session's model,
+        ``max_tokens`` and temperature unless ``params`` override them."""
+        return prompt_payload(
+            session_id=session.id,
+            chain_id=session.chain_id,
+            job_id=session.job_id,
+            prompt=prompt,
+            context=context,
+            request_id=request_id,
+            features=features,
+            model=params.pop("model", None) or session.model or "default",
+            max_tokens=params.pop("max_tokens", None)
             or session.max_tokens
             or self.config.default_max_tokens,
-            "temperature": _first_not_none(
+            temperature=_first_not_none(
                 params.pop("temperature", None),
                 session.temperature,
                 self.config.default_temperature,
             ),
-            "stream": True,
-            "request_id": request_id,
-            "conversation_context": context,
-            "session_id": session.id,
-        }
-        if session.job_id is not None:
-            request["job_id"] = session.job_id
-        for key, value in params.items():
-            if value is None:
-                continue
-            feature = _EXTENSION_FIELDS.get(key)
-            if feature is not None and feature not in features:
-                continue
-            request[key] = value
-        payload: dict[str, Any] = {
-            "type": "prompt",
-            "chain_id": session.chain_id,
-            "prompt": prompt,
-            "request": request,
-            "id": request_id,
-        }
-        if session.job_id is not None:
-            payload["jobId"] = str(session.job_id)
-        return payload
+            extensions=params,
+        )
 
     async def open_stream(
         self,
@@ -507,8 +373,8 @@ class SessionManager(SessionStorageMixin):
         session = state.session
         async with state.lock:
             state.last_used = self._clock()
-            transport = await self._connection(state)
-            rid = _request_id()
+            transport = await self._connector.connection(state)
+            rid = new_request_id()
             ctx = self._context(state) if context is None else context
             if context is None and state.tracker is not None:
                 tracker, scope = state.tracker, "session"
@@ -543,7 +409,13 @@ class SessionManager(SessionStorageMixin):
                 on_tokens=feed,
             )
             user_msg = Message(role="user", content=prompt)
-            recovery = _Recovery(payload)
+            recovery = AnswerRecovery(
+                payload,
+                self.config,
+                drop=lambda exc: self._connector.drop(state, failed=exc),
+                reconnect=lambda exc: self._connector.reconnect(state, exc),
+                closing=lambda: self._closing,
+            )
             try:
                 while True:
                     try:
@@ -560,7 +432,7 @@ class SessionManager(SessionStorageMixin):
                                     stream.chunk_proofs = []
                         break
                     except FabstirError as exc:
-                        await self._recover(state, stream, payload, exc, recovery)
+                        await recovery.recover(stream, exc)
                 if started:
                     last = tracker.end_message()
                     if last is not None:
@@ -568,17 +440,17 @@ class SessionManager(SessionStorageMixin):
             except FabstirError:
                 # A broken or timed-out answer leaves the socket in an unknown state.
                 if stream.transport.closed or not stream.finished:
-                    await self._drop_connection(state)
+                    await self._connector.drop(state)
                 raise
             finally:
                 if started and not stream.finished:
                     tracker.end_message()  # an interrupted answer still closes its message
                 recorded = self._account(state, stream.result, user_msg, stream, record)
                 if recorded:
-                    await self._persist(state, recorded)
+                    await self._persistence.persist(state, recorded)
 
     async def _settle(
-        self, state: _SessionState, stream: PromptStream, proof: CheckpointProof
+        self, state: SessionState, stream: PromptStream, proof: CheckpointProof
     ) -> CheckpointProof:
         transport = stream.transport
         announced = stream.host_cosign and "checkpoints" in transport.features
@@ -619,7 +491,7 @@ class SessionManager(SessionStorageMixin):
 
     def _account(
         self,
-        state: _SessionState,
+        state: SessionState,
         result: StreamResult,
         user_msg: Message,
         stream: PromptStream,
@@ -645,126 +517,6 @@ class SessionManager(SessionStorageMixin):
         )
         state.messages += [user_msg, answer]
         return [user_msg, answer]
-
-    async def _drop_connection(
-        self, state: _SessionState, failed: BaseException | None = None
-    ) -> None:
-        if state.transport is not None:
-            if failed is not None and self.discovery is not None:
-                self.discovery.record_failure(state.transport.host_url, failed)
-            if failed is not None:
-                state.transport.abort()
-            await state.transport.close()
-            state.transport = None
-
-    async def _recover(
-        self,
-        state: _SessionState,
-        stream: PromptStream,
-        payload: dict[str, Any],
-        exc: FabstirError,
-        recovery: _Recovery,
-    ) -> None:
-        """Make a broken answer go on, or re-raise ``exc``.
-
-        - rate limited before any text: wait as long as the host asked, if that is at most
-          ``max_retry_after``, and send again (a longer wait is the caller's decision);
-        - the host lost an answer it was asked to resume: continue it as any host would;
-        - the socket dropped, stalled or sent garbage mid-answer: reconnect (same host,
-          then alternates) and resume exactly where the client stopped (hosts with the
-          ``resume`` extension) or ask for a continuation (any other host). Gives up
-          after ``reconnect_attempts`` drops in a row without a new token, or after
-          ``max_resumes`` resumes of one answer.
-        """
-        config = self.config
-        if isinstance(exc, RateLimitedError):
-            wait = 1.0 if exc.retry_after is None else exc.retry_after
-            if (
-                stream.pieces
-                or wait > config.max_retry_after
-                or recovery.rate_waits >= config.reconnect_attempts
-            ):
-                raise exc
-            recovery.rate_waits += 1
-            await asyncio.sleep(wait)
-            stream.reattach(stream.transport, payload)
-            return
-        if isinstance(exc, HostError) and exc.details.get("host_code") == "RESUME_NOT_FOUND":
-            if stream.chunks_received == recovery.segment_start:
-                # Nothing of this request arrived: send it again as it was.
-                stream.reattach(stream.transport, recovery.segment_payload)
-            else:
-                self._continue_elsewhere(stream, stream.transport, payload, recovery)
-            return
-        if not isinstance(exc, RESUMABLE) or stream.finished or self._closing:
-            raise exc
-        if stream.chunks_received > recovery.progress_mark:
-            recovery.stalled_drops = 0
-        recovery.stalled_drops += 1
-        recovery.progress_mark = stream.chunks_received
-        recovery.resumes += 1
-        if (
-            recovery.stalled_drops > config.reconnect_attempts
-            or recovery.resumes > config.max_resumes
-        ):
-            exc.details["attempts"] = recovery.resumes - 1
-            raise exc
-        await self._drop_connection(state, failed=exc)
-        transport = await self._reconnect(state, exc)
-        received = stream.chunks_received - recovery.segment_start
-        if "resume" in transport.features:
-            # Offsets count from the start of the request being resumed (the prompt, or
-            # the latest continuation request).
-            again = resume_payload(recovery.segment_payload, stream.request_id, received)
-            stream.reattach(transport, again, mode="exact")
-        elif received == 0:
-            stream.reattach(transport, recovery.segment_payload)  # nothing arrived: resend
-        else:
-            self._continue_elsewhere(stream, transport, payload, recovery)
-
-    def _continue_elsewhere(
-        self,
-        stream: PromptStream,
-        transport: Transport,
-        payload: dict[str, Any],
-        recovery: _Recovery,
-    ) -> None:
-        """Ask the host to continue the partial answer (a new request segment)."""
-        cont = continuation_payload(
-            payload, stream.text, stream.chunks_received, self.config.max_context_messages
-        )
-        recovery.segment_payload, recovery.segment_start = cont, stream.chunks_received
-        stream.reattach(transport, cont, mode="continuation")
-
-    async def _reconnect(self, state: _SessionState, cause: BaseException) -> Transport:
-        """A new socket for a broken answer: the same host first, then alternates."""
-        session = state.session
-        hosts = [session.host_url, *[h for h in state.alternates if h != session.host_url]]
-
-        async def connect(host: str) -> Transport:
-            return await self._open(state, host)
-
-        def failed(host: str, exc: BaseException) -> None:
-            if self.discovery is not None:
-                self.discovery.record_failure(host, exc)
-
-        try:
-            transport = await reconnect(
-                connect, hosts, self.config.reconnect_attempts, on_failure=failed
-            )
-        except FabstirError as exc:
-            raise HostDisconnectedError(
-                f"lost {session.host_url} mid-answer ({cause}) and could not reconnect after "
-                f"{exc.details.get('attempts', '?')} attempts: {exc}",
-                host_url=session.host_url,
-                session_id=session.id,
-                details={"attempts": exc.details.get("attempts"), "cause": str(cause)},
-            ) from exc
-        if transport.host_url != session.host_url:
-            await self._emit("failover", session, session.host_url, transport.host_url)
-            session.host_url = transport.host_url
-        state.transport = transport
-        return transport
 
     async def stream_prompt(
         self, session_id: str, prompt: str, **params: Any
@@ -822,7 +574,7 @@ class SessionManager(SessionStorageMixin):
                     f"invalid inference request: {exc}", session_id=session_id
                 ) from None
         state.pending_request = body
-        return body.request_id or _request_id()
+        return body.request_id or new_request_id()
 
     async def stream_response(self, session_id: str) -> AsyncGenerator[str, None]:
         """Stream the answer to the request queued by :meth:`send_inference_request`."""
@@ -851,18 +603,176 @@ class SessionManager(SessionStorageMixin):
         state = self._sessions.get(session_id)
         if state is not None:
             return list(state.messages)
-        stored = await self._stored_history(session_id)
+        stored = await self._persistence.stored_history(session_id)
         if stored is None:
             raise SessionNotFoundError(f"no session {session_id!r}", session_id=session_id)
         return stored
+
+    # --- persistence, export and share ---------------------------------------------------
+
+    async def save_to_s5(self, session_id: str, data: dict[str, Any]) -> str:
+        """Save any JSON data of a session as an encrypted S5 blob; returns its CID
+        (seed: ``saveToS5``)."""
+        self._state(session_id)
+        return await self._persistence.require().save_to_s5(data)
+
+    async def load_from_s5(self, cid: str) -> dict[str, Any]:
+        """Load what :meth:`save_to_s5` stored (seed: ``loadFromS5``)."""
+        return await self._persistence.require().load_from_s5(cid)
+
+    async def export_session(self, session_id: str) -> dict[str, Any]:
+        """A self-contained export: the session, its messages and checkpoint proofs."""
+        return self._persistence.export(self._state(session_id))
+
+    async def generate_share_code(self, export: dict[str, Any]) -> str:
+        """Upload ``export`` encrypted under a fresh key; the code carries where it is and
+        the key (seed: ``generateShareCode``). Useless without its key part."""
+        return str(await self._persistence.require().generate_share_code(export))
+
+    async def import_session(self, share_code: str) -> Session:
+        """The session behind a share code, ready for :meth:`resume_session` (seed:
+        ``importSession``). It is paused until resumed."""
+        session, messages, proofs = await self._persistence.import_export(share_code)
+        self._adopt(session, messages, proofs)
+        return session
+
+    def _adopt(
+        self, session: Session, messages: list[Message], proofs: list[CheckpointProof]
+    ) -> SessionState:
+        """Make a known conversation a session of this manager (no socket yet)."""
+        state = SessionState(session, last_used=self._clock())
+        state.messages = list(messages)
+        state.unsaved = True
+        if self._persistence.enabled:
+            session.conversation_id = self._persistence.conversation_id(session.id)
+        history = [{"role": m.role, "content": m.content} for m in messages]
+        interval = self.config.checkpoint_interval
+        try:
+            state.tracker = CheckpointTracker.resume(
+                session.id,
+                history,
+                proofs,
+                checkpoint_interval=interval,
+                signing_key=self._private_key,
+            )
+            state.proofs = list(proofs)
+        except CheckpointError as exc:
+            log.warning(
+                "earlier checkpoints of %s do not verify, starting anew: %s", session.id, exc
+            )
+            state.tracker = new_tracker(session.id, interval, history, self._private_key)
+        self._sessions[session.id] = state
+        return state
+
+    async def resume_session(
+        self,
+        session_id: str,
+        conversation_context: list[Message | dict[str, Any]] | None = None,
+        *,
+        host_url: str | None = None,
+    ) -> Session:
+        """Resume a session (seed: ``resumeSession``), also from a new process.
+
+        The history comes from ``conversation_context`` when given, else from this
+        manager's memory, else from S5 storage. The session reconnects (to ``host_url``,
+        its own host, or a discovered one) and is active again; its idle timer restarts.
+        Raises ``SESSION_NOT_FOUND`` when no history can be found.
+        """
+        given = (
+            None
+            if conversation_context is None
+            else [
+                m if isinstance(m, Message) else Message.model_validate(m)
+                for m in conversation_context
+            ]
+        )
+        state = self._sessions.get(session_id)
+        if state is None:
+            session, messages = await self._load_for_resume(session_id, given)
+            if host_url:
+                session.host_url = host_url
+            state = self._adopt(session, messages, [])
+        else:
+            async with state.lock:
+                await self._connector.drop(state)
+                if given is not None:
+                    adopted = self._adopt(state.session, given, state.proofs)
+                    state.messages, state.tracker = adopted.messages, adopted.tracker
+                    state.proofs, state.unsaved = adopted.proofs, True
+                    self._sessions[session_id] = state
+                if host_url:
+                    state.session.host_url = host_url
+        session = state.session
+        if not session.host_url:
+            if self.default_host_url:
+                session.host_url = self.default_host_url
+            elif self.discovery is not None:
+                candidates = await self.discovery.candidates(model=session.model or None)
+                state.alternates = [c.url for c in candidates]
+                session.host_url = state.alternates.pop(0) if state.alternates else ""
+        if not session.host_url:
+            raise InvalidRequestError(
+                f"no host to resume session {session_id!r} on: pass host_url=",
+                session_id=session_id,
+            )
+        session.status = "active"
+        state.last_used = self._clock()
+        await self._connector.first_connection(state)
+        await self._emit("session_resumed", session)
+        return session
+
+    async def _load_for_resume(
+        self, session_id: str, given: list[Message] | None
+    ) -> tuple[Session, list[Message]]:
+        if given is not None:
+            session = Session(
+                id=session_id,
+                host_url=self.default_host_url or "",
+                model="",
+                chain_id=self.chain_id,
+                conversation_id=(
+                    self.storage.conversation_path(session_id) if self.storage else session_id
+                ),
+            )
+            return session, given
+        stored = await self._persistence.stored_session(
+            session_id, default_host_url=self.default_host_url, chain_id=self.chain_id
+        )
+        if stored is None:
+            raise SessionNotFoundError(
+                f"no session {session_id!r} here, no history given and none in storage",
+                session_id=session_id,
+            )
+        return stored
+
+    # --- sockets, for ChatFabstir's session pool ------------------------------------------
+
+    def is_reusable(self, session_id: str) -> bool:
+        """Whether the session is active and has not been idle past ``session_timeout``."""
+        state = self._sessions.get(session_id)
+        return (
+            state is not None
+            and state.session.status == "active"
+            and self._clock() - state.last_used <= self.config.session_timeout
+        )
+
+    def is_connected(self, session_id: str) -> bool:
+        """Whether the session has an open socket now."""
+        state = self._sessions.get(session_id)
+        return state is not None and state.transport is not None and not state.transport.closed
+
+    async def connect(self, session_id: str) -> Transport:
+        """The session's socket, opened (and ``session_init`` said) if needed; its
+        ``features`` are what the host announced."""
+        return await self._connector.connection(self._state(session_id))
 
     async def end_session(self, session_id: str) -> SessionSummary:
         """End the session, close its socket and summarise it (seed: ``endSession``)."""
         state = self._state(session_id)
         async with state.lock:
-            await self._drop_connection(state)
+            await self._connector.drop(state)
             state.session.status = "ended"
-            await self._persist(state, [])
+            await self._persistence.persist(state, [])
         summary = SessionSummary(
             final_token_count=state.session.token_count,
             checkpoint_proofs=list(state.proofs),
@@ -870,18 +780,6 @@ class SessionManager(SessionStorageMixin):
         )
         await self._emit("session_ended", state.session, summary)
         return summary
-
-
-class _Recovery:
-    """Counters of one answer's recoveries."""
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        self.segment_payload = payload  # the request being streamed now
-        self.segment_start = 0  # tokens of the answer before it
-        self.rate_waits = 0
-        self.resumes = 0
-        self.stalled_drops = 0  # drops in a row with no new token in between
-        self.progress_mark = 0
 
 
 def _first_not_none(*values: Any) -> Any:

@@ -13,7 +13,7 @@ published proofs)::
 the previous delta: the user prompt(s) and the assistant text generated, an answer cut
 by the checkpoint marked ``metadata.partial = true`` and continued by the first message
 of the next delta. Its ``proofHash`` is
-:func:`~langchain_fabstir.host_checkpoints.delta_proof_hash` (keccak256 of the
+:func:`~langchain_fabstir.checkpoints.published.delta_proof_hash` (keccak256 of the
 delta's canonical content; hosts with a chain hash their proof of work instead), and
 ``hostSignature`` is EIP-191 over the canonical JSON of ``messages``. The index lists
 every delta by CID and is signed over ``checkpoints``. ``GET /v1/checkpoints/{id}``
@@ -79,8 +79,8 @@ from langchain_fabstir.checkpoints import (
     sign_host_index,
     verify_host_index,
 )
+from langchain_fabstir.checkpoints.published import delta_proof_hash
 from langchain_fabstir.errors import FabstirError, StorageError
-from langchain_fabstir.host_checkpoints import delta_proof_hash
 from langchain_fabstir.s5.client import S5PortalClient
 from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.s5.seed import S5Identity

@@ -1,0 +1,163 @@
+"""LangChain messages to and from the Fabstir protocol: the conversation as the host reads
+it, usage and results as LangChain wants them, and stop sequences held back across chunks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from langchain_fabstir.callbacks import CHECKPOINTS_METADATA_KEY
+from langchain_fabstir.sessions.models import StreamResult
+
+__all__ = [
+    "find_stop",
+    "generation_info",
+    "held_back",
+    "message_text",
+    "to_protocol",
+    "to_result",
+    "usage_metadata",
+    "with_metadata",
+]
+
+
+def message_text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") in ("text", "text-plain"):
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in (
+            "tool_use",
+            "tool_call",
+            "function_call",
+        ):
+            continue  # represented by the message's tool_calls
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(
+                f"Fabstir hosts take text only; a {type(message).__name__} has a "
+                f"{kind!r} content block. Describe it in text or use another model."
+            )
+    return "".join(parts)
+
+
+def to_protocol(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for m in messages:
+        text = message_text(m)
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": text})
+        elif isinstance(m, HumanMessage):
+            out.append({"role": "user", "content": text})
+        elif isinstance(m, AIMessage):
+            if m.tool_calls:
+                envelope = {
+                    "tool_calls": [
+                        {"name": c["name"], "arguments": c["args"]} for c in m.tool_calls
+                    ]
+                }
+                text = (text + "\n" if text else "") + json.dumps(envelope)
+            out.append({"role": "assistant", "content": text})
+        elif isinstance(m, ToolMessage):
+            name = m.name or "tool"
+            status = " (error)" if m.status == "error" else ""
+            out.append(
+                {
+                    "role": "user",
+                    "content": f"Result of tool {name}{status} (call {m.tool_call_id}): {text}",
+                }
+            )
+        elif isinstance(m, FunctionMessage):
+            out.append({"role": "user", "content": f"Result of tool {m.name}: {text}"})
+        elif isinstance(m, ChatMessage):
+            role = m.role if m.role in ("user", "assistant", "system") else "user"
+            out.append({"role": role, "content": text})
+        else:
+            raise ValueError(f"unsupported message type {type(m).__name__}")
+    if not out:
+        raise ValueError("no messages to send")
+    return out
+
+
+def with_metadata(
+    text: str, proofs: list[dict[str, Any]], resumed: dict[str, Any] | None
+) -> ChatGenerationChunk:
+    """A chunk that completes checkpoints and/or is the first after a resume (whose
+    ``mode`` says whether the host continued exactly or was asked to continue)."""
+    meta: dict[str, Any] = {}
+    if proofs:
+        meta[CHECKPOINTS_METADATA_KEY] = proofs
+    if resumed:
+        meta["fabstir_resumed"] = resumed
+    return ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=meta))
+
+
+def find_stop(text: str, stops: list[str]) -> int | None:
+    """Index where the earliest stop sequence starts in ``text``, if any."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters could still begin a stop sequence."""
+    longest = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                longest = max(longest, n)
+                break
+    return longest
+
+
+def usage_metadata(result: StreamResult, chunks_received: int = 0) -> UsageMetadata:
+    """The host's usage; for an answer stopped early (no ``stream_end`` read), the
+    tokens received so far (the prompt's count is then unknown: 0)."""
+    if result.usage is not None:
+        return UsageMetadata(
+            input_tokens=result.usage.prompt_tokens,
+            output_tokens=result.usage.completion_tokens,
+            total_tokens=result.usage.total_tokens,
+        )
+    out = result.tokens_used or chunks_received
+    return UsageMetadata(input_tokens=0, output_tokens=out, total_tokens=out)
+
+
+def generation_info(result: StreamResult) -> dict[str, Any]:
+    return {"finish_reason": result.finish_reason}
+
+
+def to_result(chunk: ChatGenerationChunk | None) -> ChatResult:
+    if chunk is None:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
+    msg = chunk.message
+    assert isinstance(msg, AIMessageChunk)
+    message = AIMessage(
+        content=msg.content,
+        tool_calls=msg.tool_calls,
+        invalid_tool_calls=msg.invalid_tool_calls,
+        usage_metadata=msg.usage_metadata,
+        response_metadata=msg.response_metadata,
+        id=msg.id,
+    )
+    return ChatResult(
+        generations=[ChatGeneration(message=message, generation_info=chunk.generation_info)]
+    )
