@@ -5,6 +5,8 @@ mutable state lives in small signed registry entries (:class:`RegistryEntry`) th
 blobs. :class:`S5PortalClient` talks to a portal's HTTP API and checks every hash and
 signature; :class:`S5FileSystem` keeps an encrypted, FS5-compatible directory tree on top;
 :class:`S5AppendLog` is an append-only record log for chat histories and checkpoints.
+``S5FileSystem(..., s5js_compatible=True)`` writes a tree that s5.js reads too (see
+:mod:`langchain_fabstir.s5.fs`).
 
 Quick start (against a local portal)::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from langchain_fabstir.s5.cid import CID, InvalidCIDError, blake3_hash
 from langchain_fabstir.s5.client import BlobNotFoundError, PortalRequestError, S5PortalClient
+from langchain_fabstir.s5.collation import s5js_sort_key
 from langchain_fabstir.s5.crypto import (
     decrypt_mutable,
     derive_hash_int,
@@ -31,6 +34,7 @@ from langchain_fabstir.s5.crypto import (
 )
 from langchain_fabstir.s5.dirv1 import DirRef, DirV1, FileRef, InvalidDirectoryError
 from langchain_fabstir.s5.fs import DirEntry, FileInfo, InvalidPathError, S5FileSystem
+from langchain_fabstir.s5.hamt import ShardedDirectoryError
 from langchain_fabstir.s5.log import LogRecord, S5AppendLog
 from langchain_fabstir.s5.registry import (
     Ed25519KeyPair,
@@ -66,6 +70,7 @@ __all__ = [
     "S5FileSystem",
     "S5Identity",
     "S5PortalClient",
+    "ShardedDirectoryError",
     "blake3_hash",
     "decrypt_mutable",
     "derive_hash_int",
@@ -74,4 +79,5 @@ __all__ = [
     "entropy_to_phrase",
     "generate_phrase",
     "phrase_to_entropy",
+    "s5js_sort_key",
 ]

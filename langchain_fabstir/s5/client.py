@@ -5,6 +5,14 @@ downloads are hashed against their CID, registry entries must carry a valid sign
 Transient failures (connection errors, timeouts, 5xx, 429) are retried with tenacity
 (bounded attempts, exponential backoff with jitter); after the last attempt a
 :class:`~langchain_fabstir.errors.StorageError` names the portal and the number of attempts.
+Besides httpx's per-read timeouts, every attempt has an overall deadline
+(``request_deadline``): a portal that trickles its reply a byte at a time cannot hold a
+request past it.
+
+Secrets stay out of logs: importing this module attaches a filter to the loggers of httpx,
+httpcore and aiohttp that replaces auth-token, cookie and ``Authorization`` values with
+``[REDACTED]`` (httpcore prints every response header, the portal's ``Set-Cookie`` included,
+at DEBUG); the client itself never logs a token, key or seed.
 
 Setup and use::
 
@@ -24,6 +32,7 @@ mismatch), :class:`RevisionConflictError` (registry write with a stale revision)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +46,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from langchain_fabstir._compat import timeout as deadline_after
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
     AuthenticationError,
@@ -49,10 +59,12 @@ from langchain_fabstir.s5._http import (
     EXCERPT,
     TRANSPORT_ERRORS,
     BlobNotFoundError,
+    DeadlineExceeded,
     PortalRequestError,
     Response,
     Transient,
     connect_only,
+    install_log_redaction,
     is_transient,
 )
 from langchain_fabstir.s5.cid import CID, InvalidCIDError, blake3_hash
@@ -67,6 +79,7 @@ from langchain_fabstir.s5.registry import (
 __all__ = [
     "CHALLENGE_LOGIN",
     "CHALLENGE_REGISTER",
+    "DEFAULT_REQUEST_DEADLINE",
     "DEFAULT_TIMEOUT",
     "BlobNotFoundError",
     "PortalRequestError",
@@ -76,6 +89,9 @@ __all__ = [
 CHALLENGE_REGISTER = 0x01
 CHALLENGE_LOGIN = 0x02
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0, pool=5.0)
+DEFAULT_REQUEST_DEADLINE = 300.0
+
+install_log_redaction()
 
 
 class S5PortalClient:
@@ -85,6 +101,9 @@ class S5PortalClient:
         portal_url: base URL, e.g. ``"https://s5.example.com"`` or ``portal.url``.
         auth_token: a token from :meth:`register`/:meth:`login` (kept as ``SecretStr``).
         timeout: ``httpx.Timeout`` split by phase (default: connect 5 s, read/write 30 s).
+        request_deadline: seconds one attempt may take as a whole, from sending the request
+            to the last byte of the reply (default 300 s; ``None``: no overall deadline).
+            An attempt past it counts as a timeout: retried like one, then ``StorageError``.
         max_attempts: attempts per request for transient failures (>= 1).
         backoff_initial: base of the exponential backoff, seconds (with full jitter).
         backoff_max: cap of one backoff wait, seconds.
@@ -98,6 +117,7 @@ class S5PortalClient:
         *,
         auth_token: SecretStr | str | None = None,
         timeout: httpx.Timeout | None = None,
+        request_deadline: float | None = DEFAULT_REQUEST_DEADLINE,
         max_attempts: int = 4,
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
@@ -106,6 +126,9 @@ class S5PortalClient:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if request_deadline is not None and not request_deadline > 0:
+            raise ValueError("request_deadline must be positive (or None)")
+        self.request_deadline = request_deadline
         self.portal_url = portal_url.rstrip("/")
         url = httpx.URL(self.portal_url)
         self.portal_host = url.host + (f":{url.port}" if url.port else "")
@@ -151,7 +174,20 @@ class S5PortalClient:
         return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
     async def _once(self, build: Callable[[], httpx.Request], limit: int) -> Response:
-        response = await self._http.send(build(), stream=True)
+        request = build()
+        if self.request_deadline is None:
+            return await self._exchange(request, limit)
+        try:
+            async with deadline_after(self.request_deadline):
+                return await self._exchange(request, limit)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise DeadlineExceeded(
+                f"no complete reply within the {self.request_deadline:g} s request deadline",
+                request=request,
+            ) from exc
+
+    async def _exchange(self, request: httpx.Request, limit: int) -> Response:
+        response = await self._http.send(request, stream=True)
         try:
             chunks: list[bytes] = []
             total = 0

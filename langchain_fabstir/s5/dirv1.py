@@ -6,7 +6,9 @@ Layout (as the Rust S5 implementation and the Fabstir fork of s5.js write it)::
     DirRef  = {2: link33, 7: ts_seconds, 8: ts_nanos}
     FileRef = {3: hash32, 4: size, 6: media_type, 7: ts_seconds, 8: ts_nanos, 22: extra{}, ...}
 
-Names are written in code-point order; unknown integer keys are kept and written back, so a
+Names are written in s5.js's order (``localeCompare``, see
+:func:`~langchain_fabstir.s5.collation.s5js_sort_key`), so both clients write the same bytes
+for the same directory; unknown integer keys are kept and written back, so a
 round trip through this module never drops fields another client wrote.
 
 >>> DirV1().encode().hex()
@@ -24,6 +26,7 @@ from typing import Any
 import cbor2
 
 from langchain_fabstir.errors import StorageError
+from langchain_fabstir.s5.collation import s5js_sort_key
 
 __all__ = [
     "DIRV1_MAGIC",
@@ -176,12 +179,12 @@ class DirV1:
     files: dict[str, FileRef] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        """``5f 5d`` + CBOR, names sorted by code point."""
+        """``5f 5d`` + CBOR, names sorted as s5.js sorts them (``localeCompare``)."""
         body = [
             DIRV1_MAGIC,
             self.header,
-            {name: self.dirs[name].to_cbor() for name in sorted(self.dirs)},
-            {name: self.files[name].to_cbor() for name in sorted(self.files)},
+            {name: self.dirs[name].to_cbor() for name in sorted(self.dirs, key=s5js_sort_key)},
+            {name: self.files[name].to_cbor() for name in sorted(self.files, key=s5js_sort_key)},
         ]
         return DIRV1_PREFIX + cbor2.dumps(body)
 

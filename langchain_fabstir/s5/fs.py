@@ -18,15 +18,31 @@ Where this departs from s5.js (the Fabstir fork, DirV1):
 * File contents are encrypted by default (S5 mutable format, key derived from the seed as
   above, random nonce per write); the FileRef's ``hash``/``size`` describe the stored
   ciphertext and key 22 holds ``{"fabstir": {"enc": "xchacha20-poly1305", "size": n}}``.
-  s5.js puts per-file keys inside the directory, which hides nothing; pass ``encrypt=False``
-  to :meth:`S5FileSystem.put` to write plain files that s5.js can read.
-* Sub-directory blobs are encrypted too (s5.js encrypts only the root), so file names and
-  sizes stay private. ``encrypt_directories=False`` writes them in the clear, as s5.js does.
+  s5.js puts per-file keys inside the directory, which hides nothing.
+* New sub-directory blobs are encrypted too (s5.js encrypts only the root), so file names and
+  sizes stay private.
 * A linked directory without a registry entry reads as empty (s5.js writes an empty entry
   when it creates a directory; we save those round trips).
 * :meth:`delete` only unlinks; blobs stay on the portal (encrypted, unreachable). Deleting a
   directory also empties every directory below it, because keys derive from paths and a
   re-created directory would otherwise show its old contents.
+
+s5.js compatibility:
+
+* ``S5FileSystem(client, identity, s5js_compatible=True)`` is the one switch for a tree that
+  s5.js (the Fabstir SDK) reads and writes too: files and new sub-directories are written in
+  the clear, as s5.js writes them (the root stays encrypted, as in s5.js). Use it only for
+  data meant to be shared with s5.js; the portal then sees file names, sizes and contents.
+* Whatever the settings, a directory keeps the encryption state it has: a write never
+  encrypts a directory stored in the clear (s5.js, which has no key for encrypted
+  sub-directories, keeps reading its own files) and never decrypts an encrypted one. The
+  ``encrypt_directories`` setting applies to directories this client creates.
+* Directory entries are written in s5.js's order (``localeCompare``; see
+  :func:`~langchain_fabstir.s5.collation.s5js_sort_key`), so the same directory serializes to
+  the same bytes in both clients.
+* Directories that s5.js sharded into a hash tree (HAMT, at 1,000 entries) are read
+  (:mod:`~langchain_fabstir.s5.hamt`); changing one raises :class:`ShardedDirectoryError`
+  (code ``SHARDED_DIRECTORY``) and leaves it untouched, until writing them is supported.
 
 Example::
 
@@ -55,6 +71,7 @@ from tenacity import (
 from langchain_fabstir.errors import RevisionConflictError, StorageError
 from langchain_fabstir.s5.cid import CID, MULTIHASH_BLAKE3, MULTIHASH_BLAKE3_DEFAULT
 from langchain_fabstir.s5.client import S5PortalClient
+from langchain_fabstir.s5.collation import s5js_sort_key
 from langchain_fabstir.s5.crypto import (
     ENCRYPTION_HEADER,
     decrypt_mutable,
@@ -63,10 +80,11 @@ from langchain_fabstir.s5.crypto import (
     encrypt_mutable,
 )
 from langchain_fabstir.s5.dirv1 import LINK_ED25519, DirRef, DirV1, FileRef
+from langchain_fabstir.s5.hamt import ShardedDirectoryError, read_hamt, sharding_root
 from langchain_fabstir.s5.registry import Ed25519KeyPair, RegistryEntry
 from langchain_fabstir.s5.seed import S5Identity
 
-__all__ = ["DirEntry", "FileInfo", "InvalidPathError", "S5FileSystem"]
+__all__ = ["DirEntry", "FileInfo", "InvalidPathError", "S5FileSystem", "ShardedDirectoryError"]
 
 T = TypeVar("T")
 ROOTS = ("home", "archive")
@@ -103,6 +121,17 @@ class DirEntry:
     size: int | None = None
     media_type: str | None = None
     timestamp: float | None = None
+
+
+@dataclass
+class _Loaded:
+    """A directory as stored: its contents (HAMT entries merged in), registry revision,
+    whether its blob was encrypted (``None``: no blob yet) and whether s5.js sharded it."""
+
+    directory: DirV1
+    revision: int
+    encrypted: bool | None
+    sharded: bool
 
 
 @dataclass(frozen=True)
@@ -150,8 +179,13 @@ class S5FileSystem:
     Args:
         client: an authenticated :class:`S5PortalClient`.
         identity: the :class:`S5Identity` whose seed derives every key.
-        encrypt_files: default for :meth:`put` (``True``: the portal sees only ciphertext).
-        encrypt_directories: encrypt sub-directory blobs (the root is always encrypted).
+        s5js_compatible: write what s5.js reads (plain files and new sub-directories); the
+            defaults of the two options below become ``False``.
+        encrypt_files: default for :meth:`put` (``True`` unless ``s5js_compatible``: the
+            portal sees only ciphertext).
+        encrypt_directories: encrypt the blobs of sub-directories this client creates
+            (``True`` unless ``s5js_compatible``). Existing directories keep their state;
+            the root is always encrypted.
         max_attempts: attempts of one directory update under revision conflicts.
     """
 
@@ -160,13 +194,22 @@ class S5FileSystem:
         client: S5PortalClient,
         identity: S5Identity,
         *,
-        encrypt_files: bool = True,
-        encrypt_directories: bool = True,
+        s5js_compatible: bool = False,
+        encrypt_files: bool | None = None,
+        encrypt_directories: bool | None = None,
         max_attempts: int = 12,
     ) -> None:
+        if s5js_compatible and (encrypt_files or encrypt_directories):
+            raise ValueError(
+                "s5js_compatible=True writes plain files and directories; do not combine it "
+                "with encrypt_files=True or encrypt_directories=True"
+            )
         self.client = client
-        self.encrypt_files = encrypt_files
-        self.encrypt_directories = encrypt_directories
+        self.s5js_compatible = s5js_compatible
+        self.encrypt_files = not s5js_compatible if encrypt_files is None else encrypt_files
+        self.encrypt_directories = (
+            not s5js_compatible if encrypt_directories is None else encrypt_directories
+        )
         self.max_attempts = max_attempts
         fsk = derive_hash_int(identity.fs_root_key, 1)
         self._root = _Keys(
@@ -208,9 +251,14 @@ class S5FileSystem:
         return self._keys(split_path(path)).key_pair.registry_key
 
     async def _load(self, keys: _Keys) -> tuple[DirV1, int]:
+        """The directory at ``keys`` (sharded entries merged in) and its registry revision."""
+        loaded = await self._load_state(keys)
+        return loaded.directory, loaded.revision
+
+    async def _load_state(self, keys: _Keys) -> _Loaded:
         entry = await self.client.registry_get(keys.key_pair.registry_key)
         if entry is None:
-            return DirV1(), 0
+            return _Loaded(DirV1(), 0, None, False)
         data = entry.data
         if len(data) >= 33 and data[0] in (MULTIHASH_BLAKE3, MULTIHASH_BLAKE3_DEFAULT):
             hash32 = data[1:33]
@@ -222,13 +270,33 @@ class S5FileSystem:
                 host_url=self.client.portal_url,
             )
         blob = await self.client.download_hash(hash32)
-        if blob[:2] == ENCRYPTION_HEADER:
+        encrypted = blob[:2] == ENCRYPTION_HEADER
+        if encrypted:
             blob = decrypt_mutable(blob, keys.enc_key)
-        return DirV1.decode(blob), entry.revision
+        directory = DirV1.decode(blob)
+        root = sharding_root(directory.header)
+        if root is None:
+            return _Loaded(directory, entry.revision, encrypted, "sharding" in directory.header)
+        hamt = await read_hamt(self.client.download_hash, root)
+        directory.files.update(hamt.files)
+        for name, link in hamt.dirs.items():
+            if link is None:  # s5.js keeps no key in HAMT links: it derives from the path
+                link = bytes([LINK_ED25519]) + self._keys((*keys.path, name)).key_pair.public_key
+            directory.dirs[name] = DirRef(link)
+        return _Loaded(directory, entry.revision, encrypted, True)
 
-    async def _store(self, keys: _Keys, directory: DirV1, revision: int) -> None:
+    async def _store(
+        self, keys: _Keys, directory: DirV1, revision: int, encrypted: bool | None = None
+    ) -> None:
+        """Upload ``directory`` and point its registry entry at it (revision ``revision``).
+
+        ``encrypted`` is the state of the stored blob being replaced: it is kept. A new
+        directory is encrypted when it is the root or ``encrypt_directories`` is set.
+        """
         blob = directory.encode()
-        if self.encrypt_directories or not keys.path:
+        if encrypted is None:
+            encrypted = self.encrypt_directories or not keys.path
+        if encrypted:
             blob = encrypt_mutable(blob, keys.enc_key)
         cid = await self.client.upload(blob)
         entry = RegistryEntry.create(keys.key_pair, cid.multihash, revision)
@@ -249,10 +317,21 @@ class S5FileSystem:
             )
             async for attempt in retrying:
                 with attempt:
-                    directory, revision = await self._load(keys)
-                    changed, result = mutate(directory)
+                    loaded = await self._load_state(keys)
+                    changed, result = mutate(loaded.directory)
+                    if changed and loaded.sharded:
+                        raise ShardedDirectoryError(
+                            f"/{'/'.join(keys.path)} is a sharded directory (s5.js stores "
+                            "directories of 1,000 entries or more as a hash tree); this "
+                            "client reads it but cannot change it yet: write with s5.js, "
+                            "or into another directory",
+                            host_url=self.client.portal_url,
+                            details={"path": "/".join(keys.path)},
+                        )
                     if changed:
-                        await self._store(keys, directory, revision + 1)
+                        await self._store(
+                            keys, loaded.directory, loaded.revision + 1, loaded.encrypted
+                        )
                     return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -361,7 +440,8 @@ class S5FileSystem:
         return await self._read_content(ref)
 
     async def list(self, dir_path: str) -> list[DirEntry]:
-        """Entries of the directory at ``dir_path``, sorted by name (empty if absent)."""
+        """Entries of the directory at ``dir_path`` (empty if absent), sorted by name as s5.js
+        sorts them."""
         directory, _ = await self._load(self._keys(split_path(dir_path)))
         entries = [
             DirEntry(name, "directory", timestamp=_timestamp(ref.timestamp, ref.timestamp_nanos))
@@ -376,7 +456,7 @@ class S5FileSystem:
             )
             for name, ref in directory.files.items()
         ]
-        return sorted(entries, key=lambda e: e.name)
+        return sorted(entries, key=lambda e: s5js_sort_key(e.name))
 
     async def delete(self, path: str, *, recursive: bool = False) -> bool:
         """Remove the file or directory at ``path``; ``False`` if nothing was there.

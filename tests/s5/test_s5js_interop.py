@@ -7,8 +7,8 @@ account registration and its FS5 directory code, against a real :class:`LocalPor
 peer and keeps the registry on the P2P network, which an HTTP portal does not offer, so the
 script hands FS5 an object that uses the portal's HTTP upload, download and registry.
 
-Python writes with ``encrypt_files=False, encrypt_directories=False`` (s5.js encrypts only
-the root directory and cannot read our encrypted files or sub-directories).
+Python writes with ``s5js_compatible=True`` (plain files and new sub-directories: s5.js
+encrypts only the root directory and cannot read our encrypted files or sub-directories).
 
 s5.js is installed into ``tests/s5/s5js/node_modules`` on first use (``npm install``). Set
 ``FABSTIR_S5JS_PACKAGE`` to a tarball or directory of an s5.js build to install that instead
@@ -128,7 +128,7 @@ async def plain_fs(portal: LocalPortal, phrase: str) -> AsyncIterator[S5FileSyst
     identity = S5Identity.from_phrase(phrase)
     async with make_client(portal.url) as client:
         await client.ensure_account(identity.portal_account_key_pair())
-        yield S5FileSystem(client, identity, encrypt_files=False, encrypt_directories=False)
+        yield S5FileSystem(client, identity, s5js_compatible=True)
 
 
 async def test_python_writes_s5js_reads(
