@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import base58
 from aiohttp import BodyPartReader, web
 
+from langchain_fabstir._compat import timeout
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import StorageError
 from langchain_fabstir.portal.store import BlobStore, BlobWriter, PortalDB
@@ -167,9 +168,9 @@ class _Portal:
         total = 0
         while True:
             try:
-                async with asyncio.timeout(self.config.body_timeout):
+                async with timeout(self.config.body_timeout):
                     chunk = await request.content.readany()
-            except TimeoutError as exc:
+            except asyncio.TimeoutError as exc:
                 raise _Stalled from exc
             if not chunk:
                 return
@@ -337,9 +338,9 @@ class _Portal:
         total = 0
         while True:
             try:
-                async with asyncio.timeout(self.config.body_timeout):
+                async with timeout(self.config.body_timeout):
                     chunk = await part.read_chunk(_CHUNK)
-            except TimeoutError as exc:
+            except asyncio.TimeoutError as exc:
                 raise _Stalled from exc
             if not chunk:
                 return
@@ -358,9 +359,9 @@ class _Portal:
         reader = await request.multipart()
         while True:
             try:
-                async with asyncio.timeout(self.config.body_timeout):
+                async with timeout(self.config.body_timeout):
                     part = await reader.next()
-            except TimeoutError as exc:
+            except asyncio.TimeoutError as exc:
                 raise _Stalled from exc
             if part is None:
                 raise web.HTTPBadRequest(text="Multipart upload needs a field named 'file'")
@@ -406,16 +407,16 @@ class _Portal:
             reply = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             reply.content_length = size
             try:
-                async with asyncio.timeout(self.config.body_timeout):
+                async with timeout(self.config.body_timeout):
                     await reply.prepare(request)
                 if request.method == "HEAD":
                     return reply
                 # One piece in flight per connection: write() waits while the socket buffer
                 # is full, so a client that does not read holds at most about one piece.
                 while chunk := await asyncio.to_thread(handle.read, _CHUNK):
-                    async with asyncio.timeout(self.config.body_timeout):
+                    async with timeout(self.config.body_timeout):
                         await reply.write(chunk)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 _drop_connection(request)  # the client stopped reading
             return reply
         finally:
