@@ -85,10 +85,14 @@ async def _serve_portal(args: argparse.Namespace) -> None:
 
 
 def start_portal_process(
-    data_dir: str, *, python: str = sys.executable, timeout: float = 60.0
+    data_dir: str,
+    *,
+    python: str = sys.executable,
+    timeout: float = 60.0,
+    extra: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``fabstir portal --port 0 --data DIR`` as a child process; return it and its URL."""
-    return _start("portal", "--data", data_dir, python=python, timeout=timeout)
+    """Start ``fabstir portal --port 0 --data DIR [extra]`` as a child; return it and its URL."""
+    return _start("portal", "--data", data_dir, *extra, python=python, timeout=timeout)
 
 
 def start_host_process(

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from langchain_fabstir._compat import timeout
+from langchain_fabstir.cli import main, start_portal_process
 from langchain_fabstir.errors import AuthenticationError, StorageError
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import CID, Ed25519KeyPair, S5Identity, S5PortalClient
@@ -388,3 +389,72 @@ async def test_tokens_expire_and_can_be_revoked(data_dir: Path, identity: S5Iden
                     await c.upload(b"revoked")
                 with pytest.raises(AuthenticationError):
                     await c2.upload(b"revoked too")
+
+
+# --- 10: downloads stream from disk (memory measured in a portal subprocess) ----------
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (``VmRSS`` from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_downloads_not_read_by_clients_do_not_grow_portal_memory(
+    tmp_path: Path, identity: S5Identity
+) -> None:
+    clients, size = 12, 32 * 1024 * 1024
+    proc, url = await asyncio.to_thread(start_portal_process, str(tmp_path / "portal"))
+    try:
+        async with make_client(url) as c:
+            await c.ensure_account(identity.portal_account_key_pair())
+            cid = await c.upload(bytes(size))
+        port = int(url.rsplit(":", 1)[1])
+        before = rss_mib(proc.pid)
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(clients)]
+        try:
+            for _, writer in conns:
+                writer.write(f"GET /s5/download/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            for reader, _ in conns:  # each download has started; then nobody reads on
+                async with timeout(30):
+                    await reader.readuntil(b"\r\n\r\n")
+                    await reader.readexactly(1024 * 1024)
+            growth = rss_mib(proc.pid) - before
+        finally:
+            for _, writer in conns:
+                writer.close()
+        # 12 x 32 MiB requested: a portal that holds each blob in memory grows by >= 384 MiB
+        assert growth < 64, f"portal memory grew by {growth:.0f} MiB"
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+
+
+async def test_cli_portal_limits(
+    tmp_path: Path, identity: S5Identity, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--max-upload-mib", "1", "--idle-timeout", "0.5", "--body-timeout", "0.5"]
+    proc, url = await asyncio.to_thread(start_portal_process, str(tmp_path / "portal"), extra=args)
+    try:
+        async with make_client(url) as c:
+            await c.ensure_account(identity.portal_account_key_pair())
+            await c.upload(bytes(1024 * 1024))
+            with pytest.raises(StorageError) as info:
+                await c.upload(bytes(1024 * 1024 + 1))
+            assert info.value.details["status"] == 413
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        try:
+            await wait_closed_by_server(reader, 10.0)  # idle: closed after about 0.5 s
+        finally:
+            writer.close()
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+    with pytest.raises(SystemExit):
+        main(["portal", "--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--public-url", "--max-upload-mib", "--idle-timeout", "--body-timeout"):
+        assert option in help_text
