@@ -150,6 +150,7 @@ class LocalPortal:
             access_log=None,
             keepalive_timeout=self.config.idle_timeout,
             lingering_time=min(5.0, self.config.body_timeout),
+            shutdown_timeout=min(5.0, self.config.body_timeout),  # then cut transfers
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)

@@ -418,6 +418,8 @@ class _Portal:
                         await reply.write(chunk)
             except asyncio.TimeoutError:
                 _drop_connection(request)  # the client stopped reading
+            except ConnectionError:
+                pass  # the client went away; nothing to answer
             return reply
         finally:
             await asyncio.to_thread(handle.close)

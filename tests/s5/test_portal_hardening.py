@@ -430,7 +430,7 @@ async def test_downloads_not_read_by_clients_do_not_grow_portal_memory(
         assert growth < 64, f"portal memory grew by {growth:.0f} MiB"
     finally:
         proc.terminate()
-        await asyncio.to_thread(proc.wait, 10)
+        await asyncio.to_thread(proc.wait, 30)
 
 
 async def test_cli_portal_limits(
@@ -452,7 +452,7 @@ async def test_cli_portal_limits(
             writer.close()
     finally:
         proc.terminate()
-        await asyncio.to_thread(proc.wait, 10)
+        await asyncio.to_thread(proc.wait, 30)
     with pytest.raises(SystemExit):
         main(["portal", "--help"])
     help_text = capsys.readouterr().out
