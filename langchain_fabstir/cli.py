@@ -67,7 +67,16 @@ async def _serve_host(args: argparse.Namespace) -> None:
 async def _serve_portal(args: argparse.Namespace) -> None:
     from langchain_fabstir.portal import LocalPortal
 
-    portal = LocalPortal(args.data, host=args.bind, port=args.port)
+    portal = LocalPortal(
+        args.data,
+        host=args.bind,
+        port=args.port,
+        public_url=args.public_url,
+        max_upload_bytes=args.max_upload_mib * 1024 * 1024,
+        idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout,
+        token_ttl=args.token_ttl * 3600 if args.token_ttl else None,
+    )
     await portal.start()
     try:
         await _ready_until_signal(portal.url)
@@ -76,10 +85,14 @@ async def _serve_portal(args: argparse.Namespace) -> None:
 
 
 def start_portal_process(
-    data_dir: str, *, python: str = sys.executable, timeout: float = 60.0
+    data_dir: str,
+    *,
+    python: str = sys.executable,
+    timeout: float = 60.0,
+    extra: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``fabstir portal --port 0 --data DIR`` as a child process; return it and its URL."""
-    return _start("portal", "--data", data_dir, python=python, timeout=timeout)
+    """Start ``fabstir portal --port 0 --data DIR [extra]`` as a child; return it and its URL."""
+    return _start("portal", "--data", data_dir, *extra, python=python, timeout=timeout)
 
 
 def start_host_process(
@@ -167,6 +180,20 @@ def _demo(args: argparse.Namespace) -> int:
                     child.kill()
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fabstir", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +215,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     portal.add_argument("--data", default="./s5-data", help="directory for blobs and SQLite")
     portal.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     portal.add_argument("--port", type=int, default=5050, help="0 picks a free port")
+    portal.add_argument(
+        "--public-url",
+        help="URL clients use to reach the portal, e.g. https://s5.example.org; logins are "
+        "only accepted when signed for its host (default: the bound address)",
+    )
+    portal.add_argument(
+        "--max-upload-mib",
+        type=_positive_int,
+        default=64,
+        help="largest upload in MiB; bigger bodies get HTTP 413 (default 64)",
+    )
+    portal.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds before closing a connection that is idle or has not finished sending "
+        "its request line and headers (default 30)",
+    )
+    portal.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a request body may stop arriving, or a download stop being read, "
+        "before the connection is closed (default 30)",
+    )
+    portal.add_argument(
+        "--token-ttl",
+        type=_positive_float,
+        default=None,
+        help="hours an auth token stays valid after login (default: until logout)",
+    )
 
     chat = sub.add_parser("chat", help="chat with a host from the terminal")
     chat.add_argument("--host-url", default=os.environ.get("FABSTIR_HOST_URL"))

@@ -5,23 +5,76 @@ Layout of ``data_dir``::
     blobs/ab/ab12...ef        one file per blob, named by the hex BLAKE3 hash
     portal.sqlite3            accounts, tokens (hashed), registry entries
 
-Blob writes are atomic (temporary file in the same directory, ``fsync``, ``os.replace``), so a
-crash never leaves a half-written blob under its final name. One process owns a data
-directory at a time.
+Blob writes are atomic (a ``.tmp-*`` file under ``blobs/``, ``fsync``, ``os.replace``), so a
+crash never leaves a half-written blob under its final name; temporary files a crash leaves
+behind are removed when the store opens. One process owns a data directory at a time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
+import blake3
+
 from langchain_fabstir.s5.cid import blake3_hash
 from langchain_fabstir.s5.registry import RegistryEntry
 
-__all__ = ["BlobStore", "PortalDB"]
+__all__ = ["BlobStore", "BlobWriter", "PortalDB"]
+
+logger = logging.getLogger(__name__)
+
+_TMP_PREFIX = ".tmp-"
+
+
+class BlobWriter:
+    """One blob being written: bytes go to a temporary file and into the hash as they come.
+
+    :meth:`commit` makes it a blob (atomically, under its hash); :meth:`abort` (or a failed
+    commit) removes the temporary file, so a refused or cut upload leaves nothing behind.
+    Calls block on disk I/O: the portal runs them in a worker thread.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        fd, tmp = tempfile.mkstemp(dir=store.root, prefix=_TMP_PREFIX)
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._hasher = blake3.blake3()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        self._hasher.update(data)
+        self._file.write(data)
+        self.size += len(data)
+
+    def commit(self) -> bytes:
+        """Store the bytes written under their BLAKE3 hash (idempotent); return the hash."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            hash32 = self._hasher.digest()
+            path = self._store.path_for(hash32)
+            if path.exists():
+                self._tmp.unlink(missing_ok=True)
+                return hash32
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, path)
+            return hash32
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop the bytes written so far."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 class BlobStore:
@@ -37,30 +90,40 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "blobs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.remove_orphans()
+
+    def remove_orphans(self) -> int:
+        """Delete ``.tmp-*`` files a crash left behind (call only while no upload runs)."""
+        removed = 0
+        for pattern in (f"{_TMP_PREFIX}*", f"*/{_TMP_PREFIX}*"):
+            for orphan in self.root.glob(pattern):
+                if orphan.is_file():
+                    orphan.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            logger.info("removed %d unfinished upload(s) from %s", removed, self.root)
+        return removed
 
     def path_for(self, hash32: bytes) -> Path:
         """Where the blob with this hash lives."""
         name = hash32.hex()
         return self.root / name[:2] / name
 
+    def writer(self) -> BlobWriter:
+        """A :class:`BlobWriter` for a blob whose bytes arrive in pieces."""
+        return BlobWriter(self)
+
     def put(self, data: bytes) -> bytes:
         """Store ``data`` (atomically, idempotently); return its BLAKE3 hash."""
-        hash32 = blake3_hash(data)
-        path = self.path_for(hash32)
-        if path.exists():
-            return hash32
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        if self.path_for(blake3_hash(data)).exists():
+            return blake3_hash(data)
+        writer = self.writer()
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            writer.write(data)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            writer.abort()
             raise
-        return hash32
+        return writer.commit()
 
     def get(self, hash32: bytes) -> bytes | None:
         """The stored bytes (as found on disk, unverified), or ``None``."""
@@ -86,9 +149,15 @@ class PortalDB:
     Revisions are unsigned 64-bit, so they are stored as decimal text and compared in Python.
     Calls are synchronous and short; the portal makes them from its event loop thread, which
     also makes each read-compare-write of the registry atomic.
+
+    A token is valid until revoked (:meth:`revoke_token`, :meth:`revoke_tokens`) or, with
+    ``token_ttl`` (seconds), until it is that old; an expired token is deleted when seen.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, token_ttl: float | None = None) -> None:
+        if token_ttl is not None and token_ttl <= 0:
+            raise ValueError("token_ttl must be positive (or None: tokens do not expire)")
+        self.token_ttl = token_ttl
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -116,10 +185,29 @@ class PortalDB:
         )
 
     def token_owner(self, token: str) -> bytes | None:
+        """The account key of a valid token, or ``None`` (unknown, revoked or expired)."""
+        token_hash = blake3_hash(token.encode("utf-8"))
         row = self._conn.execute(
-            "SELECT pubkey FROM tokens WHERE token_hash=?", (blake3_hash(token.encode("utf-8")),)
+            "SELECT pubkey, created FROM tokens WHERE token_hash=?", (token_hash,)
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        if self.token_ttl is not None and time.time() - int(row[1]) >= self.token_ttl:
+            self._conn.execute("DELETE FROM tokens WHERE token_hash=?", (token_hash,))
+            return None
+        return bytes(row[0])
+
+    def revoke_token(self, token: str) -> bool:
+        """Make ``token`` invalid; ``True`` if it existed."""
+        cursor = self._conn.execute(
+            "DELETE FROM tokens WHERE token_hash=?", (blake3_hash(token.encode("utf-8")),)
+        )
+        return cursor.rowcount > 0
+
+    def revoke_tokens(self, pubkey: bytes) -> int:
+        """Make every token of the account ``pubkey`` invalid; how many there were."""
+        cursor = self._conn.execute("DELETE FROM tokens WHERE pubkey=?", (pubkey,))
+        return cursor.rowcount
 
     # registry
     def registry_get(self, pk: bytes) -> RegistryEntry | None:
