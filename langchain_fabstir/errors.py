@@ -42,6 +42,7 @@ from langchain_core.exceptions import (
 )
 
 __all__ = [
+    "AnswerTooLargeError",
     "AuthenticationError",
     "CheckpointError",
     "ConnectionFailedError",
@@ -218,6 +219,14 @@ class InvalidRequestError(FabstirError, ModelInvalidRequestError):
     """The host (or this client) rejected the request as invalid (e.g. an empty prompt)."""
 
     code = "INVALID_REQUEST"
+    is_retryable = False
+
+
+class AnswerTooLargeError(FabstirError, ModelAPIError):
+    """A host sent more text for one answer than ``SessionConfig.max_answer_chars`` allows
+    (a broken or hostile host). Not retried: the client stopped it and closed the socket."""
+
+    code = "ANSWER_TOO_LARGE"
     is_retryable = False
 
 

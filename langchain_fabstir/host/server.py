@@ -55,6 +55,7 @@ from langchain_fabstir.wire.frames import (
     SessionInitAck,
     StreamCancel,
     StreamEnd,
+    StreamResumed,
     Usage,
     encode_frame,
     parse_frame,
@@ -505,6 +506,7 @@ class ReferenceHost:
             await self._error(conn, ErrorFrame(code="RESUME_NOT_FOUND", message=msg, id=rid), rid)
             return
         self.resumes += 1
+        await conn.send(encode_frame(StreamResumed(id=rid, offset=offset)))
         await self._consume(conn, job, job.start_of_token(offset))
 
     @staticmethod

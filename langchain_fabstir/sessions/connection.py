@@ -15,6 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
 from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     ConnectionFailedError,
@@ -68,7 +75,12 @@ class Connector:
         for host in hosts:
             try:
                 state.transport = await self.open(state, host)
-            except (ConnectionFailedError, ResponseTimeoutError, ProtocolError) as exc:
+            except (
+                ConnectionFailedError,
+                HostDisconnectedError,
+                ResponseTimeoutError,
+                ProtocolError,
+            ) as exc:
                 self._record_failure(host, exc)
                 last = exc
                 continue
@@ -79,7 +91,24 @@ class Connector:
         raise last
 
     async def open(self, state: SessionState, host_url: str) -> Transport:
-        """Open and initialise a socket to ``host_url`` for this session."""
+        """Open and initialise a socket to ``host_url`` for this session.
+
+        Opening is idempotent, so a connection cut during the WebSocket handshake or before
+        ``session_init_ack`` (``HOST_DISCONNECTED``) is tried again, up to
+        ``reconnect_attempts`` more times with backoff, as any reconnect is. A host that
+        refuses the connection or never answers fails at once (discovery moves on)."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + self.config.reconnect_attempts),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            retry=retry_if_exception_type(HostDisconnectedError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._open_once(state, host_url)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open_once(self, state: SessionState, host_url: str) -> Transport:
         session = state.session
         config = self.config
         options = TransportOptions(
@@ -147,7 +176,7 @@ class Connector:
         hosts = [session.host_url, *[h for h in state.alternates if h != session.host_url]]
 
         async def connect(host: str) -> Transport:
-            return await self.open(state, host)
+            return await self._open_once(state, host)  # reconnect() retries itself
 
         try:
             transport = await reconnect(

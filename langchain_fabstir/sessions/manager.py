@@ -407,6 +407,9 @@ class SessionManager:
                 session_id=session.id,
                 model=payload["request"]["model"],
                 on_tokens=feed,
+                answer_timeout=self.config.answer_timeout,
+                max_chars=self.config.max_answer_chars,
+                token_allowance=self.config.max_tokens_overrun,
             )
             user_msg = Message(role="user", content=prompt)
             recovery = AnswerRecovery(
@@ -631,8 +634,18 @@ class SessionManager:
 
     async def import_session(self, share_code: str) -> Session:
         """The session behind a share code, ready for :meth:`resume_session` (seed:
-        ``importSession``). It is paused until resumed."""
+        ``importSession``). It is paused until resumed.
+
+        An import never replaces a session: when this manager or its storage already has
+        one with the export's id (an export of one's own session, or the same code twice),
+        the import gets a new id (``session.id``; the export's id is in
+        ``session.conversation_id`` until it is resumed) and its checkpoint chain starts
+        anew under it. A malformed export is ``INVALID_SHARE_CODE``.
+        """
         session, messages, proofs = await self._persistence.import_export(share_code)
+        if session.id in self._sessions or await self._persistence.is_stored(session.id):
+            log.info("imported session %s exists here: importing it as a new one", session.id)
+            session.id, proofs = uuid.uuid4().hex, []
         self._adopt(session, messages, proofs)
         return session
 

@@ -61,7 +61,18 @@ class SessionConfig(BaseModel):
     first_token_timeout: float = Field(default=60.0, gt=0)
     """From sending a prompt to its first frame (a host that never answers ends here)."""
     chunk_timeout: float = Field(default=30.0, gt=0)
-    """Inactivity between two frames of one answer."""
+    """Inactivity between two frames of one answer (frames that are not part of the
+    answer do not count as activity)."""
+    answer_timeout: float | None = Field(default=900.0, gt=0)
+    """The whole answer, from sending the prompt to its end, resumes included: a host
+    that keeps streaming forever ends here with ``RESPONSE_TIMEOUT`` (``None``: no limit)."""
+    max_answer_chars: int = Field(default=4_000_000, ge=1)
+    """Characters one answer may have; a host that sends more is stopped
+    (``ANSWER_TOO_LARGE``). Bounds the client's memory per answer."""
+    max_tokens_overrun: int = Field(default=16, ge=0)
+    """Tokens a host may send past the request's ``max_tokens`` (at least a tenth of it
+    is allowed) before the client stops the answer itself: ``stream_cancel``, the socket
+    is closed, and the answer ends with ``finish_reason="length"``."""
     max_frame_size: int = Field(default=4 * 1024 * 1024, ge=1024)
     ping_interval: float | None = 20.0
     max_context_messages: int = Field(default=10, ge=1)

@@ -15,8 +15,15 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from langchain_fabstir.checkpoints import CheckpointProof
-from langchain_fabstir.errors import FabstirError, InvalidRequestError
+from langchain_fabstir.errors import (
+    CheckpointError,
+    FabstirError,
+    InvalidRequestError,
+    ShareCodeError,
+)
 from langchain_fabstir.sessions.models import Message, Session, SessionConfig, utcnow
 from langchain_fabstir.sessions.state import SessionState
 from langchain_fabstir.storage.conversations import (
@@ -25,7 +32,7 @@ from langchain_fabstir.storage.conversations import (
     ms_timestamp,
 )
 
-__all__ = ["SessionPersistence", "message_from_sdk", "sdk_metadata"]
+__all__ = ["SessionPersistence", "message_from_sdk", "sdk_metadata", "session_from_export"]
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +61,20 @@ def sdk_metadata(session: Session, **extra: Any) -> dict[str, Any]:
     return out
 
 
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time datetime knows
+
+
 def message_from_sdk(item: dict[str, Any]) -> Message:
-    """A :class:`Message` from the SDK's shape (unknown roles become ``user``)."""
+    """A :class:`Message` from the SDK's shape (unknown roles become ``user``; a timestamp
+    that is not a time, now).
+
+    >>> message_from_sdk({"role": "assistant", "content": "hi", "timestamp": 1e300}).role
+    'assistant'
+    """
     ts = item.get("timestamp")
     when = (
         datetime.fromtimestamp(ts / 1000, timezone.utc)
-        if isinstance(ts, (int, float))
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 <= ts <= _MAX_MS
         else utcnow()
     )
     role = item.get("role")
@@ -69,6 +84,68 @@ def message_from_sdk(item: dict[str, Any]) -> Message:
     return Message(
         role=role, content=str(item.get("content", "")), timestamp=when, metadata=metadata or {}
     )
+
+
+class _SharedMessage(BaseModel):
+    """One message of a shared export, as much as an import trusts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str = Field(max_length=32)
+    content: str
+    timestamp: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class _SharedSession(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f/]+$")
+
+
+class _SharedExport(BaseModel):
+    """What :meth:`SessionPersistence.import_export` accepts (anything else:
+    ``INVALID_SHARE_CODE``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    session: _SharedSession
+    messages: list[_SharedMessage] = Field(max_length=1_000_000)
+    checkpointProofs: list[dict[str, Any]] = Field(default_factory=list, max_length=100_000)
+
+
+def session_from_export(
+    export: dict[str, Any],
+) -> tuple[Session, list[Message], list[CheckpointProof]]:
+    """The session (paused), messages and proofs of an export, or ``ShareCodeError``
+    (``INVALID_SHARE_CODE``) naming what is wrong with it.
+
+    >>> try:
+    ...     session_from_export({"session": {"id": "s"}, "messages": "nope"})
+    ... except ShareCodeError as e:
+    ...     print(e.code, e.message.split("(")[1])
+    INVALID_SHARE_CODE messages: Input should be a valid list)
+    """
+    try:
+        shared = _SharedExport.model_validate(export)
+        data = shared.session.model_dump()
+        data.update(status="paused", conversation_id=None)
+        data.setdefault("host_url", "")
+        data.setdefault("model", "")
+        session = Session.model_validate(data)
+        messages = [message_from_sdk(m.model_dump()) for m in shared.messages]
+        proofs = [CheckpointProof.from_dict(p) for p in shared.checkpointProofs]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '<export>'}: {err['msg']}"
+            for err in exc.errors()[:3]
+        )
+        raise ShareCodeError(
+            f"the shared export is not a valid session export ({problems})"
+        ) from None
+    except (ValueError, TypeError, OverflowError, CheckpointError) as exc:
+        raise ShareCodeError(f"the shared export is not a valid session export: {exc}") from None
+    return session, messages, proofs
 
 
 class SessionPersistence:
@@ -134,14 +211,15 @@ class SessionPersistence:
         self, share_code: str
     ) -> tuple[Session, list[Message], list[CheckpointProof]]:
         """The session, messages and proofs behind a share code (the session is paused)."""
-        export = await self.require().import_session(share_code)
-        data = dict(export.get("session") or {})
-        messages = [message_from_sdk(m) for m in export.get("messages") or []]
-        session = Session.model_validate({**data, "status": "paused"})
-        proofs = [CheckpointProof.from_dict(p) for p in export.get("checkpointProofs") or []]
-        return session, messages, proofs
+        return session_from_export(await self.require().import_session(share_code))
 
     # --- loading -----------------------------------------------------------------------
+
+    async def is_stored(self, session_id: str) -> bool:
+        """Whether storage holds a conversation with this id."""
+        if self.storage is None:
+            return False
+        return await self.storage.load_conversation(session_id) is not None
 
     async def stored_history(self, session_id: str) -> list[Message] | None:
         """The stored conversation's messages, or ``None`` (no store, or nothing stored)."""

@@ -189,6 +189,7 @@ class AnswerRecovery:
         self.resumes = 0
         self.stalled_drops = 0  # drops in a row with no new token in between
         self.progress_mark = 0
+        self.exact = True  # False once a host answered an exact resume by starting over
 
     async def recover(self, stream: PromptStream, exc: FabstirError) -> None:
         """Make a broken answer go on, or re-raise ``exc``.
@@ -198,7 +199,9 @@ class AnswerRecovery:
         - the host lost an answer it was asked to resume: continue it as any host would;
         - the socket dropped, stalled or sent garbage mid-answer: reconnect (same host,
           then alternates) and resume exactly where the client stopped (hosts with the
-          ``resume`` extension) or ask for a continuation (any other host). Gives up
+          ``resume`` extension, which must confirm the offset with ``stream_resumed``: a host
+          that starts over instead is asked for a continuation from then on) or ask for a
+          continuation (any other host). Gives up
           after ``reconnect_attempts`` drops in a row without a new token, or after
           ``max_resumes`` resumes of one answer.
         """
@@ -224,6 +227,8 @@ class AnswerRecovery:
             return
         if not isinstance(exc, RESUMABLE) or stream.finished or self._closing():
             raise exc
+        if exc.details.get("reason") == "resume_mismatch":
+            self.exact = False  # this answer goes on by continuation from now on
         if stream.chunks_received > self.progress_mark:
             self.stalled_drops = 0
         self.stalled_drops += 1
@@ -235,7 +240,7 @@ class AnswerRecovery:
         await self._drop(exc)
         transport = await self._reconnect(exc)
         received = stream.chunks_received - self.segment_start
-        if "resume" in transport.features:
+        if "resume" in transport.features and self.exact:
             # Offsets count from the start of the request being resumed (the prompt, or
             # the latest continuation request).
             again = resume_payload(self.segment_payload, stream.request_id, received)

@@ -20,6 +20,7 @@ from typing import Any
 
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
+    AnswerTooLargeError,
     FabstirError,
     HostDisconnectedError,
     HostError,
@@ -38,6 +39,7 @@ from langchain_fabstir.wire.frames import (
     StreamCancel,
     StreamChunk,
     StreamEnd,
+    StreamResumed,
     Usage,
     frame_from_obj,
     loads,
@@ -102,8 +104,15 @@ class PromptStream:
         transport: a connected socket (its session already initialised).
         payload: the prompt frame as a dict (sent as JSON).
         request_id: the frame's ``id``; frames carrying another id are ignored.
-        first_timeout: seconds to the first frame.
-        chunk_timeout: seconds of inactivity allowed between frames.
+        first_timeout: seconds to the first frame of this answer.
+        chunk_timeout: seconds allowed between two frames of this answer. Frames that are
+            not part of this answer (other ids, unknown types, stray acks, checkpoint
+            frames) are not progress: they do not reset either clock.
+        answer_timeout: seconds for the whole answer, resumes included (``None``: none).
+        max_chars: characters one answer may have; more is :class:`AnswerTooLargeError`.
+        token_allowance: tokens a host may send beyond the request's ``max_tokens``
+            before the client stops the answer itself (``stream_cancel``, the socket is
+            closed, ``finish_reason="length"``).
         on_tokens: called as ``on_tokens(text, n_tokens)`` for every piece (the
             session's checkpoint tracker); keep it cheap. Whatever it returns other than
             ``None`` (a completed checkpoint) is collected in :attr:`new_proofs`.
@@ -120,6 +129,9 @@ class PromptStream:
         session_id: str = "",
         model: str = "",
         on_tokens: Callable[[str, int], Any] | None = None,
+        answer_timeout: float | None = None,
+        max_chars: int | None = None,
+        token_allowance: int = 16,
     ) -> None:
         self.transport = transport
         self.payload = payload
@@ -137,6 +149,20 @@ class PromptStream:
         )
         self.finished = False
         self.chunks_received = 0
+        self.tokens_received = 0
+        self.chars_received = 0
+        max_tokens = (payload.get("request") or {}).get("max_tokens")
+        self.max_tokens = max_tokens if type(max_tokens) is int and max_tokens > 0 else None
+        self._token_cap = (
+            self.max_tokens + max(token_allowance, self.max_tokens // 10)
+            if self.max_tokens is not None
+            else 1 << 62
+        )
+        self._char_cap = max_chars if max_chars is not None else 1 << 62
+        self.answer_timeout = answer_timeout
+        self._answer_deadline: float | None = None  # loop time, set when the answer starts
+        self._clock_since: float | None = None  # when the last frame of this answer came
+        self._resume_offset: int | None = None  # an exact resume waits for stream_resumed
         self.new_proofs: list[Any] = []
         """Checkpoints completed by the latest piece (the consumer clears it)."""
         self.chunk_proofs: list[Any] = []
@@ -181,10 +207,20 @@ class PromptStream:
             self._watch_at = since + self._deadline
         self._watch = loop.call_at(self._watch_at, self._watchdog)
 
-    async def _next_frame(self, deadline: float, first: bool) -> Any:
-        """The next frame's decoded JSON object (dict), within ``deadline`` seconds."""
+    async def _next_frame(self, deadline: float, first: bool, stale: bool) -> Any:
+        """The next frame's decoded JSON object (dict), within ``deadline`` seconds of the
+        last frame of this answer (``stale``: the previous frame was not part of it, so
+        the clock it started keeps running) and within the answer's own deadline."""
+        now = self._loop.time()
+        since = self._clock_since if stale and self._clock_since is not None else now
+        self._clock_since = since
+        overall = self._answer_deadline
+        if overall is not None and since + deadline > overall:
+            deadline = overall - since
+            if deadline <= now - since:
+                raise self._answer_timeout_error()
         self._deadline = deadline
-        since = self._waiting_since = self._loop.time()
+        self._waiting_since = since
         if since + deadline < self._watch_at:  # a shorter deadline than the watchdog's
             self._watch.cancel()
             self._watch_at = since + deadline
@@ -194,6 +230,8 @@ class PromptStream:
         except HostDisconnectedError:
             if not self._timed_out:
                 raise
+            if overall is not None and self._loop.time() >= overall:
+                raise self._answer_timeout_error() from None
             if first:
                 raise ResponseTimeoutError(
                     f"host {self.transport.host_url} sent nothing within {deadline}s of the "
@@ -211,11 +249,25 @@ class PromptStream:
             self._waiting_since = None
         return loads(raw)
 
+    def _answer_timeout_error(self) -> ResponseTimeoutError:
+        return ResponseTimeoutError(
+            f"the answer from {self.transport.host_url} did not end within "
+            f"{self.answer_timeout}s (answer_timeout)",
+            host_url=self.transport.host_url,
+            session_id=self.session_id,
+            details={"answer_timeout": self.answer_timeout, "partial_text": self.text},
+        )
+
     async def _run(self) -> AsyncGenerator[str, None]:
         self._loop = asyncio.get_running_loop()
         self._timed_out = False
+        if self._answer_deadline is None and self.answer_timeout is not None:
+            self._answer_deadline = self._loop.time() + self.answer_timeout
+        self._clock_since = None
         rid = self.request_id
         first = True
+        stale = False  # the previous frame was not part of this answer
+        awaiting_ack = self._resume_offset is not None
         held_error: str | None = None  # an "Error: ..." chunk waiting for what follows
         failed = False
         pending: FabstirError | None = None
@@ -227,15 +279,16 @@ class PromptStream:
             await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
             while True:
                 obj = await self._next_frame(
-                    self.first_timeout if first else self.chunk_timeout, first
+                    self.first_timeout if first else self.chunk_timeout, first, stale
                 )
                 # Hot path: a token chunk of this answer, checked with plain dict access.
                 if (
                     type(obj) is dict
                     and obj.get("type") == "stream_chunk"
                     and obj.get("id", rid) == rid
+                    and not awaiting_ack
                 ):
-                    first = False
+                    first = stale = False
                     content = obj.get("content")
                     if type(content) is not str:
                         frame_from_obj(obj)  # typed ProtocolError with an excerpt
@@ -252,6 +305,14 @@ class PromptStream:
                         continue
                     tokens = obj.get("tokens", 1)
                     n = tokens if type(tokens) is int and tokens >= 0 else 1
+                    self.tokens_received += n or 1
+                    self.chars_received += len(content)
+                    if (
+                        self.tokens_received > self._token_cap
+                        or self.chars_received > self._char_cap
+                    ):
+                        await self._stop_overrun()
+                        return
                     self.chunks_received += 1
                     pieces.append(content)
                     if on_tokens is not None:
@@ -261,12 +322,21 @@ class PromptStream:
                     yield content
                     continue
                 frame = frame_from_obj(obj)
+                stale = True  # unless it is part of this answer (below)
+                if isinstance(frame, StreamResumed) and frame.id in (None, rid):
+                    if frame.offset != self._resume_offset:
+                        raise self._resume_mismatch(frame.offset)
+                    self._resume_offset = None
+                    first = stale = awaiting_ack = False
+                    continue
                 if isinstance(frame, StreamChunk):
+                    if awaiting_ack and frame.id in (None, rid):
+                        raise self._resume_mismatch(None)  # the host started over
                     continue  # a chunk of another (cancelled) answer
                 if isinstance(frame, ErrorFrame):
                     if frame.id not in (None, rid):
                         continue
-                    first = False
+                    first = stale = False
                     pending = error_from_frame(
                         frame, host_url=self.transport.host_url, session_id=self.session_id
                     )
@@ -283,6 +353,7 @@ class PromptStream:
                         # The end of an earlier, cancelled answer on this socket.
                         continue
                     self._finish(frame)
+                    stale = False
                     if pending is not None:
                         raise pending
                     if frame.reason == "error":
@@ -319,6 +390,11 @@ class PromptStream:
         self.payload = payload
         self.finished = False
         self.result.host_url = transport.host_url
+        self._resume_offset = None
+        if mode == "exact":
+            resume = (payload.get("request") or {}).get("resume") or {}
+            offset = resume.get("offset")
+            self._resume_offset = offset if type(offset) is int else 0
         if mode is not None:
             self.result.resumed += 1
             note = {"mode": mode, "offset": self.chunks_received, "host_url": transport.host_url}
@@ -326,6 +402,43 @@ class PromptStream:
             self.resume_note = note
             if mode == "continuation":
                 self.host_cosign = False
+
+    def _resume_mismatch(self, offset: int | None) -> ProtocolError:
+        said = "started the answer over" if offset is None else f"resumed at token {offset}"
+        return ProtocolError(
+            f"host {self.transport.host_url} was asked to resume at token "
+            f"{self._resume_offset} and {said}: not using exact resume with it again",
+            host_url=self.transport.host_url,
+            session_id=self.session_id,
+            details={"reason": "resume_mismatch", "expected_offset": self._resume_offset},
+        )
+
+    async def _stop_overrun(self) -> None:
+        """The host sent more than this answer may have: stop it, close the socket (its
+        late frames must not reach the next answer), and end as the caps say."""
+        await self._cancel_remote()
+        await self.transport.close()
+        if self.chars_received > self._char_cap:
+            raise AnswerTooLargeError(
+                f"host {self.transport.host_url} sent over {self._char_cap} characters for one "
+                "answer (max_answer_chars); the client stopped it",
+                host_url=self.transport.host_url,
+                session_id=self.session_id,
+                details={"chars": self.chars_received, "partial_text": self.text},
+            )
+        log.warning(
+            "host %s went past max_tokens=%s (%s tokens): stopped by the client",
+            self.transport.host_url,
+            self.max_tokens,
+            self.tokens_received,
+        )
+        self.finished = True
+        r = self.result
+        r.text = self.text
+        r.reason = "max_tokens"
+        r.finish_reason = "length"
+        r.tokens_used = self.chunks_received
+        r.metadata["host_overran_max_tokens"] = True
 
     def _emit(self, text: str, n: int) -> None:
         self.pieces.append(text)
@@ -341,8 +454,12 @@ class PromptStream:
         if frame.type == "checkpoint" and frame.model_extra:
             proof = frame.model_extra.get("proof")
             number = proof.get("checkpointNumber") if isinstance(proof, dict) else None
-            if isinstance(number, int) and frame.model_extra.get("id") in (None, self.request_id):
-                self.host_checkpoints[number] = proof
+            if (
+                isinstance(number, int)
+                and frame.model_extra.get("id") in (None, self.request_id)
+                and (number in self.host_checkpoints or len(self.host_checkpoints) < 64)
+            ):
+                self.host_checkpoints[number] = proof  # at most 64 unsettled at a time
 
     def _finish(self, end: StreamEnd) -> None:
         self.finished = True

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
 
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
@@ -104,7 +104,17 @@ class Transport:
                 f"no connection and greeting from {url} within {opts.open_timeout}s",
                 host_url=host_url,
             ) from None
-        except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+        except (ConnectionClosed, ConnectionResetError, InvalidMessage) as exc:
+            if isinstance(exc, InvalidMessage) and not isinstance(exc.__cause__, EOFError):
+                raise ConnectionFailedError(
+                    f"cannot connect to {url}: {exc}", host_url=host_url
+                ) from exc
+            # The host took the connection and dropped it while it was being opened.
+            raise HostDisconnectedError(
+                f"connection to {url} dropped while it was being opened: {exc}",
+                host_url=host_url,
+            ) from exc
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
             raise ConnectionFailedError(
                 f"cannot connect to {url}: {exc}", host_url=host_url
             ) from exc

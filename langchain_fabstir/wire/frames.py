@@ -61,6 +61,7 @@ __all__ = [
     "StreamCancel",
     "StreamChunk",
     "StreamEnd",
+    "StreamResumed",
     "UnknownFrame",
     "Usage",
     "encode_frame",
@@ -337,12 +338,22 @@ class ErrorFrame(_Frame):
         return self.message or self.error or self.code or "unspecified host error"
 
 
+class StreamResumed(_Frame):
+    """The ``resume`` extension: the host's first frame after a resume request, saying from
+    which token (``offset``) the answer ``id`` goes on. A client that asked for an exact
+    resume and gets a chunk without it knows the host restarted the answer instead."""
+
+    type: Literal["stream_resumed"] = "stream_resumed"
+    id: str | None = None
+    offset: Annotated[int, Strict()] = Field(ge=0)
+
+
 class UnknownFrame(_Frame):
     """A frame whose ``type`` this version does not know. Ignored by the client."""
 
 
 ClientFrame = SessionInit | PromptFrame | StreamCancel
-HostFrame = Connected | SessionInitAck | StreamChunk | StreamEnd | ErrorFrame
+HostFrame = Connected | SessionInitAck | StreamChunk | StreamEnd | ErrorFrame | StreamResumed
 Frame = ClientFrame | HostFrame | UnknownFrame
 
 _FRAME_TYPES: dict[str, type[_Frame]] = {
@@ -355,6 +366,7 @@ _FRAME_TYPES: dict[str, type[_Frame]] = {
     "stream_chunk": StreamChunk,
     "stream_end": StreamEnd,
     "error": ErrorFrame,
+    "stream_resumed": StreamResumed,
 }
 
 

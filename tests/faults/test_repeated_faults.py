@@ -28,7 +28,9 @@ async def test_an_answer_cut_every_few_tokens_still_completes_exactly() -> None:
     modes = {note["mode"] for note in result.metadata["resumes"]}
     assert modes == {"exact"} and result.resumed >= 200 // 12
     offsets = [note["offset"] for note in result.metadata["resumes"]]
-    assert offsets == sorted(offsets) and offsets[-1] < 200
+    assert (
+        offsets == sorted(offsets) and offsets[-1] <= 200
+    )  # a cut may fall between the last token and stream_end
     assert rig.host.resumes == result.resumed
 
 
