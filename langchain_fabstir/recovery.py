@@ -42,6 +42,7 @@ __all__ = [
     "fit_context",
     "reconnect",
     "resume_payload",
+    "resume_token",
 ]
 
 RESUMABLE: tuple[type[FabstirError], ...] = (
@@ -102,11 +103,30 @@ async def reconnect(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def resume_payload(payload: dict[str, Any], request_id: str, offset: int) -> dict[str, Any]:
-    """The same prompt, asking a ``resume``-capable host to continue from ``offset``."""
+def resume_payload(
+    payload: dict[str, Any], request_id: str, offset: int, token: str | None = None
+) -> dict[str, Any]:
+    """The same prompt, asking a ``resume``-capable host to continue from ``offset``.
+
+    ``token``: the ``resume_token`` the host gave the socket the answer ran on (see
+    :func:`resume_token`); a host that issues tokens resumes only for its holder.
+    """
     again = copy.deepcopy(payload)
-    again["request"]["resume"] = {"request_id": request_id, "offset": offset}
+    spec: dict[str, Any] = {"request_id": request_id, "offset": offset}
+    if token is not None:
+        spec["token"] = token
+    again["request"]["resume"] = spec
     return again
+
+
+def resume_token(old: Transport, new: Transport) -> str | None:
+    """The resume token to present on ``new`` for an answer that ran on ``old``: the
+    token ``old``'s host announced in its greeting, and only to that same host (another
+    host must never learn it)."""
+    token = (old.greeting.model_extra or {}).get("resume_token")
+    if isinstance(token, str) and old.host_url == new.host_url:
+        return token
+    return None
 
 
 def fit_context(messages: list[dict[str, str]], limit: int = 10) -> list[dict[str, str]]:

@@ -83,6 +83,7 @@ from langchain_fabstir.recovery import (
     fit_context,
     reconnect,
     resume_payload,
+    resume_token,
 )
 from langchain_fabstir.session_checkpoints import new_tracker, settle_proof
 from langchain_fabstir.session_storage import SessionStorageMixin
@@ -715,7 +716,8 @@ class SessionManager(SessionStorageMixin):
         if "resume" in transport.features:
             # Offsets count from the start of the request being resumed (the prompt, or
             # the latest continuation request).
-            again = resume_payload(recovery.segment_payload, stream.request_id, received)
+            token = resume_token(stream.transport, transport)
+            again = resume_payload(recovery.segment_payload, stream.request_id, received, token)
             stream.reattach(transport, again, mode="exact")
         elif received == 0:
             stream.reattach(transport, recovery.segment_payload)  # nothing arrived: resend
