@@ -117,6 +117,7 @@ class _Connection:
         """This socket's resume token (sent in its greeting only): what it starts is
         owned by this secret."""
         self.resume_failures = 0
+        self.frame_size = 0  # bytes of the prompt frame being run
         self.session_id: str | None = None
         self.job_id: int | None = None
         self.chain_id: int | None = None
@@ -206,7 +207,8 @@ class _Connection:
                 self.cancel.clear()
             else:
                 self.cancel.set()  # cancelled before it began
-            await self.host.run_prompt(self, request, frame.id, size=len(raw))
+            self.frame_size = len(raw)
+            await self.host.run_prompt(self, request, frame.id)
         # stream_cancel while idle, unknown types: no answer, as on real hosts.
 
 
@@ -409,7 +411,7 @@ class ReferenceHost:
         await conn.send(encode_frame(StreamEnd(reason="error", tokens_used=0, id=rid)))
 
     async def run_prompt(
-        self, conn: _Connection, request: InferenceRequest, rid: str | None, *, size: int = 0
+        self, conn: _Connection, request: InferenceRequest, rid: str | None
     ) -> None:
         """Stream one answer to ``conn``: chunks, the final empty chunk, ``stream_end``.
 
@@ -430,7 +432,7 @@ class ReferenceHost:
             msg = "Validation error for prompt: Prompt cannot be empty"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
-        self.requests.append(_record(request, size))
+        self.requests.append(_record(request, conn.frame_size))
         try:
             messages, response_format = self._prepare(request)
         except _InvalidTools as exc:
@@ -529,7 +531,7 @@ class ReferenceHost:
         job.start(gen.tokens)
         if recorder is not None:
             recorder.finish_when(job.finished)  # cancelled answers end here
-        self._remember(job)
+        self._remember(job, tracker)
         await self._consume(conn, job, 0)
 
     async def _resume(self, conn: _Connection, spec: dict[str, Any], rid: str | None) -> None:
@@ -539,12 +541,7 @@ class ReferenceHost:
         job = None
         if isinstance(token, str) and isinstance(request_id, str):
             job = self._jobs.get((token, request_id))
-        if (
-            job is None
-            or job.cancelled
-            or not isinstance(offset, int)
-            or offset < 0
-        ):
+        if job is None or job.cancelled or not isinstance(offset, int) or offset < 0:
             conn.resume_failures += 1
             msg = (
                 f"no answer {request_id!r} to resume here for this client (it expired "
@@ -577,9 +574,11 @@ class ReferenceHost:
         if job.consumers == 0 and not job.finished.is_set():
             job.cancel()
 
-    def _remember(self, job: AnswerJob) -> None:
-        """Keep a job for ``resume_grace`` seconds after it ends (and at most 4096)."""
+    def _remember(self, job: AnswerJob, tracker: CheckpointTracker | None = None) -> None:
+        """Keep a job for ``resume_grace`` seconds after it ends (and at most 4096),
+        under its owner's token and its request id."""
         assert job.owner is not None
+        job.tracker = tracker
         key = (job.owner, job.request_id)
         self._jobs[key] = job
         while len(self._jobs) > 4096:
