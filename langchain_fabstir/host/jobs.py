@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 __all__ = ["AnswerJob"]
 
@@ -31,8 +32,15 @@ __all__ = ["AnswerJob"]
 class AnswerJob:
     """Frames of one answer, produced once, consumable from any token offset.
 
+    Once the answer is over, the job keeps only its frames: the callbacks (and whatever
+    they hold, such as the prompt and the engine's generator) are let go, so that a job
+    kept for a resume pins no more memory than the answer it sends.
+
     Args:
         request_id: the prompt's id (a resume names it).
+        owner: a secret that only the socket that asked holds (its resume token); a
+            resume must present it.
+        tracker: the checkpoint tracker of this answer, if it has one.
         chunk_frame: ``chunk_frame(token, index)`` -> the frame text for one token.
         end_frames: ``end_frames(job)`` -> frames sent after the last token (called once
             when the engine is done: checkpoint, final empty chunk, ``stream_end``).
@@ -45,6 +53,7 @@ class AnswerJob:
         request_id: str,
         *,
         owner: str | None = None,
+        tracker: Any = None,
         chunk_frame: Callable[[str, int], str],
         end_frames: Callable[[AnswerJob], list[str]],
         on_token: Callable[[str], list[str]] | None = None,
@@ -52,7 +61,9 @@ class AnswerJob:
     ) -> None:
         self.request_id = request_id
         self.owner = owner
-        """The session that asked for it: only that session may resume it."""
+        """The resume token of the socket that asked for it (or that resumed it last):
+        only a client that presents it may resume the answer."""
+        self.tracker = tracker
         self.consumers = 0
         """Sockets sending this answer right now."""
         self.frames: list[str] = []
@@ -60,8 +71,8 @@ class AnswerJob:
         self.tokens = 0
         self.finished = asyncio.Event()
         self.cancelled = False
-        self._chunk_frame = chunk_frame
-        self._end_frames = end_frames
+        self._chunk_frame: Callable[[str, int], str] | None = chunk_frame
+        self._end_frames: Callable[[AnswerJob], list[str]] | None = end_frames
         self._on_token = on_token
         self._on_error = on_error
         self._waiters: list[asyncio.Future[None]] = []
@@ -72,12 +83,14 @@ class AnswerJob:
 
     async def _produce(self, tokens: AsyncIterator[str]) -> None:
         frames = self.frames
+        chunk_frame, on_token = self._chunk_frame, self._on_token
+        assert chunk_frame is not None
         try:
             async for token in tokens:
-                if self._on_token is not None:
-                    frames.extend(self._on_token(token))
+                if on_token is not None:
+                    frames.extend(on_token(token))
                 self.chunk_at.append(len(frames))
-                frames.append(self._chunk_frame(token, self.tokens))
+                frames.append(chunk_frame(token, self.tokens))
                 self.tokens += 1
                 if self._waiters:
                     self._wake()
@@ -92,8 +105,12 @@ class AnswerJob:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
-            if not self.cancelled:
+            if not self.cancelled and self._end_frames is not None:
                 frames.extend(self._end_frames(self))
+            # Let go of everything but the frames (the closures hold the prompt).
+            self._chunk_frame = self._end_frames = self._on_token = self._on_error = None
+            del chunk_frame, on_token, tokens
+            self._task = None
             self.finished.set()
             self._wake()
 

@@ -31,6 +31,7 @@ import bisect
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict, deque
 from typing import Any
@@ -69,8 +70,23 @@ log = logging.getLogger(__name__)
 CONTEXT_MESSAGES = 10
 """Real hosts use only the last 10 messages of ``conversation_context``."""
 
-HOST_FEATURES = ["seed", "response_format", "tools", "resume"]
-"""Extensions this host serves (announced in ``connected`` and ``/v1/version``)."""
+HOST_FEATURES = ["seed", "response_format", "tools", "resume", "resume_token"]
+"""Extensions this host serves (announced in ``connected`` and ``/v1/version``).
+
+``resume_token``: the ``connected`` greeting carries a ``resume_token``, a secret given
+to that socket only. Answers (and session-scope checkpoint state) begun on the socket
+belong to it: a ``resume`` must carry it (``{"request_id", "offset", "token"}``), and a
+successful resume, or a ``session_init`` carrying the old socket's ``resume_token``, hands
+the old socket's state to the new one (whose own token then
+names it)."""
+
+MAX_RESUME_FAILURES = 8
+"""Failed resumes one socket may make before the host closes it (guessing is pointless
+with a 192-bit token; this stops a socket from trying)."""
+
+RECORD_LIMIT = 64 * 1024
+"""Requests larger than this (bytes of JSON) are kept in :attr:`ReferenceHost.requests`
+only in part: long strings cut, long lists shortened (see :func:`_record`)."""
 
 
 class _RateLimiter:
@@ -99,6 +115,11 @@ class _Connection:
     def __init__(self, host: ReferenceHost, ws: web.WebSocketResponse) -> None:
         self.host = host
         self.ws = ws
+        self.token = secrets.token_urlsafe(24)
+        """This socket's resume token (sent in its greeting only): what it starts is
+        owned by this secret."""
+        self.resume_failures = 0
+        self.frame_size = 0  # bytes of the prompt frame being run
         self.session_id: str | None = None
         self.job_id: int | None = None
         self.chain_id: int | None = None
@@ -113,7 +134,7 @@ class _Connection:
         await self.ws.send_str(text)
 
     async def serve(self) -> None:
-        await self.send(encode_frame(self.host.greeting()))
+        await self.send(encode_frame(self.host.greeting(resume_token=self.token)))
         # Bounded: a client cannot pile up prompts while an answer streams (the reader
         # stops reading, and TCP pushes back).
         inbox: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize=64)
@@ -164,6 +185,10 @@ class _Connection:
             self.session_id = frame.session_id
             self.job_id = frame.job_id
             self.chain_id = frame.chain_id
+            previous = (frame.model_extra or {}).get("resume_token")
+            if isinstance(previous, str):
+                # A client back on a new socket: what its old socket owned is its now.
+                self.host._adopt(previous, self.token)
             await self.send(
                 encode_frame(
                     SessionInitAck(
@@ -188,6 +213,7 @@ class _Connection:
                 self.cancel.clear()
             else:
                 self.cancel.set()  # cancelled before it began
+            self.frame_size = len(raw)
             await self.host.run_prompt(self, request, frame.id)
         # stream_cancel while idle, unknown types: no answer, as on real hosts.
 
@@ -205,7 +231,10 @@ class ReferenceHost:
             ``host_address`` and the ``checkpoints`` extension, and pushes a signed
             ``checkpoint`` frame at every checkpoint a client asks for.
         resume_grace: seconds an answer is kept after it ends, so that a client whose
-            socket dropped can resume it (the ``resume`` extension).
+            socket dropped can resume it (the ``resume`` extension; only with the
+            token its socket was given, see :data:`HOST_FEATURES`).
+        heartbeat: seconds between WebSocket pings; a peer that does not answer one
+            within half that is disconnected (``None`` disables pings).
         max_frame_size: the largest WebSocket message accepted, in bytes.
         portal_url, s5_seed_phrase, s5_fs: an S5 store (a portal and the host's seed
             phrase, or a ready ``S5FileSystem``). With it and ``host_key`` the host
@@ -227,6 +256,7 @@ class ReferenceHost:
         chain_id: int | None = None,
         host_key: str | None = None,
         resume_grace: float = 30.0,
+        heartbeat: float | None = 30.0,
         portal_url: str | None = None,
         s5_seed_phrase: str | SecretStr | None = None,
         s5_fs: S5FileSystem | None = None,
@@ -245,10 +275,11 @@ class ReferenceHost:
             interval=checkpoint_interval,
             min_final_tokens=checkpoint_min_tokens,
         )
-        self._trackers: OrderedDict[str, CheckpointTracker] = OrderedDict()
-        self._jobs: OrderedDict[str, AnswerJob] = OrderedDict()
-        self._job_trackers: dict[str, CheckpointTracker | None] = {}
+        # Session-scope checkpoint trackers and resumable answers, by (owner token, id).
+        self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
+        self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
         self.resume_grace = resume_grace
+        self.heartbeat = heartbeat
         self.resumes = 0
         """How many answers were resumed by a reconnecting client."""
         self.bind_host = host
@@ -263,7 +294,8 @@ class ReferenceHost:
         self.received_cancels = 0
         """How many ``stream_cancel`` frames stopped a stream (tests read this)."""
         self.requests: deque[InferenceRequest] = deque(maxlen=64)
-        """The latest requests run, newest last (for inspection and tests)."""
+        """The latest requests run, newest last (for inspection and tests); a large one
+        is kept only in part (:data:`RECORD_LIMIT`)."""
         self.cancel_seen = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -280,14 +312,17 @@ class ReferenceHost:
     def features(self) -> list[str]:
         return list(HOST_FEATURES) + (["checkpoints"] if self._host_key else [])
 
-    def greeting(self) -> Connected:
-        return Connected(
+    def greeting(self, *, resume_token: str | None = None) -> Connected:
+        greeting = Connected(
             message="WebSocket connected successfully",
             features=self.features(),
             models=[m["id"] for m in self.engine.models()],
             version=__version__,
             host_address=self.host_address,
         )
+        if resume_token is not None:  # an extension field (Connected keeps extras)
+            greeting.__pydantic_extra__ = {"resume_token": resume_token}
+        return greeting
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_frame_size)
@@ -331,7 +366,9 @@ class ReferenceHost:
     # --- WebSocket ------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=True, max_msg_size=self.max_frame_size)
+        ws = web.WebSocketResponse(
+            compress=True, max_msg_size=self.max_frame_size, heartbeat=self.heartbeat
+        )
         await ws.prepare(request)
         conn = _Connection(self, ws)
         self.connections.add(conn)
@@ -360,6 +397,21 @@ class ReferenceHost:
                 messages.insert(0, {"role": "system", "content": text})
         return messages
 
+    def _prepare(
+        self, request: InferenceRequest
+    ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+        """The model's messages and the decoding constraint for a request.
+
+        Raises :class:`_InvalidTools` when ``tools`` / ``tool_choice`` cannot be used
+        (both the WebSocket and the HTTP path answer it as a validation error).
+        """
+        try:
+            return self._messages(request), _response_format(request)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            if not request.tools:
+                raise
+            raise _InvalidTools(str(exc)[:300]) from exc
+
     async def _error(self, conn: _Connection, frame: ErrorFrame, rid: str | None) -> None:
         await conn.send(encode_frame(frame))
         await conn.send(encode_frame(StreamEnd(reason="error", tokens_used=0, id=rid)))
@@ -373,27 +425,26 @@ class ReferenceHost:
         request with ``resume = {"request_id", "offset"}`` (the ``resume`` extension)
         continues a job from the token the client last received.
         """
-        if request.resume is not None:
-            await self._resume(conn, request.resume, rid)
-            return
+        # A resume counts as a prompt for the rate limit (guessing is limited too).
         wait = self._limiter.check()
         if wait is not None:
             msg = f"Rate limit exceeded, retry after {round(wait)} seconds"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
+        if request.resume is not None:
+            await self._resume(conn, request.resume, rid)
+            return
         if not request.prompt.strip():
             msg = "Validation error for prompt: Prompt cannot be empty"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
-        self.requests.append(request)
-        if request.tools:
-            try:
-                _response_format(request)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                msg = f"Validation error for tools: {exc}"
-                await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
-                return
-        messages = self._messages(request)
+        self.requests.append(_record(request, conn.frame_size))
+        try:
+            messages, response_format = self._prepare(request)
+        except _InvalidTools as exc:
+            msg = f"Validation error for tools: {exc}"
+            await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
+            return
         prompt_tokens = self.engine.count_prompt_tokens(messages)
         window = self.engine.context_window
         if prompt_tokens + 1 > window:
@@ -418,7 +469,7 @@ class ReferenceHost:
             max_tokens=max_tokens,
             temperature=request.temperature,
             seed=request.seed,
-            response_format=_response_format(request),
+            response_format=response_format,
             # Tool arguments copy values from the prompt: no repetition penalty there.
             repeat_penalty=1.0 if request.tools else None,
         )
@@ -476,7 +527,8 @@ class ReferenceHost:
 
         job = AnswerJob(
             rid or f"anonymous-{id(conn)}",
-            owner=conn.session_id,
+            owner=conn.token,
+            tracker=tracker,
             chunk_frame=chunk_frame,
             end_frames=end_frames,
             on_token=on_token if tracker is not None or recorder is not None else None,
@@ -489,44 +541,64 @@ class ReferenceHost:
         await self._consume(conn, job, 0)
 
     async def _resume(self, conn: _Connection, spec: dict[str, Any], rid: str | None) -> None:
-        job = self._jobs.get(str(spec.get("request_id")))
-        offset = spec.get("offset")
-        owner = conn.session_id
-        if (
-            job is None
-            or job.cancelled
-            or job.owner != owner
-            or not isinstance(offset, int)
-            or offset < 0
-        ):
+        """Continue an answer for the client that holds its owner's token, else refuse
+        (``RESUME_NOT_FOUND``; the socket is closed after too many refusals)."""
+        token, request_id, offset = spec.get("token"), spec.get("request_id"), spec.get("offset")
+        job = None
+        if isinstance(request_id, str):
+            # This socket's own (handed over at session_init), or the presented token's.
+            job = self._jobs.get((conn.token, request_id))
+            if job is None and isinstance(token, str):
+                job = self._jobs.get((token, request_id))
+        if job is None or job.cancelled or not isinstance(offset, int) or offset < 0:
+            conn.resume_failures += 1
             msg = (
-                f"no answer {spec.get('request_id')!r} to resume here (it expired after "
-                f"{self.resume_grace:.0f}s or ran on another host)"
+                f"no answer {request_id!r} to resume here for this client (it expired "
+                f"after {self.resume_grace:.0f}s, ran on another host, or the resume did "
+                "not carry the resume_token of the socket that asked for it)"
             )
             await self._error(conn, ErrorFrame(code="RESUME_NOT_FOUND", message=msg, id=rid), rid)
+            if conn.resume_failures >= MAX_RESUME_FAILURES:
+                log.info("closing a socket after %d failed resumes", conn.resume_failures)
+                await conn.ws.close(code=1008, message=b"too many failed resumes")
             return
+        if isinstance(token, str):
+            self._adopt(token, conn.token)
         self.resumes += 1
         await conn.send(encode_frame(StreamResumed(id=rid, offset=offset)))
         await self._consume(conn, job, job.start_of_token(offset))
+
+    def _adopt(self, old: str, new: str) -> None:
+        """Hand what the socket with token ``old`` owned (answers, session checkpoint
+        state) to the socket with token ``new``: the client proved it holds ``old``."""
+        if old == new:
+            return
+        for key in [k for k in self._jobs if k[0] == old]:
+            job = self._jobs.pop(key)
+            job.owner = new
+            self._jobs[(new, key[1])] = job
+        for key in [k for k in self._trackers if k[0] == old]:
+            self._trackers[(new, key[1])] = self._trackers.pop(key)
 
     @staticmethod
     def _reap(job: AnswerJob) -> None:
         if job.consumers == 0 and not job.finished.is_set():
             job.cancel()
 
-    def _remember(self, job: AnswerJob, tracker: CheckpointTracker | None) -> None:
-        """Keep a job for ``resume_grace`` seconds after it ends (and at most 4096)."""
-        self._jobs[job.request_id] = job
-        self._job_trackers[job.request_id] = tracker
+    def _remember(self, job: AnswerJob, tracker: CheckpointTracker | None = None) -> None:
+        """Keep a job for ``resume_grace`` seconds after it ends (and at most 4096),
+        under its owner's token and its request id."""
+        assert job.owner is not None
+        job.tracker = tracker
+        key = (job.owner, job.request_id)
+        self._jobs[key] = job
         while len(self._jobs) > 4096:
-            old, _ = self._jobs.popitem(last=False)
-            self._job_trackers.pop(old, None)
+            self._jobs.popitem(last=False)
 
         def forget(_: object = None) -> None:
             def drop() -> None:
-                if self._jobs.get(job.request_id) is job:
-                    del self._jobs[job.request_id]
-                    self._job_trackers.pop(job.request_id, None)
+                if job.owner is not None and self._jobs.get((job.owner, job.request_id)) is job:
+                    del self._jobs[(job.owner, job.request_id)]
 
             asyncio.get_running_loop().call_later(self.resume_grace, drop)
 
@@ -560,9 +632,8 @@ class ReferenceHost:
                 asyncio.get_running_loop().call_later(self.resume_grace, self._reap, job)
         # stream_cancel: stop generating and say so.
         job.cancel()
-        tracker = self._job_trackers.get(job.request_id)
-        if tracker is not None:
-            tracker.end_message()
+        if job.tracker is not None:
+            job.tracker.end_message()
         self.received_cancels += 1
         self.cancel_seen.set()
         tokens_sent = bisect.bisect_left(job.chunk_at, position)
@@ -594,14 +665,17 @@ class ReferenceHost:
             return None
         session_id = request.session_id or conn.session_id or "anonymous"
         context = [{"role": m.role, "content": m.content} for m in request.conversation_context]
-        tracker = self._trackers.get(session_id) if spec.get("scope") == "session" else None
+        # Session state belongs to the socket (token) that began it: a stranger who
+        # claims the same session id gets a tracker of its own.
+        key = (conn.token, session_id)
+        tracker = self._trackers.get(key) if spec.get("scope") == "session" else None
         if tracker is None:
             tracker = CheckpointTracker(session_id, checkpoint_interval=interval)
             for m in context:
                 tracker.add_message(m["role"], m["content"])
             tracker.end_message()
             if spec.get("scope") == "session":
-                self._trackers[session_id] = tracker
+                self._trackers[key] = tracker
                 while len(self._trackers) > 1024:
                     self._trackers.popitem(last=False)
         tracker.checkpoint_interval = interval
@@ -659,17 +733,20 @@ class ReferenceHost:
             return invalid(f"invalid request body: {str(exc)[:300]}")
         if not req.prompt.strip():
             return invalid("Prompt cannot be empty", "prompt")
+        try:
+            messages, response_format = self._prepare(req)
+        except _InvalidTools as exc:
+            return invalid(f"Validation error for tools: {exc}", "tools")
         if self._limiter.check() is not None:
             return web.json_response(
                 {"error_type": "rate_limited", "message": "Rate limit exceeded"}, status=429
             )
-        messages = self._messages(req)
         gen = self.engine.generate(
             messages,
             max_tokens=req.max_tokens,
             temperature=req.temperature,
             seed=req.seed,
-            response_format=req.response_format,
+            response_format=response_format,
         )
         try:
             content = "".join([t async for t in gen])
@@ -698,6 +775,54 @@ class ReferenceHost:
         return await checkpoint_index_response(
             self.s5_checkpoints, request.match_info["session_id"]
         )
+
+
+class _InvalidTools(ValueError):
+    """``tools`` or ``tool_choice`` that cannot be used (a validation error)."""
+
+
+def _shrink(value: Any, budget: list[int]) -> Any:
+    """``value`` with at most ``budget[0]`` characters of strings and items of lists and
+    dicts in all (the newest items of a list are kept); long strings are cut."""
+    if isinstance(value, str):
+        keep = max(0, budget[0])
+        budget[0] -= min(len(value), keep)
+        if len(value) <= keep:
+            return value
+        return value[:keep] + f"...[{len(value) - keep} characters not kept]"
+    if isinstance(value, list):
+        items = value[-max(0, budget[0]) :] if budget[0] > 0 else []
+        budget[0] -= len(items)
+        return [_shrink(v, budget) for v in items]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+            out[_shrink(k, budget)] = _shrink(v, budget)
+        return out
+    return value
+
+
+def _record(request: InferenceRequest, size: int) -> InferenceRequest:
+    """What :attr:`ReferenceHost.requests` keeps of a request: the request itself when
+    it is small, else a copy holding at most :data:`RECORD_LIMIT` characters (so that
+    finished requests pin no memory)."""
+    if size <= RECORD_LIMIT:
+        return request
+    budget = [RECORD_LIMIT // 2]
+    context = [
+        m.model_copy(update={"content": _shrink(m.content, budget)})
+        for m in request.conversation_context[-CONTEXT_MESSAGES:]
+    ]
+    update: dict[str, Any] = {"prompt": _shrink(request.prompt, budget)}
+    update["conversation_context"] = context
+    for name in ("tools", "tool_choice", "response_format", "resume", "checkpoint"):
+        update[name] = _shrink(getattr(request, name), budget)
+    record = request.model_copy(update=update)
+    record.__pydantic_extra__ = _shrink(dict(request.model_extra or {}), budget)
+    return record
 
 
 def _response_format(request: InferenceRequest) -> dict[str, Any] | None:

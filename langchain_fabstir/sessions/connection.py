@@ -119,28 +119,37 @@ class Connector:
             ping_timeout=config.ping_interval,
         )
         transport = await Transport.open(host_url, options)
+        if state.transport is not None:
+            state.remember_socket(state.transport)
         try:
-            await self._session_init(transport, session)
+            await self._session_init(transport, session, state.handover_token(host_url))
         except BaseException:
             await transport.close()
             raise
+        state.remember_socket(transport)
         if not session.model and transport.greeting.models:
             session.model = transport.greeting.models[0]
         if self.discovery is not None:
             self.discovery.record_success(host_url)
         return transport
 
-    async def _session_init(self, transport: Transport, session: Session) -> None:
+    async def _session_init(
+        self, transport: Transport, session: Session, previous_token: str | None = None
+    ) -> None:
+        """``session_init`` and its ack. ``previous_token``: the ``resume_token`` of the
+        session's last socket to the same host, so that the host hands this socket what
+        that one owned (its checkpoint state): only the holder can present it."""
         rid = new_request_id()
-        await transport.send(
-            SessionInit(
-                chain_id=session.chain_id,
-                session_id=session.id,
-                job_id=session.job_id,
-                user_address=self.user_address,
-                id=rid,
-            )
+        init = SessionInit(
+            chain_id=session.chain_id,
+            session_id=session.id,
+            job_id=session.job_id,
+            user_address=self.user_address,
+            id=rid,
         )
+        if previous_token is not None:
+            init.__pydantic_extra__ = {"resume_token": previous_token}
+        await transport.send(init)
         deadline = time.monotonic() + self.config.ack_timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -168,6 +177,7 @@ class Connector:
                 self._record_failure(state.transport.host_url, failed)
                 state.transport.abort()
             await state.transport.close()
+            state.remember_socket(state.transport)
             state.transport = None
 
     async def reconnect(self, state: SessionState, cause: BaseException) -> Transport:

@@ -50,6 +50,7 @@ __all__ = [
     "fit_context",
     "reconnect",
     "resume_payload",
+    "resume_token",
 ]
 
 RESUMABLE: tuple[type[FabstirError], ...] = (
@@ -110,11 +111,30 @@ async def reconnect(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def resume_payload(payload: dict[str, Any], request_id: str, offset: int) -> dict[str, Any]:
-    """The same prompt, asking a ``resume``-capable host to continue from ``offset``."""
+def resume_payload(
+    payload: dict[str, Any], request_id: str, offset: int, token: str | None = None
+) -> dict[str, Any]:
+    """The same prompt, asking a ``resume``-capable host to continue from ``offset``.
+
+    ``token``: the ``resume_token`` the host gave the socket the answer ran on (see
+    :func:`resume_token`); a host that issues tokens resumes only for its holder.
+    """
     again = copy.deepcopy(payload)
-    again["request"]["resume"] = {"request_id": request_id, "offset": offset}
+    spec: dict[str, Any] = {"request_id": request_id, "offset": offset}
+    if token is not None:
+        spec["token"] = token
+    again["request"]["resume"] = spec
     return again
+
+
+def resume_token(old: Transport, new: Transport) -> str | None:
+    """The resume token to present on ``new`` for an answer that ran on ``old``: the
+    token ``old``'s host announced in its greeting, and only to that same host (another
+    host must never learn it)."""
+    token = (old.greeting.model_extra or {}).get("resume_token")
+    if isinstance(token, str) and old.host_url == new.host_url:
+        return token
+    return None
 
 
 def fit_context(messages: list[dict[str, str]], limit: int = 10) -> list[dict[str, str]]:
@@ -237,13 +257,15 @@ class AnswerRecovery:
         if self.stalled_drops > config.reconnect_attempts or self.resumes > config.max_resumes:
             exc.details["attempts"] = self.resumes - 1
             raise exc
+        broken = stream.transport
         await self._drop(exc)
         transport = await self._reconnect(exc)
         received = stream.chunks_received - self.segment_start
         if "resume" in transport.features and self.exact:
             # Offsets count from the start of the request being resumed (the prompt, or
             # the latest continuation request).
-            again = resume_payload(self.segment_payload, stream.request_id, received)
+            token = resume_token(broken, transport)
+            again = resume_payload(self.segment_payload, stream.request_id, received, token)
             stream.reattach(transport, again, mode="exact")
         elif received == 0:
             stream.reattach(transport, self.segment_payload)  # nothing arrived: resend

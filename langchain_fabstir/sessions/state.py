@@ -34,3 +34,19 @@ class SessionState:
         self.alternates: list[str] = []  # other hosts to fail over to, in order
         self.unsaved = False  # history not yet written to storage as a whole
         self.last_used = last_used
+        self.handover: tuple[str, str] | None = None
+        """``(host_url, resume_token)`` of the session's last socket: presented to the same
+        host at the next ``session_init`` so that it hands the new socket what the old one
+        owned. Never shown to another host."""
+
+    def remember_socket(self, transport: Transport) -> None:
+        """Keep what a new socket to the same host needs from this one (its token)."""
+        token = (transport.greeting.model_extra or {}).get("resume_token")
+        if isinstance(token, str):
+            self.handover = (transport.host_url, token)
+
+    def handover_token(self, host_url: str) -> str | None:
+        """The token to present to ``host_url`` (only the host that issued it)."""
+        if self.handover is not None and self.handover[0] == host_url:
+            return self.handover[1]
+        return None
