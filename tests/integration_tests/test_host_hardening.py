@@ -136,18 +136,14 @@ async def test_a_new_socket_of_the_same_client_keeps_the_session_checkpoints() -
             s = await manager.create_session(session_id="kept")
             await manager.prompt(s.id, "one two three four five six")
             before = len(manager.get_checkpoint_proofs(s.id))
-            assert manager.is_connected(s.id)
+            socket = await manager.connect(s.id)
             for conn in list(host.connections):
                 await conn.ws.close()  # the host drops the idle socket
-            await asyncio.wait_for(_until(lambda: not manager.is_connected(s.id)), 5)
+            await asyncio.wait_for(socket.ws.wait_closed(), 5)
+            assert not manager.is_connected(s.id)
             await manager.prompt(s.id, "seven eight nine ten eleven twelve")
             proofs = manager.get_checkpoint_proofs(s.id)
     assert len(proofs) > before and all(p.host_signature for p in proofs)
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 async def test_resume_attempts_are_rate_limited_and_guessers_cut_off() -> None:
