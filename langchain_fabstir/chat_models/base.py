@@ -750,12 +750,11 @@ class ChatFabstir(BaseChatModel):
                     "type": "tool_call_chunk",
                 }
             )
-        return AIMessageChunk(
-            content=content,
-            chunk_position="last",
-            tool_call_chunks=chunks,
-            invalid_tool_calls=invalid,
-        )
+        final = AIMessageChunk(content=content, chunk_position="last", tool_call_chunks=chunks)
+        # Set after construction: core rebuilds ``invalid_tool_calls`` from the chunks
+        # when there are any, which would drop calls refused next to valid ones.
+        final.invalid_tool_calls = [*invalid, *final.invalid_tool_calls]  # type: ignore[list-item]
+        return final
 
     def _response_metadata(self, result: StreamResult) -> dict[str, Any]:
         return {
@@ -826,10 +825,17 @@ class ChatFabstir(BaseChatModel):
     ) -> ChatResult:
         merged: ChatGenerationChunk | None = None
         kwargs.pop("stream_usage", None)  # an answer that is not streamed always has usage
+        invalid: list[Any] = []
         async with contextlib.aclosing(self._chunks(messages, stop, dispatch, **kwargs)) as chunks:
             async for chunk in chunks:
                 merged = chunk if merged is None else merged + chunk
-        return to_result(merged)
+                invalid = getattr(chunk.message, "invalid_tool_calls", None) or invalid
+        result = to_result(merged)
+        message = result.generations[0].message
+        if invalid and isinstance(message, AIMessage):
+            # Merging chunks rebuilds invalid calls from tool-call chunks only.
+            message.invalid_tool_calls = invalid
+        return result
 
     def _generate(
         self,
