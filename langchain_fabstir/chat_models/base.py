@@ -156,6 +156,89 @@ class ChatFabstir(BaseChatModel):
         Usage arrives on exactly one chunk (the last, ``chunk_position="last"``). Breaking
         out of the loop sends ``stream_cancel`` so the host stops generating.
 
+        ``stream_usage=False`` (field, or per call: ``llm.stream(x, stream_usage=False)``)
+        leaves usage off the stream; ``invoke`` always reports it.
+
+    Token usage:
+        .. code-block:: python
+
+            msg.usage_metadata
+            # {'input_tokens': 37, 'output_tokens': 8, 'total_tokens': 45}
+
+        The host's own counts from ``stream_end.usage`` (``prompt_tokens``,
+        ``completion_tokens``). A host whose engine result was late sends only
+        ``tokens_used``: then ``output_tokens`` is that and ``input_tokens`` is 0. An
+        answer continued after a failure counts the tokens of every part.
+        ``langchain_core.callbacks.get_usage_metadata_callback()`` sums it per model.
+
+    Response metadata:
+        ``msg.response_metadata`` holds ``model_name`` (what the host served),
+        ``model_provider`` (``"fabstir"``), ``finish_reason`` (``"stop"``, ``"length"``,
+        ``"cancelled"``), ``host_url``, ``session_id``, ``request_id``; when they
+        happened, ``fabstir_checkpoints`` (signed checkpoint proofs) and
+        ``fabstir_resumes`` (each resume: ``mode`` ``"exact"`` or ``"continuation"``,
+        ``offset`` in tokens, and ``by: "chat_model"`` for a continuation on another
+        host). The chunk right after a resume carries ``fabstir_resumed``.
+
+    Model profile:
+        ``llm.profile`` (a ``ModelProfile``, read by LangChain's summarisation and
+        context-trimming middleware): text in and out only (``image_inputs`` and the
+        other media flags ``False``), ``tool_calling`` and ``tool_choice`` ``True``;
+        ``max_input_tokens``/``max_output_tokens`` (the host's context window) and
+        ``structured_output`` (the host announces ``response_format``) are filled from
+        what the host announces: by ``await llm.afetch_profile()`` (``/v1/version``,
+        ``/v1/models``) up front, and by every answer (``usage.context_window_size``,
+        the greeting's features). A ``profile=`` you pass is never changed.
+
+    Host-specific fields:
+        ``model_kwargs={"thinking": "low", "web_search": True, "max_searches": 3}``
+        (also per call: ``llm.invoke(x, thinking="high")``) go into the prompt's
+        ``request`` as deployed hosts read them. Only ``thinking``, ``web_search``,
+        ``max_searches`` and ``search_queries`` are accepted; anything else is a
+        ``ValueError`` that names the allowed keys (or the parameter to use instead).
+
+    Retries:
+        One answer gets ``max_retries + 1`` attempts, on ``host_url``'s hosts in turn,
+        for failures with ``is_retryable`` (HOST_UNREACHABLE, HOST_DISCONNECTED,
+        RESPONSE_TIMEOUT, STREAM_CHUNK_TIMEOUT, RATE_LIMITED, PROTOCOL_ERROR), with
+        exponential backoff and jitter (a rate limit's ``retry_after`` is waited, at
+        most 30 s). Never retried: INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
+        MODEL_NOT_AVAILABLE, AUTH_FAILED.
+
+        - Before any text reached you (and always while tool calls or structured
+          output are buffered): the request is sent again, from scratch.
+        - In the middle of an answer, the session first recovers by itself
+          (``session_config.reconnect_attempts`` reconnects to the same host, resuming
+          from the exact token on hosts that announce ``resume``, else asking the model
+          to continue). When that fails, the next attempt *continues* the answer on the
+          next host: the partial answer is sent back as the assistant's turn with a
+          request to go on, with the token budget that is left. You receive every
+          piece once; the first chunk after it carries ``fabstir_resumed``.
+        - ``Runnable.with_retry()`` retries only ``invoke``; the above covers streams.
+
+    Rate limits and streaming switches (inherited from ``BaseChatModel``):
+        ``rate_limiter=InMemoryRateLimiter(requests_per_second=...)`` is consulted once
+        per request (``invoke``, ``stream``, each ``batch`` item).
+        ``disable_streaming=True`` makes ``stream`` yield one chunk (the whole answer,
+        with usage); ``disable_streaming="tool_calling"`` does so only with tools bound.
+
+    Serialization:
+        ``dumpd``/``dumps`` write the model without its ``private_key`` (a secret
+        reference to ``FABSTIR_PRIVATE_KEY``). langchain-core 1.7+ loads only classes
+        it is told to trust:
+
+        .. code-block:: python
+
+            from langchain_core.load import dumpd, load
+
+            data = dumpd(llm)
+            llm2 = load(
+                data,
+                valid_namespaces=["langchain_fabstir"],
+                allowed_objects=[ChatFabstir],
+                secrets_from_env=True,          # FABSTIR_PRIVATE_KEY, if set
+            )
+
     Async:
         .. code-block:: python
 
@@ -190,6 +273,18 @@ class ChatFabstir(BaseChatModel):
         - other hosts get the tools described in a system message; the client parses the
           answer and validates arguments (required keys, top-level types). Calls that do
           not validate become ``invalid_tool_calls``; text that is not a call is content.
+
+        ``bind_tools`` options on each path:
+
+        - ``tool_choice``: constrained by the grammar on the first path; on the second
+          the model is told, and an answer that ignores it is reported as an
+          ``invalid_tool_call`` (no call, or a call of a tool the choice excludes).
+          ``"none"`` sends no tools on either path.
+        - ``parallel_tool_calls``: ``True`` allows several calls in one answer (the
+          grammar allows them / the client keeps them); ``False``/``None``: one.
+        - ``strict=True``: honoured on the first path (arguments always match the
+          schema); refused on the second with ``InvalidRequestError``
+          (``INVALID_REQUEST``), because the client cannot make that promise.
 
         While streaming with tools bound, the answer is buffered and the tool calls are
         emitted as ``tool_call_chunks`` when the envelope is complete.
