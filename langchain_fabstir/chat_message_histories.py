@@ -35,7 +35,10 @@ Storage: one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` per histor
 ``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
 message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
 calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
-same at any history length; loading 10,000 messages downloads about 65 blobs. Several
+same at any history length; loading 10,000 messages downloads about 65 blobs. Each
+record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
+when read, newer ones refused with ``StorageError``; ``setup()`` rewrites a history into
+the current format. Several
 writers may append at once (compare-and-swap on the portal's registry; nothing is lost,
 each writer's messages keep their order). A process killed mid-append leaves the history
 readable, with or without that append.
@@ -48,7 +51,7 @@ Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable),
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -56,33 +59,63 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 from pydantic import SecretStr
 
-from langchain_fabstir.errors import IntegrityError
+from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
 
 __all__ = [
     "DEFAULT_PATH_PREFIX",
+    "FORMAT_VERSION",
+    "UPGRADES",
     "S5Access",
     "S5ChatMessageHistory",
     "decode_messages",
     "encode_message",
     "history_path",
+    "upgrade_record",
 ]
 
 DEFAULT_PATH_PREFIX = "home/langchain/histories/{session_id}"
 
+FORMAT_VERSION = 1
+"""The format of the records this release writes: ``message_to_dict(message)`` plus
+``"v": FORMAT_VERSION``. Format 0 (records without ``"v"``, releases before the format was
+versioned) has the same shape."""
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: lambda rec: rec}
+"""``UPGRADES[n]`` turns a format-``n`` record into a format ``n + 1`` one (a release that
+changes the format bumps :data:`FORMAT_VERSION` and adds the step here)."""
+
+
+def upgrade_record(rec: dict[str, Any], where: str = "history") -> dict[str, Any]:
+    """``rec`` (without its ``"v"``) in the current format; ``StorageError`` for a record
+    written by a newer release."""
+    rec = dict(rec)
+    version = rec.pop("v", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StorageError(
+            f"{where} holds a record of format {version!r}, written by a newer "
+            f"langchain-fabstir (this one reads formats up to {FORMAT_VERSION}): upgrade "
+            "langchain-fabstir to read it",
+            details={"format": version, "supported": FORMAT_VERSION},
+        )
+    while version < FORMAT_VERSION:
+        rec = UPGRADES[version](rec)
+        version += 1
+    return rec
+
 
 def encode_message(message: BaseMessage) -> bytes:
-    """One history record: ``message_to_dict(message)`` as compact UTF-8 JSON.
+    """One history record: ``message_to_dict(message)`` and the format version, as
+    compact UTF-8 JSON.
 
     >>> from langchain_core.messages import AIMessage
     >>> encode_message(AIMessage("hi", id="a1"))[:40]
-    b'{"type":"ai","data":{"content":"hi","add'
+    b'{"v":1,"type":"ai","data":{"content":"hi'
     """
-    return json.dumps(message_to_dict(message), ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8"
-    )
+    record = {"v": FORMAT_VERSION, **message_to_dict(message)}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list[BaseMessage]:
@@ -109,8 +142,10 @@ def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list
                     f"record {seq} of {where} is not JSON", details={"record": seq}
                 ) from exc
     try:
-        return messages_from_dict(dicts)
-    except (KeyError, TypeError, ValueError) as exc:
+        return messages_from_dict([upgrade_record(d, where) for d in dicts])
+    except StorageError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{where} holds a record that is not a message: {exc}") from exc
 
 
@@ -194,6 +229,28 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
 
     async def _clear(self) -> None:
         await (await self._get_log()).clear()
+
+    async def _setup(self) -> bool:
+        where = f"history {self.session_id!r}"
+
+        def transform(records: list[bytes]) -> list[bytes] | None:
+            current = [json.loads(r).get("v", 0) == FORMAT_VERSION for r in records]
+            if all(current):
+                return None
+            return [encode_message(m) for m in decode_messages(records, where=where)]
+
+        return await (await self._get_log()).rewrite(transform)
+
+    async def asetup(self) -> bool:
+        """Rewrite this history's records into this release's format, atomically (an
+        append made meanwhile is not lost). Optional: older formats are upgraded when
+        read anyway; newer ones are refused with ``StorageError``. Returns whether
+        anything was rewritten."""
+        return await on_background(self._setup())
+
+    def setup(self) -> bool:
+        """Blocking :meth:`asetup`."""
+        return blocking(self._setup())
 
     async def aget_messages(self) -> list[BaseMessage]:
         """All messages, oldest first."""

@@ -25,7 +25,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
     adispatch_custom_event,
 )
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import LanguageModelInput, ModelProfile
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import (
     AIMessage,
@@ -42,7 +42,15 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -62,15 +70,17 @@ from langchain_fabstir.chat_models.messages import (
     usage_metadata,
     with_metadata,
 )
+from langchain_fabstir.chat_models.options import check_host_fields, host_fields
+from langchain_fabstir.chat_models.profile import base_profile, fetch_profile, learn
 from langchain_fabstir.chat_models.structured import (
     closed_objects,
     format_instructions,
     with_instructions,
 )
-from langchain_fabstir.errors import FabstirError, RateLimitedError
+from langchain_fabstir.errors import FabstirError, InvalidRequestError, RateLimitedError
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
-from langchain_fabstir.sessions.recovery import fit_context
+from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT, fit_context
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.wire.tools import (
     forced_tool_names,
@@ -146,6 +156,89 @@ class ChatFabstir(BaseChatModel):
         Usage arrives on exactly one chunk (the last, ``chunk_position="last"``). Breaking
         out of the loop sends ``stream_cancel`` so the host stops generating.
 
+        ``stream_usage=False`` (field, or per call: ``llm.stream(x, stream_usage=False)``)
+        leaves usage off the stream; ``invoke`` always reports it.
+
+    Token usage:
+        .. code-block:: python
+
+            msg.usage_metadata
+            # {'input_tokens': 37, 'output_tokens': 8, 'total_tokens': 45}
+
+        The host's own counts from ``stream_end.usage`` (``prompt_tokens``,
+        ``completion_tokens``). A host whose engine result was late sends only
+        ``tokens_used``: then ``output_tokens`` is that and ``input_tokens`` is 0. An
+        answer continued after a failure counts the tokens of every part.
+        ``langchain_core.callbacks.get_usage_metadata_callback()`` sums it per model.
+
+    Response metadata:
+        ``msg.response_metadata`` holds ``model_name`` (what the host served),
+        ``model_provider`` (``"fabstir"``), ``finish_reason`` (``"stop"``, ``"length"``,
+        ``"cancelled"``), ``host_url``, ``session_id``, ``request_id``; when they
+        happened, ``fabstir_checkpoints`` (signed checkpoint proofs) and
+        ``fabstir_resumes`` (each resume: ``mode`` ``"exact"`` or ``"continuation"``,
+        ``offset`` in tokens, and ``by: "chat_model"`` for a continuation on another
+        host). The chunk right after a resume carries ``fabstir_resumed``.
+
+    Model profile:
+        ``llm.profile`` (a ``ModelProfile``, read by LangChain's summarisation and
+        context-trimming middleware): text in and out only (``image_inputs`` and the
+        other media flags ``False``), ``tool_calling`` and ``tool_choice`` ``True``;
+        ``max_input_tokens``/``max_output_tokens`` (the host's context window) and
+        ``structured_output`` (the host announces ``response_format``) are filled from
+        what the host announces: by ``await llm.afetch_profile()`` (``/v1/version``,
+        ``/v1/models``) up front, and by every answer (``usage.context_window_size``,
+        the greeting's features). A ``profile=`` you pass is never changed.
+
+    Host-specific fields:
+        ``model_kwargs={"thinking": "low", "web_search": True, "max_searches": 3}``
+        (also per call: ``llm.invoke(x, thinking="high")``) go into the prompt's
+        ``request`` as deployed hosts read them. Only ``thinking``, ``web_search``,
+        ``max_searches`` and ``search_queries`` are accepted; anything else is a
+        ``ValueError`` that names the allowed keys (or the parameter to use instead).
+
+    Retries:
+        One answer gets ``max_retries + 1`` attempts, on ``host_url``'s hosts in turn,
+        for failures with ``is_retryable`` (HOST_UNREACHABLE, HOST_DISCONNECTED,
+        RESPONSE_TIMEOUT, STREAM_CHUNK_TIMEOUT, RATE_LIMITED, PROTOCOL_ERROR), with
+        exponential backoff and jitter (a rate limit's ``retry_after`` is waited, at
+        most 30 s). Never retried: INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
+        MODEL_NOT_AVAILABLE, AUTH_FAILED.
+
+        - Before any text reached you (and always while tool calls or structured
+          output are buffered): the request is sent again, from scratch.
+        - In the middle of an answer, the session first recovers by itself
+          (``session_config.reconnect_attempts`` reconnects to the same host, resuming
+          from the exact token on hosts that announce ``resume``, else asking the model
+          to continue). When that fails, the next attempt *continues* the answer on the
+          next host: the partial answer is sent back as the assistant's turn with a
+          request to go on, with the token budget that is left. You receive every
+          piece once; the first chunk after it carries ``fabstir_resumed``.
+        - ``Runnable.with_retry()`` retries only ``invoke``; the above covers streams.
+
+    Rate limits and streaming switches (inherited from ``BaseChatModel``):
+        ``rate_limiter=InMemoryRateLimiter(requests_per_second=...)`` is consulted once
+        per request (``invoke``, ``stream``, each ``batch`` item).
+        ``disable_streaming=True`` makes ``stream`` yield one chunk (the whole answer,
+        with usage); ``disable_streaming="tool_calling"`` does so only with tools bound.
+
+    Serialization:
+        ``dumpd``/``dumps`` write the model without its ``private_key`` (a secret
+        reference to ``FABSTIR_PRIVATE_KEY``). langchain-core 1.7+ loads only classes
+        it is told to trust:
+
+        .. code-block:: python
+
+            from langchain_core.load import dumpd, load
+
+            data = dumpd(llm)
+            llm2 = load(
+                data,
+                valid_namespaces=["langchain_fabstir"],
+                allowed_objects=[ChatFabstir],
+                secrets_from_env=True,          # FABSTIR_PRIVATE_KEY, if set
+            )
+
     Async:
         .. code-block:: python
 
@@ -180,6 +273,18 @@ class ChatFabstir(BaseChatModel):
         - other hosts get the tools described in a system message; the client parses the
           answer and validates arguments (required keys, top-level types). Calls that do
           not validate become ``invalid_tool_calls``; text that is not a call is content.
+
+        ``bind_tools`` options on each path:
+
+        - ``tool_choice``: constrained by the grammar on the first path; on the second
+          the model is told, and an answer that ignores it is reported as an
+          ``invalid_tool_call`` (no call, or a call of a tool the choice excludes).
+          ``"none"`` sends no tools on either path.
+        - ``parallel_tool_calls``: ``True`` allows several calls in one answer (the
+          grammar allows them / the client keeps them); ``False``/``None``: one.
+        - ``strict=True``: honoured on the first path (arguments always match the
+          schema); refused on the second with ``InvalidRequestError``
+          (``INVALID_REQUEST``), because the client cannot make that promise.
 
         While streaming with tools bound, the answer is buffered and the tool calls are
         emitted as ``tool_call_chunks`` when the envelope is complete.
@@ -235,26 +340,60 @@ class ChatFabstir(BaseChatModel):
     """Model id to request. ``None``: the model the host announces (or its default);
     hosts fall back to their default model for ids they do not serve."""
     host_url: str | list[str] | None = None
-    """Host base URL, or a list tried in order. Defaults to ``FABSTIR_HOST_URL``."""
+    """Host base URL, or a list tried in order (failover, also in the middle of an
+    answer: see "Retries"). Defaults to ``FABSTIR_HOST_URL``."""
     temperature: float | None = None
+    """Sampling temperature, 0..2 (``None``: the host's default, 0.7 on real hosts)."""
     max_tokens: int | None = None
+    """Most tokens to generate (``None``: the session config's ``default_max_tokens``)."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Stop sequences, enforced on the client (the host is told to stop)."""
     seed: int | None = None
+    """Sampling seed, sent to hosts that announce the ``seed`` extension."""
     timeout: float | None = None
     """Seconds to wait for the first token (default: the session config's 60 s)."""
     stream_chunk_timeout: float | None = None
     """Seconds of silence allowed between two chunks (default 30 s)."""
     max_retries: int = 2
+    """Retries of one answer after a retryable failure, before or after its first token
+    (see "Retries" in the class docstring)."""
     job_id: int | None = None
+    """The on-chain job that pays for the conversation (optional off-chain)."""
     chain_id: int = 84532
+    """The chain of ``job_id`` (84532: Base Sepolia)."""
     private_key: SecretStr | None = Field(default=None)
+    """The user's key (``FABSTIR_PRIVATE_KEY``): signs checkpoint proofs. A secret:
+    never in ``repr``, logs or ``dumps`` output."""
     user_address: str | None = None
+    """The user's address, sent in ``session_init`` (derived from ``private_key`` when
+    unset)."""
     streaming: bool = False
+    """Whether ``invoke`` streams internally (callbacks then see every token)."""
+    stream_usage: bool = True
+    """Whether ``stream``/``astream`` put ``usage_metadata`` on their last chunk (exactly
+    one chunk). Also a per-call option: ``llm.stream(..., stream_usage=False)``.
+    ``invoke`` always reports usage."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Host-specific request fields that have no parameter of their own, sent inside the
+    prompt's ``request`` as the protocol defines them: ``thinking``
+    (``"enabled" | "disabled" | "low" | "medium" | "high"``), ``web_search`` (bool),
+    ``max_searches`` (int >= 0), ``search_queries`` (list of str). Any other key is
+    refused with a ``ValueError``. The same keys are accepted per call
+    (``llm.invoke(x, thinking="low")``)."""
     session_config: SessionConfig | None = None
+    """Settings of the underlying sessions (reconnects, resumes, checkpoint interval,
+    timeouts): a :class:`~langchain_fabstir.sessions.models.SessionConfig`."""
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _check_model_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_host_fields(value)
+        return value
 
     _resources: weakref.WeakKeyDictionary[Any, _LoopResources] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
     )
+    _auto_profile: bool = PrivateAttr(default=False)
 
     def __init__(self, **kwargs: Any) -> None:
         import os
@@ -266,6 +405,31 @@ class ChatFabstir(BaseChatModel):
         super().__init__(**kwargs)
 
     # --- LangChain plumbing ------------------------------------------------------------
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        return base_profile()
+
+    @model_validator(mode="after")
+    def _mark_auto_profile(self) -> ChatFabstir:
+        # A profile the user passed is theirs; ours is refined by what hosts announce.
+        self._auto_profile = self.profile == base_profile()
+        return self
+
+    async def afetch_profile(self) -> ModelProfile:
+        """Ask the first host (``/v1/version``, ``/v1/models``) and fill :attr:`profile`
+        (context window, structured output, model name) before the first call. Calls
+        refine it anyway: every answer's usage carries ``context_window_size``. A
+        profile passed by the user is returned unchanged."""
+        if self.profile is None:
+            self.profile = base_profile()
+            self._auto_profile = True
+        if not self._auto_profile:
+            return self.profile
+        return await fetch_profile(self._hosts()[0], self.model, self.profile)
+
+    def fetch_profile(self) -> ModelProfile:
+        """Blocking :meth:`afetch_profile`."""
+        return run_sync(self.afetch_profile())
 
     @property
     def _llm_type(self) -> str:
@@ -376,6 +540,9 @@ class ChatFabstir(BaseChatModel):
             "tool_choice": kwargs.get("tool_choice"),
             "response_format": kwargs.get("response_format"),
             "parallel_tool_calls": kwargs.get("parallel_tool_calls"),
+            "strict": kwargs.get("strict"),
+            "host_fields": host_fields(self.model_kwargs, kwargs),
+            "native_tools": False,
         }
         return params
 
@@ -396,15 +563,28 @@ class ChatFabstir(BaseChatModel):
             features = transport.features
             context = list(protocol_messages[:-1])
             prompt = protocol_messages[-1]["content"] or " "
+            if self._auto_profile and self.profile is not None:
+                learn(self.profile, features=features)
             request: dict[str, Any] = {
+                **params["host_fields"],
                 "model": params["model"],
                 "max_tokens": params["max_tokens"],
                 "temperature": params["temperature"],
                 "seed": params["seed"],
             }
             tools = params["tools"]
+            params["native_tools"] = bool(tools) and "tools" in features
+            if tools and params["strict"] and not params["native_tools"]:
+                raise InvalidRequestError(
+                    f"strict=True needs a host that constrains tool arguments to their "
+                    f"schema (one that announces the 'tools' extension); {host_url} does "
+                    "not, and the client can only check required keys and top-level "
+                    "types. Bind the tools with strict=None (the default) or use a host "
+                    "that announces 'tools'.",
+                    host_url=host_url,
+                )
             if tools:
-                if "tools" in features:
+                if params["native_tools"]:
                     request["tools"] = tools
                     request["tool_choice"] = params["tool_choice"]
                     request["parallel_tool_calls"] = params["parallel_tool_calls"]
@@ -444,12 +624,18 @@ class ChatFabstir(BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         dispatch: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        *,
+        stream_usage: bool = True,
         **kwargs: Any,
     ) -> AsyncGenerator[ChatGenerationChunk, None]:
         """The answer as LangChain chunks; checkpoint proofs ride on the chunk that
         completes them (``response_metadata["fabstir_checkpoints"]``, a list so that
         merging chunks concatenates) and go to ``dispatch`` (default: a
-        ``fabstir_checkpoint`` custom event to the enclosing run, when there is one)."""
+        ``fabstir_checkpoint`` custom event to the enclosing run, when there is one).
+
+        One answer, ``max_retries + 1`` attempts in all (see "Retries" in the class
+        docstring): an attempt that fails before any text reached the consumer starts
+        over on the next host; one that fails after goes on as a continuation there."""
         dispatch = dispatch or _dispatch_to_parent_run
         carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
         resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
@@ -459,15 +645,22 @@ class ChatFabstir(BaseChatModel):
         buffering = bool(params["tools"]) or params["response_format"] is not None
         hosts = self._hosts()
         attempts = self.max_retries + 1
-        started = False
         attempt_no = 0
         last: PromptStream | None = None
-        emitted: list[str] = []
+        current: PromptStream | None = None  # the stream of the attempt under way
+        emitted: list[str] = []  # text of this answer, in order (buffered with tools)
+        pending = ""  # text held back while it may begin a stop sequence
+        generated_before = 0  # tokens of failed attempts that the answer keeps
+        continuations: list[dict[str, Any]] = []
         stopped = False
+
+        def delivered() -> bool:
+            """Whether part of the answer reached the consumer (or is kept for it)."""
+            return not buffering and bool(emitted or pending)
 
         def retryable(exc: BaseException) -> bool:
             return (
-                not started
+                not stopped
                 and isinstance(exc, FabstirError)
                 and bool(getattr(exc, "is_retryable", False))
             )
@@ -489,11 +682,37 @@ class ChatFabstir(BaseChatModel):
             with attempt:
                 host = hosts[attempt_no % len(hosts)]
                 attempt_no += 1
-                pending = ""
-                async with self._attempt(host, protocol_messages, params) as pieces:
+                request_messages, request_params = protocol_messages, params
+                if current is not None:  # an earlier attempt broke
+                    if delivered():
+                        generated_before += current.chunks_received
+                    current = None
+                if buffering:
+                    emitted = []  # nothing reached the consumer: start over
+                elif emitted or pending:
+                    # Part of the answer reached the consumer: go on from there.
+                    partial = "".join(emitted) + pending
+                    request_messages = [
+                        *protocol_messages,
+                        {"role": "assistant", "content": partial},
+                        {"role": "user", "content": CONTINUE_PROMPT},
+                    ]
+                    request_params = dict(params)
+                    if params["max_tokens"] is not None:
+                        request_params["max_tokens"] = max(
+                            1, params["max_tokens"] - generated_before
+                        )
+                    note = {
+                        "mode": "continuation",
+                        "host_url": host,
+                        "offset": generated_before,
+                        "by": "chat_model",
+                    }
+                    continuations.append(note)
+                    resumed = note
+                async with self._attempt(host, request_messages, request_params) as pieces:
                     async for stream, text in pieces:
-                        last = stream
-                        started = True
+                        last = current = stream
                         if stream.chunk_proofs:
                             for proof in stream.chunk_proofs:
                                 carry.append(proof.to_dict())
@@ -523,7 +742,8 @@ class ChatFabstir(BaseChatModel):
                             break
                     if pending and not stopped:
                         emitted.append(pending)
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=pending))
+                        text, pending = pending, ""
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         if last is None:
             return
         result = last.result
@@ -536,12 +756,20 @@ class ChatFabstir(BaseChatModel):
         for proof in last.end_proofs:
             carry.append(proof.to_dict())
             await dispatch(carry[-1])
-        final.usage_metadata = usage_metadata(result, last.chunks_received)
+        if result.usage is not None and self._auto_profile and self.profile is not None:
+            learn(self.profile, context_window=result.usage.context_window_size)
+        if stream_usage:
+            usage = usage_metadata(result, last.chunks_received)
+            if generated_before:
+                usage["output_tokens"] += generated_before
+                usage["total_tokens"] += generated_before
+            final.usage_metadata = usage
         final.response_metadata = self._response_metadata(result)
         if carry:
             final.response_metadata[CHECKPOINTS_METADATA_KEY] = carry
-        if result.metadata.get("resumes"):
-            final.response_metadata["fabstir_resumes"] = result.metadata["resumes"]
+        notes = [*result.metadata.get("resumes", []), *continuations]
+        if notes:
+            final.response_metadata["fabstir_resumes"] = notes
         yield ChatGenerationChunk(message=final, generation_info=generation_info(result))
 
     def _parse_buffered(self, text: str, params: dict[str, Any]) -> AIMessageChunk:
@@ -569,11 +797,31 @@ class ChatFabstir(BaseChatModel):
         if not params["parallel_tool_calls"]:
             calls = calls[:1]
         chunks = []
-        invalid = []
+        invalid: list[dict[str, Any]] = []
+        forced = forced_tool_names(params["tools"], params["tool_choice"])
+        if forced is not None:
+            # Only the prompt-based path can get here without a call: a constrained host
+            # always produces one. tool_choice is a promise: say that it was broken.
+            schemas = {name: schema for name, schema in schemas.items() if name in forced}
+            if not calls:
+                invalid.append(
+                    {
+                        "name": None,
+                        "args": content,
+                        "id": None,
+                        "error": f"tool_choice required a call of {', '.join(forced)}; "
+                        "the model answered in text",
+                        "type": "invalid_tool_call",
+                    }
+                )
         for i, call in enumerate(calls):
             call_id = f"call_{uuid.uuid4().hex[:24]}"
             problems = (
-                ["unknown tool"]
+                [
+                    "unknown tool"
+                    if forced is None
+                    else f"not a tool tool_choice allows ({', '.join(forced)})"
+                ]
                 if call["name"] not in schemas
                 else validate_arguments(call["args"], schemas[call["name"]])
             )
@@ -597,12 +845,11 @@ class ChatFabstir(BaseChatModel):
                     "type": "tool_call_chunk",
                 }
             )
-        return AIMessageChunk(
-            content=content,
-            chunk_position="last",
-            tool_call_chunks=chunks,
-            invalid_tool_calls=invalid,
-        )
+        final = AIMessageChunk(content=content, chunk_position="last", tool_call_chunks=chunks)
+        # Set after construction: core rebuilds ``invalid_tool_calls`` from the chunks
+        # when there are any, which would drop calls refused next to valid ones.
+        final.invalid_tool_calls = [*invalid, *final.invalid_tool_calls]  # type: ignore[list-item]
+        return final
 
     def _response_metadata(self, result: StreamResult) -> dict[str, Any]:
         return {
@@ -624,7 +871,8 @@ class ChatFabstir(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         # The generator itself, not a wrapper re-yielding it: one hop less per token.
-        return self._chunks(messages, stop, **kwargs)
+        stream_usage = kwargs.pop("stream_usage", None)
+        return self._chunks(messages, stop, stream_usage=self._stream_usage(stream_usage), **kwargs)
 
     def _stream(
         self,
@@ -633,7 +881,13 @@ class ChatFabstir(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        yield from iterate_sync(self._chunks(messages, stop, **kwargs))
+        stream_usage = self._stream_usage(kwargs.pop("stream_usage", None))
+        yield from iterate_sync(self._chunks(messages, stop, stream_usage=stream_usage, **kwargs))
+
+    def _stream_usage(self, per_call: bool | None) -> bool:
+        if per_call is not None and not isinstance(per_call, bool):
+            raise ValueError(f"stream_usage must be True or False, got {per_call!r}")
+        return self.stream_usage if per_call is None else per_call
 
     async def _agenerate(
         self,
@@ -665,10 +919,18 @@ class ChatFabstir(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         merged: ChatGenerationChunk | None = None
+        kwargs.pop("stream_usage", None)  # an answer that is not streamed always has usage
+        invalid: list[Any] = []
         async with contextlib.aclosing(self._chunks(messages, stop, dispatch, **kwargs)) as chunks:
             async for chunk in chunks:
                 merged = chunk if merged is None else merged + chunk
-        return to_result(merged)
+                invalid = getattr(chunk.message, "invalid_tool_calls", None) or invalid
+        result = to_result(merged)
+        message = result.generations[0].message
+        if invalid and isinstance(message, AIMessage):
+            # Merging chunks rebuilds invalid calls from tool-call chunks only.
+            message.invalid_tool_calls = invalid
+        return result
 
     def _generate(
         self,
@@ -701,17 +963,40 @@ class ChatFabstir(BaseChatModel):
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
         *,
         tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools (functions, pydantic models, ``BaseTool``, OpenAI dicts).
 
-        ``tool_choice``: ``"auto"``/``None`` (the model decides), ``"any"``/``"required"``
-        (some tool), a tool name, or ``"none"``.
+        Args:
+            tools: the tools the model may call.
+            tool_choice: ``"auto"``/``None`` (the model decides), ``"any"``/
+                ``"required"``/``True`` (some tool), a tool name or
+                ``{"type": "function", "function": {"name": ...}}`` (that tool), or
+                ``"none"`` (no tool: the tools are not sent).
+            parallel_tool_calls: ``True``: several calls in one answer; ``False`` or
+                ``None`` (default): at most one.
+            strict: ``True``: arguments must match each tool's JSON schema exactly.
+                Honoured on hosts that announce ``tools`` (grammar-constrained
+                decoding); refused with ``InvalidRequestError`` (``INVALID_REQUEST``)
+                on other hosts, where the client can check only required keys and
+                top-level types. ``False``/``None``: no such promise is asked for.
+
+        See "Tool calling" in the class docstring for what each option does on each path.
+        Invalid values raise ``ValueError`` here, before any request.
         """
+        for name, value in (("parallel_tool_calls", parallel_tool_calls), ("strict", strict)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be True, False or None, got {value!r}")
         specs = [convert_to_openai_tool(t) for t in tools]
         if tool_choice == "none":
             return self.bind(**kwargs)
         forced_tool_names(specs, tool_choice)  # validates the choice early
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        if strict is not None:
+            kwargs["strict"] = strict
         return self.bind(tools=specs, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(

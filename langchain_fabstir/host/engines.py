@@ -73,7 +73,7 @@ class Engine(Protocol):
     name: str
     context_window: int
 
-    def models(self) -> list[dict[str, str]]: ...
+    def models(self) -> list[dict[str, Any]]: ...
 
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int: ...
 
@@ -120,8 +120,14 @@ class EchoEngine:
         self.context_window = context_window
         self.model_id = model_id
 
-    def models(self) -> list[dict[str, str]]:
-        return [{"id": self.model_id, "name": "Echo (deterministic test engine)"}]
+    def models(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": self.model_id,
+                "name": "Echo (deterministic test engine)",
+                "context_window": self.context_window,
+            }
+        ]
 
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return sum(len(_WORD.findall(m.get("content", ""))) + 1 for m in messages)
@@ -260,8 +266,15 @@ class LlamaEngine:
         params.verbosity = 0
         self._server = xllamacpp.Server(params)
 
-    def models(self) -> list[dict[str, str]]:
-        return [{"id": self.model_id, "name": self.model_id, "description": self.model_path}]
+    def models(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": self.model_id,
+                "name": self.model_id,
+                "description": self.model_path,
+                "context_window": self.context_window,
+            }
+        ]
 
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         # A cheap upper-bound estimate used only for the context-overflow check; the

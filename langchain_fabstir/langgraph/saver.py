@@ -25,8 +25,15 @@ to date incrementally (one registry read when nothing changed); a ``delete_threa
 another process is noticed through the log's epoch. ``{root}/index/`` lists the threads,
 for ``list(None)``.
 
-Passes ``langgraph-checkpoint-conformance``'s base capabilities (put, put_writes,
-get_tuple, list, delete_thread).
+Passes ``langgraph-checkpoint-conformance``: the base capabilities (put, put_writes,
+get_tuple, list, delete_thread) and the extended ones (delete_for_runs, copy_thread,
+prune), each with a sync twin. A log is append-only; deleting runs and pruning rewrite a
+thread's log in one atomic swap (:meth:`SealedLog.rewrite`) that loses no concurrent
+append.
+
+Format: every record carries its format version (:data:`FORMAT_VERSION`); older formats
+are upgraded when read, newer ones refused with ``StorageError`` (upgrade the package);
+:meth:`S5CheckpointSaver.setup` rewrites stored records into the current format.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -54,14 +61,42 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from pydantic import SecretStr
 
-from langchain_fabstir.errors import IntegrityError
+from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, blake3_hash
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
 
-__all__ = ["DEFAULT_ROOT", "S5CheckpointSaver"]
+__all__ = ["DEFAULT_ROOT", "FORMAT_VERSION", "UPGRADES", "S5CheckpointSaver", "upgrade_record"]
 
 DEFAULT_ROOT = "home/langgraph/checkpoints"
 _Typed = tuple[str, bytes]
+
+FORMAT_VERSION = 1
+"""The format of the records this release writes (each record carries it as ``"v"``).
+
+0: records without ``"v"`` (releases before the format was versioned): same shape as 1.
+"""
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: lambda rec: rec}
+"""``UPGRADES[n]`` turns a format-``n`` record into a format ``n + 1`` one. A release that
+changes the format bumps :data:`FORMAT_VERSION` and adds the step here; reading applies
+the steps on the fly and :meth:`S5CheckpointSaver.setup` rewrites stored records."""
+
+
+def upgrade_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
+    """``rec`` in the current format (``StorageError`` for a format from the future)."""
+    version = rec.get("v", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StorageError(
+            f"checkpoint log of {where} holds a record of format {version!r}, written by a "
+            f"newer langchain-fabstir (this one reads formats up to {FORMAT_VERSION}): "
+            "upgrade langchain-fabstir to read it",
+            details={"format": version, "supported": FORMAT_VERSION},
+        )
+    while version < FORMAT_VERSION:
+        rec = UPGRADES[version](rec)
+        version += 1
+        rec["v"] = version
+    return rec
 
 
 def thread_dir_name(thread_id: str) -> str:
@@ -94,6 +129,9 @@ class _Thread:
     def fold(self, raw: bytes, where: str) -> None:
         try:
             rec = cbor2.loads(raw)
+            if not isinstance(rec, dict):
+                raise ValueError("not a map")
+            rec = upgrade_record(rec, where)
             ns, cid = str(rec["ns"]), str(rec["id"])
             if rec["k"] == "c":
                 parent = rec["p"]
@@ -116,6 +154,69 @@ class _Thread:
                 raise ValueError(f"unknown record kind {rec['k']!r}")
         except (cbor2.CBORDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise IntegrityError(f"checkpoint log of {where} holds a bad record: {exc}") from exc
+
+
+def fold_records(records: Sequence[bytes], where: str) -> _Thread:
+    """The fold of ``records`` (a fresh :class:`_Thread`)."""
+    state = _Thread()
+    for raw in records:
+        state.fold(raw, where)
+    return state
+
+
+def state_records(
+    state: _Thread,
+    serde: SerializerProtocol,
+    keep: Callable[[str, str], bool] = lambda ns, cid: True,
+) -> list[bytes]:
+    """Records (current format) that fold back into ``state`` restricted to the
+    checkpoints ``keep(ns, checkpoint_id)`` accepts, each with every channel value it
+    references and its pending writes. Used to delete, prune, copy and migrate."""
+    out: list[bytes] = []
+    written: set[tuple[str, str, Any]] = set()
+    for ns, found in state.checkpoints.items():
+        for cid in sorted(found):
+            if not keep(ns, cid):
+                continue
+            cp_typed, md_typed, parent = found[cid]
+            versions = cast(dict[str, Any], serde.loads_typed(cp_typed)).get("channel_versions", {})
+            blobs = []
+            for channel, version in versions.items():
+                key = (ns, channel, version)
+                blob = state.blobs.get(key)
+                if blob is not None and key not in written:
+                    written.add(key)
+                    blobs.append([channel, version, blob[0], blob[1]])
+            record = {
+                "v": FORMAT_VERSION,
+                "k": "c",
+                "ns": ns,
+                "id": cid,
+                "p": parent,
+                "cp": list(cp_typed),
+                "md": list(md_typed),
+                "b": blobs,
+            }
+            out.append(cbor2.dumps(record))
+            by_task: dict[tuple[str, str], list[list[Any]]] = {}
+            for (task_id, idx), (_, channel, typed, task_path) in state.writes.get(
+                (ns, cid), {}
+            ).items():
+                by_task.setdefault((task_id, task_path), []).append(
+                    [idx, channel, typed[0], typed[1]]
+                )
+            for (task_id, task_path), items in by_task.items():
+                writes = {
+                    "v": FORMAT_VERSION,
+                    "k": "w",
+                    "ns": ns,
+                    "id": cid,
+                    "t": task_id,
+                    "tp": task_path,
+                    "w": items,
+                }
+                out.append(cbor2.dumps(writes))
+    return out
 
 
 class S5CheckpointSaver(BaseCheckpointSaver[int]):
@@ -309,6 +410,7 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
             for k, v in new_versions.items()
         ]
         record = {
+            "v": FORMAT_VERSION,
             "k": "c",
             "ns": ns,
             "id": checkpoint["id"],
@@ -347,7 +449,15 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
         known = state.writes.get((ns, cid), {})
         if items and all(i[0] >= 0 and (task_id, i[0]) in known for i in items):
             return  # already stored (LangGraph retries put_writes after failures)
-        record = {"k": "w", "ns": ns, "id": cid, "t": task_id, "tp": task_path, "w": items}
+        record = {
+            "v": FORMAT_VERSION,
+            "k": "w",
+            "ns": ns,
+            "id": cid,
+            "t": task_id,
+            "tp": task_path,
+            "w": items,
+        }
         await log.append(cbor2.dumps(record))
 
     async def _delete_thread(self, thread_id: str) -> None:
@@ -358,7 +468,116 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
         await fs.delete(f"{self.root}/index/{thread_dir_name(thread_id)}")
         self._indexed.discard(thread_id)
 
+    async def _rewrite(
+        self, thread_id: str, keep: Callable[[_Thread, str, str], bool], *, always: bool = False
+    ) -> bool:
+        """Rewrite a thread's log keeping the checkpoints ``keep`` accepts (atomic: see
+        :meth:`SealedLog.rewrite`; appends made meanwhile are not lost)."""
+        log, state = await self._thread(thread_id)
+        where = f"thread {thread_id!r}"
+
+        def transform(records: list[bytes]) -> list[bytes] | None:
+            folded = fold_records(records, where)
+            dropped = any(
+                not keep(folded, ns, cid)
+                for ns, found in folded.checkpoints.items()
+                for cid in found
+            )
+            stale = always and any(cbor2.loads(r).get("v", 0) != FORMAT_VERSION for r in records)
+            if not dropped and not stale:
+                return None
+            return state_records(folded, self.serde, lambda ns, cid: keep(folded, ns, cid))
+
+        async with state.lock:
+            return await log.rewrite(transform)
+
+    def _run_id(self, state: _Thread, ns: str, cid: str) -> Any:
+        metadata = self.serde.loads_typed(state.checkpoints[ns][cid][1])
+        return metadata.get("run_id") if isinstance(metadata, dict) else None
+
+    async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        wanted = {str(r) for r in run_ids}
+        if not wanted:
+            return
+        for thread_id in await self._thread_ids():
+            await self._rewrite(
+                thread_id,
+                lambda st, ns, cid: str(self._run_id(st, ns, cid)) not in wanted,
+            )
+
+    async def _copy_thread(self, source: str, target: str) -> None:
+        state = await self._state(source)
+        records = state_records(state, self.serde)
+        if not records:
+            return
+        await self._index(target)
+        log, _ = await self._thread(target)
+        await log.extend(records)
+
+    async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+        for thread_id in map(str, thread_ids):
+            if strategy == "delete":
+                await self._delete_thread(thread_id)
+            else:
+                await self._rewrite(thread_id, lambda st, ns, cid: cid == max(st.checkpoints[ns]))
+
+    async def _setup(self) -> int:
+        fs = await self._access.fs()
+        meta_path = f"{self.root}/format"
+        stored = await fs.get(meta_path)
+        if stored is not None:
+            try:
+                version = int(stored.decode("ascii"))
+            except ValueError as exc:
+                raise IntegrityError(f"{meta_path} does not hold a format number") from exc
+            if version > FORMAT_VERSION:
+                raise StorageError(
+                    f"the checkpoints at {self.root} are in format {version}, written by a "
+                    f"newer langchain-fabstir (this one knows up to {FORMAT_VERSION}): "
+                    "upgrade langchain-fabstir",
+                    details={"format": version, "supported": FORMAT_VERSION},
+                )
+        migrated = 0
+        for thread_id in await self._thread_ids():
+            if await self._rewrite(thread_id, lambda st, ns, cid: True, always=True):
+                migrated += 1
+        if stored != str(FORMAT_VERSION).encode("ascii"):
+            await fs.put(meta_path, str(FORMAT_VERSION).encode("ascii"))
+        return migrated
+
     # --- async API ---------------------------------------------------------------
+
+    async def asetup(self) -> int:
+        """Bring stored checkpoints to this release's format (:data:`FORMAT_VERSION`).
+
+        Optional: records of older formats are upgraded on the fly when read, and
+        records of newer formats are refused with ``StorageError``. ``setup`` makes the
+        upgrade permanent: each thread whose log holds older records is rewritten
+        atomically (nothing written meanwhile is lost), then ``{root}/format`` records
+        the format. Returns how many threads were rewritten. Safe to run again.
+        """
+        return await on_background(self._setup())
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) whose metadata ``run_id`` is in
+        ``run_ids``, in every thread and namespace."""
+        await on_background(self._delete_for_runs(list(run_ids)))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint (all namespaces, with values and pending writes) of
+        ``source_thread_id`` into ``target_thread_id``. A missing source copies nothing."""
+        await on_background(self._copy_thread(str(source_thread_id), str(target_thread_id)))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"keep_latest"``: keep only the newest checkpoint of each namespace (with its
+        channel values and pending writes); ``"delete"``: delete the threads.
+
+        Graphs with ``DeltaChannel`` channels rebuild them from ancestor checkpoints,
+        which ``keep_latest`` removes: prune those only with ``"delete"``.
+        """
+        await on_background(self._prune(list(thread_ids), strategy))
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint named by ``config`` (the latest of the thread when no id)."""
@@ -445,6 +664,22 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
     def delete_thread(self, thread_id: str) -> None:
         """Blocking :meth:`adelete_thread`."""
         blocking(self._delete_thread(str(thread_id)))
+
+    def setup(self) -> int:
+        """Blocking :meth:`asetup`."""
+        return blocking(self._setup())
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Blocking :meth:`adelete_for_runs`."""
+        blocking(self._delete_for_runs(list(run_ids)))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Blocking :meth:`acopy_thread`."""
+        blocking(self._copy_thread(str(source_thread_id), str(target_thread_id)))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Blocking :meth:`aprune`."""
+        blocking(self._prune(list(thread_ids), strategy))
 
     def close(self) -> None:
         """Blocking :meth:`aclose`."""

@@ -33,7 +33,7 @@ import asyncio
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,6 +372,42 @@ class SealedLog:
     async def epoch(self) -> bytes:
         """The log's current epoch (empty for a log never written)."""
         return (await self._load())[0].epoch
+
+    async def rewrite(self, transform: Callable[[list[bytes]], list[bytes] | None]) -> bool:
+        """Replace the whole log by ``transform(records)`` in one atomic swap (a new epoch).
+
+        ``transform`` sees every record of the log as it is at that moment and returns
+        the records to keep (or ``None``: leave the log as it is). An append that lands
+        meanwhile makes the swap fail and the rewrite starts over on the new records, so
+        nothing written concurrently is lost. Returns whether the log was rewritten.
+        Used for deletions (a log is otherwise append-only) and format migrations.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_random_exponential(multiplier=0.005, max=0.25),
+            retry=retry_if_exception_type(RevisionConflictError),
+            reraise=True,
+        )
+        async with self._writing:
+            async for attempt in retrying:
+                with attempt:
+                    head, revision = await self._load()
+                    parts = await asyncio.gather(
+                        *(self._segment_records(seg) for seg in head.segments)
+                    )
+                    records = [r for part in parts for r in part] + list(head.tail)
+                    kept = transform(records)
+                    if kept is None:
+                        return False
+                    new = _Head(
+                        epoch=os.urandom(16), count=len(kept), tail=[bytes(r) for r in kept]
+                    )
+                    new.segments.extend(
+                        await asyncio.gather(*(self._seal(f, r) for f, r in self._compact(new)))
+                    )
+                    await self._store(new, revision + 1)
+                    return True
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def clear(self) -> None:
         """Empty the log (a new epoch); segments already written stay unreachable."""

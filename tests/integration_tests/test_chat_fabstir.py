@@ -55,6 +55,7 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.host.engines import Engine
 from langchain_fabstir.sessions.models import SessionConfig
+from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
 from langchain_fabstir.wire.frames import InferenceRequest
 from tests.conftest import ThreadedHost
 
@@ -258,6 +259,7 @@ async def test_host_stalling_mid_answer_is_a_stream_chunk_timeout() -> None:
             host_url=url,
             timeout=5,
             stream_chunk_timeout=0.2,
+            max_retries=1,
             session_config=SessionConfig(reconnect_attempts=0),
         )
         got: list[str] = []
@@ -265,10 +267,12 @@ async def test_host_stalling_mid_answer_is_a_stream_chunk_timeout() -> None:
             async for chunk in llm.astream("go"):
                 got.append(str(chunk.content))
     err = info.value
-    assert got == ["partial "]  # partial text arrived; no retry after the first token
+    # The retry after the first token continues the answer (it does not start over):
+    # one continuation, then the last failure surfaces.
+    assert got == ["partial ", "partial "]
     assert isinstance(err, ModelTimeoutError) and isinstance(err, TimeoutError)
     assert err.code == "STREAM_CHUNK_TIMEOUT" and err.is_retryable
-    assert prompts == ["go"]
+    assert prompts == ["go", CONTINUE_PROMPT]
 
 
 async def test_host_that_keeps_stalling_ends_in_a_timeout_error() -> None:
