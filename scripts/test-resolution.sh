@@ -18,7 +18,7 @@ if [ "$resolution" = highest ]; then
 else
     "$UV" lock --resolution "$resolution" --python "$PYTHON" --quiet
 fi
-"$UV" sync --locked --all-extras --python "$PYTHON" --quiet
+"$UV" sync --frozen --all-extras --python "$PYTHON" --quiet  # the lock made just above
 echo "== $resolution: versions that differ from the committed lock"
 "$UV" pip freeze --python .venv/bin/python | sort > "$scratch/now.txt"
 (cd "$here" && "$UV" export --locked --all-extras --no-hashes --no-emit-project --quiet \
