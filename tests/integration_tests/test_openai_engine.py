@@ -103,8 +103,13 @@ async def test_session_manager_streams_real_text_with_upstream_usage(
     assert llama_upstream.headers[-1]["Authorization"] == "Bearer sk-test-123"
 
 
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"Sunny in {city}"
+
+
 @pytest.mark.llama
-async def test_chat_fabstir_structured_output_passes_response_format(
+async def test_chat_fabstir_structured_output_and_tools_pass_response_format(
     llama_upstream: OpenAIUpstream,
 ) -> None:
     class City(BaseModel):
@@ -114,9 +119,16 @@ async def test_chat_fabstir_structured_output_passes_response_format(
     async with openai_host(llama_upstream) as host:
         llm = ChatFabstir(host_url=host.url, temperature=0.0, max_tokens=60)
         city = await llm.with_structured_output(City).ainvoke("Paris is a city in France.")
+        call = await llm.bind_tools([get_weather], tool_choice="any").ainvoke(
+            "What is the weather in Paris?"
+        )
         message = await llm.ainvoke("Say hi.")
     assert isinstance(city, City)
     assert llama_upstream.requests[0]["response_format"]["type"] == "json_schema"
+    # Tools ride on response_format too: the upstream decodes the tool-call envelope.
+    assert call.tool_calls and call.tool_calls[0]["name"] == "get_weather"
+    tools_format = llama_upstream.requests[1]["response_format"]
+    assert tools_format["json_schema"]["name"] == "tool_envelope"
     assert message.usage_metadata is not None
     assert message.usage_metadata["output_tokens"] == llama_upstream.usages[-1]["completion_tokens"]
 
