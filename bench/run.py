@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODULES = ["foundation", "chat_model", "checkpoints", "storage", "resilience"]
+MODULES = ["foundation", "chat_model", "checkpoints", "storage", "resilience", "openai_engine"]
 
 
 def main(argv: list[str]) -> int:

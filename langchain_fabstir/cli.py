@@ -2,6 +2,7 @@
 
     fabstir host --engine llama --port 8080        # a reference host with SmolLM2
     fabstir host --engine echo --delay 0.01        # a deterministic test host
+    fabstir host --engine openai --upstream http://127.0.0.1:11434/v1  # Ollama, vLLM...
     fabstir portal --data ./s5-data --port 5050    # a local S5 portal (blobs on disk)
     fabstir chat --host-url http://127.0.0.1:8080  # talk to a host from the terminal
     fabstir demo                                   # host + portal + examples/quickstart.py
@@ -28,12 +29,30 @@ __all__ = ["main", "start_host_process", "start_portal_process"]
 
 
 def _engine(args: argparse.Namespace) -> object:
-    from langchain_fabstir.host import EchoEngine, LlamaEngine
+    from langchain_fabstir.host import EchoEngine, LlamaEngine, OpenAIEngine
 
     if args.engine == "echo":
         script = args.script.split("|") if args.script else None
         return EchoEngine(script, delay=args.delay, fill=args.fill)
-    return LlamaEngine(args.model, n_ctx=args.ctx, seed=args.seed, threads=args.threads)
+    if args.engine == "openai":
+        from pydantic import SecretStr
+
+        key = os.environ.get(args.upstream_key_env) if args.upstream_key_env else None
+        if args.upstream_key_env and not key:
+            raise SystemExit(f"fabstir host: the variable {args.upstream_key_env} is not set")
+        return OpenAIEngine(
+            args.upstream,
+            api_key=SecretStr(key) if key else None,
+            models=args.model or (),
+            max_concurrent=args.max_concurrent,
+            context_window=args.ctx,
+            stall_timeout=args.upstream_stall_timeout,
+            deadline=args.upstream_deadline,
+        )
+    models = args.model or [None]
+    if len(models) > 1:
+        raise SystemExit("fabstir host: the llama engine serves one --model")
+    return LlamaEngine(models[0], n_ctx=args.ctx or 8192, seed=args.seed, threads=args.threads)
 
 
 async def _ready_until_signal(url: str) -> None:
@@ -57,11 +76,20 @@ async def _serve_host(args: argparse.Namespace) -> None:
         port=args.port,
         rate_limit_per_minute=args.rate_limit or None,
     )
+    refresh = getattr(engine, "refresh_models", None)
+    if refresh is not None:  # the upstream's models, for the summary and /v1/models
+        await refresh()
     await host.start()
+    summary = getattr(engine, "summary", None)
+    if summary is not None:
+        print(summary(), file=sys.stderr, flush=True)
     try:
         await _ready_until_signal(host.url)
     finally:
         await host.stop()
+        aclose = getattr(engine, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _serve_portal(args: argparse.Namespace) -> None:
@@ -199,11 +227,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     host = sub.add_parser("host", help="run a reference host (/v1/ws + HTTP endpoints)")
-    host.add_argument("--engine", choices=["llama", "echo"], default="llama")
-    host.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct)")
+    host.add_argument("--engine", choices=["llama", "echo", "openai"], default="llama")
+    host.add_argument(
+        "--model",
+        action="append",
+        help="llama: a GGUF file (default: SmolLM2-135M-Instruct); openai: a model id to "
+        "offer, repeatable, the first is the default (default: the upstream's /v1/models)",
+    )
+    host.add_argument(
+        "--upstream",
+        help="openai: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1",
+    )
+    host.add_argument(
+        "--upstream-key-env",
+        metavar="VAR",
+        help="openai: the environment variable holding the upstream's API key",
+    )
+    host.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=8,
+        help="openai: answers streamed from the upstream at once (default 8)",
+    )
+    host.add_argument(
+        "--upstream-stall-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="openai: seconds without data from the upstream before an answer ends (60)",
+    )
+    host.add_argument(
+        "--upstream-deadline",
+        type=_positive_float,
+        default=600.0,
+        help="openai: seconds an answer may take in all (600)",
+    )
     host.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     host.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    host.add_argument("--ctx", type=int, default=8192, help="context window (llama)")
+    host.add_argument(
+        "--ctx",
+        type=_positive_int,
+        default=None,
+        help="context window (llama: 8192; openai: what the upstream says, else 32768)",
+    )
     host.add_argument("--seed", type=int, default=42, help="sampling seed (llama)")
     host.add_argument("--threads", type=int, default=2, help="CPU threads (llama)")
     host.add_argument("--rate-limit", type=int, default=100, help="prompts/minute; 0 = off")
@@ -255,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--engine", choices=["llama", "echo"], default="llama")
 
     args = parser.parse_args(argv)
+    if args.command == "host" and args.engine == "openai" and not args.upstream:
+        parser.error("--engine openai needs --upstream URL")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "host":
         with contextlib.suppress(KeyboardInterrupt):

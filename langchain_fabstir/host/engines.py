@@ -23,14 +23,16 @@ import json
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
     "EchoEngine",
     "Engine",
+    "EngineContextOverflow",
     "EngineError",
+    "EngineRateLimited",
     "Generation",
     "GenerationResult",
     "LlamaEngine",
@@ -41,7 +43,31 @@ _WORD = re.compile(r"\S+\s*|\s+")
 
 
 class EngineError(RuntimeError):
-    """The engine failed; the host reports it as an ``Error: ...`` chunk."""
+    """The engine failed; the host reports it as an ``Error: ...`` chunk (mid-answer) or
+    as an ``error`` frame (before the first token, see :meth:`Generation.opened`)."""
+
+
+class EngineRateLimited(EngineError):
+    """The engine refused for now: the host answers with its rate-limit error."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineContextOverflow(EngineError):
+    """The prompt does not fit the model: the host answers ``TOKEN_LIMIT_EXCEEDED``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        context_window: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_window = context_window
 
 
 @dataclass
@@ -53,10 +79,20 @@ class GenerationResult:
 
 @dataclass
 class Generation:
-    """A running generation: iterate it for tokens; ``result`` is set when it ends."""
+    """A running generation: iterate it for tokens; ``result`` is set when it ends.
+
+    ``opener`` (optional) starts the request; :meth:`opened` awaits it, so that an
+    engine error before the first token can be answered with an error frame.
+    """
 
     tokens: AsyncIterator[str]
     result: GenerationResult = field(default_factory=GenerationResult)
+    opener: Callable[[], Awaitable[None]] | None = None
+
+    async def opened(self) -> None:
+        """Wait until the engine has accepted the request (raises :class:`EngineError`)."""
+        if self.opener is not None:
+            await self.opener()
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self.tokens
@@ -68,7 +104,13 @@ class Generation:
 
 
 class Engine(Protocol):
-    """What the host needs from an engine."""
+    """What the host needs from an engine.
+
+    ``model`` is the requested model name (an engine serving one model ignores it).
+    Optional hooks the host uses when an engine has them: ``async refresh_models()``
+    (before answering ``/v1/models``), ``host_features(features)`` (the extensions this
+    engine can serve), ``describe()`` (a dict shown in ``/v1/version``).
+    """
 
     name: str
     context_window: int
@@ -86,6 +128,7 @@ class Engine(Protocol):
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
         repeat_penalty: float | None = None,
+        model: str | None = None,
     ) -> Generation: ...
 
     def close(self) -> None: ...
@@ -154,6 +197,7 @@ class EchoEngine:
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
         repeat_penalty: float | None = None,
+        model: str | None = None,
     ) -> Generation:
         planned = self.plan(messages, max_tokens + 1)  # one more: was the answer cut?
         tokens = planned[:max_tokens]
@@ -314,6 +358,7 @@ class LlamaEngine:
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
         repeat_penalty: float | None = None,
+        model: str | None = None,
     ) -> Generation:
         body = self._request(messages, max_tokens, temperature, seed, response_format)
         if repeat_penalty is not None:

@@ -43,7 +43,12 @@ from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._version import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import ProtocolError
-from langchain_fabstir.host.engines import Engine, EngineError
+from langchain_fabstir.host.engines import (
+    Engine,
+    EngineContextOverflow,
+    EngineError,
+    EngineRateLimited,
+)
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.s5.fs import S5FileSystem
@@ -310,7 +315,9 @@ class ReferenceHost:
         return f"ws://{self.bind_host}:{self.port}/v1/ws"
 
     def features(self) -> list[str]:
-        return list(HOST_FEATURES) + (["checkpoints"] if self._host_key else [])
+        features = list(HOST_FEATURES) + (["checkpoints"] if self._host_key else [])
+        engine_features = getattr(self.engine, "host_features", None)
+        return engine_features(features) if engine_features is not None else features
 
     def greeting(self, *, resume_token: str | None = None) -> Connected:
         greeting = Connected(
@@ -472,7 +479,13 @@ class ReferenceHost:
             response_format=response_format,
             # Tool arguments copy values from the prompt: no repetition penalty there.
             repeat_penalty=1.0 if request.tools else None,
+            model=request.model,
         )
+        try:  # an engine that refuses before the first token: an error frame
+            await gen.opened()
+        except EngineError as exc:
+            await self._error(conn, _engine_error_frame(exc, rid, window), rid)
+            return
         tracker = self._checkpoint_tracker(conn, request)
         recorder = (  # S5 checkpoints: counts this answer's tokens in its session
             self.s5_checkpoints.start_answer(request.session_id or conn.session_id, request.prompt)
@@ -706,10 +719,14 @@ class ReferenceHost:
                 "features": self.features(),
                 "chains": [self.chain_id] if self.chain_id else [],
                 "engine": self.engine.name,
+                **_engine_description(self.engine),
             }
         )
 
     async def _models(self, request: web.Request) -> web.Response:
+        refresh = getattr(self.engine, "refresh_models", None)
+        if refresh is not None:  # an engine in front of another server: its list
+            await refresh()
         body: dict[str, Any] = {"models": self.engine.models()}
         if self.chain_id:
             body["chain_id"] = self.chain_id
@@ -747,6 +764,7 @@ class ReferenceHost:
             temperature=req.temperature,
             seed=req.seed,
             response_format=response_format,
+            model=req.model,
         )
         try:
             content = "".join([t async for t in gen])
@@ -833,6 +851,27 @@ def _response_format(request: InferenceRequest) -> dict[str, Any] | None:
         schema = envelope_schema(request.tools, request.tool_choice, parallel=parallel)
         return {"type": "json_schema", "json_schema": {"name": "tool_envelope", "schema": schema}}
     return request.response_format
+
+
+def _engine_error_frame(exc: EngineError, rid: str | None, window: int) -> ErrorFrame:
+    """The host's error frame for an engine that refused a request."""
+    if isinstance(exc, EngineRateLimited):
+        wait = max(1, round(exc.retry_after))
+        return ErrorFrame(error=f"Rate limit exceeded, retry after {wait} seconds", id=rid)
+    if isinstance(exc, EngineContextOverflow):
+        return ErrorFrame(
+            code="TOKEN_LIMIT_EXCEEDED",
+            message=str(exc),
+            prompt_tokens=exc.prompt_tokens,
+            context_window_size=exc.context_window or window,
+            id=rid,
+        )
+    return ErrorFrame(error=f"Engine error: {exc}", id=rid)
+
+
+def _engine_description(engine: Engine) -> dict[str, Any]:
+    describe = getattr(engine, "describe", None)
+    return {"engine_info": describe()} if describe is not None else {}
 
 
 def _json_str(text: str) -> str:
