@@ -42,6 +42,7 @@ from langchain_core.exceptions import (
 )
 
 __all__ = [
+    "ENCRYPTION_ERRORS",
     "AnswerTooLargeError",
     "AuthenticationError",
     "CheckpointError",
@@ -301,6 +302,22 @@ class EncryptionModeError(EncryptionError):
     encrypted one (a downgrade): refused, never shown."""
 
     code = "ENCRYPTION_MODE_MISMATCH"
+
+
+ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {
+    cls.code: cls
+    for cls in (
+        EncryptionUnavailableError,
+        DecryptionFailedError,
+        InvalidEncryptedPayloadError,
+        MissingPayloadError,
+        InvalidHexError,
+        InvalidNonceSizeError,
+        ChunkOrderError,
+        EncryptionModeError,
+    )
+}
+"""The encryption errors by code (what a host's ``error`` frame names)."""
 
 
 # --- Checkpoints ----------------------------------------------------------------------

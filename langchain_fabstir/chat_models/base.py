@@ -251,6 +251,9 @@ class ChatFabstir(BaseChatModel):
     user_address: str | None = None
     streaming: bool = False
     session_config: SessionConfig | None = None
+    host_public_key: str | None = None
+    """The host's public key (``0x02...``): sessions are encrypted to it end to end
+    (``session_config.encryption``, default ``"auto"``)."""
 
     _resources: weakref.WeakKeyDictionary[Any, _LoopResources] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
@@ -357,7 +360,11 @@ class ChatFabstir(BaseChatModel):
                 with contextlib.suppress(FabstirError):
                     await manager.end_session(sid)  # idle too long: a fresh one instead
         session = await res.manager.create_session(
-            host_url=host_url, model=None, job_id=self.job_id, session_id=uuid.uuid4().hex
+            host_url=host_url,
+            model=None,
+            job_id=self.job_id,
+            session_id=uuid.uuid4().hex,
+            host_public_key=self.host_public_key,
         )
         return res, session.id
 
