@@ -440,3 +440,24 @@ def _start_with_env(env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+async def test_llama_engine_through_an_encrypted_session(llama_engine: Any) -> None:
+    async with (
+        ReferenceHost(llama_engine, host_key=HOST_KEY) as host,
+        RecordingProxy(host.url) as proxy,
+        SessionManager(host_url=proxy.url) as manager,
+    ):
+        session = await manager.create_session(host_public_key=host_pub(), max_tokens=12)
+        assert session.encrypted
+        one = await manager.prompt(session.id, "Name a colour.", temperature=0.0, seed=1)
+        two = await manager.prompt(session.id, "And another one?", temperature=0.0, seed=1)
+        assert one.text and two.text and two.usage is not None
+        assert [m.content for m in host.requests[-1].conversation_context] == [
+            "Name a colour.",
+            one.text,
+        ]
+        wire = proxy.wire_text()
+        assert "colour" not in wire
+        for text in (one.text, two.text):  # (a very short answer could match a hex string)
+            assert len(text) < 8 or text not in wire
