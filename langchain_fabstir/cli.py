@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
+
 __all__ = ["main", "start_host_process", "start_portal_process"]
 
 
@@ -66,15 +68,38 @@ async def _ready_until_signal(url: str) -> None:
     await stop.wait()
 
 
+def _host_key(path: str | None) -> SecretStr | None:
+    """The host key from ``--host-key-file`` or ``FABSTIR_HOST_KEY`` (hex), checked, as a
+    secret (never printed: a bad key is reported without its value)."""
+    from langchain_fabstir.wire.encryption import parse_private_key
+
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"fabstir host: cannot read --host-key-file: {exc.strerror}") from None
+    else:
+        text = os.environ.get("FABSTIR_HOST_KEY", "").strip()
+    if not text:
+        return None
+    try:
+        parse_private_key(text)
+    except Exception:
+        raise SystemExit("fabstir host: the host key is not 32 bytes of hex") from None
+    return SecretStr(text)
+
+
 async def _serve_host(args: argparse.Namespace) -> None:
     from langchain_fabstir.host import ReferenceHost
 
     engine = _engine(args)
+    key = _host_key(args.host_key_file)
     host = ReferenceHost(
         engine,  # type: ignore[arg-type]
         host=args.bind,
         port=args.port,
         rate_limit_per_minute=args.rate_limit or None,
+        host_key=key.get_secret_value() if key is not None else None,
     )
     refresh = getattr(engine, "refresh_models", None)
     if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -275,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     host.add_argument("--script", help="echo: tokens separated by |")
     host.add_argument("--fill", action="store_true", help="echo: repeat script to max_tokens")
     host.add_argument("--delay", type=float, default=0.0, help="echo: seconds per token")
+    host.add_argument(
+        "--host-key-file",
+        help="a file holding the host's secp256k1 key (hex); FABSTIR_HOST_KEY is read "
+        "otherwise. With a key the host opens encrypted sessions and signs checkpoints. "
+        "There is no option taking the key itself: a command line is visible to others.",
+    )
 
     portal = sub.add_parser("portal", help="run a local S5 portal (the S5 HTTP API)")
     portal.add_argument("--data", default="./s5-data", help="directory for blobs and SQLite")

@@ -42,15 +42,25 @@ from langchain_core.exceptions import (
 )
 
 __all__ = [
+    "ENCRYPTION_ERRORS",
     "AnswerTooLargeError",
     "AuthenticationError",
     "CheckpointError",
+    "ChunkOrderError",
     "ConnectionFailedError",
+    "DecryptionFailedError",
+    "EncryptionError",
+    "EncryptionModeError",
+    "EncryptionUnavailableError",
     "FabstirError",
     "HostDisconnectedError",
     "HostError",
     "IntegrityError",
+    "InvalidEncryptedPayloadError",
+    "InvalidHexError",
+    "InvalidNonceSizeError",
     "InvalidRequestError",
+    "MissingPayloadError",
     "ModelNotAvailableError",
     "NoHostAvailableError",
     "ProtocolError",
@@ -235,6 +245,79 @@ class HostError(FabstirError, ModelAPIError):
 
     code = "HOST_ERROR"
     is_retryable = True
+
+
+# --- Encryption (PROTOCOL.md section 4) -------------------------------------------------
+
+
+class EncryptionError(FabstirError, ModelAPIError):
+    """Encrypted mode failed. The subclasses name what failed; none is retried (a
+    tampered or misordered stream is not a network hiccup), and none quotes plaintext."""
+
+    code = "ENCRYPTION_ERROR"
+    is_retryable = False
+
+
+class EncryptionUnavailableError(EncryptionError):
+    """``SessionConfig(encryption="required")`` and the host cannot encrypt (no known
+    public key, or it answered ``ENCRYPTION_NOT_SUPPORTED``): no prompt was sent."""
+
+    code = "ENCRYPTION_UNAVAILABLE"
+
+
+class DecryptionFailedError(EncryptionError):
+    """A frame did not authenticate: a wrong key, or its bytes were changed on the way."""
+
+    code = "DECRYPTION_FAILED"
+
+
+class InvalidEncryptedPayloadError(EncryptionError):
+    """An encrypted frame's payload is not what section 4 describes."""
+
+    code = "INVALID_PAYLOAD"
+
+
+class MissingPayloadError(InvalidEncryptedPayloadError):
+    code = "MISSING_PAYLOAD"
+
+
+class InvalidHexError(InvalidEncryptedPayloadError):
+    code = "INVALID_HEX_ENCODING"
+
+
+class InvalidNonceSizeError(InvalidEncryptedPayloadError):
+    """A nonce that is not 24 bytes."""
+
+    code = "INVALID_NONCE_SIZE"
+
+
+class ChunkOrderError(EncryptionError):
+    """An encrypted chunk arrived out of order: replayed, dropped or reordered."""
+
+    code = "CHUNK_OUT_OF_ORDER"
+
+
+class EncryptionModeError(EncryptionError):
+    """An encrypted frame in a plaintext session, or answer text in clear in an
+    encrypted one (a downgrade): refused, never shown."""
+
+    code = "ENCRYPTION_MODE_MISMATCH"
+
+
+ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {
+    cls.code: cls
+    for cls in (
+        EncryptionUnavailableError,
+        DecryptionFailedError,
+        InvalidEncryptedPayloadError,
+        MissingPayloadError,
+        InvalidHexError,
+        InvalidNonceSizeError,
+        ChunkOrderError,
+        EncryptionModeError,
+    )
+}
+"""The encryption errors by code (what a host's ``error`` frame names)."""
 
 
 # --- Checkpoints ----------------------------------------------------------------------

@@ -382,7 +382,10 @@ class ChatFabstir(BaseChatModel):
     (``llm.invoke(x, thinking="low")``)."""
     session_config: SessionConfig | None = None
     """Settings of the underlying sessions (reconnects, resumes, checkpoint interval,
-    timeouts): a :class:`~langchain_fabstir.sessions.models.SessionConfig`."""
+    timeouts, encryption): a :class:`~langchain_fabstir.sessions.models.SessionConfig`."""
+    host_public_key: str | None = None
+    """The host's public key (``0x02...``): sessions are encrypted to it end to end
+    (``session_config.encryption``, default ``"auto"``)."""
 
     @field_validator("model_kwargs")
     @classmethod
@@ -521,7 +524,11 @@ class ChatFabstir(BaseChatModel):
                 with contextlib.suppress(FabstirError):
                     await manager.end_session(sid)  # idle too long: a fresh one instead
         session = await res.manager.create_session(
-            host_url=host_url, model=None, job_id=self.job_id, session_id=uuid.uuid4().hex
+            host_url=host_url,
+            model=None,
+            job_id=self.job_id,
+            session_id=uuid.uuid4().hex,
+            host_public_key=self.host_public_key,
         )
         return res, session.id
 

@@ -42,7 +42,7 @@ from pydantic import SecretStr
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._version import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
-from langchain_fabstir.errors import ProtocolError
+from langchain_fabstir.errors import EncryptionError, ProtocolError
 from langchain_fabstir.host.engines import (
     Engine,
     EngineContextOverflow,
@@ -52,6 +52,13 @@ from langchain_fabstir.host.engines import (
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.s5.fs import S5FileSystem
+from langchain_fabstir.wire.encryption import (
+    SessionCipher,
+    answer_challenge,
+    host_public_key,
+    open_session_init,
+    parse_private_key,
+)
 from langchain_fabstir.wire.frames import (
     Connected,
     ErrorFrame,
@@ -134,8 +141,55 @@ class _Connection:
         self.current_job: AnswerJob | None = None
         self.received = 0  # frames queued so far
         self.cancel_upto = 0  # a stream_cancel applies to prompts queued up to here
+        # Encrypted mode (PROTOCOL.md section 4): the session key of the latest
+        # encrypted_session_init, and the conversation the host keeps for the session.
+        self.cipher: SessionCipher | None = None
+        self.model_name: str | None = None
+        self.client_address: str | None = None
+        self.history: deque[dict[str, str]] = deque(maxlen=CONTEXT_MESSAGES)
+        self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
+        self.answer_parts: list[str] = []
 
     async def send(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def send_answer(self, text: str) -> None:
+        """A frame of an answer: as it is, or (encrypted session) its text sealed with the
+        session key: ``encrypted_chunk`` per chunk, ``encrypted_response`` before a
+        complete ``stream_end`` (section 4.3). Frames without text stay plaintext."""
+        cipher = self.cipher
+        if cipher is None:
+            await self.ws.send_str(text)
+            return
+        if text.startswith('{"type":"stream_chunk"'):
+            obj = json.loads(text)
+            content = obj.get("content", "")
+            self.answer_parts.append(content)
+            index = self.chunk_index
+            self.chunk_index += 1
+            frame: dict[str, Any] = {
+                "type": "encrypted_chunk",
+                "tokens": obj.get("tokens", 1),
+                "payload": cipher.seal_chunk(content, index),
+                "id": obj.get("id"),
+                "session_id": self.session_id,
+            }
+            if not content and not obj.get("tokens"):
+                frame["final"] = True
+            await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+            return
+        if text.startswith('{"type":"stream_end"'):
+            obj = json.loads(text)
+            if obj.get("reason") == "complete":
+                final = {
+                    "type": "encrypted_response",
+                    "payload": cipher.seal_final(obj.get("finish_reason") or "stop"),
+                    "id": obj.get("id"),
+                    "session_id": self.session_id,
+                }
+                await self.ws.send_str(json.dumps(final, separators=(",", ":")))
+            obj.setdefault("session_id", self.session_id)
+            text = json.dumps(obj, separators=(",", ":"))
         await self.ws.send_str(text)
 
     async def serve(self) -> None:
@@ -220,7 +274,118 @@ class _Connection:
                 self.cancel.set()  # cancelled before it began
             self.frame_size = len(raw)
             await self.host.run_prompt(self, request, frame.id)
+        elif frame.type == "encrypted_session_init":
+            await self._encrypted_init(frame.model_extra or {})
+        elif frame.type == "encrypted_message":
+            await self._encrypted_message(seq, len(raw), frame.model_extra or {})
         # stream_cancel while idle, unknown types: no answer, as on real hosts.
+
+    async def _refuse(self, code: str, message: str, rid: Any = None, end: bool = False) -> None:
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        error["session_id"] = self.session_id
+        if isinstance(rid, str):
+            error["id"] = rid
+        await self.send(json.dumps(error, separators=(",", ":")))
+        if end:
+            rid = rid if isinstance(rid, str) else None
+            await self.send(encode_frame(StreamEnd(reason="error", tokens_used=0, id=rid)))
+
+    async def _encrypted_init(self, extra: dict[str, Any]) -> None:
+        """``encrypted_session_init`` (section 4.1): a new session key; a re-init keeps the
+        session's history. Without a host key: ``ENCRYPTION_NOT_SUPPORTED``, at once."""
+        session_id = extra.get("session_id", extra.get("sessionId"))
+        session_id = str(session_id) if session_id is not None else self.session_id
+        key = self.host._encryption_key
+        if key is None:
+            self.session_id = session_id
+            await self._refuse(
+                "ENCRYPTION_NOT_SUPPORTED",
+                "this host runs without a host key: it cannot open encrypted sessions",
+                extra.get("id"),
+            )
+            return
+        try:
+            opened = open_session_init(key, extra.get("payload"))
+        except EncryptionError as exc:
+            await self._refuse(exc.code, exc.message, extra.get("id"))
+            return
+        data = opened.data
+        job = data.get("jobId", extra.get("job_id", extra.get("jobId")))
+        self.session_id = session_id
+        self.job_id = int(job) if isinstance(job, (int, str)) and str(job).isdigit() else None
+        chain = extra.get("chain_id", extra.get("chainId"))
+        self.chain_id = int(chain) if isinstance(chain, int) else self.chain_id
+        model = data.get("modelName")
+        self.model_name = model if isinstance(model, str) else self.model_name
+        self.client_address = opened.client_address
+        self.cipher = SessionCipher(opened.session_key)
+        previous = extra.get("resume_token")
+        if isinstance(previous, str):
+            self.host._adopt(previous, self.token)
+        ack = SessionInitAck(
+            session_id=self.session_id,
+            job_id=self.job_id,
+            chain_id=self.chain_id,
+            message="Encrypted session initialized successfully",
+            id=extra.get("id") if isinstance(extra.get("id"), str) else None,
+        )
+        ack.__pydantic_extra__ = {
+            "client_address": opened.client_address,
+            "signature_digest": opened.digest,
+        }
+        await self.send(encode_frame(ack))
+
+    async def _encrypted_message(self, seq: int, size: int, extra: dict[str, Any]) -> None:
+        """``encrypted_message`` (section 4.2): the prompt under the session key. The host
+        keeps the conversation; a ``conversation_context`` inside the ciphertext (a client
+        back on a new socket, or whose history changed) replaces it."""
+        rid = extra.get("id") if isinstance(extra.get("id"), str) else None
+        if self.cipher is None:
+            msg = "no session key on this connection: send encrypted_session_init first"
+            await self._refuse("SESSION_KEY_NOT_FOUND", msg, rid, end=True)
+            return
+        try:
+            text = self.cipher.open_message(extra.get("payload"))
+        except EncryptionError as exc:
+            await self._refuse(exc.code, exc.message, rid, end=True)
+            return
+        try:
+            body = loads_untrusted(text)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {"prompt": text}  # a body that is not JSON is the prompt
+        context = body.get("conversation_context")
+        if isinstance(context, list):
+            self.history.clear()
+            self.history.extend(
+                {"role": str(m.get("role")), "content": str(m.get("content"))}
+                for m in context[-CONTEXT_MESSAGES:]
+                if isinstance(m, dict)
+            )
+        fields = {k: v for k, v in body.items() if k not in ("conversation_context", "stream")}
+        fields.setdefault("model", self.model_name or "default")
+        fields.setdefault("max_tokens", 4000)
+        fields["conversation_context"] = list(self.history)
+        fields["session_id"] = self.session_id
+        fields["job_id"] = self.job_id
+        try:
+            request = InferenceRequest.model_validate(fields)
+        except ValueError as exc:
+            msg = f"the decrypted request does not deserialize: {str(exc)[:200]}"
+            await self._refuse("INVALID_PAYLOAD", msg, rid, end=True)
+            return
+        if seq > self.cancel_upto:
+            self.cancel.clear()
+        else:
+            self.cancel.set()
+        self.frame_size = size
+        self.answer_parts = []
+        await self.host.run_prompt(self, request, rid)
+        if request.resume is None and self.answer_parts:
+            self.history.append({"role": "user", "content": request.prompt})
+            self.history.append({"role": "assistant", "content": "".join(self.answer_parts)})
+        self.answer_parts = []
 
 
 class ReferenceHost:
@@ -271,6 +436,11 @@ class ReferenceHost:
         self.engine = engine
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
+        self._encryption_key = parse_private_key(host_key) if host_key else None
+        self.host_public_key = (
+            host_public_key(self._encryption_key) if self._encryption_key else None
+        )
+        """The key clients encrypt sessions to (compressed, ``0x``-hex), with a host key."""
         # S5 checkpoints (host/s5_checkpoints.py): None when no S5 store is configured.
         self.s5_checkpoints = S5CheckpointWriter.for_host(
             host_key,
@@ -315,7 +485,7 @@ class ReferenceHost:
         return f"ws://{self.bind_host}:{self.port}/v1/ws"
 
     def features(self) -> list[str]:
-        features = list(HOST_FEATURES) + (["checkpoints"] if self._host_key else [])
+        features = list(HOST_FEATURES) + (["checkpoints", "encryption"] if self._host_key else [])
         engine_features = getattr(self.engine, "host_features", None)
         return engine_features(features) if engine_features is not None else features
 
@@ -326,6 +496,7 @@ class ReferenceHost:
             models=[m["id"] for m in self.engine.models()],
             version=__version__,
             host_address=self.host_address,
+            host_public_key=self.host_public_key,
         )
         if resume_token is not None:  # an extension field (Connected keeps extras)
             greeting.__pydantic_extra__ = {"resume_token": resume_token}
@@ -339,6 +510,7 @@ class ReferenceHost:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/inference", self._inference)
         app.router.add_get("/v1/checkpoints/{session_id}", self._checkpoints)
+        app.router.add_post("/v1/auth/challenge", self._challenge)
         return app
 
     async def start(self) -> ReferenceHost:
@@ -621,12 +793,13 @@ class ReferenceHost:
         """Send the job's frames from ``position`` until it ends, the client cancels, or
         the socket goes away (then the job goes on, for a resume)."""
         conn.current_job = job
+        conn.chunk_index = bisect.bisect_left(job.chunk_at, position)  # encrypted chunks
         job.consumers += 1
         try:
             while True:
                 frames = job.frames
                 while position < len(frames) and not conn.cancel.is_set() and not conn.gone:
-                    await conn.send(frames[position])
+                    await conn.send_answer(frames[position])
                     position += 1
                 if conn.gone or conn.ws.closed:
                     return
@@ -720,8 +893,35 @@ class ReferenceHost:
                 "chains": [self.chain_id] if self.chain_id else [],
                 "engine": self.engine.name,
                 **_engine_description(self.engine),
+                "host_address": self.host_address,
+                "host_public_key": self.host_public_key,
             }
         )
+
+    async def _challenge(self, request: web.Request) -> web.Response:
+        """``POST /v1/auth/challenge`` (section 4.4): ``{"challenge": hex32}`` ->
+        ``{"signature": r||s hex, "recid"}`` over ``sha256(challenge)``, so that a client
+        recovers the host's key (and checks it against the host's address)."""
+        if self._encryption_key is None:
+            return web.json_response(
+                {"error_type": "not_supported", "message": "this host has no host key"},
+                status=404,
+            )
+        try:
+            body = loads_untrusted(await request.read())
+            challenge = bytes.fromhex(body["challenge"].removeprefix("0x"))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            challenge = b""
+        if len(challenge) != 32:
+            return web.json_response(
+                {
+                    "error_type": "validation_error",
+                    "message": "challenge must be 32 bytes of hex",
+                    "details": {"field": "challenge"},
+                },
+                status=400,
+            )
+        return web.json_response(answer_challenge(self._encryption_key, challenge))
 
     async def _models(self, request: web.Request) -> web.Response:
         refresh = getattr(self.engine, "refresh_models", None)

@@ -11,10 +11,15 @@ alternates). It reports every success and failure to discovery's circuit breaker
 
 from __future__ import annotations
 
+import json
+import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
+from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -24,7 +29,11 @@ from tenacity import (
 
 from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
+    ENCRYPTION_ERRORS,
     ConnectionFailedError,
+    DecryptionFailedError,
+    EncryptionError,
+    EncryptionUnavailableError,
     FabstirError,
     HostDisconnectedError,
     ProtocolError,
@@ -34,9 +43,19 @@ from langchain_fabstir.sessions.models import Session, SessionConfig
 from langchain_fabstir.sessions.recovery import reconnect
 from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.transport import Transport, TransportOptions
-from langchain_fabstir.wire.frames import SessionInit, SessionInitAck
+from langchain_fabstir.wire.encryption import (
+    PrivateKey,
+    SessionCipher,
+    address_of_public_key,
+    parse_private_key,
+    recover_challenge_key,
+    seal_session_init,
+)
+from langchain_fabstir.wire.frames import ErrorFrame, SessionInit, SessionInitAck
 
 __all__ = ["Connector"]
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[..., Awaitable[None]]
 
@@ -51,11 +70,13 @@ class Connector:
         discovery: HostDiscovery | None,
         user_address: str | None,
         emit: Emit,
+        signing_key: SecretStr | None = None,
     ) -> None:
         self.config = config
         self.discovery = discovery
         self.user_address = user_address
         self._emit = emit
+        self._signing_key = signing_key
 
     async def connection(self, state: SessionState) -> Transport:
         """The session's socket, opened and initialised if needed."""
@@ -80,6 +101,7 @@ class Connector:
                 HostDisconnectedError,
                 ResponseTimeoutError,
                 ProtocolError,
+                EncryptionUnavailableError,
             ) as exc:
                 self._record_failure(host, exc)
                 last = exc
@@ -122,7 +144,7 @@ class Connector:
         if state.transport is not None:
             state.remember_socket(state.transport)
         try:
-            await self._session_init(transport, session, state.handover_token(host_url))
+            await self._init(transport, state, state.handover_token(host_url))
         except BaseException:
             await transport.close()
             raise
@@ -169,6 +191,124 @@ class Connector:
                         session_id=session.id,
                     )
                 return
+
+    async def _init(
+        self, transport: Transport, state: SessionState, previous_token: str | None
+    ) -> None:
+        """Encrypted or plaintext init, as ``config.encryption`` and the host allow."""
+        session = state.session
+        mode = self.config.encryption
+        must = mode == "required" or session.encrypted  # never a downgrade
+        key = await self._host_key(state, transport) if mode != "off" or must else None
+        if key is not None and await self._encrypted_init(transport, session, key, previous_token):
+            session.encrypted = True
+            return
+        if must:
+            why = "has no known public key" if key is None else "refused encryption"
+            raise EncryptionUnavailableError(
+                f"host {transport.host_url} {why}: encryption is required"
+                + (" (this session ran encrypted)" if session.encrypted else "")
+                + ", so no prompt was sent. Give create_session(host_public_key=...) or "
+                "use a host started with a host key (FABSTIR_HOST_KEY).",
+                host_url=transport.host_url,
+                session_id=session.id,
+            )
+        if key is not None:
+            log.warning("host %s refused encryption: plaintext session", transport.host_url)
+        session.encrypted = False
+        await self._session_init(transport, session, previous_token)
+
+    async def _host_key(self, state: SessionState, transport: Transport) -> str | None:
+        """The host's public key: given by the caller for this host; else announced by the
+        host and hashing to the address it announced; else recovered from its
+        ``/v1/auth/challenge`` answer and hashing to that address."""
+        given = state.host_keys.get(transport.host_url)
+        if given is not None:
+            return given
+        greeting = transport.greeting
+        address = (greeting.host_address or "").lower()
+        announced = greeting.host_public_key
+        if announced and address:
+            try:
+                if address_of_public_key(announced).lower() == address:
+                    return announced
+            except EncryptionError:
+                pass
+        if "encryption" in greeting.features and address:
+            return await self._challenge(transport.host_url, address)
+        return None
+
+    async def _challenge(self, host_url: str, address: str) -> str | None:
+        base = host_url.rstrip("/").removesuffix("/v1/ws")
+        base = base.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        challenge = secrets.token_bytes(32)
+        try:
+            async with httpx.AsyncClient(timeout=self.config.open_timeout) as client:
+                reply = await client.post(
+                    f"{base}/v1/auth/challenge", json={"challenge": challenge.hex()}
+                )
+            key = recover_challenge_key(challenge, reply.json())
+        except (httpx.HTTPError, ValueError, EncryptionError):
+            return None
+        return key if address_of_public_key(key).lower() == address else None
+
+    async def _encrypted_init(
+        self, transport: Transport, session: Session, host_key: str, previous_token: str | None
+    ) -> bool:
+        """``encrypted_session_init`` and its ack (False: ``ENCRYPTION_NOT_SUPPORTED``)."""
+        signer = (
+            parse_private_key(self._signing_key.get_secret_value())
+            if self._signing_key is not None
+            else PrivateKey()  # an ephemeral identity
+        )
+        job = str(session.job_id) if session.job_id is not None else session.id
+        data = {
+            "jobId": job,
+            "modelName": session.model or "",
+            "pricePerToken": 0,
+            "recoveryPublicKey": "0x" + signer.public_key.format(compressed=True).hex(),
+        }
+        sealed = seal_session_init(host_key, data, signer)
+        frame: dict[str, Any] = {
+            "type": "encrypted_session_init",
+            "chain_id": session.chain_id,
+            "session_id": session.id,
+            "job_id": job,
+            "payload": sealed.payload,
+        }
+        if previous_token is not None:
+            frame["resume_token"] = previous_token
+        await transport.send(json.dumps(frame, separators=(",", ":")))
+        deadline = time.monotonic() + self.config.ack_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResponseTimeoutError(
+                    f"no ack of encrypted_session_init from {transport.host_url} within "
+                    f"{self.config.ack_timeout}s",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            reply = await transport.recv(remaining, what="session_init_ack")
+            if isinstance(reply, ErrorFrame):
+                if reply.code == "ENCRYPTION_NOT_SUPPORTED":
+                    return False
+                error = ENCRYPTION_ERRORS.get(reply.code or "", DecryptionFailedError)
+                raise error(
+                    f"host {transport.host_url} could not open the encrypted session init "
+                    f"({reply.code}: {reply.text}); is host_public_key this host's key?",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            if isinstance(reply, SessionInitAck):
+                if reply.status != "success":
+                    raise ProtocolError(
+                        f"host refused encrypted_session_init: {reply.message or reply.status}",
+                        host_url=transport.host_url,
+                        session_id=session.id,
+                    )
+                transport.encrypt(SessionCipher(sealed.session_key))
+                return True
 
     async def drop(self, state: SessionState, failed: BaseException | None = None) -> None:
         """Close the session's socket (``failed``: it broke, and discovery hears why)."""

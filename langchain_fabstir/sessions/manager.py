@@ -73,6 +73,7 @@ from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.sessions.transport import Transport
 from langchain_fabstir.storage.conversations import S5ConversationStore
+from langchain_fabstir.wire.encryption import parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
 
 __all__ = ["SessionManager"]
@@ -139,7 +140,11 @@ class SessionManager:
         self._initialized = False
         # The parts this facade composes (each usable and testable alone).
         self._connector = Connector(
-            self.config, discovery=discovery, user_address=user_address, emit=self._emit
+            self.config,
+            discovery=discovery,
+            user_address=user_address,
+            emit=self._emit,
+            signing_key=self._private_key,
         )
         self._persistence = SessionPersistence(storage, self.config, emit=self._emit)
 
@@ -224,6 +229,7 @@ class SessionManager:
         session_id: str | None = None,
         connect: bool = True,
         policy: SelectionPolicy | str = "auto",
+        host_public_key: str | None = None,
     ) -> Session:
         """Create a session and connect to its host (the seed's ``createSession``).
 
@@ -261,6 +267,8 @@ class SessionManager:
         )
         state = SessionState(session)
         state.alternates = alternates
+        if host_public_key is not None:
+            state.host_keys[url] = "0x" + parse_public_key(host_public_key).hex()
         state.last_used = self._clock()
         if system_prompt:
             state.messages.append(Message(role="system", content=system_prompt))

@@ -82,6 +82,12 @@ class SessionConfig(BaseModel):
     """The longest "retry after N seconds" of a rate-limited host that is waited out."""
     require_verified_checkpoints: bool = False
     """Make a checkpoint that cannot be made or verified fatal (default: a warning)."""
+    encryption: Literal["auto", "required", "off"] = "auto"
+    """End-to-end encryption (PROTOCOL.md section 4). ``"auto"``: encrypt whenever the host's
+    public key is known (given to ``create_session(host_public_key=...)``, or announced by
+    the host with a matching ``host_address``, or recovered from ``/v1/auth/challenge``);
+    ``"required"``: never send a prompt in clear (``ENCRYPTION_UNAVAILABLE`` instead);
+    ``"off"``: plaintext. A session that ran encrypted never falls back to plaintext."""
     default_max_tokens: int = Field(default=500, ge=1)
     default_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
 
@@ -135,6 +141,8 @@ class Session(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
     system_prompt: str | None = None
+    encrypted: bool = False
+    """Whether the session's socket runs in encrypted mode (section 4)."""
 
 
 class SessionSummary(BaseModel):

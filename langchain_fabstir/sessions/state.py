@@ -34,6 +34,8 @@ class SessionState:
         self.alternates: list[str] = []  # other hosts to fail over to, in order
         self.unsaved = False  # history not yet written to storage as a whole
         self.last_used = last_used
+        self.host_keys: dict[str, str] = {}
+        """Host public keys the caller gave, by host URL (encrypted mode)."""
         self.handover: tuple[str, str] | None = None
         """``(host_url, resume_token)`` of the session's last socket: presented to the same
         host at the next ``session_init`` so that it hands the new socket what the old one

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -42,7 +41,6 @@ from langchain_fabstir.wire.frames import (
     StreamResumed,
     Usage,
     frame_from_obj,
-    loads,
 )
 
 __all__ = ["PromptStream", "error_from_frame", "parse_retry_after"]
@@ -247,7 +245,7 @@ class PromptStream:
             ) from None
         finally:
             self._waiting_since = None
-        return loads(raw)
+        return self.transport.decode(raw)  # (opens encrypted frames, see transport.py)
 
     def _answer_timeout_error(self) -> ResponseTimeoutError:
         return ResponseTimeoutError(
@@ -276,7 +274,7 @@ class PromptStream:
         self._watch_at = self._loop.time() + self.first_timeout
         self._watch = self._loop.call_at(self._watch_at, self._watchdog)
         try:
-            await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
+            await self.transport.send_prompt(self.payload)  # (sealed in encrypted mode)
             while True:
                 obj = await self._next_frame(
                     self.first_timeout if first else self.chunk_timeout, first, stale

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +30,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
     ConnectionFailedError,
+    EncryptionModeError,
+    FabstirError,
     HostDisconnectedError,
     ProtocolError,
     ResponseTimeoutError,
 )
-from langchain_fabstir.wire.frames import Connected, _Frame, encode_frame, parse_frame
+from langchain_fabstir.wire.encryption import SessionCipher
+from langchain_fabstir.wire.frames import Connected, _Frame, encode_frame, loads, parse_frame
 
 __all__ = ["Transport", "TransportOptions", "ws_url"]
 
@@ -76,6 +80,110 @@ class Transport:
         self.host_url = host_url
         self.ws = ws
         self.greeting = greeting
+        self.cipher: SessionCipher | None = None
+        """The session key once an ``encrypted_session_init`` was acked (see
+        :meth:`encrypt`); ``None``: a plaintext socket."""
+        self.held: list[dict[str, str]] | None = None
+        """Encrypted mode: the conversation the host holds for this socket, as far as the
+        client knows (``None``: unknown)."""
+        self._asked: list[dict[str, str]] = []
+        self._answer: list[str] = []
+
+    # --- encrypted mode (PROTOCOL.md section 4) --------------------------------------
+
+    def encrypt(self, cipher: SessionCipher) -> None:
+        """From now on prompts go out as ``encrypted_message`` and answers come in as
+        ``encrypted_chunk`` under ``cipher``; answer text in clear is refused. The host of
+        a fresh session key holds no conversation yet."""
+        self.cipher = cipher
+        self.held = []
+
+    async def send_prompt(self, payload: dict[str, Any]) -> None:
+        """Send a ``prompt`` frame (a dict from ``prompt_payload``), sealed in encrypted
+        mode. The host keeps the conversation there, so the history goes along (inside
+        the ciphertext) only when the host's copy is not known to equal it: on a new socket
+        (a reconnect, a failover: a new session key, perhaps a new host), after an answer
+        that did not complete, or when the caller's history changed. Otherwise only the
+        new prompt is sent."""
+        cipher = self.cipher
+        if cipher is None:
+            await self.send(json.dumps(payload, separators=(",", ":")))
+            return
+        request = dict(payload.get("request") or {})
+        session_id = request.get("session_id")
+        context = request.pop("conversation_context", None) or []
+        for name in ("session_id", "job_id", "request_id", "chain_id"):
+            request.pop(name, None)
+        if context != self.held:
+            request["conversation_context"] = context
+        self._asked = [*context, {"role": "user", "content": str(request.get("prompt", ""))}]
+        self._answer = []
+        self.held = None  # known again when the answer completes
+        cipher.expect_chunk(0)
+        frame: dict[str, Any] = {
+            "type": "encrypted_message",
+            "session_id": session_id,
+            "id": payload.get("id"),
+            "payload": cipher.seal_message(json.dumps(request, separators=(",", ":"))),
+        }
+        await self.send(json.dumps(frame, separators=(",", ":")))
+
+    def decode(self, raw: str | bytes) -> Any:
+        """A received message as decoded JSON; in encrypted mode ``encrypted_chunk`` is
+        opened into the ``stream_chunk`` it stands for (its index checked in order).
+        Raises :class:`~langchain_fabstir.errors.EncryptionError` subclasses: an encrypted
+        frame on a plaintext socket, or answer text in clear on an encrypted one
+        (``ENCRYPTION_MODE_MISMATCH``), a frame that does not authenticate
+        (``DECRYPTION_FAILED``), a replayed or reordered chunk (``CHUNK_OUT_OF_ORDER``)."""
+        obj = loads(raw)
+        if self.cipher is None:
+            if type(obj) is dict and str(obj.get("type", ""))[:10] == "encrypted_":
+                raise EncryptionModeError(
+                    f"host {self.host_url} sent an {obj.get('type')} frame in a plaintext session",
+                    host_url=self.host_url,
+                )
+            return obj
+        return self._open(obj)
+
+    def _open(self, obj: Any) -> Any:
+        if type(obj) is not dict:
+            return obj
+        kind = obj.get("type")
+        cipher = self.cipher
+        assert cipher is not None
+        if kind == "encrypted_chunk":
+            try:
+                text = cipher.open_chunk(obj.get("payload"))
+            except FabstirError as exc:
+                exc.host_url = self.host_url
+                raise
+            self._answer.append(text)
+            chunk: dict[str, Any] = {
+                "type": "stream_chunk",
+                "content": text,
+                "tokens": obj.get("tokens", 1),
+            }
+            if "id" in obj:
+                chunk["id"] = obj["id"]
+            return chunk
+        if kind == "stream_chunk" and obj.get("content"):
+            raise EncryptionModeError(
+                f"host {self.host_url} sent answer text in clear in an encrypted session "
+                "(refused, not shown)",
+                host_url=self.host_url,
+            )
+        if kind == "encrypted_response":
+            obj = dict(obj, finish_reason=cipher.open_final(obj.get("payload")))
+            obj.pop("payload", None)
+        elif kind == "stream_resumed" and type(obj.get("offset")) is int:
+            cipher.expect_chunk(obj["offset"])
+            self._answer = []  # (the answer's text before the resume is not here)
+        elif kind == "stream_end":
+            if obj.get("reason") == "complete" and self._asked:
+                answer = {"role": "assistant", "content": "".join(self._answer)}
+                self.held = [*self._asked, answer]
+            self._asked, self._answer = [], []
+        return obj
 
     @classmethod
     async def open(cls, host_url: str, options: TransportOptions | None = None) -> Transport:

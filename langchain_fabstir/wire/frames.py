@@ -264,7 +264,8 @@ class Connected(_Frame):
     """The greeting. Real hosts send only ``message``; extras announce extensions.
 
     This project's reference host adds ``features`` (e.g. ``["resume", "tools"]``),
-    ``models``, ``host_address`` and ``version``.
+    ``models``, ``host_address``, ``host_public_key`` (with the ``encryption`` feature:
+    compressed secp256k1, ``0x``-hex) and ``version``.
     """
 
     type: Literal["connected"] = "connected"
@@ -272,6 +273,7 @@ class Connected(_Frame):
     features: list[str] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)
     host_address: str | None = None
+    host_public_key: str | None = None
     version: str | None = None
 
 

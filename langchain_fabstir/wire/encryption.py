@@ -1,0 +1,510 @@
+"""The encrypted mode of ``/v1/ws`` (PROTOCOL.md section 4), as pure functions. No I/O here.
+
+Shared by the client (:mod:`langchain_fabstir.sessions`) and the reference host, so that the
+two cannot drift apart. Every primitive comes from a well-kept library: secp256k1 (ECDH,
+recoverable signatures) from ``coincurve``, HKDF-SHA256 from ``cryptography``,
+XChaCha20-Poly1305 from PyNaCl (libsodium).
+
+- :func:`seal_session_init` / :func:`open_session_init`: the ``encrypted_session_init``
+  payload: an ephemeral key agreed with the host's static key (the x-coordinate of the
+  shared point), ``HKDF-SHA256(salt = 32 zero bytes, info = "")``, XChaCha20-Poly1305 of the
+  init JSON (which carries the random 32-byte ``sessionKey``), and a recoverable signature
+  over ``sha256(ciphertext)`` (what deployed nodes recover) or the SDK's own digest
+  (:func:`sdk_init_digest`); the host accepts both.
+- :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``),
+  ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in order: a replayed, dropped or
+  reordered chunk is refused) and ``encrypted_response`` (AAD ``encrypted_response_final``).
+
+A round trip (host key, client seals, host opens, then frames under the session key):
+
+>>> host = PrivateKey()
+>>> sealed = seal_session_init(host_public_key(host), {"jobId": "1", "sessionKey": "00" * 32})
+>>> opened = open_session_init(host, sealed.payload)
+>>> opened.data["jobId"], opened.digest, opened.client_address == sealed.client_address
+('1', 'ciphertext', True)
+>>> client, server = SessionCipher(sealed.session_key), SessionCipher(sealed.session_key)
+>>> server.open_message(client.seal_message('{"prompt":"hi"}'))
+'{"prompt":"hi"}'
+>>> client.open_chunk(server.seal_chunk("Hel", 0)), client.open_chunk(server.seal_chunk("lo", 1))
+('Hel', 'lo')
+>>> try:
+...     client.open_chunk(server.seal_chunk("again", 1))  # a replay
+... except ChunkOrderError as exc:
+...     exc.code
+'CHUNK_OUT_OF_ORDER'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nacl.bindings
+import nacl.exceptions
+from coincurve import PrivateKey, PublicKey
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from eth_utils import keccak, to_checksum_address
+
+from langchain_fabstir.errors import (
+    ChunkOrderError,
+    DecryptionFailedError,
+    EncryptionError,
+    InvalidEncryptedPayloadError,
+    InvalidHexError,
+    InvalidNonceSizeError,
+    MissingPayloadError,
+)
+
+__all__ = [
+    "ALG",
+    "CHECKPOINT_INFO",
+    "FINAL_AAD",
+    "KEY_SIZE",
+    "NONCE_SIZE",
+    "OpenedInit",
+    "PrivateKey",
+    "SealedInit",
+    "SessionCipher",
+    "address_of_public_key",
+    "answer_challenge",
+    "checkpoint_delta_key",
+    "ciphertext_digest",
+    "ecdh_x",
+    "hkdf_sha256",
+    "host_public_key",
+    "open_session_init",
+    "parse_private_key",
+    "parse_public_key",
+    "recover_challenge_key",
+    "sdk_init_digest",
+    "seal_session_init",
+    "xchacha_decrypt",
+    "xchacha_encrypt",
+]
+
+ALG = "secp256k1-ecdh(ephemeral→static)+hkdf(sha256)+xchacha20-poly1305"
+NONCE_SIZE = 24
+KEY_SIZE = 32
+FINAL_AAD = b"encrypted_response_final"
+CHECKPOINT_INFO = b"checkpoint-delta-encryption-v1"
+_ZERO_SALT = bytes(32)
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def parse_private_key(key: str | bytes | PrivateKey) -> PrivateKey:
+    """A secp256k1 private key from 32 bytes or (``0x``-)hex.
+
+    >>> parse_private_key("0x" + "01" * 32).public_key.format().hex()[:4]
+    '031b'
+    >>> parse_private_key("zz").public_key
+    Traceback (most recent call last):
+    ...
+    langchain_fabstir.errors.EncryptionError: [ENCRYPTION_ERROR] the private key is not 32 ...
+    """
+    if isinstance(key, PrivateKey):
+        return key
+    raw = key if isinstance(key, bytes) else _unhex(key, "private key", quiet=True)
+    if len(raw) != 32:
+        raise EncryptionError("the private key is not 32 bytes of hex")
+    try:
+        return PrivateKey(raw)
+    except ValueError:
+        raise EncryptionError("the private key is out of range for secp256k1") from None
+
+
+def parse_public_key(key: str | bytes) -> bytes:
+    """The 33-byte compressed form of a secp256k1 public key given compressed or
+    uncompressed, as bytes or (``0x``-)hex.
+
+    >>> parse_public_key(host_public_key(PrivateKey(b"\\x01" * 32)))[:1].hex()
+    '03'
+    """
+    raw = key if isinstance(key, bytes) else _unhex(key, "host public key")
+    try:
+        return PublicKey(raw).format(compressed=True)
+    except (ValueError, TypeError):
+        raise InvalidEncryptedPayloadError(
+            f"not a secp256k1 public key ({len(raw)} bytes)",
+            details={"field": "public_key"},
+        ) from None
+
+
+def host_public_key(key: PrivateKey) -> str:
+    """The compressed public key as ``0x``-hex, as hosts announce it."""
+    return "0x" + key.public_key.format(compressed=True).hex()
+
+
+def address_of_public_key(key: str | bytes | PublicKey) -> str:
+    """The checksum Ethereum address of a secp256k1 public key.
+
+    >>> address_of_public_key(PrivateKey(b"\\x01" * 32).public_key)
+    '0x1a642f0E3c3aF545E7AcBD38b07251B3990914F1'
+    """
+    pub = key if isinstance(key, PublicKey) else PublicKey(parse_public_key(key))
+    return str(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
+
+
+def ecdh_x(private: PrivateKey, public: bytes) -> bytes:
+    """The 32-byte x-coordinate of ``private * public`` (not libsecp256k1's hashed ECDH)."""
+    point = PublicKey(public).multiply(private.secret)
+    return point.format(compressed=False)[1:33]
+
+
+def hkdf_sha256(
+    ikm: bytes, *, salt: bytes = _ZERO_SALT, info: bytes = b"", length: int = 32
+) -> bytes:
+    """HKDF-SHA256 (RFC 5869)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def checkpoint_delta_key(shared_x: bytes) -> bytes:
+    """The key of an encrypted session's checkpoint deltas (section 4.5)."""
+    return hkdf_sha256(hashlib.sha256(shared_x).digest(), info=CHECKPOINT_INFO)
+
+
+# --- AEAD ---------------------------------------------------------------------------------
+
+
+def xchacha_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """XChaCha20-Poly1305 (IETF), the 16-byte tag appended."""
+    return bytes(
+        nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad or None, nonce, key)
+    )
+
+
+def xchacha_decrypt(
+    key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"", *, what: str = "frame"
+) -> bytes:
+    """Decrypt and authenticate; a wrong key or any changed byte -> ``DECRYPTION_FAILED``."""
+    if len(nonce) != NONCE_SIZE:
+        raise InvalidNonceSizeError(
+            f"the {what} has a {len(nonce)}-byte nonce (XChaCha20-Poly1305 takes 24)",
+            details={"field": "nonceHex", "size": len(nonce)},
+        )
+    try:
+        return bytes(
+            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                ciphertext, aad or None, nonce, key
+            )
+        )
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise DecryptionFailedError(
+            f"the {what} did not decrypt: a wrong session key, or the ciphertext, nonce or "
+            "AAD was changed on the way",
+            details={"what": what},
+        ) from None
+
+
+def _unhex(value: Any, field: str, *, quiet: bool = False) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidEncryptedPayloadError(
+            f"{field} is missing or not a hex string", details={"field": field}
+        )
+    text = value[2:] if value[:2] in ("0x", "0X") else value
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        if quiet:  # never quote a secret
+            raise EncryptionError(f"the {field} is not 32 bytes of hex") from None
+        raise InvalidHexError(f"{field} is not valid hex", details={"field": field}) from None
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> dict[str, str]:
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    return {
+        "ciphertextHex": xchacha_encrypt(key, nonce, plaintext, aad).hex(),
+        "nonceHex": nonce.hex(),
+        "aadHex": aad.hex(),
+    }
+
+
+def _open(key: bytes, payload: Any, aad: bytes, what: str) -> bytes:
+    if not isinstance(payload, Mapping):
+        raise MissingPayloadError(f"the {what} has no payload object", details={"field": "payload"})
+    nonce = _unhex(payload.get("nonceHex"), "nonceHex")
+    ciphertext = _unhex(payload.get("ciphertextHex"), "ciphertextHex")
+    return xchacha_decrypt(key, nonce, ciphertext, aad, what=what)
+
+
+# --- encrypted_session_init -----------------------------------------------------------------
+
+
+def ciphertext_digest(ciphertext: bytes) -> bytes:
+    """What deployed nodes recover the client's address from: ``sha256(ciphertext)``."""
+    return hashlib.sha256(ciphertext).digest()
+
+
+def sdk_init_digest(
+    eph_pub: bytes, host_pub: bytes, salt: bytes, nonce: bytes, info: bytes = b"", aad: bytes = b""
+) -> bytes:
+    """The TypeScript SDK's digest: ``sha256("E2EEv1|" eph "|" host "|" salt "|" nonce "|"
+    info ["|" aad])``."""
+    parts = [b"E2EEv1", eph_pub, host_pub, salt, nonce, info]
+    if aad:
+        parts.append(aad)
+    return hashlib.sha256(b"|".join(parts)).digest()
+
+
+@dataclass(frozen=True)
+class SealedInit:
+    """An ``encrypted_session_init`` payload and what the client keeps of it."""
+
+    payload: dict[str, Any]
+    session_key: bytes
+    client_address: str
+    shared_x: bytes
+
+
+@dataclass(frozen=True)
+class OpenedInit:
+    """What a host learns from an ``encrypted_session_init``."""
+
+    data: dict[str, Any]
+    session_key: bytes
+    client_address: str | None
+    digest: Literal["ciphertext", "sdk"] | None
+    """Which digest the signature recovered over (``None``: no usable signature)."""
+    shared_x: bytes
+
+
+def seal_session_init(
+    host_public: str | bytes,
+    data: Mapping[str, Any],
+    signer: str | bytes | PrivateKey | None = None,
+    *,
+    digest: Literal["ciphertext", "sdk"] = "ciphertext",
+    session_key: bytes | None = None,
+) -> SealedInit:
+    """Build the ``payload`` of an ``encrypted_session_init`` for ``host_public``.
+
+    ``data`` is the init JSON (``jobId``, ``modelName``...); a fresh random ``sessionKey`` is
+    put in unless ``data`` has one or ``session_key`` is given. ``signer``: the user's key
+    (an ephemeral identity when ``None``); ``digest`` which digest it signs (deployed nodes
+    recover ``"ciphertext"``; the SDK signs ``"sdk"``).
+    """
+    host_pub = parse_public_key(host_public)
+    body = dict(data)
+    if session_key is None:
+        given = body.get("sessionKey")
+        session_key = _unhex(given, "sessionKey") if given else secrets.token_bytes(KEY_SIZE)
+    if len(session_key) != KEY_SIZE:
+        raise EncryptionError("a session key is 32 bytes")
+    body["sessionKey"] = session_key.hex()
+    eph = PrivateKey()
+    eph_pub = eph.public_key.format(compressed=True)
+    shared = ecdh_x(eph, host_pub)
+    salt = _ZERO_SALT
+    key = hkdf_sha256(shared, salt=salt)
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    plaintext = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    ciphertext = xchacha_encrypt(key, nonce, plaintext)
+    who = parse_private_key(signer) if signer is not None else PrivateKey()
+    if digest == "ciphertext":
+        to_sign = ciphertext_digest(ciphertext)
+    else:
+        to_sign = sdk_init_digest(eph_pub, host_pub, salt, nonce)
+    signature = who.sign_recoverable(to_sign, hasher=None)
+    payload = {
+        "ephPubHex": eph_pub.hex(),
+        "saltHex": salt.hex(),
+        "nonceHex": nonce.hex(),
+        "ciphertextHex": ciphertext.hex(),
+        "signatureHex": signature.hex(),
+        "recid": signature[64],
+        "alg": ALG,
+        "info": "",
+        "aadHex": "",
+    }
+    return SealedInit(payload, session_key, address_of_public_key(who.public_key), shared)
+
+
+def _recover(signature: bytes, digest: bytes) -> PublicKey | None:
+    if len(signature) != 65:
+        return None
+    recid = signature[64]
+    if recid >= 27:
+        recid -= 27
+    if recid > 3:
+        return None
+    try:
+        return PublicKey.from_signature_and_message(
+            signature[:64] + bytes([recid]), digest, hasher=None
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def open_session_init(host_key: str | bytes | PrivateKey, payload: Any) -> OpenedInit:
+    """Decrypt an ``encrypted_session_init`` payload with the host's key.
+
+    The client's address is recovered from the signature over ``sha256(ciphertext)`` or,
+    failing that, over the SDK's digest (:attr:`OpenedInit.digest` says which).
+
+    Raises the typed errors of the node's init codes: ``MISSING_PAYLOAD``,
+    ``INVALID_PAYLOAD``, ``INVALID_HEX_ENCODING``, ``INVALID_NONCE_SIZE``,
+    ``DECRYPTION_FAILED``.
+    """
+    key = parse_private_key(host_key)
+    if not isinstance(payload, Mapping):
+        raise MissingPayloadError("encrypted_session_init has no payload")
+    eph_pub = parse_public_key(_unhex(payload.get("ephPubHex"), "ephPubHex"))
+    salt_hex = payload.get("saltHex")
+    salt = _unhex(salt_hex, "saltHex") if salt_hex else _ZERO_SALT
+    nonce = _unhex(payload.get("nonceHex"), "nonceHex")
+    ciphertext = _unhex(payload.get("ciphertextHex"), "ciphertextHex")
+    aad_hex = payload.get("aadHex")
+    aad = _unhex(aad_hex, "aadHex") if aad_hex else b""
+    info_text = payload.get("info")
+    info = info_text.encode() if isinstance(info_text, str) else b""
+    shared = ecdh_x(key, eph_pub)
+    plaintext = xchacha_decrypt(
+        hkdf_sha256(shared, salt=salt, info=info), nonce, ciphertext, aad, what="session init"
+    )
+    try:
+        data = json.loads(plaintext)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InvalidEncryptedPayloadError("the session init is not a JSON object")
+    session_key = _unhex(data.get("sessionKey"), "sessionKey")
+    if len(session_key) != KEY_SIZE:
+        raise InvalidEncryptedPayloadError(
+            "sessionKey is not 32 bytes", details={"field": "sessionKey"}
+        )
+    sig_hex = payload.get("signatureHex")
+    signature = _unhex(sig_hex, "signatureHex") if sig_hex else b""
+    if len(signature) == 64 and isinstance(payload.get("recid"), int):
+        signature += bytes([payload["recid"] & 0xFF])
+    # Any signature recovers *some* key over any digest: the one the init names as the
+    # client's (``recoveryPublicKey``) decides which digest was signed; without it, the
+    # digest deployed nodes recover (sha256 of the ciphertext).
+    claimed = data.get("recoveryPublicKey")
+    try:
+        claimed_pub = parse_public_key(claimed) if isinstance(claimed, str) else None
+    except EncryptionError:
+        claimed_pub = None
+    host_pub = key.public_key.format(compressed=True)
+    address: str | None = None
+    which: Literal["ciphertext", "sdk"] | None = None
+    candidates: list[tuple[Literal["ciphertext", "sdk"], bytes]] = [
+        ("ciphertext", ciphertext_digest(ciphertext)),
+        ("sdk", sdk_init_digest(eph_pub, host_pub, salt, nonce, info, aad)),
+    ]
+    for name, digest in candidates:
+        pub = _recover(signature, digest)
+        if pub is None:
+            continue
+        if claimed_pub is None or pub.format(compressed=True) == claimed_pub:
+            address, which = address_of_public_key(pub), name
+            break
+    return OpenedInit(data, session_key, address, which, shared)
+
+
+# --- the /v1/auth/challenge route (section 4.4) --------------------------------------------
+
+
+def answer_challenge(host_key: str | bytes | PrivateKey, challenge: bytes) -> dict[str, Any]:
+    """The host's answer: ``{"signature": r||s hex, "recid"}`` over ``sha256(challenge)``."""
+    sig = parse_private_key(host_key).sign_recoverable(
+        hashlib.sha256(challenge).digest(), hasher=None
+    )
+    return {"signature": sig[:64].hex(), "recid": sig[64]}
+
+
+def recover_challenge_key(challenge: bytes, answer: Any) -> str:
+    """The host's compressed public key (``0x``-hex) recovered from its challenge answer."""
+    if not isinstance(answer, Mapping) or not isinstance(answer.get("recid"), int):
+        raise InvalidEncryptedPayloadError("the challenge answer has no signature and recid")
+    sig = _unhex(answer.get("signature"), "signature")[:64] + bytes([answer["recid"] & 0xFF])
+    pub = _recover(sig, hashlib.sha256(challenge).digest())
+    if pub is None:
+        raise DecryptionFailedError("the challenge signature does not recover a key")
+    return "0x" + pub.format(compressed=True).hex()
+
+
+# --- the session key ------------------------------------------------------------------------
+
+
+class SessionCipher:
+    """One session key and the counters of its frames (section 4.2/4.3).
+
+    Sending: :meth:`seal_message` numbers messages from 0 (AAD ``message_<n>``).
+    Receiving chunks: :meth:`open_chunk` expects indices in order from :attr:`next_chunk`
+    (set it with :meth:`expect_chunk` at a new answer or a resume) and refuses a replayed,
+    dropped or reordered one (``CHUNK_OUT_OF_ORDER``), or one whose AAD is not ``chunk_<i>``.
+    """
+
+    __slots__ = ("key", "messages_sent", "next_chunk")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise EncryptionError("a session key is 32 bytes")
+        self.key = key
+        self.messages_sent = 0
+        self.next_chunk = 0
+
+    def seal_message(self, body: str) -> dict[str, str]:
+        """An ``encrypted_message`` payload for ``body`` (UTF-8 JSON text)."""
+        aad = f"message_{self.messages_sent}".encode()
+        self.messages_sent += 1
+        return _seal(self.key, body.encode(), aad)
+
+    def open_message(self, payload: Any) -> str:
+        """The host side: decrypt with the AAD the client sent (as deployed nodes do)."""
+        aad_hex = payload.get("aadHex") if isinstance(payload, Mapping) else None
+        aad = _unhex(aad_hex, "aadHex") if aad_hex else b""
+        return _decode(_open(self.key, payload, aad, "encrypted message"), "encrypted message")
+
+    def seal_chunk(self, text: str, index: int) -> dict[str, Any]:
+        """An ``encrypted_chunk`` payload: the token's raw text, AAD ``chunk_<index>``."""
+        sealed: dict[str, Any] = _seal(self.key, text.encode(), f"chunk_{index}".encode())
+        sealed["index"] = index
+        return sealed
+
+    def expect_chunk(self, index: int) -> None:
+        self.next_chunk = index
+
+    def open_chunk(self, payload: Any) -> str:
+        """Decrypt the next chunk of the answer (its index must be :attr:`next_chunk`)."""
+        index = payload.get("index") if isinstance(payload, Mapping) else None
+        expected = self.next_chunk
+        if type(index) is not int:
+            raise InvalidEncryptedPayloadError(
+                "an encrypted chunk has no index", details={"field": "index"}
+            )
+        if index != expected:
+            raise ChunkOrderError(
+                f"encrypted chunk {index} arrived where chunk {expected} was expected "
+                "(replayed, dropped or reordered)",
+                details={"index": index, "expected": expected},
+            )
+        aad = f"chunk_{index}".encode()
+        if payload.get("aadHex", aad.hex()) != aad.hex():
+            raise ChunkOrderError(
+                f"encrypted chunk {index} is bound to another position (its AAD)",
+                details={"index": index, "expected": expected},
+            )
+        text = _decode(_open(self.key, payload, aad, f"encrypted chunk {index}"), "chunk")
+        self.next_chunk = expected + 1
+        return text
+
+    def seal_final(self, finish_reason: str) -> dict[str, str]:
+        """The ``encrypted_response`` payload (the finish reason)."""
+        return _seal(self.key, finish_reason.encode(), FINAL_AAD)
+
+    def open_final(self, payload: Any) -> str:
+        return _decode(_open(self.key, payload, FINAL_AAD, "encrypted response"), "response")
+
+
+def _decode(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEncryptedPayloadError(f"the decrypted {what} is not UTF-8 text") from None
