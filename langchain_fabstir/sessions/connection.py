@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -172,17 +172,7 @@ class Connector:
         if previous_token is not None:
             init.__pydantic_extra__ = {"resume_token": previous_token}
         await transport.send(init)
-        deadline = time.monotonic() + self.config.ack_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResponseTimeoutError(
-                    f"no session_init_ack from {session.host_url} within "
-                    f"{self.config.ack_timeout}s",
-                    host_url=session.host_url,
-                    session_id=session.id,
-                )
-            frame = await transport.recv(remaining, what="session_init_ack")
+        async for frame in self._replies(transport, session, "session_init_ack"):
             if isinstance(frame, SessionInitAck) and frame.id in (None, rid):
                 if frame.status != "success":
                     raise ProtocolError(
@@ -279,17 +269,7 @@ class Connector:
         if previous_token is not None:
             frame["resume_token"] = previous_token
         await transport.send(json.dumps(frame, separators=(",", ":")))
-        deadline = time.monotonic() + self.config.ack_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResponseTimeoutError(
-                    f"no ack of encrypted_session_init from {transport.host_url} within "
-                    f"{self.config.ack_timeout}s",
-                    host_url=transport.host_url,
-                    session_id=session.id,
-                )
-            reply = await transport.recv(remaining, what="session_init_ack")
+        async for reply in self._replies(transport, session, "encrypted_session_init's ack"):
             if isinstance(reply, ErrorFrame):
                 if reply.code == "ENCRYPTION_NOT_SUPPORTED":
                     return False
@@ -309,6 +289,23 @@ class Connector:
                     )
                 transport.encrypt(SessionCipher(sealed.session_key))
                 return True
+        raise AssertionError("unreachable: _replies ends only by raising")  # pragma: no cover
+
+    async def _replies(
+        self, transport: Transport, session: Session, what: str
+    ) -> AsyncIterator[Any]:
+        """The host's frames, until ``ack_timeout`` runs out for all of them together
+        (then ``RESPONSE_TIMEOUT`` saying that ``what`` never came)."""
+        deadline = time.monotonic() + self.config.ack_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResponseTimeoutError(
+                    f"no {what} from {transport.host_url} within {self.config.ack_timeout}s",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            yield await transport.recv(remaining, what=what)
 
     async def drop(self, state: SessionState, failed: BaseException | None = None) -> None:
         """Close the session's socket (``failed``: it broke, and discovery hears why)."""
