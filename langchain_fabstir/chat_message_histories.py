@@ -63,6 +63,7 @@ from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
+from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
 
 __all__ = [
     "DEFAULT_PATH_PREFIX",
@@ -91,18 +92,8 @@ changes the format bumps :data:`FORMAT_VERSION` and adds the step here)."""
 def upgrade_record(rec: dict[str, Any], where: str = "history") -> dict[str, Any]:
     """``rec`` (without its ``"v"``) in the current format; ``StorageError`` for a record
     written by a newer release."""
-    rec = dict(rec)
-    version = rec.pop("v", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise StorageError(
-            f"{where} holds a record of format {version!r}, written by a newer "
-            f"langchain-fabstir (this one reads formats up to {FORMAT_VERSION}): upgrade "
-            "langchain-fabstir to read it",
-            details={"format": version, "supported": FORMAT_VERSION},
-        )
-    while version < FORMAT_VERSION:
-        rec = UPGRADES[version](rec)
-        version += 1
+    rec = upgrade(rec, current=FORMAT_VERSION, upgrades=UPGRADES, what=where)
+    del rec["v"]
     return rec
 
 

@@ -64,6 +64,7 @@ from pydantic import SecretStr
 from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, blake3_hash
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
+from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
 
 __all__ = ["DEFAULT_ROOT", "FORMAT_VERSION", "UPGRADES", "S5CheckpointSaver", "upgrade_record"]
 
@@ -84,19 +85,9 @@ the steps on the fly and :meth:`S5CheckpointSaver.setup` rewrites stored records
 
 def upgrade_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
     """``rec`` in the current format (``StorageError`` for a format from the future)."""
-    version = rec.get("v", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise StorageError(
-            f"checkpoint log of {where} holds a record of format {version!r}, written by a "
-            f"newer langchain-fabstir (this one reads formats up to {FORMAT_VERSION}): "
-            "upgrade langchain-fabstir to read it",
-            details={"format": version, "supported": FORMAT_VERSION},
-        )
-    while version < FORMAT_VERSION:
-        rec = UPGRADES[version](rec)
-        version += 1
-        rec["v"] = version
-    return rec
+    return upgrade(
+        rec, current=FORMAT_VERSION, upgrades=UPGRADES, what=f"checkpoint log of {where}"
+    )
 
 
 def thread_dir_name(thread_id: str) -> str:

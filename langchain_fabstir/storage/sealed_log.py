@@ -33,7 +33,7 @@ import asyncio
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from langchain_fabstir.errors import IntegrityError, RevisionConflictError
+from langchain_fabstir.errors import IntegrityError, RevisionConflictError, StorageError
 from langchain_fabstir.s5 import CID, InvalidCIDError, RegistryEntry, S5FileSystem, blake3_hash
 from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
 from langchain_fabstir.s5.registry import Ed25519KeyPair
@@ -423,3 +423,28 @@ class SealedLog:
                 if head.count == 0:
                     return
                 await self._store(_Head(epoch=os.urandom(16)), revision + 1)
+
+
+def upgrade_record(
+    rec: dict[str, Any],
+    *,
+    current: int,
+    upgrades: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]],
+    what: str,
+) -> dict[str, Any]:
+    """``rec`` brought to format ``current`` (its ``"v"``; none is format 0) by the
+    ``upgrades`` steps (``upgrades[n]``: format ``n`` -> ``n + 1``); a record of a newer
+    format is ``StorageError`` naming ``what`` holds it. The result's ``"v"`` is ``current``.
+    """
+    version = rec.get("v", 0)
+    if not isinstance(version, int) or version > current:
+        raise StorageError(
+            f"{what} holds a record of format {version!r}, written by a newer "
+            f"langchain-fabstir (this one reads formats up to {current}): upgrade "
+            "langchain-fabstir to read it",
+            details={"format": version, "supported": current},
+        )
+    while version < current:
+        rec = upgrades[version]({**rec, "v": version})  # a step sees the format it reads
+        version += 1
+    return {**rec, "v": current}
