@@ -45,16 +45,20 @@ __all__ = [
     "ENCRYPTION_ERRORS",
     "AnswerTooLargeError",
     "AuthenticationError",
+    "ChainError",
+    "ChainUnavailableError",
     "CheckpointError",
     "ChunkOrderError",
     "ConnectionFailedError",
     "DecryptionFailedError",
+    "DepositLimitError",
     "EncryptionError",
     "EncryptionModeError",
     "EncryptionUnavailableError",
     "FabstirError",
     "HostDisconnectedError",
     "HostError",
+    "InsufficientFundsError",
     "IntegrityError",
     "InvalidEncryptedPayloadError",
     "InvalidHexError",
@@ -63,6 +67,8 @@ __all__ = [
     "MissingPayloadError",
     "ModelNotAvailableError",
     "NoHostAvailableError",
+    "NoHostForModelError",
+    "PriceLimitError",
     "ProtocolError",
     "RateLimitedError",
     "ResponseTimeoutError",
@@ -73,6 +79,8 @@ __all__ = [
     "StorageError",
     "StreamChunkTimeoutError",
     "TokenLimitExceededError",
+    "TransactionRevertedError",
+    "WrongChainError",
 ]
 
 
@@ -318,6 +326,66 @@ ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {
     )
 }
 """The encryption errors by code (what a host's ``error`` frame names)."""
+
+
+# --- Chain ----------------------------------------------------------------------------
+
+
+class ChainError(FabstirError):
+    """Something on chain failed (reading a contract, paying, settling).
+
+    ``details`` carries what is known: ``job_id``, ``tx_hash``, ``rpc_url`` (never a key).
+    """
+
+    code = "CHAIN_ERROR"
+
+
+class ChainUnavailableError(ChainError, ModelConnectionError):
+    """The RPC endpoint cannot be reached, or did not answer in time. Nothing was sent."""
+
+    code = "CHAIN_UNAVAILABLE"
+    is_retryable = True
+
+
+class WrongChainError(ChainError):
+    """The RPC endpoint serves another chain than the configuration names (its chain id
+    differs). Nothing was sent: fix ``rpc_url`` or ``chain_id``."""
+
+    code = "WRONG_CHAIN"
+
+
+class TransactionRevertedError(ChainError):
+    """A transaction (or its dry run) was reverted by the contract; ``details["reason"]`` is
+    the contract's reason string when it gave one."""
+
+    code = "TRANSACTION_REVERTED"
+
+
+class InsufficientFundsError(ChainError):
+    """The account cannot pay the deposit and the gas (or has no such token balance)."""
+
+    code = "INSUFFICIENT_FUNDS"
+
+
+class PriceLimitError(ChainError):
+    """Every host for the model asks more per token than the user's ``max_price_per_token``.
+    Nothing was paid."""
+
+    code = "PRICE_ABOVE_LIMIT"
+
+
+class DepositLimitError(ChainError):
+    """The deposit the session needs is outside what the user allowed or the contract
+    accepts (below the minimum, or too small for one proof interval at the host's price)."""
+
+    code = "DEPOSIT_LIMIT"
+
+
+class NoHostForModelError(NoHostAvailableError):
+    """No active host on chain is registered for the model (or none is reachable)."""
+
+    code = "NO_HOST_FOR_MODEL"
+    is_retryable = False
 
 
 # --- Checkpoints ----------------------------------------------------------------------

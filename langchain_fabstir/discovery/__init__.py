@@ -35,6 +35,7 @@ from langchain_fabstir.discovery.ranking import auto_scores, rank
 from langchain_fabstir.discovery.sources import (
     ENV_VAR,
     HostEntry,
+    HostSource,
     env_hosts,
     load_registry,
     parse_env_hosts,
@@ -49,6 +50,7 @@ __all__ = [
     "HostEntry",
     "HostInfo",
     "HostRegistryError",
+    "HostSource",
     "HostStatus",
     "ProbeSettings",
     "SelectionPolicy",

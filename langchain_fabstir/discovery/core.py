@@ -22,6 +22,7 @@ from langchain_fabstir.discovery.probe import ProbeSettings, probe_host
 from langchain_fabstir.discovery.ranking import rank
 from langchain_fabstir.discovery.sources import (
     HostEntry,
+    HostSource,
     env_hosts,
     load_registry,
     merge_hosts,
@@ -29,6 +30,7 @@ from langchain_fabstir.discovery.sources import (
 )
 from langchain_fabstir.errors import (
     ConnectionFailedError,
+    FabstirError,
     InvalidRequestError,
     NoHostAvailableError,
 )
@@ -45,8 +47,10 @@ class HostDiscovery:
 
     Hosts come from ``hosts`` (URLs, dicts or :class:`HostInfo`), the ``FABSTIR_HOSTS``
     environment variable (read once, here; unless ``use_env=False``; ``environ`` replaces
-    ``os.environ``) and ``registry`` (a JSON file path or an http(s) URL, re-read on every
-    refresh; its hosts appear in :attr:`hosts` after the first refresh). If the registry URL
+    ``os.environ``), ``registry`` (a JSON file path or an http(s) URL, re-read on every
+    refresh; its hosts appear in :attr:`hosts` after the first refresh) and ``sources``
+    (:class:`~langchain_fabstir.discovery.sources.HostSource` objects such as the chain's
+    :class:`~langchain_fabstir.chain.ChainHostSource`, loaded on every refresh). If the registry URL
     becomes unreachable after a successful load, the last list is kept and the failure is
     stored in :attr:`registry_error`. Every refresh probes all hosts concurrently (at
     most ``max_concurrency`` at a time) with ``probe_settings``; :meth:`candidates` refreshes by
@@ -79,6 +83,7 @@ class HostDiscovery:
         hosts: Iterable[HostEntry] | None = None,
         *,
         registry: str | os.PathLike[str] | None = None,
+        sources: Sequence[HostSource] = (),
         use_env: bool = True,
         environ: Mapping[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
@@ -101,6 +106,8 @@ class HostDiscovery:
         )
         self._registry = registry
         self._registry_hosts: list[HostInfo] | None = None
+        self._sources = list(sources)
+        self._source_hosts: dict[int, list[HostInfo]] = {}
         self._extra: list[HostInfo] = []
         self._hosts: dict[str, HostInfo] = {h.url: h for h in self._static}
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -190,7 +197,16 @@ class HostDiscovery:
                     raise
                 self.registry_error = exc
                 logger.warning("host registry unreachable, keeping the last list: %s", exc)
-        return merge_hosts(self._static, self._registry_hosts or [], self._extra)
+        for index, source in enumerate(self._sources):
+            try:
+                self._source_hosts[index] = list(await source.load())
+            except FabstirError as exc:
+                if index not in self._source_hosts or not exc.is_retryable:
+                    raise
+                self.registry_error = exc
+                logger.warning("host source %s failed, keeping its last list: %s", source.name, exc)
+        from_sources = [h for i in sorted(self._source_hosts) for h in self._source_hosts[i]]
+        return merge_hosts(self._static, self._registry_hosts or [], from_sources, self._extra)
 
     async def _probe_one(self, host: HostInfo) -> HostInfo:
         async with self._semaphore:

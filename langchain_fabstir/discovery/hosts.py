@@ -110,7 +110,13 @@ class HostInfo(BaseModel):
     - ``models``: model ids the host serves. Replaced by the host's ``/v1/models`` answer when a
       probe gets one; see ``models_known``.
     - ``price``: price **per 1,000 tokens**, in the registry's unit (e.g. USDC); ``None`` when
-      unknown. Only compared between hosts, never converted.
+      unknown. Only compared between hosts, never converted. ``prices`` maps model names to a
+      price for that model (a chain source knows them per model); it wins over ``price``.
+    - ``public_key``: the host's compressed secp256k1 key (0x-hex) when a trusted source
+      (the chain) declared it; encryption then needs no discovery round trip.
+    - ``models_pinned``: the source's model list is authoritative (the chain's ``repo/file``
+      names): a probe adds the host's own model names instead of replacing the list.
+    - ``source``: where the host came from (``"chain"``), when a source says.
 
     Probed (by :meth:`HostDiscovery.refresh`):
 
@@ -134,6 +140,10 @@ class HostInfo(BaseModel):
     url: str
     models: list[str] = Field(default_factory=list)
     price: float | None = Field(default=None, ge=0)
+    prices: dict[str, float] = Field(default_factory=dict)
+    public_key: str | None = None
+    models_pinned: bool = False
+    source: str | None = None
     models_known: bool = False
     healthy: bool | None = None
     status: HostStatus = "unknown"
@@ -182,6 +192,12 @@ class HostInfo(BaseModel):
         if self.models_known or self.models:
             return "no"
         return "maybe"
+
+    def price_for(self, model: str | None) -> float | None:
+        """The price for ``model`` (per 1,000 tokens): its entry in ``prices``, else ``price``."""
+        if model is not None and model in self.prices:
+            return self.prices[model]
+        return self.price
 
     def matches(self, wanted: str) -> bool:
         """True when ``wanted`` (a URL in any accepted form, or a 0x address) names this host."""

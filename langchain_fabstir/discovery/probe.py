@@ -132,7 +132,11 @@ async def _probe(host: HostInfo, client: httpx.AsyncClient, settings: ProbeSetti
     else:
         try:
             models = _shape(_Models, models_r, "GET /v1/models")
-            out.models = [m.id for m in models.models]
+            probed = [m.id for m in models.models]
+            if out.models_pinned:  # the source's names stay; the host's own names join them
+                out.models = list(dict.fromkeys([*host.models, *probed]))
+            else:
+                out.models = probed
             out.models_known = True
         except _Bad as bad:
             problems.append(bad)

@@ -32,7 +32,11 @@ def _scaled(values: Sequence[float | None]) -> list[float]:
 
 
 def auto_scores(
-    hosts: Sequence[HostInfo], *, latency_weight: float = 0.5, price_weight: float = 0.5
+    hosts: Sequence[HostInfo],
+    *,
+    latency_weight: float = 0.5,
+    price_weight: float = 0.5,
+    model: str | None = None,
 ) -> list[float]:
     """The AUTO score of each host (lower is better).
 
@@ -41,7 +45,7 @@ def auto_scores(
     an unknown latency or price counts as 1 (worst). Equal values all scale to 0.
     """
     lat = _scaled([h.latency_s for h in hosts])
-    price = _scaled([h.price for h in hosts])
+    price = _scaled([h.price_for(model) for h in hosts])
     return [latency_weight * lv + price_weight * pv for lv, pv in zip(lat, price, strict=True)]
 
 
@@ -59,11 +63,13 @@ def rank(
     Every policy puts hosts known to serve ``model`` before "maybe" hosts, and hosts whose URL is
     in ``on_trial`` (half-open breaker) after the others. Within that:
     AUTO: healthy before degraded, then :func:`auto_scores`; FASTEST: latency (unknown last);
-    CHEAPEST: price (unknown last), then latency; SPECIFIC: the given order. Ties keep the
-    given order.
+    CHEAPEST: price for ``model`` (unknown last), then latency; SPECIFIC: the given order.
+    Ties keep the given order.
     """
     inf = math.inf
-    scores = auto_scores(hosts, latency_weight=latency_weight, price_weight=price_weight)
+    scores = auto_scores(
+        hosts, latency_weight=latency_weight, price_weight=price_weight, model=model
+    )
 
     def key(item: tuple[int, HostInfo]) -> tuple[float, ...]:
         index, host = item
@@ -73,7 +79,8 @@ def rank(
         )
         degraded = 0 if host.status == "healthy" else 1
         latency = inf if host.latency_s is None else host.latency_s
-        price = inf if host.price is None else host.price
+        known = host.price_for(model)
+        price = inf if known is None else known
         if policy is SelectionPolicy.AUTO:
             tail: tuple[float, ...] = (degraded, scores[index])
         elif policy is SelectionPolicy.FASTEST:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 from pydantic import ValidationError
@@ -35,6 +35,7 @@ from langchain_fabstir.errors import ConnectionFailedError
 __all__ = [
     "ENV_VAR",
     "HostEntry",
+    "HostSource",
     "env_hosts",
     "load_registry",
     "merge_hosts",
@@ -182,6 +183,27 @@ def merge_hosts(*groups: Iterable[HostInfo]) -> list[HostInfo]:
                 known.address = host.address
             if known.price is None and host.price is not None:
                 known.price = host.price
-            if not known.models and host.models:
+            if host.models_pinned and not known.models_pinned:
+                known.models = list(dict.fromkeys([*host.models, *known.models]))
+                known.models_pinned = True
+            elif not known.models and host.models:
                 known.models = list(host.models)
+            if known.public_key is None and host.public_key is not None:
+                known.public_key = host.public_key
+            known.prices = {**host.prices, **known.prices}
+            known.source = known.source or host.source
     return list(merged.values())
+
+
+@runtime_checkable
+class HostSource(Protocol):
+    """One more place hosts come from (e.g. the chain's NodeRegistry).
+
+    ``name`` labels it in errors; ``load()`` returns its hosts and is called on every refresh.
+    A source that fails with a retryable error after a successful load keeps its last list
+    (see :attr:`HostDiscovery.registry_error`); one that never loaded raises.
+    """
+
+    name: str
+
+    async def load(self) -> Sequence[HostInfo]: ...

@@ -44,13 +44,16 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
+from langchain_fabstir.chain.config import ChainConfig
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.discovery import HostDiscovery, SelectionPolicy
 from langchain_fabstir.errors import (
+    ChainError,
     CheckpointError,
     FabstirError,
     InvalidRequestError,
@@ -66,6 +69,7 @@ from langchain_fabstir.sessions.models import (
     StreamResult,
     utcnow,
 )
+from langchain_fabstir.sessions.payments import PaidChoice, SessionPayments
 from langchain_fabstir.sessions.persistence import SessionPersistence
 from langchain_fabstir.sessions.proofs import new_tracker, settle_proof
 from langchain_fabstir.sessions.recovery import AnswerRecovery, fit_context
@@ -75,6 +79,10 @@ from langchain_fabstir.sessions.transport import Transport
 from langchain_fabstir.storage.conversations import S5ConversationStore
 from langchain_fabstir.wire.encryption import parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
+
+if TYPE_CHECKING:
+    from langchain_fabstir.chain.client import ChainClient
+    from langchain_fabstir.chain.marketplace import Settlement
 
 __all__ = ["SessionManager"]
 
@@ -104,6 +112,27 @@ class SessionManager:
         storage: an :class:`~langchain_fabstir.storage.conversations.S5ConversationStore`; with
             ``config.persistence_enabled`` every conversation is kept on S5 (see
             :mod:`langchain_fabstir.sessions.persistence`).
+        chain: a :class:`~langchain_fabstir.chain.ChainConfig` (e.g. ``BASE_SEPOLIA``, or
+            ``ChainConfig.from_env()``) or a :class:`~langchain_fabstir.chain.ChainClient`:
+            sessions are then paid on chain. ``create_session(model=..., deposit=...)`` finds
+            the hosts registered for the model, pays the cheapest acceptable one (see
+            :mod:`langchain_fabstir.sessions.payments`), and opens the socket with the job id,
+            encrypted when the host's record has a public key. Needs ``private_key`` and the
+            ``chain`` extra (web3.py). ``user_address`` and ``chain_id`` follow from them.
+
+    Paid sessions, end to end (the examples' ``paid_session.py`` runs this)::
+
+        async with SessionManager(chain=ChainConfig.from_env(), private_key=key) as manager:
+            session = await manager.create_session(
+                model="bartowski/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-Q4_K_M.gguf",
+                deposit=Decimal("0.001"), payment_token="ETH",
+                max_price_per_token=Decimal("0.000001"),
+            )
+            print(await manager.prompt(session.id, "Hello"))
+            summary = await manager.end_session(session.id)   # the host settles
+            print(summary.job_id, summary.settlement)
+            await manager.watch_settlement(summary.job_id, max_wait=7200)
+            await manager.withdraw_refund("ETH")
 
     Events (:meth:`on`): ``"checkpoint"`` (a :class:`CheckpointProof`),
     ``"checkpoint_failed"`` (a :class:`~langchain_fabstir.errors.CheckpointError`),
@@ -121,6 +150,7 @@ class SessionManager:
         hosts: Sequence[str | dict[str, Any]] | None = None,
         discovery: HostDiscovery | None = None,
         storage: S5ConversationStore | None = None,
+        chain: ChainConfig | ChainClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or SessionConfig()
@@ -129,6 +159,11 @@ class SessionManager:
         self._private_key: SecretStr | None = (
             key if isinstance(key, SecretStr) else SecretStr(key) if key else None
         )
+        self._payments: SessionPayments | None = None
+        if chain is not None:
+            self._payments = SessionPayments(chain, self._private_key)
+            user_address = user_address or self._payments.address
+            chain_id = self._payments.client.config.chain_id
         self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
         if discovery is None and (hosts or os.environ.get("FABSTIR_HOSTS")):
             discovery = HostDiscovery(list(hosts) if hosts else None)
@@ -174,6 +209,8 @@ class SessionManager:
             if state.transport is not None:
                 await state.transport.close()
                 state.transport = None
+        if self._payments is not None:
+            await self._payments.aclose()
 
     async def __aenter__(self) -> SessionManager:
         return await self.initialize()
@@ -230,6 +267,9 @@ class SessionManager:
         connect: bool = True,
         policy: SelectionPolicy | str = "auto",
         host_public_key: str | None = None,
+        deposit: Decimal | str | int | None = None,
+        payment_token: Literal["ETH", "USDC"] = "ETH",
+        max_price_per_token: Decimal | str | int | None = None,
     ) -> Session:
         """Create a session and connect to its host (the seed's ``createSession``).
 
@@ -238,7 +278,45 @@ class SessionManager:
         With ``connect=False`` the socket opens on the first prompt. Without a host (and
         no default), discovery picks one by ``policy`` (``auto``, ``fastest``,
         ``cheapest``) among those serving ``model``, failing over in that order.
+
+        With ``chain=`` on the manager the session is paid: ``deposit`` (whole ETH or USDC,
+        as ``payment_token`` says) goes into a new session job with the best host registered
+        for ``model`` whose price per token is at most ``max_price_per_token`` (whole tokens
+        per token; the host's on-chain price per 1,000 tokens divided by 1,000). Both are hard
+        limits: nothing is sent when no host fits. The session id is the job id, and the job
+        is bound to its host (reconnects, never failover). ``host_url`` and ``job_id`` are not
+        taken then: the chain picks the host and makes the job.
         """
+        paid: PaidChoice | None = None
+        if self._payments is not None and job_id is None:
+            if host_url is not None:
+                raise InvalidRequestError(
+                    "a paid session's host comes from the chain: drop host_url=, or pass the "
+                    "job_id= of a job you created yourself"
+                )
+            if not model:
+                raise InvalidRequestError(
+                    "a paid session needs model= (its 'repo/file' name or 0x id on chain)"
+                )
+            if deposit is None:
+                raise InvalidRequestError(
+                    "a paid session needs deposit= (the most you pay into the job, in "
+                    f"{payment_token}); unused deposit is refunded after settlement"
+                )
+            paid = await self._payments.pay(
+                model,
+                deposit=deposit,
+                token=payment_token,
+                max_price_per_token=max_price_per_token,
+                policy=policy,
+            )
+            job_id, host_url = paid.job.job_id, paid.host.url
+            if host_public_key is None:
+                host_public_key = paid.host.public_key
+        elif deposit is not None:
+            raise InvalidRequestError(
+                "deposit= needs a SessionManager with chain= (a paid session)"
+            )
         url = host_url or self.default_host_url
         alternates: list[str] = []
         if not url and self.discovery is not None:
@@ -284,8 +362,11 @@ class SessionManager:
         if connect:
             try:
                 await self._connector.first_connection(state)
-            except BaseException:
+            except BaseException as exc:
                 del self._sessions[sid]
+                if paid is not None and self._payments is not None:
+                    self._payments.record_failure(paid, exc)
+                    await self._payments.release(paid.job.job_id)
                 raise
         await self._persistence.persist(state, state.messages, replace=True)
         await self._emit("session_created", session)
@@ -794,13 +875,76 @@ class SessionManager:
             await self._connector.drop(state)
             state.session.status = "ended"
             await self._persistence.persist(state, [])
+        settled: Settlement | None = None
+        job_id = state.session.job_id
+        if job_id is not None and self._payments is not None:
+            try:
+                settled = await self._payments.settlement(job_id)
+            except ChainError as exc:  # the session is over either way: say so, do not fail
+                log.warning(
+                    "session %s ended; reading job %s on chain failed: %s", session_id, job_id, exc
+                )
         summary = SessionSummary(
             final_token_count=state.session.token_count,
             checkpoint_proofs=list(state.proofs),
             conversation_id=state.session.conversation_id,
+            job_id=job_id,
+            settlement=settled.model_dump() if settled is not None else None,
         )
         await self._emit("session_ended", state.session, summary)
         return summary
+
+    # --- the chain ------------------------------------------------------------------
+
+    def _chain(self) -> SessionPayments:
+        if self._payments is None:
+            raise InvalidRequestError("this needs a SessionManager with chain= (a ChainConfig)")
+        return self._payments
+
+    @property
+    def chain(self) -> ChainClient | None:
+        """The chain client of paid sessions (``None`` without ``chain=``)."""
+        return self._payments.client if self._payments is not None else None
+
+    async def settlement(self, job_id: int) -> Settlement:
+        """Where the job stands on chain now (active, completed, timed out; refund; deadline)."""
+        return await self._chain().settlement(job_id)
+
+    async def watch_settlement(
+        self, job_id: int, *, max_wait: float, poll_interval: float = 15.0
+    ) -> Settlement:
+        """Wait until the job is settled; once the chain's clock passes its deadline
+        (start + maxDuration + proofTimeoutWindow) and the host has not settled, settle it
+        as the user (see :class:`~langchain_fabstir.chain.SettlementWatcher`)."""
+        from langchain_fabstir.chain.marketplace import SettlementWatcher
+
+        watcher = SettlementWatcher(self._chain().client, poll_interval=poll_interval)
+        return await watcher.wait(job_id, max_wait=max_wait)
+
+    async def deposit_balance(self, token: Literal["ETH", "USDC"] = "ETH") -> Decimal:
+        """The user's in-contract balance (where refunds are credited), in whole tokens."""
+        from langchain_fabstir.chain.marketplace import (
+            deposit_balance,
+            from_base_units,
+            token_decimals,
+        )
+
+        client = self._chain().client
+        raw = await deposit_balance(client, token)
+        return from_base_units(raw, await token_decimals(client, token))
+
+    async def withdraw_refund(self, token: Literal["ETH", "USDC"] = "ETH") -> Decimal:
+        """Withdraw every refund credited to the user's in-contract balance to the wallet;
+        returns the amount in whole tokens (0 when there was none: nothing sent)."""
+        from langchain_fabstir.chain.marketplace import (
+            from_base_units,
+            token_decimals,
+            withdraw_refund,
+        )
+
+        client = self._chain().client
+        taken = await withdraw_refund(client, token)
+        return from_base_units(taken, await token_decimals(client, token))
 
 
 def _first_not_none(*values: Any) -> Any:

@@ -151,6 +151,13 @@ class SessionSummary(BaseModel):
     final_token_count: int
     checkpoint_proofs: list[Any] = Field(default_factory=list)
     conversation_id: str | None = None
+    job_id: int | None = None
+    """The session job on chain, for a paid session (or one given ``job_id=``)."""
+    settlement: dict[str, Any] | None = None
+    """The job on chain when the session ended (``state``, ``tokens_used``, ``deposit``,
+    ``refunded_to_user``, ``deadline``...; see :class:`~langchain_fabstir.chain.Settlement`).
+    Hosts settle after the socket closes: right after ``end_session`` it is usually
+    ``active``; :meth:`SessionManager.watch_settlement` waits for the end."""
 
 
 class StreamResult(BaseModel):

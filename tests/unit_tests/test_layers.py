@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "s5": set(),
     "discovery": set(),
     "checkpoints": {"s5"},
-    "chain": set(),
+    "chain": {"discovery", "wire"},
     "storage": {"s5"},
     "sessions": {"wire", "discovery", "checkpoints", "chain", "storage", "s5"},
     "integrations": {"sessions", "wire", "checkpoints", "storage", "s5", "discovery", "chain"},
