@@ -15,6 +15,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
+from decimal import Decimal
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ from tenacity import (
 
 from langchain_fabstir._sync import iterate_sync, run_sync
 from langchain_fabstir.callbacks import CHECKPOINT_EVENT, CHECKPOINTS_METADATA_KEY
+from langchain_fabstir.chain.config import ChainConfig
 from langchain_fabstir.chat_models.messages import (
     find_stop,
     generation_info,
@@ -92,6 +94,7 @@ from langchain_fabstir.wire.tools import (
 __all__ = ["ChatFabstir"]
 
 _RETRY_AFTER_CAP = 30.0
+_CHAIN_POOL = "chain:"  # the session pool of paid sessions (the chain picks the host)
 _BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
 """Exponential backoff with jitter (every tenacity >= 8.2 has these)."""
 
@@ -386,6 +389,17 @@ class ChatFabstir(BaseChatModel):
     host_public_key: str | None = None
     """The host's public key (``0x02...``): sessions are encrypted to it end to end
     (``session_config.encryption``, default ``"auto"``)."""
+    chain: ChainConfig | None = None
+    """Pay on chain (a :class:`~langchain_fabstir.chain.ChainConfig`, e.g.
+    ``ChainConfig.from_env()``): the host is the best one registered for ``model`` (its
+    ``repo/file`` name or 0x id), paid with ``deposit``; needs ``private_key``. One paid
+    session per conversation pool: calls reuse it while it is open. ``host_url`` is ignored."""
+    deposit: Decimal | None = None
+    """With ``chain``: the most paid into each session job, in whole ``payment_token``."""
+    payment_token: Literal["ETH", "USDC"] = "ETH"
+    """With ``chain``: pay in native ETH or in USDC (approved first)."""
+    max_price_per_token: Decimal | None = None
+    """With ``chain``: the most paid per token (whole tokens); pricier hosts are skipped."""
 
     @field_validator("model_kwargs")
     @classmethod
@@ -426,8 +440,8 @@ class ChatFabstir(BaseChatModel):
         if self.profile is None:
             self.profile = base_profile()
             self._auto_profile = True
-        if not self._auto_profile:
-            return self.profile
+        if not self._auto_profile or self.chain is not None:
+            return self.profile  # paid: the host is chosen per session; answers refine it
         return await fetch_profile(self._hosts()[0], self.model, self.profile)
 
     def fetch_profile(self) -> ModelProfile:
@@ -480,6 +494,8 @@ class ChatFabstir(BaseChatModel):
     # --- sessions ----------------------------------------------------------------------
 
     def _hosts(self) -> list[str]:
+        if self.chain is not None:
+            return [_CHAIN_POOL]
         hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
         if not hosts:
             raise ValueError("ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL")
@@ -507,6 +523,7 @@ class ChatFabstir(BaseChatModel):
                 user_address=self.user_address,
                 chain_id=self.chain_id,
                 private_key=self.private_key,
+                chain=self.chain,
             )
             res = _LoopResources(manager)
             self._resources[loop] = res
@@ -523,6 +540,20 @@ class ChatFabstir(BaseChatModel):
             if any(s.id == sid and s.status == "active" for s in manager.sessions):
                 with contextlib.suppress(FabstirError):
                     await manager.end_session(sid)  # idle too long: a fresh one instead
+        if host_url == _CHAIN_POOL:
+            if not self.model or self.deposit is None:
+                raise InvalidRequestError(
+                    "ChatFabstir(chain=...) needs model= (its on-chain 'repo/file' name) and "
+                    "deposit= (the most paid into the session job)"
+                )
+            session = await manager.create_session(
+                model=self.model,
+                deposit=self.deposit,
+                payment_token=self.payment_token,
+                max_price_per_token=self.max_price_per_token,
+                host_public_key=self.host_public_key,
+            )
+            return res, session.id
         session = await res.manager.create_session(
             host_url=host_url,
             model=None,
