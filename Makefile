@@ -23,8 +23,12 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-install: | $(UV)
+install: contracts/node_modules/.package-lock.json | $(UV)
 	$(SYNC)
+
+# The local EVM (anvil) and solc-js for the chain tests (contracts/package-lock.json).
+contracts/node_modules/.package-lock.json: contracts/package-lock.json
+	npm ci --prefix contracts --no-audit --no-fund --ignore-scripts --loglevel=error
 
 demo: install
 	$(PY) -m langchain_fabstir.cli demo
