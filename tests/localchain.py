@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import os
 import queue
@@ -135,8 +136,9 @@ def anvil_binary() -> Path:
     return path
 
 
+@functools.cache
 def load_artifact(name: str) -> dict[str, Any]:
-    """``contracts/build/<name>.json``: ``{"abi": [...], "bytecode": "0x..."}``."""
+    """``contracts/build/<name>.json``: ``{"abi": [...], "bytecode": "0x..."}`` (read once)."""
     data: dict[str, Any] = json.loads((BUILD_DIR / f"{name}.json").read_text())
     return data
 
