@@ -5,7 +5,12 @@
 (``contracts/src``, compiled into the committed ``contracts/build/*.json``). Nothing here
 reaches beyond 127.0.0.1.
 
-Typical use (the fixtures in ``tests/chain/conftest.py`` do this)::
+Fixtures (defined at the end; ``tests/chain/conftest.py`` imports them, any other test
+directory's conftest may too): ``anvil`` (one node per run), ``deployed`` (contracts deployed
+once, SmolLM2 approved), ``chain`` (that deployment for one test, every change undone after
+it), ``smollm2`` (the model id), ``chain_config_file`` (the config JSON in ``tmp_path``).
+
+By hand::
 
     with Anvil() as anvil:
         chain = LocalChain(anvil.rpc_url).deploy()
@@ -33,11 +38,12 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import pytest
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
@@ -93,6 +99,14 @@ SESSION_FIELDS = (
 )
 
 
+class _Host(Protocol):  # what register_reference_host reads from a ReferenceHost
+    @property
+    def url(self) -> str: ...
+
+    host_address: str | None
+    host_public_key: str | None
+
+
 @dataclass(frozen=True)
 class DevAccount:
     """One of anvil's funded dev accounts (10,000 ETH each at start)."""
@@ -117,6 +131,16 @@ STRANGER = DevAccount(
     "stranger", "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
 )
 ACCOUNTS: tuple[DevAccount, ...] = (DEPLOYER, USER, HOST1, HOST2, STRANGER)
+
+
+def account_of(address: str | None) -> DevAccount:
+    """The dev account with this address (a host started with a dev account's key)."""
+    for account in ACCOUNTS:
+        if address is not None and account.address.lower() == address.lower():
+            return account
+    raise ValueError(
+        f"{address} is not one of the dev accounts: start the host with host_key=HOST1.private_key"
+    )
 
 
 def anvil_binary() -> Path:
@@ -401,6 +425,32 @@ class LocalChain:
         )
         return self.send(fn, host)
 
+    def register_reference_host(
+        self,
+        host: _Host,
+        models: Sequence[bytes],
+        *,
+        price_native: int = DEFAULT_PRICE_NATIVE,
+        price_stable: int = DEFAULT_PRICE_STABLE,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> DevAccount:
+        """Register a started ``ReferenceHost(..., host_key=HOST1.private_key)`` as a node.
+
+        The node is the dev account of the host's key, its API URL the host's ``url`` and
+        its ``publicKey`` the host's encryption key. Returns that account.
+        """
+        account = account_of(host.host_address)
+        self.register_host(
+            account,
+            host.url,
+            models,
+            price_native=price_native,
+            price_stable=price_stable,
+            public_key=host.host_public_key,
+            metadata=metadata,
+        )
+        return account
+
     def set_model_price(
         self, host: DevAccount, model_id: bytes, price: int, token: str = ETH
     ) -> TxReceipt:
@@ -572,3 +622,43 @@ class LocalChain:
         """``evm_revert`` to ``snapshot_id`` (which is used up)."""
         if not self._rpc("evm_revert", [snapshot_id]):
             raise RuntimeError(f"evm_revert({snapshot_id}) refused")
+
+
+# ---- pytest fixtures (import them into a conftest.py) ----
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[Anvil]:
+    """One anvil node for the whole run, stopped at the end."""
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def deployed(anvil: Anvil) -> LocalChain:
+    """The contracts deployed once on ``anvil``, with the SmolLM2 model approved."""
+    chain = LocalChain(anvil.rpc_url).deploy()
+    chain.add_model(SMOLLM2_REPO, SMOLLM2_FILE)
+    return chain
+
+
+@pytest.fixture
+def chain(deployed: LocalChain) -> Iterator[LocalChain]:
+    """``deployed`` for one test: hosts, sessions, balances and time are reverted after it."""
+    snapshot = deployed.snapshot()
+    try:
+        yield deployed
+    finally:
+        deployed.revert(snapshot)
+
+
+@pytest.fixture
+def smollm2(deployed: LocalChain) -> bytes:
+    """The SmolLM2 model id (approved in ``deployed``)."""
+    return deployed.model_id(SMOLLM2_REPO, SMOLLM2_FILE)
+
+
+@pytest.fixture
+def chain_config_file(chain: LocalChain, tmp_path: Path) -> Path:
+    """The chain config JSON of ``chain`` (``ChainConfig.from_file`` format)."""
+    return chain.write_config(tmp_path / "chain.json")
