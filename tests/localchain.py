@@ -592,6 +592,31 @@ class LocalChain:
         fn = self.market.functions.completeSessionJob(job_id, conversation_cid)
         return self.send(fn, by if by is not None else self._job_host(job_id))
 
+    def settle_like_host(
+        self, job_id: int, generated_tokens: int, *, conversation_cid: str = ""
+    ) -> TxReceipt:
+        """What a Fabstir host does when the socket closes (CHAIN.md section 4), at once.
+
+        Proves ``generated_tokens`` minus what is already proven: one proof per full 1,000
+        tokens, then the rest when it is at least 100 tokens, or, when nothing was proven
+        yet, one first proof padded up to the proof interval; then ``completeSessionJob``
+        (without waiting the dispute window). Returns the completion receipt.
+        """
+        s = self.session(job_id)
+        proven, interval = int(s["tokensUsed"]), int(s["proofInterval"])
+        unproven = generated_tokens - proven
+        claims: list[int] = []
+        while unproven >= 1000:
+            claims.append(1000)
+            unproven -= 1000
+        if unproven > 0 and proven == 0 and not claims:
+            claims.append(max(unproven, interval))
+        elif unproven >= 100:
+            claims.append(unproven)
+        for tokens in claims:
+            self.submit_proof(job_id, tokens)
+        return self.complete(job_id, conversation_cid=conversation_cid)
+
     def trigger_timeout(self, job_id: int, *, by: DevAccount | str = STRANGER) -> TxReceipt:
         """``triggerSessionTimeout`` (anyone may, after startTime + maxDuration)."""
         return self.send(self.market.functions.triggerSessionTimeout(job_id), by)

@@ -475,3 +475,23 @@ def test_session_from_the_deposit_balance(hosts: LocalChain, smollm2: bytes) -> 
     )
     chain.send(create, USER)
     assert chain.deposit_balance(USER, usdc) == USDC_DEPOSIT - 500_000
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected_tokens"),
+    [
+        (37, 1000),  # a short session: the first proof is padded up to the proof interval
+        (2050, 2000),  # 50 unproven tokens are below the 100 a host bothers to prove
+        (2150, 2150),
+    ],
+)
+def test_settle_like_host(
+    hosts: LocalChain, smollm2: bytes, generated: int, expected_tokens: int
+) -> None:
+    chain = hosts
+    job = _create_eth(chain, smollm2)
+    done = chain.settle_like_host(job, generated, conversation_cid="c")
+    [completed] = chain.events(chain.market, "SessionCompleted", done)
+    assert completed["totalTokensUsed"] == expected_tokens
+    assert completed["hostEarnings"] == _paid(expected_tokens, DEFAULT_PRICE_NATIVE)[0]
+    assert chain.session(job)["status"] == STATUS_COMPLETED
