@@ -41,7 +41,8 @@ and several processes may write one namespace at once (registry compare-and-swap
 is lost). A second log, ``{root}/namespaces``, lists every namespace ever written (for
 prefix ``search`` and ``list_namespaces``); a ``get`` reads only its own namespace. Folded
 namespaces are cached (``max_cached_namespaces``, least recently used) and brought up to
-date incrementally, so memory is bounded by the namespaces in use, not by the store.
+date incrementally, so memory is bounded by the namespaces in use, not by the store (plus
+the names of all namespaces, kept to serve prefix searches).
 
 Semantics, as LangGraph's stores have them:
 
@@ -359,7 +360,9 @@ class S5Store(BaseStore):
             await self._access.write_key(path),
             seal_records=self._seal[0],
             seal_bytes=self._seal[1],
-            cache_bytes=4 * 1024 * 1024,
+            # The fold holds what a namespace's segments hold; their cache would only
+            # serve a refold after a rewrite, which names new segments anyway.
+            cache_bytes=256 * 1024,
         )
 
     async def _space_log(self, namespace: Namespace) -> tuple[SealedLog, _Space]:
