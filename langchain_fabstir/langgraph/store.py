@@ -89,7 +89,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -132,6 +132,7 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 """``UPGRADES[n]`` turns a format-``n`` record into a format ``n + 1`` one (a release that
 changes the format bumps :data:`FORMAT_VERSION` and adds the step here)."""
 
+_READ_AHEAD = 8  # namespaces read concurrently by a search, a listing or a batch of gets
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MINUTE_US = 60_000_000
 Namespace = tuple[str, ...]
@@ -387,12 +388,23 @@ class S5Store(BaseStore):
                 if space.folded:
                     snap = await log.read(0)
                 space = fresh
-                self._spaces[namespace] = (log, space)
+                if namespace in self._spaces:  # (evicted meanwhile: stays evicted)
+                    self._spaces[namespace] = (log, space)
             where = f"store namespace {namespace!r}"
             for raw in snap.records:
                 space.fold(raw, where)
             space.folded = snap.count
         return space
+
+    async def _load_spaces(
+        self, namespaces: list[Namespace]
+    ) -> AsyncIterator[tuple[Namespace, _Space]]:
+        """``(namespace, items)`` in order, read ``_READ_AHEAD`` namespaces at a time."""
+        for at in range(0, len(namespaces), _READ_AHEAD):
+            chunk = namespaces[at : at + _READ_AHEAD]
+            spaces = await asyncio.gather(*(self._space(ns) for ns in chunk))
+            for pair in zip(chunk, spaces, strict=True):
+                yield pair
 
     async def _namespaces(self) -> list[Namespace]:
         """Every namespace ever written (the index log, folded incrementally)."""
@@ -451,10 +463,13 @@ class S5Store(BaseStore):
             await self._apply_puts(list(puts.values()))
         now = self._now()
         refresh: dict[Namespace, dict[str, None]] = {}
+        wanted = list(dict.fromkeys(tuple(op.namespace) for op in ops if isinstance(op, GetOp)))
+        loaded = {ns: space async for ns, space in self._load_spaces(wanted[: self._max_cached])}
         results: list[Result] = []
         for op in ops:
             if isinstance(op, GetOp):
-                results.append(await self._get(op, now, refresh))
+                space = loaded.get(tuple(op.namespace)) or await self._space(tuple(op.namespace))
+                results.append(self._get(op, space, now, refresh))
             elif isinstance(op, SearchOp):
                 results.append(await self._search(op, now, refresh))
             elif isinstance(op, ListNamespacesOp):
@@ -516,11 +531,10 @@ class S5Store(BaseStore):
         if wanted and entry.ttl is not None:
             refresh.setdefault(ns, {})[key] = None
 
-    async def _get(
-        self, op: GetOp, now: int, refresh: dict[Namespace, dict[str, None]]
+    def _get(
+        self, op: GetOp, space: _Space, now: int, refresh: dict[Namespace, dict[str, None]]
     ) -> Item | None:
         ns = tuple(op.namespace)
-        space = await self._space(ns)
         entry = space.items.get(str(op.key))
         if entry is None or not entry.live(now):
             return None
@@ -543,10 +557,8 @@ class S5Store(BaseStore):
         keep = offset + limit
         # Newest first; only the best ``offset + limit`` are kept while scanning.
         best: list[tuple[int, Namespace, str, _Entry]] = []
-        for ns in await self._namespaces():
-            if ns[: len(prefix)] != prefix:
-                continue
-            space = await self._space(ns)
+        under = [ns for ns in await self._namespaces() if ns[: len(prefix)] == prefix]
+        async for ns, space in self._load_spaces(under):
             found = [
                 (-e.updated, ns, k, e)
                 for k, e in space.items.items()

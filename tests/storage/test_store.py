@@ -322,6 +322,45 @@ async def test_ttl_expiry_refresh_and_sweep_with_injected_clock(
     await store.aclose()
 
 
+async def test_refresh_on_read_is_one_append_per_namespace_per_batch(
+    portal: ThreadedPortal, phrase: str
+) -> None:
+    clock = Clock()
+    store = make_store(portal, phrase, clock=clock, ttl={"default_ttl": 10})
+    one, two = ("r", "one"), ("r", "two")
+    await store.abatch(
+        [
+            PutOp(one, "a", {"v": 1}, ttl=10),
+            PutOp(one, "b", {"v": 2}, ttl=10),
+            PutOp(two, "c", {"v": 3}, ttl=10),
+            PutOp(two, "pinned", {"v": 4}),
+        ]
+    )
+    counts = [await log_count(store, one), await log_count(store, two)]
+    clock.advance(9)
+    await store.abatch(
+        [GetOp(one, "a"), GetOp(one, "b"), SearchOp(one), GetOp(two, "c"), GetOp(one, "zz")]
+    )
+    assert [await log_count(store, one), await log_count(store, two)] == [
+        counts[0] + 1,
+        counts[1] + 1,
+    ]
+    clock.advance(9)  # 18 minutes after the puts, 9 after the batch's refresh
+    assert {i.key for i in await store.asearch(("r",), refresh_ttl=False)} == {
+        "a",
+        "b",
+        "c",
+        "pinned",
+    }
+    await store.aget(two, "pinned")  # no TTL: nothing to refresh
+    assert await log_count(store, two) == counts[1] + 1
+    lazy = make_store(portal, phrase, clock=clock, ttl={"refresh_on_read": False})
+    assert (await lazy.aget(one, "a")) is not None
+    assert await log_count(store, one) == counts[0] + 1
+    await lazy.aclose()
+    await store.aclose()
+
+
 async def test_background_sweeper_compacts_and_stops(portal: ThreadedPortal, phrase: str) -> None:
     swept = threading.Event()
 
