@@ -60,6 +60,14 @@ Semantics, as LangGraph's stores have them:
   suffix conditions with ``"*"`` wildcards, truncated to ``max_depth``), sorted, then
   ``offset``/``limit``.
 
+Costs: a ``get`` reads one namespace (one registry read when its items are cached, plus
+its head and new segments when they changed). ``search`` and ``list_namespaces`` read the
+index and then every namespace under the prefix (eight at a time): on a local portal, about
+10 ms per namespace, so a search over 200 namespaces takes a couple of seconds; keep
+namespaces that are searched together under a narrow prefix. Memory after such a search is
+bounded by ``max_cached_namespaces`` (measured: 200 namespaces of 20 items of 1 KB each
+leave 0.9 MB held with 8 cached, 7.5 MB with 128, 11.4 MB unbounded).
+
 TTL (``ttl=TTLConfig``; times in minutes, as LangGraph has them): an item written with a
 TTL expires that long after its last write, or its last read when reads refresh it
 (``refresh_on_read``, default ``True``; per call ``refresh_ttl=``). Expired items are never
