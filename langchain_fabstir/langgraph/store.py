@@ -516,7 +516,8 @@ class S5Store(BaseStore):
                         f"the value for key {op.key!r} in {ns!r} cannot be stored: {exc}"
                     ) from exc
             by_space.setdefault(ns, []).append(record)
-        await self._ensure_indexed(ns for ns, recs in by_space.items())
+        # Index only where an item appears (a delete alone adds no namespace).
+        await self._ensure_indexed(tuple(op.namespace) for op in puts if op.value is not None)
 
         async def write(ns: Namespace, records: list[bytes]) -> None:
             log, _ = await self._space_log(ns)

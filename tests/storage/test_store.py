@@ -37,6 +37,7 @@ import langchain_fabstir
 from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.langgraph import S5Store
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, S5PortalClient, generate_phrase
+from langchain_fabstir.storage.access import on_background
 
 from .conftest import ThreadedPortal
 
@@ -66,8 +67,6 @@ async def log_count(store: S5Store, namespace: tuple[str, ...]) -> int:
     async def count() -> int:
         log, _ = await store._space_log(namespace)
         return await log.count()
-
-    from langchain_fabstir.storage.access import on_background
 
     return await on_background(count())
 
@@ -143,6 +142,8 @@ async def test_batch_puts_first_index_accepted_and_bad_input(
     with pytest.raises(TypeError, match="cannot be stored"):
         store.put(ns, "k", {"x": object()})
     assert store.get(ns, "k") is None
+    store.delete(("never", "written"), "k")  # a delete alone adds no namespace to the index
+    assert await on_background(store._namespaces()) == [ns]
     await store.aclose()
 
 
