@@ -81,6 +81,10 @@ a compaction), atomically and without losing a concurrent write;
 ``start_ttl_sweeper()`` runs it every ``sweep_interval_minutes`` in the background.
 ``clock`` (seconds since the epoch, ``time.time`` by default) is the store's notion of now.
 
+Format: every record carries its format version (:data:`FORMAT_VERSION`); older formats
+are upgraded when read, newer ones refused with ``StorageError`` (upgrade the package);
+:meth:`S5Store.setup` rewrites stored records into the current format.
+
 Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable or refusing),
 :class:`~langchain_fabstir.errors.IntegrityError` (a reply or record that does not
 verify: a portal cannot forge or alter what the store reads),
@@ -645,6 +649,37 @@ class S5Store(BaseStore):
             )
         return removed
 
+    async def _setup(self) -> int:
+        def stale(records: list[bytes]) -> bool:
+            versions = [cbor2.loads(r).get("v", 0) for r in records]
+            return any(v != FORMAT_VERSION for v in versions)
+
+        def reindex(records: list[bytes]) -> list[bytes] | None:
+            if not stale(records):
+                return None
+            names = [_decode(r, "store namespace index")["ns"] for r in records]
+            return [_record("n", ns=list(ns)) for ns in dict.fromkeys(map(tuple, names))]
+
+        await self._namespaces()
+        assert self._index_log is not None
+        await self._index_log.rewrite(reindex)
+        migrated = 0
+        for ns in await self._namespaces():
+            log, space = await self._space_log(ns)
+            where = f"store namespace {ns!r}"
+
+            def transform(records: list[bytes], where: str = where) -> list[bytes] | None:
+                if not stale(records):
+                    return None
+                folded = _Space()
+                for raw in records:
+                    folded.fold(raw, where)
+                return folded.records(0)  # every item, expired or not: a sweep decides
+
+            async with space.lock:
+                migrated += await log.rewrite(transform)
+        return migrated
+
     async def _sweep_forever(self, interval: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
@@ -667,6 +702,20 @@ class S5Store(BaseStore):
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """Run ``ops`` (puts first, then reads; see the module docstring)."""
         return await on_background(self._batch(list(ops)))
+
+    def setup(self) -> int:
+        """Blocking :meth:`asetup`."""
+        return blocking(self._setup())
+
+    async def asetup(self) -> int:
+        """Bring stored records to this release's format (:data:`FORMAT_VERSION`).
+
+        Optional: older formats are upgraded on the fly when read, and newer ones are
+        refused with ``StorageError`` (upgrade langchain-fabstir). ``setup`` makes the
+        upgrade permanent: each namespace log holding older records is rewritten
+        atomically (a concurrent write is not lost; every item is kept, expired or not).
+        Returns how many namespaces were rewritten. Safe to run again."""
+        return await on_background(self._setup())
 
     def sweep_ttl(self) -> int:
         """Blocking :meth:`asweep_ttl`."""

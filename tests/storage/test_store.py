@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
+import cbor2
 import pytest
 from aiohttp import ClientSession, web
 from langchain_core.runnables import RunnableLambda
@@ -34,6 +35,7 @@ from langgraph.store.base import (
 from langgraph.store.memory import InMemoryStore
 
 import langchain_fabstir
+import langchain_fabstir.langgraph.store as store_module
 from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.langgraph import S5Store
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, S5PortalClient, generate_phrase
@@ -644,3 +646,59 @@ async def test_hostile_portal_replies_are_typed_errors(
     await store.aclose()
     await reader.aclose()
     await client.aclose()
+
+
+async def raw_versions(store: S5Store, namespace: tuple[str, ...]) -> list[Any]:
+    async def read() -> list[Any]:
+        log, _ = await store._space_log(namespace)
+        return [cbor2.loads(r).get("v") for r in (await log.read()).records]
+
+    return await on_background(read())
+
+
+async def test_format_version_and_setup_after_a_simulated_upgrade(
+    portal: ThreadedPortal, phrase: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    store = make_store(portal, phrase, clock=clock)
+    ns = ("fmt",)
+    await store.aput(ns, "a", {"v": 1})
+    await store.aput(ns, "b", {"v": 2}, ttl=1)
+    await store.adelete(ns, "a")
+    await store.aput(ns, "a", {"v": 3})
+    assert await raw_versions(store, ns) == [1, 1, 1, 1]
+    assert await store.asetup() == 0  # already current: nothing rewritten
+
+    # A later release: format 2, one upgrade step. It reads what this one wrote...
+    steps: list[int] = []
+
+    def one_to_two(rec: dict[str, Any]) -> dict[str, Any]:
+        steps.append(rec["v"])
+        return rec
+
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)
+    monkeypatch.setitem(store_module.UPGRADES, 1, one_to_two)
+    later = make_store(portal, phrase, clock=clock)
+    got = await later.aget(ns, "a")
+    assert got is not None and got.value == {"v": 3} and steps
+    clock.advance(2)  # "b" expires; setup keeps it all the same (a sweep decides)
+    # ... and its setup() rewrites the stored records into its format, once.
+    assert await later.asetup() == 1
+    assert await raw_versions(later, ns) == [2, 2]
+    assert await later.asetup() == 0
+    steps.clear()
+    again = make_store(portal, phrase, clock=clock)
+    assert (await again.aget(ns, "a", refresh_ttl=False)).value == {"v": 3}  # type: ignore[union-attr]
+    assert await again.alist_namespaces() == [ns] and steps == []
+    assert await again.asweep_ttl() == 1  # "b"
+    monkeypatch.undo()
+
+    # This release meets data of that later release: a clear refusal, not garbage.
+    today = make_store(portal, phrase, clock=clock)
+    with pytest.raises(StorageError, match="newer langchain-fabstir") as info:
+        await today.aget(ns, "a")
+    assert info.value.code == "STORAGE_ERROR" and info.value.details["format"] == 2
+    with pytest.raises(StorageError, match="format 2"):
+        today.setup()
+    for s in (store, later, again, today):
+        await s.aclose()
