@@ -113,7 +113,6 @@ from langgraph.store.base import (
     InvalidNamespaceError,
     Item,
     ListNamespacesOp,
-    MatchCondition,
     Op,
     PutOp,
     Result,
@@ -126,6 +125,7 @@ from pydantic import SecretStr
 
 from langchain_fabstir._sync import background_loop
 from langchain_fabstir.errors import IntegrityError, StorageError
+from langchain_fabstir.langgraph.filters import matches, namespace_matches
 from langchain_fabstir.langgraph.saver import thread_dir_name
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
@@ -239,71 +239,6 @@ class _Space:
             for k, e in sorted(self.items.items(), key=lambda kv: kv[1].updated)
             if e.live(now)
         ]
-
-
-def _does_match(condition: MatchCondition, namespace: Namespace) -> bool:
-    path = tuple(condition.path)
-    if len(namespace) < len(path):
-        return False
-    if condition.match_type == "prefix":
-        pairs = zip(namespace, path, strict=False)
-    elif condition.match_type == "suffix":
-        pairs = zip(reversed(namespace), reversed(path), strict=False)
-    else:
-        raise ValueError(f"unsupported match type {condition.match_type!r}")
-    return all(p == "*" or k == p for k, p in pairs)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-_RANGE: dict[str, Callable[[float, float], bool]] = {
-    "$gt": lambda a, b: a > b,
-    "$gte": lambda a, b: a >= b,
-    "$lt": lambda a, b: a < b,
-    "$lte": lambda a, b: a <= b,
-}
-
-
-def _apply_operator(value: Any, operator: str, operand: Any) -> bool:
-    if operator == "$eq":
-        return bool(value == operand)
-    if operator == "$ne":
-        return bool(value != operand)
-    compare = _RANGE.get(operator)
-    if compare is None:
-        raise ValueError(f"unsupported filter operator {operator!r}")
-    a, b = _number(value), _number(operand)
-    return a is not None and b is not None and compare(a, b)
-
-
-def matches(value: Any, wanted: Any) -> bool:
-    """Whether a stored ``value`` matches a ``filter`` value (``InMemoryStore``'s rules).
-
-    >>> matches({"a": 3, "b": {"c": "x"}}, {"a": {"$gte": 2}, "b": {"c": "x"}})
-    True
-    >>> matches(None, {"$gt": 1})
-    False
-    """
-    if isinstance(wanted, dict):
-        if any(str(k).startswith("$") for k in wanted):
-            return all(_apply_operator(value, op, operand) for op, operand in wanted.items())
-        if not isinstance(value, dict):
-            return False
-        return all(matches(value.get(k), v) for k, v in wanted.items())
-    if isinstance(wanted, (list, tuple)):
-        return (
-            isinstance(value, (list, tuple))
-            and len(value) == len(wanted)
-            and all(matches(a, b) for a, b in zip(value, wanted, strict=True))
-        )
-    return bool(value == wanted)
 
 
 class S5Store(BaseStore):
@@ -602,7 +537,7 @@ class S5Store(BaseStore):
         candidates = sorted(
             ns
             for ns in await self._namespaces()
-            if all(_does_match(condition, ns) for condition in conditions)
+            if all(namespace_matches(condition, ns) for condition in conditions)
         )
         offset, limit = max(0, op.offset), max(0, op.limit)
         out: list[Namespace] = []
