@@ -5,7 +5,8 @@ The main entry points:
 - :class:`SessionManager`: the seed's Session Manager API (sessions, streaming,
   history, checkpoints, resume, export and share), async-first.
 - :class:`ChatFabstir`: a LangChain chat model over Fabstir sessions.
-- :class:`S5ChatMessageHistory` and :class:`S5CheckpointSaver`: memory on S5.
+- :class:`S5ChatMessageHistory`, :class:`S5CheckpointSaver` and :class:`S5Store`: memory
+  on S5.
 - :class:`FabstirCheckpointHandler` / :func:`get_fabstir_checkpoint_callback`:
   checkpoint proofs as LangChain callbacks.
 - :mod:`langchain_fabstir.sessions` (the session layer), :mod:`langchain_fabstir.storage`
@@ -61,6 +62,7 @@ __all__ = [
     "S5ChatMessageHistory",
     "S5CheckpointSaver",
     "S5ConversationStore",
+    "S5Store",
     "Session",
     "SessionConfig",
     "SessionManager",
@@ -76,9 +78,13 @@ _moved.install()  # old module paths keep working, with a warning naming the new
 
 
 def __getattr__(name: str) -> object:
-    # The LangGraph saver needs the optional `langgraph` extra: imported on first use.
+    # The LangGraph saver and store need the optional `langgraph` extra: imported on first use.
     if name == "S5CheckpointSaver":
         from langchain_fabstir.langgraph import S5CheckpointSaver
 
         return S5CheckpointSaver
+    if name == "S5Store":
+        from langchain_fabstir.langgraph import S5Store
+
+        return S5Store
     raise AttributeError(f"module 'langchain_fabstir' has no attribute {name!r}")

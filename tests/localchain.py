@@ -5,7 +5,12 @@
 (``contracts/src``, compiled into the committed ``contracts/build/*.json``). Nothing here
 reaches beyond 127.0.0.1.
 
-Typical use (the fixtures in ``tests/chain/conftest.py`` do this)::
+Fixtures (defined at the end; ``tests/chain/conftest.py`` imports them, any other test
+directory's conftest may too): ``anvil`` (one node per run), ``deployed`` (contracts deployed
+once, SmolLM2 approved), ``chain`` (that deployment for one test, every change undone after
+it), ``smollm2`` (the model id), ``chain_config_file`` (the config JSON in ``tmp_path``).
+
+By hand::
 
     with Anvil() as anvil:
         chain = LocalChain(anvil.rpc_url).deploy()
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import os
 import queue
@@ -32,11 +38,12 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import pytest
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
@@ -92,6 +99,14 @@ SESSION_FIELDS = (
 )
 
 
+class _Host(Protocol):  # what register_reference_host reads from a ReferenceHost
+    @property
+    def url(self) -> str: ...
+
+    host_address: str | None
+    host_public_key: str | None
+
+
 @dataclass(frozen=True)
 class DevAccount:
     """One of anvil's funded dev accounts (10,000 ETH each at start)."""
@@ -118,6 +133,16 @@ STRANGER = DevAccount(
 ACCOUNTS: tuple[DevAccount, ...] = (DEPLOYER, USER, HOST1, HOST2, STRANGER)
 
 
+def account_of(address: str | None) -> DevAccount:
+    """The dev account with this address (a host started with a dev account's key)."""
+    for account in ACCOUNTS:
+        if address is not None and account.address.lower() == address.lower():
+            return account
+    raise ValueError(
+        f"{address} is not one of the dev accounts: start the host with host_key=HOST1.private_key"
+    )
+
+
 def anvil_binary() -> Path:
     """Path of the anvil executable npm installed for this platform (``make install``)."""
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
@@ -135,8 +160,9 @@ def anvil_binary() -> Path:
     return path
 
 
+@functools.cache
 def load_artifact(name: str) -> dict[str, Any]:
-    """``contracts/build/<name>.json``: ``{"abi": [...], "bytecode": "0x..."}``."""
+    """``contracts/build/<name>.json``: ``{"abi": [...], "bytecode": "0x..."}`` (read once)."""
     data: dict[str, Any] = json.loads((BUILD_DIR / f"{name}.json").read_text())
     return data
 
@@ -399,6 +425,32 @@ class LocalChain:
         )
         return self.send(fn, host)
 
+    def register_reference_host(
+        self,
+        host: _Host,
+        models: Sequence[bytes],
+        *,
+        price_native: int = DEFAULT_PRICE_NATIVE,
+        price_stable: int = DEFAULT_PRICE_STABLE,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> DevAccount:
+        """Register a started ``ReferenceHost(..., host_key=HOST1.private_key)`` as a node.
+
+        The node is the dev account of the host's key, its API URL the host's ``url`` and
+        its ``publicKey`` the host's encryption key. Returns that account.
+        """
+        account = account_of(host.host_address)
+        self.register_host(
+            account,
+            host.url,
+            models,
+            price_native=price_native,
+            price_stable=price_stable,
+            public_key=host.host_public_key,
+            metadata=metadata,
+        )
+        return account
+
     def set_model_price(
         self, host: DevAccount, model_id: bytes, price: int, token: str = ETH
     ) -> TxReceipt:
@@ -540,6 +592,31 @@ class LocalChain:
         fn = self.market.functions.completeSessionJob(job_id, conversation_cid)
         return self.send(fn, by if by is not None else self._job_host(job_id))
 
+    def settle_like_host(
+        self, job_id: int, generated_tokens: int, *, conversation_cid: str = ""
+    ) -> TxReceipt:
+        """What a Fabstir host does when the socket closes (CHAIN.md section 4), at once.
+
+        Proves ``generated_tokens`` minus what is already proven: one proof per full 1,000
+        tokens, then the rest when it is at least 100 tokens, or, when nothing was proven
+        yet, one first proof padded up to the proof interval; then ``completeSessionJob``
+        (without waiting the dispute window). Returns the completion receipt.
+        """
+        s = self.session(job_id)
+        proven, interval = int(s["tokensUsed"]), int(s["proofInterval"])
+        unproven = generated_tokens - proven
+        claims: list[int] = []
+        while unproven >= 1000:
+            claims.append(1000)
+            unproven -= 1000
+        if unproven > 0 and proven == 0 and not claims:
+            claims.append(max(unproven, interval))
+        elif unproven >= 100:
+            claims.append(unproven)
+        for tokens in claims:
+            self.submit_proof(job_id, tokens)
+        return self.complete(job_id, conversation_cid=conversation_cid)
+
     def trigger_timeout(self, job_id: int, *, by: DevAccount | str = STRANGER) -> TxReceipt:
         """``triggerSessionTimeout`` (anyone may, after startTime + maxDuration)."""
         return self.send(self.market.functions.triggerSessionTimeout(job_id), by)
@@ -570,3 +647,43 @@ class LocalChain:
         """``evm_revert`` to ``snapshot_id`` (which is used up)."""
         if not self._rpc("evm_revert", [snapshot_id]):
             raise RuntimeError(f"evm_revert({snapshot_id}) refused")
+
+
+# ---- pytest fixtures (import them into a conftest.py) ----
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[Anvil]:
+    """One anvil node for the whole run, stopped at the end."""
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def deployed(anvil: Anvil) -> LocalChain:
+    """The contracts deployed once on ``anvil``, with the SmolLM2 model approved."""
+    chain = LocalChain(anvil.rpc_url).deploy()
+    chain.add_model(SMOLLM2_REPO, SMOLLM2_FILE)
+    return chain
+
+
+@pytest.fixture
+def chain(deployed: LocalChain) -> Iterator[LocalChain]:
+    """``deployed`` for one test: hosts, sessions, balances and time are reverted after it."""
+    snapshot = deployed.snapshot()
+    try:
+        yield deployed
+    finally:
+        deployed.revert(snapshot)
+
+
+@pytest.fixture
+def smollm2(deployed: LocalChain) -> bytes:
+    """The SmolLM2 model id (approved in ``deployed``)."""
+    return deployed.model_id(SMOLLM2_REPO, SMOLLM2_FILE)
+
+
+@pytest.fixture
+def chain_config_file(chain: LocalChain, tmp_path: Path) -> Path:
+    """The chain config JSON of ``chain`` (``ChainConfig.from_file`` format)."""
+    return chain.write_config(tmp_path / "chain.json")

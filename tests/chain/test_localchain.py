@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
+import pytest
 from web3 import Web3
 
+from langchain_fabstir.host import EchoEngine, ReferenceHost
 from tests.localchain import (
     ACCOUNTS,
     ANVIL_CHAIN_ID,
     DEPLOYER,
     HOST1,
+    HOST2,
     SMOLLM2_FILE,
     SMOLLM2_REPO,
     USER,
     Anvil,
     LocalChain,
+    account_of,
 )
 
 
@@ -81,3 +86,24 @@ def test_anvil_stops_and_leaves_no_process() -> None:
         assert chain.eth_balance(DEPLOYER) > 0
     assert proc.poll() is not None  # exited, reaped
     assert node.proc is None
+
+
+async def test_reference_hosts_registered_on_chain(chain: LocalChain, smollm2: bytes) -> None:
+    # two real reference hosts on 127.0.0.1, each with a dev account's key
+    async with (
+        ReferenceHost(EchoEngine(), rate_limit_per_minute=None, host_key=HOST1.private_key) as h1,
+        ReferenceHost(EchoEngine(), rate_limit_per_minute=None, host_key=HOST2.private_key) as h2,
+    ):
+        assert chain.register_reference_host(h1, [smollm2]) == HOST1
+        assert chain.register_reference_host(h2, [smollm2], price_native=3 * 10**12) == HOST2
+        found = chain.nodes.functions.getNodesForModel(smollm2).call()
+        assert found == [HOST1.address, HOST2.address]
+        for address, host in zip(found, (h1, h2), strict=True):
+            info = chain.nodes.functions.getNodeFullInfo(address).call()
+            assert info[4] == host.url
+            assert json.loads(info[3])["publicKey"] == host.host_public_key
+            async with httpx.AsyncClient(timeout=10) as client:
+                answer = await client.get(info[4] + "/v1/models")
+            assert answer.status_code == 200
+    with pytest.raises(ValueError, match="not one of the dev accounts"):
+        account_of("0x" + "12" * 20)
