@@ -55,6 +55,7 @@ __all__ = [
     "create_session_job",
     "deposit_balance",
     "from_base_units",
+    "parse_amount",
     "price_limit",
     "read_job",
     "settlement",
@@ -70,7 +71,9 @@ PRICE_PRECISION = 1000
 MIN_NATIVE_DEPOSIT = 10**14  # 0.0001 ETH, the contract's floor for ETH jobs
 
 
-def _decimal(value: Decimal | str | int, what: str) -> Decimal:
+def parse_amount(value: Decimal | str | int, what: str) -> Decimal:
+    """An amount of money from the user: a ``Decimal``, ``str`` or ``int`` >= 0 (a ``float``
+    is refused: it cannot say 0.1 exactly)."""
     if isinstance(value, float):
         raise InvalidRequestError(f"{what} must be a Decimal, str or int (not a float: money)")
     try:
@@ -84,7 +87,7 @@ def _decimal(value: Decimal | str | int, what: str) -> Decimal:
 
 def to_base_units(amount: Decimal | str | int, decimals: int, *, what: str = "amount") -> int:
     """``amount`` whole tokens in base units, rounded down (never more than asked)."""
-    value = _decimal(amount, what) * (Decimal(10) ** decimals)
+    value = parse_amount(amount, what) * (Decimal(10) ** decimals)
     return int(value.to_integral_value(rounding=ROUND_DOWN))
 
 
@@ -97,7 +100,7 @@ def price_limit(per_token: Decimal | str | int, decimals: int) -> int:
     """A price per token (whole tokens) as the contract's price per 1,000 tokens in base
     units, rounded down."""
     return to_base_units(
-        _decimal(per_token, "max_price_per_token") * PRICE_PRECISION,
+        parse_amount(per_token, "max_price_per_token") * PRICE_PRECISION,
         decimals,
         what="max_price_per_token",
     )

@@ -154,8 +154,11 @@ class SessionPayments:
         policy: SelectionPolicy | str,
     ) -> PaidChoice:
         """Choose a host and create the job (the user's limits are hard limits)."""
-        from langchain_fabstir.chain.marketplace import create_session_job
+        from langchain_fabstir.chain.marketplace import create_session_job, parse_amount
 
+        parse_amount(deposit, "deposit")  # refuse bad money before any request
+        if max_price_per_token is not None:
+            parse_amount(max_price_per_token, "max_price_per_token")
         if self.client.address is None:
             raise InvalidRequestError(
                 "a paid session needs the user's key: pass private_key= or set FABSTIR_PRIVATE_KEY"
