@@ -125,13 +125,15 @@ class HostRecord(BaseModel):
 
 
 async def resolve_model(client: ChainClient, model: str) -> ModelRecord:
-    """The registry's record of ``model`` (``repo/file`` or a 0x id); ``MODEL_NOT_AVAILABLE``
-    when the chain does not know it."""
+    """The registry's record of ``model`` (``repo/file``, ``repo:file`` or a 0x id);
+    ``MODEL_NOT_AVAILABLE`` when the chain does not know it."""
     text = model.strip()
     if text.startswith("0x") and len(text) == 66:
         mid = text.lower()
     elif "/" in text:
-        repo, _, file_name = text.rpartition("/")
+        # ``repo/file`` (the id's own form) or ``repo:file`` (the SDK's and node's form).
+        sep = ":" if ":" in text else "/"
+        repo, _, file_name = text.rpartition(sep)
         mid = model_id(repo, file_name)
     else:
         raise ModelNotAvailableError(
