@@ -191,9 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected() as exc:
         if debug:
             traceback.print_exc()
-        message = exc.message if hasattr(exc, "message") and not isinstance(exc, CliError) else exc
         code = exc.exit_code if isinstance(exc, CliError) else 1
-        text = " ".join(str(message).split())  # one line, whatever the message holds
+        text = " ".join(str(exc).split())  # one line (a FabstirError: with its code)
         print(f"fabstir {args.command}: {text}", file=sys.stderr, flush=True)
         return code
 

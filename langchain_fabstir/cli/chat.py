@@ -112,7 +112,6 @@ class _Chat:
         self.answer: asyncio.Task[Any] | None = None
         self.interrupted = False
         self.quit: asyncio.Future[None] | None = None
-        self.lines = _Lines(sys.stdin)
 
     # --- output -----------------------------------------------------------------------
 
@@ -281,11 +280,12 @@ class _Chat:
         loop.add_signal_handler(signal.SIGINT, self.on_sigint)
         try:
             await self.start()
+            lines = _Lines(sys.stdin)
             while True:
                 if self.tty:
                     self.say("you> ", end="")
                 self.quit = loop.create_future()
-                reading = asyncio.ensure_future(self.lines.readline())
+                reading = asyncio.ensure_future(lines.readline())
                 waiters: set[asyncio.Future[Any]] = {reading, self.quit}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if self.quit.done():

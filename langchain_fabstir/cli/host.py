@@ -91,12 +91,14 @@ def _summary(host: Any, engine: Any) -> str:
     models = [m["id"] for m in engine.models()]
     default = getattr(engine, "default", None) or (models[0] if models else "none")
     url = host.public_url or host.url
+    own = getattr(engine, "summary", None)  # an engine in front of another server
     parts = [
         f"fabstir host at {url}" + (f" (listening on {host.url})" if host.public_url else ""),
-        f"engine {engine.name}",
-        f"models {', '.join(models) or 'none'} (default {default})",
-        f"features {','.join(host.features())}",
-        f"host address {host.host_address or 'none (no host key)'}",
+        own()
+        if own is not None
+        else f"{engine.name} engine, models: {', '.join(models) or 'none'} (default {default})",
+        f"features: {','.join(host.features())}",
+        f"host address: {host.host_address or 'none (no host key)'}",
     ]
     if host.s5_checkpoints is not None:
         parts.append("checkpoints published on S5")
