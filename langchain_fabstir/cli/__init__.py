@@ -188,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
+        if debug:
+            traceback.print_exc()
+        print(f"fabstir {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
     except _expected() as exc:
         if debug:
             traceback.print_exc()

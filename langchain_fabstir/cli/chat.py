@@ -32,6 +32,7 @@ from langchain_fabstir.cli._common import (
     s5_options,
     write_private,
 )
+from langchain_fabstir.cli.host import positive_int
 
 __all__ = ["COMMANDS", "add_chat_parser", "chat_command"]
 
@@ -277,9 +278,9 @@ class _Chat:
         from langchain_fabstir.errors import FabstirError
 
         loop = asyncio.get_running_loop()
+        await self.start()  # Ctrl-C while connecting: KeyboardInterrupt (main: exit 130)
         loop.add_signal_handler(signal.SIGINT, self.on_sigint)
         try:
-            await self.start()
             lines = _Lines(sys.stdin)
             while True:
                 if self.tty:
@@ -369,7 +370,9 @@ def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     chat.add_argument("--model", help="the model to ask for (default: the host's default)")
     chat.add_argument("--temperature", type=float, default=None, help="sampling temperature (0.7)")
-    chat.add_argument("--max-tokens", type=int, default=None, help="longest answer in tokens (500)")
+    chat.add_argument(
+        "--max-tokens", type=positive_int, default=None, help="longest answer in tokens (500)"
+    )
     chat.add_argument(
         "--system",
         default="You are a helpful assistant.",
