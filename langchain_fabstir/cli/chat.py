@@ -57,6 +57,7 @@ class _Lines:
         self.fd = stream.fileno()
         self.buffer = b""
         self.eof = False
+        self.skipping = False
 
     def _take(self) -> str | None:
         if b"\n" in self.buffer:
@@ -73,8 +74,14 @@ class _Lines:
         data = os.read(self.fd, 65536)
         if not data:
             self.eof = True
-        elif len(self.buffer) + len(data) > MAX_LINE and b"\n" not in data:
-            self.buffer = b""  # a line too long to keep: drop it
+            return
+        if self.skipping:  # the rest of a line too long to keep
+            if b"\n" not in data:
+                return
+            data = data.split(b"\n", 1)[1]
+            self.skipping = False
+        if len(self.buffer) + len(data) > MAX_LINE and b"\n" not in data:
+            self.buffer, self.skipping = b"", True  # memory stays bounded: drop the line
             print("fabstir chat: input line too long, ignored", file=sys.stderr)
         else:
             self.buffer += data

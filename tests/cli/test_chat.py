@@ -113,3 +113,13 @@ def test_a_conversation_kept_on_s5_is_resumed(
     # the resumed conversation went to the host as context of the next prompt
     context = [m.content for m in slow_host.host.requests[-1].conversation_context]
     assert "remember apples" in context
+
+
+def test_an_overlong_input_line_is_dropped_whole(slow_host: ThreadedHost) -> None:
+    """Memory stays bounded: a line over 1 MiB is refused, none of it sent as a prompt."""
+    result = run_cli(
+        "chat", "--host-url", slow_host.host.url, stdin="x" * (1100 * 1024) + "\nshort\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "input line too long, ignored" in result.stderr
+    assert [r.prompt for r in slow_host.host.requests] == ["short"]
