@@ -311,11 +311,11 @@ class LlamaEngine:
         self._server = xllamacpp.Server(params)
 
     def models(self) -> list[dict[str, Any]]:
+        # Public (``/v1/models``, the greeting): the model's name, never its local path.
         return [
             {
                 "id": self.model_id,
                 "name": self.model_id,
-                "description": self.model_path,
                 "context_window": self.context_window,
             }
         ]

@@ -413,6 +413,8 @@ class ReferenceHost:
             that endpoint answers 503.
         checkpoint_interval, checkpoint_min_tokens: tokens per S5 checkpoint (1,000),
             and the unproven tokens that make a checkpoint at the end of an answer (100).
+        public_url: the URL clients reach the host at (behind a proxy or a tunnel),
+            announced as ``url`` in ``/v1/version``; default: :attr:`url`.
     """
 
     def __init__(
@@ -432,8 +434,10 @@ class ReferenceHost:
         s5_fs: S5FileSystem | None = None,
         checkpoint_interval: int = 1000,
         checkpoint_min_tokens: int = 100,
+        public_url: str | None = None,
     ) -> None:
         self.engine = engine
+        self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
         self._encryption_key = parse_private_key(host_key) if host_key else None
@@ -895,6 +899,7 @@ class ReferenceHost:
                 **_engine_description(self.engine),
                 "host_address": self.host_address,
                 "host_public_key": self.host_public_key,
+                "url": self.public_url or self.url,
             }
         )
 

@@ -1,0 +1,410 @@
+"""``fabstir chat``: a conversation with a host, in the terminal.
+
+Type a question and press Enter; the answer streams in. While it streams, Ctrl-C stops it
+(the host is sent ``stream_cancel``) and you are back at the prompt. At the prompt, Ctrl-C
+or Ctrl-D ends the session and prints its summary. After each answer a status line shows
+the tokens in and out, tokens per second, the checkpoints, whether the session is
+encrypted, and the host. Lines starting with ``/`` are commands (``/help`` lists them).
+
+With ``--portal-url`` and an S5 seed phrase (``--seed-file`` or ``FABSTIR_S5_SEED``) the
+conversation is kept on S5, encrypted under the seed, and ``fabstir chat --resume ID``
+(same seed and key) picks it up later. When stdout is not a terminal the output is
+plain text: no colours, no prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+from langchain_fabstir.cli._common import (
+    CliError,
+    read_host_key,
+    read_secret_file,
+    read_seed,
+    s5_options,
+    write_private,
+)
+from langchain_fabstir.cli.host import positive_int
+
+__all__ = ["COMMANDS", "add_chat_parser", "chat_command"]
+
+COMMANDS = {
+    "/new": "end this session (with its summary) and start a new one",
+    "/history": "show the conversation so far",
+    "/checkpoint": "make a checkpoint proof of the conversation now",
+    "/save": "/save [FILE]: keep the conversation: on S5 (prints the CID), or in FILE (JSON)",
+    "/share": "a share code for the conversation (needs S5)",
+    "/quit": "end the session (as Ctrl-D)",
+    "/help": "this list",
+}
+
+MAX_LINE = 1024 * 1024
+"""The longest input line kept (bytes); more is refused."""
+
+
+class _Lines:
+    """Lines of stdin read on the event loop (so that a signal is handled at once)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.fd = stream.fileno()
+        self.buffer = b""
+        self.eof = False
+        self.skipping = False
+
+    def _take(self) -> str | None:
+        if b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            return line.decode("utf-8", "replace")
+        if self.eof:
+            if self.buffer:
+                line, self.buffer = self.buffer, b""
+                return line.decode("utf-8", "replace")
+            return None
+        return ""  # nothing yet (distinct from EOF: None)
+
+    def _read(self) -> None:
+        data = os.read(self.fd, 65536)
+        if not data:
+            self.eof = True
+            return
+        if self.skipping:  # the rest of a line too long to keep
+            if b"\n" not in data:
+                return
+            data = data.split(b"\n", 1)[1]
+            self.skipping = False
+        if len(self.buffer) + len(data) > MAX_LINE and b"\n" not in data:
+            self.buffer, self.skipping = b"", True  # memory stays bounded: drop the line
+            print("fabstir chat: input line too long, ignored", file=sys.stderr)
+        else:
+            self.buffer += data
+
+    async def readline(self) -> str | None:
+        """The next line (without its newline), or ``None`` at end of input."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if b"\n" in self.buffer or self.eof:
+                return self._take()
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def wake(fut: asyncio.Future[None] = ready) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            try:
+                loop.add_reader(self.fd, wake)
+            except (PermissionError, OSError, ValueError):  # a regular file: never blocks
+                self._read()
+                continue
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self.fd)
+            self._read()
+
+
+class _Chat:
+    def __init__(self, args: argparse.Namespace, manager: Any, out: TextIO) -> None:
+        self.args = args
+        self.manager = manager
+        self.out = out
+        self.tty = out.isatty()
+        self.session: Any = None
+        self.answer: asyncio.Task[Any] | None = None
+        self.interrupted = False
+        self.quit: asyncio.Future[None] | None = None
+
+    # --- output -----------------------------------------------------------------------
+
+    def say(self, text: str = "", *, dim: bool = False, end: str = "\n") -> None:
+        if dim and self.tty:
+            text = f"\x1b[2m{text}\x1b[0m"
+        self.out.write(text + end)
+        self.out.flush()
+
+    def on_sigint(self) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.interrupted = True
+            self.answer.cancel()  # the answer stops; the host is told (stream_cancel)
+        elif self.quit is not None and not self.quit.done():
+            self.quit.set_result(None)
+
+    # --- sessions ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        a = self.args
+        if a.resume:
+            if self.manager.storage is None:
+                raise CliError("--resume needs --portal-url and an S5 seed phrase")
+            self.session = await self.manager.resume_session(a.resume, host_url=a.host_url)
+            verb = "resumed"
+        else:
+            self.session = await self.manager.create_session(
+                model=a.model,
+                temperature=a.temperature,
+                max_tokens=a.max_tokens,
+                system_prompt=system_prompt(a.system),
+            )
+            verb = "started"
+        s = self.session
+        kept = " (kept on S5)" if self.manager.storage is not None else ""
+        self.say(
+            f"session {s.id} {verb} on {s.host_url} (model {s.model or 'the host default'}, "
+            f"{'encrypted' if s.encrypted else 'not encrypted'}){kept}. "
+            "Ctrl-C stops an answer; Ctrl-D ends; /help for commands",
+            dim=True,
+        )
+
+    async def end(self) -> None:
+        if self.session is None:
+            return
+        s = self.session
+        self.session = None
+        summary = await self.manager.end_session(s.id)
+        line = (
+            f"session {s.id} ended: {summary.final_token_count} tokens, "
+            f"{len(summary.checkpoint_proofs)} checkpoints"
+        )
+        if self.manager.storage is not None:
+            line += f"; kept on S5, resume with: fabstir chat --resume {s.id}"
+        self.say(line)
+
+    # --- one answer -------------------------------------------------------------------
+
+    async def ask(self, text: str) -> None:
+        assert self.session is not None
+        sid = self.session.id
+        started = time.monotonic()
+        first: list[float] = []
+        last: list[Any] = []
+
+        async def stream() -> None:
+            async with contextlib.aclosing(self.manager.open_stream(sid, text)) as pieces:
+                async for s, piece in pieces:
+                    if not first:
+                        first.append(time.monotonic())
+                    if not last:
+                        last.append(s)
+                    self.out.write(piece)
+                    self.out.flush()
+
+        self.answer = asyncio.create_task(stream())
+        self.interrupted = stopped = False
+        try:
+            await self.answer
+        except asyncio.CancelledError:
+            if not self.answer.cancelled() or not self.interrupted:
+                raise  # this command itself is being cancelled, not the answer
+            stopped = True
+        finally:
+            self.answer = None
+        self.say()
+        if stopped:
+            self.say("[stopped]", dim=True)
+        result = last[0].result if last else None
+        self.say(self.status(result, started, first[0] if first else None), dim=True)
+
+    def status(self, result: Any, started: float, first: float | None) -> str:
+        s = self.session
+        assert s is not None
+        tokens_in = result.input_tokens if result is not None else 0
+        tokens_out = result.output_tokens if result is not None else 0
+        if result is not None and not tokens_out:
+            tokens_out = result.tokens_used
+        elapsed = time.monotonic() - (first or started)
+        rate = f"{tokens_out / elapsed:.1f} tok/s" if tokens_out and elapsed > 0 else "- tok/s"
+        return (
+            f"[{tokens_in} in, {tokens_out} out, {rate}, {s.checkpoint_count} checkpoints, "
+            f"{'encrypted' if s.encrypted else 'not encrypted'}, {s.host_url}]"
+        )
+
+    # --- commands ---------------------------------------------------------------------
+
+    async def command(self, line: str) -> bool:
+        """Run a ``/command``; False ends the chat."""
+        name, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        assert self.session is not None
+        sid = self.session.id
+        if name == "/quit":
+            return False
+        if name == "/help":
+            for cmd, what in COMMANDS.items():
+                self.say(f"  {cmd:<12} {what}")
+        elif name == "/new":
+            await self.end()
+            self.args.resume = None
+            await self.start()
+        elif name == "/history":
+            for m in await self.manager.get_conversation_history(sid):
+                self.say(f"{m.role}: {m.content}")
+        elif name == "/checkpoint":
+            proof = await self.manager.create_checkpoint(sid)
+            self.say(
+                f"checkpoint {proof.checkpoint_number}: {proof.token_count} tokens, "
+                f"hash {proof.conversation_hash}"
+                + (f", signed by {proof.signer}" if proof.signer else ", unsigned (no key)")
+            )
+        elif name == "/save":
+            export = await self.manager.export_session(sid)
+            if rest:
+                try:
+                    await asyncio.to_thread(write_private, rest, json.dumps(export, default=str))
+                except FileExistsError:
+                    self.say(f"{rest} exists: not replacing it")
+                    return True
+                except OSError as exc:
+                    self.say(f"cannot write {rest}: {exc.strerror}")
+                    return True
+                self.say(f"saved to {rest}")
+            elif self.manager.storage is not None:
+                cid = await self.manager.save_to_s5(sid, export)
+                self.say(f"saved on S5: {cid} (resume with: fabstir chat --resume {sid})")
+            else:
+                self.say("/save FILE, or start with --portal-url and a seed to keep it on S5")
+        elif name == "/share":
+            if self.manager.storage is None:
+                self.say("/share needs S5: start with --portal-url and a seed")
+            else:
+                export = await self.manager.export_session(sid)
+                self.say(f"share code: {await self.manager.generate_share_code(export)}")
+        else:
+            self.say(f"unknown command {name}: /help lists them")
+        return True
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        from langchain_fabstir.errors import FabstirError
+
+        loop = asyncio.get_running_loop()
+        await self.start()  # Ctrl-C while connecting: KeyboardInterrupt (main: exit 130)
+        loop.add_signal_handler(signal.SIGINT, self.on_sigint)
+        try:
+            lines = _Lines(sys.stdin)
+            while True:
+                if self.tty:
+                    self.say("you> ", end="")
+                self.quit = loop.create_future()
+                reading = asyncio.ensure_future(lines.readline())
+                waiters: set[asyncio.Future[Any]] = {reading, self.quit}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if self.quit.done():
+                    reading.cancel()
+                    self.say()
+                    break
+                line = reading.result()
+                if line is None:  # Ctrl-D
+                    self.say()
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    if line.startswith("/"):
+                        if not await self.command(line):
+                            break
+                    else:
+                        await self.ask(line)
+                except FabstirError as exc:  # the session goes on: say it, one line
+                    self.say()
+                    print(f"fabstir chat: {exc}", file=sys.stderr, flush=True)
+            await self.end()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def system_prompt(value: str | None) -> str | None:
+    """``--system``: the text itself, or ``@FILE`` for a file's content."""
+    if value is not None and value.startswith("@"):
+        return read_secret_file(value[1:], "system prompt file")
+    return value
+
+
+async def chat_command(args: argparse.Namespace) -> int:
+    from eth_account import Account
+
+    from langchain_fabstir.sessions import SessionConfig, SessionManager
+    from langchain_fabstir.storage.conversations import S5ConversationStore
+
+    if not args.host_url and not os.environ.get("FABSTIR_HOSTS"):
+        raise CliError("no host: give --host-url URL, or set FABSTIR_HOST_URL or FABSTIR_HOSTS")
+    key = read_host_key(args.key_file, env="FABSTIR_PRIVATE_KEY")
+    seed = read_seed(args.seed_file)
+    system_prompt(args.system)  # a missing @file is an error before connecting
+    storage = None
+    if s5_options(args.portal_url, seed, command="fabstir chat"):
+        address = Account.from_key(key.get_secret_value()).address if key else "local"
+        storage = S5ConversationStore(
+            portal_url=args.portal_url, seed_phrase=seed, user_address=address
+        )
+    elif args.resume:
+        raise CliError("--resume needs --portal-url and an S5 seed phrase (where it is kept)")
+    config = SessionConfig(
+        persistence_enabled=storage is not None,
+        encryption="required" if args.encrypted else "auto",
+    )
+    manager = SessionManager(
+        config,
+        host_url=args.host_url,
+        private_key=key,
+        user_address=Account.from_key(key.get_secret_value()).address if key else None,
+        storage=storage,
+    )
+    async with manager:
+        await _Chat(args, manager, sys.stdout).run()
+    return 0
+
+
+def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    chat = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="chat with a host from the terminal",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chat.add_argument(
+        "--host-url",
+        default=os.environ.get("FABSTIR_HOST_URL"),
+        help="the host (default FABSTIR_HOST_URL; without it a host of FABSTIR_HOSTS)",
+    )
+    chat.add_argument("--model", help="the model to ask for (default: the host's default)")
+    chat.add_argument("--temperature", type=float, default=None, help="sampling temperature (0.7)")
+    chat.add_argument(
+        "--max-tokens", type=positive_int, default=None, help="longest answer in tokens (500)"
+    )
+    chat.add_argument(
+        "--system",
+        default="You are a helpful assistant.",
+        help="the system prompt, or @FILE to read it from a file",
+    )
+    chat.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="your Ethereum key (hex; e.g. eth.key of `fabstir keys new`), signs "
+        "checkpoints; FABSTIR_PRIVATE_KEY otherwise",
+    )
+    chat.add_argument(
+        "--portal-url",
+        default=os.environ.get("FABSTIR_PORTAL_URL"),
+        help="an S5 portal to keep the conversation on (default FABSTIR_PORTAL_URL)",
+    )
+    chat.add_argument(
+        "--seed-file",
+        metavar="PATH",
+        help="your S5 seed phrase (e.g. s5.seed of `fabstir keys new`); FABSTIR_S5_SEED otherwise",
+    )
+    chat.add_argument("--resume", metavar="ID", help="go on with a conversation kept on S5")
+    chat.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="refuse to send a prompt in clear (default: encrypt when the host can)",
+    )
+    chat.set_defaults(run_async=chat_command)

@@ -1,0 +1,135 @@
+"""``fabstir keys new`` and ``fabstir keys show``: the secrets a user or a host needs.
+
+``keys new`` writes two files, readable by their owner only (0600), into ``--dir``
+(default ``$FABSTIR_HOME`` or ``~/.fabstir``), and never replaces an existing one:
+
+- ``s5.seed``: a new S5 seed phrase (15 words): the identity conversations and
+  published checkpoints are stored under;
+- ``eth.key``: a new Ethereum (secp256k1) private key, hex: a user's wallet key, or a
+  host's key (``fabstir host --host-key-file``).
+
+Neither secret is printed unless ``--show`` is given; ``keys show`` prints only the
+public parts: the Ethereum address and the S5 portal account's public key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from langchain_fabstir.cli._common import CliError, read_host_key, read_seed, write_private
+
+__all__ = ["ETH_FILE", "SEED_FILE", "add_keys_parser", "default_keys_dir", "public_parts"]
+
+SEED_FILE = "s5.seed"
+ETH_FILE = "eth.key"
+
+
+def default_keys_dir() -> Path:
+    """``$FABSTIR_HOME`` or ``~/.fabstir``."""
+    home = os.environ.get("FABSTIR_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".fabstir"
+
+
+def public_parts(directory: Path) -> dict[str, Any]:
+    """The address of ``eth.key`` and the S5 public identity of ``s5.seed`` (each ``None``
+    when its file does not exist)."""
+    from eth_account import Account
+
+    from langchain_fabstir.s5 import S5Identity
+
+    seed_path, eth_path = directory / SEED_FILE, directory / ETH_FILE
+    out: dict[str, Any] = {"dir": str(directory), "address": None, "s5_public_key": None}
+    if eth_path.exists():
+        key = read_host_key(str(eth_path))
+        assert key is not None
+        out["address"] = Account.from_key(key.get_secret_value()).address
+    if seed_path.exists():
+        seed = read_seed(str(seed_path))
+        assert seed is not None
+        pair = S5Identity.from_phrase(seed.get_secret_value()).portal_account_key_pair()
+        out["s5_public_key"] = "ed25519:" + bytes(pair.public_key).hex()
+    if out["address"] is None and out["s5_public_key"] is None:
+        raise CliError(f"no keys in {directory}: `fabstir keys new --dir {directory}` makes them")
+    return out
+
+
+def keys_new(args: argparse.Namespace) -> int:
+    from eth_account import Account
+
+    from langchain_fabstir.s5 import generate_phrase
+
+    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    seed_path, eth_path = directory / SEED_FILE, directory / ETH_FILE
+    existing = [str(p) for p in (seed_path, eth_path) if p.exists()]
+    if existing:
+        raise CliError(f"{existing[0]} exists: not replacing a key (use another --dir)")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        phrase = generate_phrase()
+        account = Account.create()
+        key_hex = "0x" + bytes(account.key).hex()
+        write_private(seed_path, phrase + "\n")
+        write_private(eth_path, key_hex + "\n")
+    except FileExistsError as exc:  # made by someone else meanwhile
+        raise CliError(f"{exc.filename} exists: not replacing a key") from exc
+    except OSError as exc:
+        raise CliError(f"cannot write keys in {directory}: {exc.strerror}") from exc
+    parts = public_parts(directory)
+    if args.json:
+        if args.show:
+            parts = {**parts, "s5_seed": phrase, "eth_key": key_hex}
+        print(json.dumps(parts))
+        return 0
+    print(f"wrote {seed_path} and {eth_path} (mode 0600)")
+    print(f"address        {parts['address']}")
+    print(f"S5 public key  {parts['s5_public_key']}")
+    if args.show:
+        print(f"S5 seed        {phrase}")
+        print(f"eth key        {key_hex}")
+    return 0
+
+
+def keys_show(args: argparse.Namespace) -> int:
+    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    parts = public_parts(directory)
+    loose = [
+        p.name
+        for p in (directory / SEED_FILE, directory / ETH_FILE)
+        if p.exists() and stat.S_IMODE(p.stat().st_mode) & 0o077
+    ]
+    if args.json:
+        print(json.dumps({**parts, "readable_by_others": loose}))
+        return 0
+    print(f"address        {parts['address'] or '-'}")
+    print(f"S5 public key  {parts['s5_public_key'] or '-'}")
+    for name in loose:
+        print(f"warning: {directory / name} is readable by others: chmod 600 it")
+    return 0
+
+
+def add_keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    keys = sub.add_parser(
+        "keys",
+        parents=[common],
+        help="make or show an S5 seed phrase and an Ethereum key",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = keys.add_subparsers(dest="keys_command", required=True)
+    new = what.add_parser(
+        "new", parents=[common], help="write a new S5 seed phrase and Ethereum key (0600)"
+    )
+    show = what.add_parser("show", parents=[common], help="print the public parts")
+    for p in (new, show):
+        p.add_argument("--dir", help="where the key files are ($FABSTIR_HOME, else ~/.fabstir)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+    new.add_argument(
+        "--show", action="store_true", help="also print the secrets (seed phrase, key)"
+    )
+    new.set_defaults(run_sync=keys_new)
+    show.set_defaults(run_sync=keys_show)
