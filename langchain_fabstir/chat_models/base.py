@@ -131,6 +131,8 @@ class ChatFabstir(BaseChatModel):
         stream_chunk_timeout: seconds of silence allowed between chunks.
         max_retries: retries of retryable failures before the first token.
         job_id, chain_id: the on-chain job this conversation is paid by (optional).
+        chain, deposit, payment_token, max_price_per_token: pay on chain instead (see
+            "Paid sessions").
         private_key: the user's key (``FABSTIR_PRIVATE_KEY``); a secret, never shown.
         session_config: a :class:`~langchain_fabstir.sessions.models.SessionConfig` for the
             underlying sessions.
@@ -315,6 +317,26 @@ class ChatFabstir(BaseChatModel):
         results (as user turns that name the tool). Content a host cannot take (images,
         audio, files) is refused with a ``ValueError``, never silently dropped.
 
+    Paid sessions:
+        With ``chain=`` (a :class:`~langchain_fabstir.chain.ChainConfig`), ``deposit=`` and
+        ``model=`` (its on-chain ``repo/file`` name) the host comes from the chain's registry
+        (the cheapest acceptable one by default policy ``auto``) and each pooled session is a
+        job paid with ``deposit`` (``payment_token`` ETH or USDC; hosts above
+        ``max_price_per_token`` are never paid). Calls reuse the open session, so a chain or
+        an agent pays one job while it runs. ``host_url`` is not used then.
+
+        .. code-block:: python
+
+            from decimal import Decimal
+            from langchain_fabstir.chain import ChainConfig
+
+            llm = ChatFabstir(
+                chain=ChainConfig.from_env(),
+                model="CohereForAI/TinyVicuna-1B-32k-GGUF/tiny-vicuna-1b.q4_k_m.gguf",
+                deposit=Decimal("0.0002"),
+                max_price_per_token=Decimal("0.00000001"),
+            )  # the key: FABSTIR_PRIVATE_KEY
+
     Errors:
         Every failure is a :class:`~langchain_fabstir.errors.FabstirError` with a stable
         ``code`` that is also the matching ``langchain_core.exceptions`` type:
@@ -447,6 +469,21 @@ class ChatFabstir(BaseChatModel):
     def fetch_profile(self) -> ModelProfile:
         """Blocking :meth:`afetch_profile`."""
         return run_sync(self.afetch_profile())
+
+    async def aclose(self) -> None:
+        """End the pooled sessions of the running event loop and close their sockets.
+
+        Hosts settle a paid session when its socket closes, so call this when a paid model
+        is done (the model stays usable: the next call opens a new session).
+        """
+        res = self._resources.pop(asyncio.get_running_loop(), None)
+        if res is None:
+            return
+        for session in res.manager.sessions:
+            if session.status != "ended":
+                with contextlib.suppress(FabstirError):
+                    await res.manager.end_session(session.id)
+        await res.manager.aclose()
 
     @property
     def _llm_type(self) -> str:

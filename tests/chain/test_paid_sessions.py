@@ -314,6 +314,9 @@ async def test_chat_fabstir_in_an_lcel_chain_pays_one_session(
     assert "".join(chunks) == "Echo: third"
     assert _jobs_created(chain, start) == 1
     _, cheap_host = hosts
+    assert cheap_host.connections
+    await llm.aclose()  # ends the paid session: the host may settle
+    assert not cheap_host.connections
     assert {r.job_id for r in cheap_host.requests} == {
         chain.market.functions.nextJobId().call() - 1
     }
@@ -331,10 +334,35 @@ async def test_chat_fabstir_in_a_langgraph_agent_pays_one_session(
         return a + b
 
     start = chain.w3.eth.block_number
+    llm = _paid_llm(market)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        agent = create_react_agent(_paid_llm(market), [add])
+        agent = create_react_agent(llm, [add])
     for question in ("what is 2 + 3?", "and 4 + 5?"):
         out = await agent.ainvoke({"messages": [("human", question)]})
         assert out["messages"][-1].content.startswith("Echo:")
     assert _jobs_created(chain, start) == 1
+    await llm.aclose()
+
+
+async def test_reverts_carry_the_contracts_reason_and_send_nothing(
+    chain: LocalChain, hosts: tuple[ReferenceHost, ReferenceHost], market: ChainConfig
+) -> None:
+    from langchain_fabstir.chain import ChainClient, complete_job, read_job
+    from langchain_fabstir.errors import ChainError, TransactionRevertedError
+    from tests.localchain import STRANGER
+
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        session = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+        assert session.job_id is not None
+        await manager.end_session(session.id)
+    sent = int(chain.w3.eth.get_transaction_count(STRANGER.address))
+    async with ChainClient(market, STRANGER.private_key) as stranger:
+        with pytest.raises(TransactionRevertedError) as err:
+            await complete_job(stranger, session.job_id)  # not the depositor, not the host
+        assert err.value.details["reason"] == "Only host or depositor"
+        assert "Only host or depositor" in str(err.value)
+        with pytest.raises(ChainError, match="does not exist"):
+            await read_job(stranger, 10_000)
+    assert int(chain.w3.eth.get_transaction_count(STRANGER.address)) == sent
+    assert chain.session(session.job_id)["status"] == 0
