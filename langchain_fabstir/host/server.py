@@ -58,6 +58,7 @@ from langchain_fabstir.wire.encryption import (
     host_public_key,
     open_session_init,
     parse_private_key,
+    parse_public_key,
 )
 from langchain_fabstir.wire.frames import (
     Connected,
@@ -99,6 +100,16 @@ with a 192-bit token; this stops a socket from trying)."""
 RECORD_LIMIT = 64 * 1024
 """Requests larger than this (bytes of JSON) are kept in :attr:`ReferenceHost.requests`
 only in part: long strings cut, long lists shortened (see :func:`_record`)."""
+
+
+def _recovery_key(value: object) -> str | None:
+    """The client's ``recoveryPublicKey`` (compressed ``0x``-hex), ``None`` if unusable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return "0x" + parse_public_key(value).hex()
+    except EncryptionError:
+        return None
 
 
 class _RateLimiter:
@@ -146,6 +157,7 @@ class _Connection:
         self.cipher: SessionCipher | None = None
         self.model_name: str | None = None
         self.client_address: str | None = None
+        self.recovery_public_key: str | None = None  # S5 deltas are sealed to it (4.5)
         self.history: deque[dict[str, str]] = deque(maxlen=CONTEXT_MESSAGES)
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
         self.answer_parts: list[str] = []
@@ -318,6 +330,7 @@ class _Connection:
         model = data.get("modelName")
         self.model_name = model if isinstance(model, str) else self.model_name
         self.client_address = opened.client_address
+        self.recovery_public_key = _recovery_key(data.get("recoveryPublicKey"))
         self.cipher = SessionCipher(opened.session_key)
         previous = extra.get("resume_token")
         if isinstance(previous, str):
@@ -660,7 +673,11 @@ class ReferenceHost:
             return
         tracker = self._checkpoint_tracker(conn, request)
         recorder = (  # S5 checkpoints: counts this answer's tokens in its session
-            self.s5_checkpoints.start_answer(request.session_id or conn.session_id, request.prompt)
+            self.s5_checkpoints.start_answer(
+                request.session_id or conn.session_id,
+                request.prompt,
+                recovery_public_key=conn.recovery_public_key if conn.cipher else None,
+            )
             if self.s5_checkpoints is not None
             else None
         )

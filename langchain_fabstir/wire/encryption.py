@@ -11,6 +11,11 @@ XChaCha20-Poly1305 from PyNaCl (libsodium).
   init JSON (which carries the random 32-byte ``sessionKey``), and a recoverable signature
   over ``sha256(ciphertext)`` (what deployed nodes recover) or the SDK's own digest
   (:func:`sdk_init_digest`); the host accepts both.
+- :class:`RecoveryKey`, :func:`seal_checkpoint_delta`, :func:`open_checkpoint_delta`: the
+  S5 checkpoint deltas of an encrypted session (section 4.5), sealed by the host to the
+  ``recoveryPublicKey`` the client named in its init, as deployed nodes (v8.12+) write them:
+  a fresh ephemeral key per delta, ``HKDF-SHA256(ikm = sha256(x-coordinate), salt = none,
+  info = "checkpoint-delta-encryption-v1")``, XChaCha20-Poly1305 without AAD.
 - :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``),
   ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in order: a replayed, dropped or
   reordered chunk is refused) and ``encrypted_response`` (AAD ``encrypted_response_final``).
@@ -62,12 +67,14 @@ from langchain_fabstir.errors import (
 
 __all__ = [
     "ALG",
+    "CHECKPOINT_ENVELOPE_FIELDS",
     "CHECKPOINT_INFO",
     "FINAL_AAD",
     "KEY_SIZE",
     "NONCE_SIZE",
     "OpenedInit",
     "PrivateKey",
+    "RecoveryKey",
     "SealedInit",
     "SessionCipher",
     "address_of_public_key",
@@ -77,11 +84,13 @@ __all__ = [
     "ecdh_x",
     "hkdf_sha256",
     "host_public_key",
+    "open_checkpoint_delta",
     "open_session_init",
     "parse_private_key",
     "parse_public_key",
     "recover_challenge_key",
     "sdk_init_digest",
+    "seal_checkpoint_delta",
     "seal_session_init",
     "xchacha_decrypt",
     "xchacha_encrypt",
@@ -165,7 +174,9 @@ def hkdf_sha256(
 
 
 def checkpoint_delta_key(shared_x: bytes) -> bytes:
-    """The key of an encrypted session's checkpoint deltas (section 4.5)."""
+    """The key of one encrypted checkpoint delta (section 4.5) from the x-coordinate of
+    ``ephemeral * recoveryPublicKey``: ``HKDF-SHA256(sha256(x), salt = none (32 zero
+    bytes), info = "checkpoint-delta-encryption-v1")``."""
     return hkdf_sha256(hashlib.sha256(shared_x).digest(), info=CHECKPOINT_INFO)
 
 
@@ -508,3 +519,125 @@ def _decode(data: bytes, what: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidEncryptedPayloadError(f"the decrypted {what} is not UTF-8 text") from None
+
+
+# --- encrypted checkpoint deltas (section 4.5) ------------------------------------------------
+
+CHECKPOINT_ENVELOPE_FIELDS = (
+    "encrypted",
+    "version",
+    "userRecoveryPubKey",
+    "ephemeralPublicKey",
+    "nonce",
+    "ciphertext",
+    "hostSignature",
+)
+"""The fields of an encrypted delta on S5, as deployed nodes write them: ``encrypted``
+(``true``), ``version`` (1), ``userRecoveryPubKey`` and ``ephemeralPublicKey`` (compressed,
+``0x``-hex), ``nonce`` (24 bytes) and ``ciphertext`` (tag appended) in hex without ``0x``,
+and ``hostSignature`` (EIP-191 over the hex of ``keccak256(ciphertext)``; added by the
+checkpoints layer, which signs)."""
+
+
+class RecoveryKey:
+    """The secp256k1 key an encrypted session's checkpoint deltas are sealed to.
+
+    The client names its public half as ``recoveryPublicKey`` in every
+    ``encrypted_session_init``; the host seals each S5 delta to it, so only the holder of
+    this key reads them. The secret is never shown: ``repr`` and ``str`` give the public
+    key only, and pickling is refused.
+
+    >>> key = RecoveryKey("0x" + "01" * 32)
+    >>> key
+    RecoveryKey(public_key='0x031b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078f')
+    >>> envelope = seal_checkpoint_delta(b'{"messages":[]}', key.public_key)
+    >>> open_checkpoint_delta(envelope, key)
+    b'{"messages":[]}'
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: str | bytes | PrivateKey | None = None) -> None:
+        self._key = parse_private_key(key) if key is not None else PrivateKey()
+
+    @property
+    def public_key(self) -> str:
+        """The compressed public key, ``0x``-hex (what ``recoveryPublicKey`` carries)."""
+        return host_public_key(self._key)
+
+    def private_key(self) -> PrivateKey:
+        """The secret itself (to sign with it, or to keep it somewhere safe). Never log it."""
+        return self._key
+
+    def delta_key(self, ephemeral_public: str | bytes) -> bytes:
+        """The key of the delta sealed with ``ephemeral_public``
+        (:func:`checkpoint_delta_key` of ``self * ephemeral_public``)."""
+        return checkpoint_delta_key(ecdh_x(self._key, parse_public_key(ephemeral_public)))
+
+    def __repr__(self) -> str:
+        return f"RecoveryKey(public_key={self.public_key!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecoveryKey) and other.public_key == self.public_key
+
+    def __hash__(self) -> int:
+        return hash(self.public_key)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a RecoveryKey is not pickled (it holds a secret key)")
+
+
+def seal_checkpoint_delta(plaintext: bytes, recovery_public: str | bytes) -> dict[str, Any]:
+    """Seal a delta's JSON bytes to ``recovery_public`` (a fresh ephemeral key and nonce
+    each time). Returns the envelope without ``hostSignature``."""
+    recipient = parse_public_key(recovery_public)
+    eph = PrivateKey()
+    key = checkpoint_delta_key(ecdh_x(eph, recipient))
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    return {
+        "encrypted": True,
+        "version": 1,
+        "userRecoveryPubKey": "0x" + recipient.hex(),
+        "ephemeralPublicKey": "0x" + eph.public_key.format(compressed=True).hex(),
+        "nonce": nonce.hex(),
+        "ciphertext": xchacha_encrypt(key, nonce, plaintext).hex(),
+    }
+
+
+def open_checkpoint_delta(envelope: Any, key: RecoveryKey) -> bytes:
+    """The JSON bytes of an encrypted delta (see :data:`CHECKPOINT_ENVELOPE_FIELDS`).
+
+    Raises:
+        InvalidEncryptedPayloadError: not an envelope of version 1 (``INVALID_PAYLOAD``),
+            bad hex (``INVALID_HEX_ENCODING``), a nonce that is not 24 bytes
+            (``INVALID_NONCE_SIZE``).
+        DecryptionFailedError: sealed to another recovery key (``details["reason"]`` is
+            ``"wrong_key"``), or changed after sealing (``"tampered"``).
+    """
+    if not isinstance(envelope, Mapping) or envelope.get("encrypted") is not True:
+        raise InvalidEncryptedPayloadError(
+            "not an encrypted checkpoint delta", details={"field": "encrypted"}
+        )
+    if envelope.get("version") != 1:
+        raise InvalidEncryptedPayloadError(
+            f"encrypted checkpoint delta version {str(envelope.get('version'))[:20]!r} is not 1",
+            details={"field": "version"},
+        )
+    recipient = parse_public_key(_unhex(envelope.get("userRecoveryPubKey"), "userRecoveryPubKey"))
+    ephemeral = parse_public_key(_unhex(envelope.get("ephemeralPublicKey"), "ephemeralPublicKey"))
+    nonce = _unhex(envelope.get("nonce"), "nonce")
+    ciphertext = _unhex(envelope.get("ciphertext"), "ciphertext")
+    mine = key.public_key
+    if "0x" + recipient.hex() != mine:
+        raise DecryptionFailedError(
+            f"the checkpoint delta is sealed to recovery key 0x{recipient.hex()}, not to this "
+            f"session's ({mine}): pass the recovery key of the session that made it",
+            details={"reason": "wrong_key", "what": "checkpoint delta"},
+        )
+    try:
+        return xchacha_decrypt(key.delta_key(ephemeral), nonce, ciphertext, what="checkpoint delta")
+    except DecryptionFailedError as exc:
+        exc.details["reason"] = "tampered"
+        raise
