@@ -31,6 +31,7 @@ import bisect
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -160,10 +161,19 @@ class _Connection:
         self.recovery_public_key: str | None = None  # S5 deltas are sealed to it (4.5)
         self.history: deque[dict[str, str]] = deque(maxlen=CONTEXT_MESSAGES)
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
+        self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
+
+    def _session_json(self) -> str:
+        """``session_id`` as JSON text (kept: it goes into every encrypted chunk)."""
+        sid = self.session_id
+        cached = self._session_json_cache
+        if cached is None or cached[0] != sid:
+            cached = self._session_json_cache = (sid, _json_str(sid) if sid is not None else "null")
+        return cached[1]
 
     async def send_answer(self, text: str) -> None:
         """A frame of an answer: as it is, or (encrypted session) its text sealed with the
@@ -173,6 +183,32 @@ class _Connection:
         if cipher is None:
             await self.ws.send_str(text)
             return
+        if text.startswith(_CHUNK_PREFIX + '"'):
+            try:
+                content, end = _scan_json_string(text, len(_CHUNK_PREFIX) + 1)
+                fast = _CHUNK_TAIL.match(text, end)
+            except ValueError:
+                fast = None
+            if fast is not None:  # a frame built by run_prompt: no JSON round trip
+                self.answer_parts.append(content)
+                index = self.chunk_index
+                self.chunk_index += 1
+                sealed = cipher.seal_chunk(content, index)
+                tail = fast.group(0)
+                if not content and fast.group(1) == "0":
+                    tail = ',"final":true' + tail
+                await self.ws.send_str(
+                    '{"type":"encrypted_chunk","payload":{"ciphertextHex":"'
+                    + sealed["ciphertextHex"]
+                    + '","nonceHex":"'
+                    + sealed["nonceHex"]
+                    + '","aadHex":"'
+                    + sealed["aadHex"]
+                    + f'","index":{index}}},"session_id":'
+                    + self._session_json()
+                    + tail
+                )
+                return
         if text.startswith('{"type":"stream_chunk"'):
             obj = json.loads(text)
             content = obj.get("content", "")
@@ -1089,6 +1125,12 @@ def _engine_error_frame(exc: EngineError, rid: str | None, window: int) -> Error
 def _engine_description(engine: Engine) -> dict[str, Any]:
     describe = getattr(engine, "describe", None)
     return {"engine_info": describe()} if describe is not None else {}
+
+
+_CHUNK_PREFIX = '{"type":"stream_chunk","content":'
+_CHUNK_TAIL = re.compile(r',"tokens":(\d+)(?:,"id":"[^"\\]*")?\}\Z')
+"""The rest of a chunk frame built by ``run_prompt`` after its content."""
+_scan_json_string = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def _json_str(text: str) -> str:
