@@ -7,7 +7,9 @@
     Measured twice: with the echo host sending as fast as it can (the headline: the worst
     case, where a plaintext client reads many frames per wake-up), and with the host pacing
     tokens at 0.5 ms (2,000 tokens/s, still far faster than a real model), where each frame
-    costs a wake-up in both modes.
+    costs a wake-up in both modes. The host's CPU per token (from /proc) is reported beside:
+    when sealing makes the host slower than the client, the encrypted client waits for
+    frames one by one and pays a wake-up per token that the plaintext client does not.
 (b) llama tokens/s through an encrypted session over the engine called directly in-process
     (as ``foundation.llama_ratio`` measures the plaintext path; aim >= 0.90).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -63,21 +66,25 @@ async def _client_cpu_ratio(delay: float) -> dict[str, Any]:
             plain_session = await clear.create_session(max_tokens=ECHO_TOKENS)
             assert enc_session.encrypted and not plain_session.encrypted
 
-            def measure(manager: SessionManager, session_id: str) -> Any:
+            host_us: dict[str, list[float]] = {"enc": [], "plain": []}
+
+            def measure(manager: SessionManager, session_id: str, name: str) -> Any:
                 async def run() -> float:
                     cpu = time.process_time()
+                    host = _process_cpu(proc.pid)
                     n = 0
                     async for _stream, _text in manager.open_stream(
                         session_id, "go", context=[], record=False
                     ):
                         n += 1
                     assert n >= ECHO_TOKENS - 1, n
+                    host_us[name].append((_process_cpu(proc.pid) - host) / n * 1e6)
                     return (time.process_time() - cpu) / n * 1e6  # microseconds per token
 
                 return run
 
-            encrypted = measure(sealed, enc_session.id)
-            plaintext = measure(clear, plain_session.id)
+            encrypted = measure(sealed, enc_session.id, "enc")
+            plaintext = measure(clear, plain_session.id, "plain")
             await encrypted()  # warm-up
             await plaintext()
             medians = await interleaved({"enc": encrypted, "plain": plaintext}, repeats=5)
@@ -94,8 +101,21 @@ async def _client_cpu_ratio(delay: float) -> dict[str, Any]:
         passed=ratio <= 1.5,
         encrypted_us_per_token=round(medians["enc"], 1),
         plaintext_us_per_token=round(medians["plain"], 1),
+        host_encrypted_us_per_token=round(statistics.median(host_us["enc"]), 1),
+        host_plaintext_us_per_token=round(statistics.median(host_us["plain"]), 1),
+        host_delay_ms=delay * 1000,
         tokens=ECHO_TOKENS,
     )
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc (0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def llama_encrypted_ratio() -> dict[str, Any]:
