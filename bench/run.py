@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODULES = ["foundation", "chat_model", "checkpoints", "storage", "resilience", "openai_engine"]
+MODULES = [
+    "foundation",
+    "chat_model",
+    "checkpoints",
+    "storage",
+    "resilience",
+    "openai_engine",
+    "encryption",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -51,6 +51,7 @@ __all__ = [
     "ChunkOrderError",
     "ConnectionFailedError",
     "DecryptionFailedError",
+    "DecryptionKeyRequiredError",
     "DepositLimitError",
     "EncryptionError",
     "EncryptionModeError",
@@ -279,6 +280,13 @@ class DecryptionFailedError(EncryptionError):
     code = "DECRYPTION_FAILED"
 
 
+class DecryptionKeyRequiredError(EncryptionError):
+    """Encrypted data (an encrypted session's S5 checkpoint deltas) and no key to open it:
+    pass the session's recovery key (``Session.recovery_key``)."""
+
+    code = "DECRYPTION_KEY_REQUIRED"
+
+
 class InvalidEncryptedPayloadError(EncryptionError):
     """An encrypted frame's payload is not what section 4 describes."""
 
@@ -317,6 +325,7 @@ ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {
     for cls in (
         EncryptionUnavailableError,
         DecryptionFailedError,
+        DecryptionKeyRequiredError,
         InvalidEncryptedPayloadError,
         MissingPayloadError,
         InvalidHexError,

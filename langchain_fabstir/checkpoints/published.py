@@ -19,6 +19,26 @@ S5 portal **by its CID**, and checks everything the TypeScript SDK does not:
 and rebuilds the conversation, joining messages cut by a checkpoint
 (``metadata.partial``).
 
+Encrypted sessions (PROTOCOL.md section 4.5)
+--------------------------------------------
+A host seals the deltas of an encrypted session to the ``recoveryPublicKey`` the client
+named in its ``encrypted_session_init``, and marks their index entries
+``"encrypted": true``. Each such delta on S5 is an envelope, as deployed nodes write it
+(see :data:`~langchain_fabstir.wire.encryption.CHECKPOINT_ENVELOPE_FIELDS`)::
+
+    {"encrypted":true,"version":1,"userRecoveryPubKey":"0x02...","ephemeralPublicKey":"0x03...",
+     "nonce":"<24 bytes hex>","ciphertext":"<hex>","hostSignature":"0x..."}
+
+whose ciphertext is the signed plain delta (canonical JSON). Pass the session's
+:class:`~langchain_fabstir.wire.encryption.RecoveryKey` (``Session.recovery_key``; the
+:class:`~langchain_fabstir.sessions.manager.SessionManager` method of the same name does
+it for you) as ``recovery_key``: each envelope's ``hostSignature`` (EIP-191 over the hex
+of ``keccak256(ciphertext)``) is checked against the host, then it is opened and verified
+as a plain delta. Without the key, an encrypted entry raises ``DECRYPTION_KEY_REQUIRED``
+before anything is downloaded; an entry whose marking does not match its delta raises
+``ENCRYPTION_MODE_MISMATCH``; another session's key or changed bytes,
+``DECRYPTION_FAILED``. Plain deltas read as before, with or without a key.
+
 What ``proofHash`` is
 ---------------------
 On hosts with a chain, ``proofHash`` is the keccak256 of the host's proof of work (a
@@ -68,24 +88,40 @@ from langchain_fabstir.checkpoints import (
     verify_host_delta,
     verify_host_index,
 )
-from langchain_fabstir.checkpoints.signing import normalize_address
+from langchain_fabstir.checkpoints.signing import (
+    PrivateKey,
+    normalize_address,
+    personal_sign,
+    recover_personal_signer,
+)
 from langchain_fabstir.errors import (
     CheckpointError,
     ConnectionFailedError,
+    DecryptionKeyRequiredError,
+    EncryptionError,
+    EncryptionModeError,
     HostDisconnectedError,
     HostError,
     IntegrityError,
+    InvalidEncryptedPayloadError,
     InvalidRequestError,
     ProtocolError,
     ResponseTimeoutError,
 )
 from langchain_fabstir.s5.cid import CID, InvalidCIDError
 from langchain_fabstir.s5.client import S5PortalClient
+from langchain_fabstir.wire.encryption import (
+    RecoveryKey,
+    open_checkpoint_delta,
+    seal_checkpoint_delta,
+)
 
 __all__ = [
     "PROOF_HASH_FIELDS",
     "HostCheckpoints",
+    "decrypt_host_delta",
     "delta_proof_hash",
+    "encrypt_host_delta",
     "fetch_host_checkpoints",
     "fetch_host_checkpoints_sync",
 ]
@@ -113,6 +149,63 @@ def delta_proof_hash(delta: Mapping[str, Any]) -> str:
     return "0x" + keccak(canonical_json(body).encode("utf-8")).hex()
 
 
+def encrypt_host_delta(
+    delta: Mapping[str, Any], recovery_public_key: str | bytes, host_key: PrivateKey
+) -> dict[str, Any]:
+    """The encrypted envelope of a signed delta, sealed to ``recovery_public_key`` and
+    signed by ``host_key`` (EIP-191 over the hex of ``keccak256(ciphertext)``), as
+    deployed nodes write it (module docstring)."""
+    envelope = seal_checkpoint_delta(canonical_json(delta).encode("utf-8"), recovery_public_key)
+    digest = keccak(bytes.fromhex(envelope["ciphertext"])).hex()
+    envelope["hostSignature"] = personal_sign(digest, host_key)
+    return envelope
+
+
+def decrypt_host_delta(
+    envelope: Mapping[str, Any], recovery_key: RecoveryKey, host_address: str
+) -> dict[str, Any]:
+    """Check an envelope's ``hostSignature`` against ``host_address``, open it with
+    ``recovery_key`` and return the plain delta (still to verify, see
+    :func:`~langchain_fabstir.checkpoints.verify_host_delta`).
+
+    Raises:
+        CheckpointError: the envelope is not signed by ``host_address`` (``wrong_signer``).
+        EncryptionError: see :func:`~langchain_fabstir.wire.encryption.open_checkpoint_delta`;
+            a plaintext that is not a JSON object (``INVALID_PAYLOAD``).
+    """
+    ciphertext = envelope.get("ciphertext")
+    signature = envelope.get("hostSignature")
+    if isinstance(ciphertext, str) and isinstance(signature, str):
+        try:
+            digest = keccak(bytes.fromhex(ciphertext)).hex()
+        except ValueError:
+            digest = None  # open_checkpoint_delta names the bad hex
+        if digest is not None:
+            expected = normalize_address(host_address, what="host address")
+            recovered = recover_personal_signer(digest, signature)
+            if recovered != expected:
+                raise CheckpointError(
+                    f"encrypted delta is not signed by host {expected} (signature recovers "
+                    f"to {recovered}: tampered with, or signed by another key)",
+                    details={"reason": "wrong_signer", "expected": expected},
+                )
+    else:
+        raise CheckpointError(
+            "encrypted delta has no ciphertext or hostSignature",
+            details={"reason": "malformed_delta"},
+        )
+    plaintext = open_checkpoint_delta(envelope, recovery_key)
+    try:
+        raw = loads_untrusted(plaintext)
+    except (ValueError, UnicodeDecodeError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise InvalidEncryptedPayloadError(
+            "the decrypted checkpoint delta is not a JSON object", details={"field": "ciphertext"}
+        )
+    return raw
+
+
 class HostCheckpoints(BaseModel):
     """A host's checkpoints of one session, verified, and the conversation they prove.
 
@@ -132,6 +225,8 @@ class HostCheckpoints(BaseModel):
         signatures_verified, cids_verified: always ``True`` on a returned result
             (a failure raises); kept so logs and APIs can show what was checked.
         proof_hashes_verified: every ``proofHash`` equals :func:`delta_proof_hash`.
+        encrypted_deltas: how many deltas were encrypted on S5 (and opened with your
+            recovery key); ``deltas`` and ``messages`` hold them decrypted.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -147,6 +242,7 @@ class HostCheckpoints(BaseModel):
     signatures_verified: bool = True
     cids_verified: bool = True
     proof_hashes_verified: bool
+    encrypted_deltas: int = 0
 
     @property
     def complete(self) -> bool:
@@ -257,12 +353,6 @@ def _check_entries(index: HostCheckpointIndex) -> list[HostCheckpointEntry]:
                 f"checkpoint {entry.index} covers tokens {start}..{end}, expected a range "
                 f"starting at {expected_start}"
             )
-        elif entry.encrypted:
-            raise CheckpointError(
-                f"checkpoint {entry.index} is encrypted; only plain deltas can be verified",
-                session_id=index.session_id,
-                details={"reason": "encrypted", "checkpoint_index": entry.index},
-            )
         if problem is not None:
             raise CheckpointError(
                 f"host index: {problem}",
@@ -274,7 +364,11 @@ def _check_entries(index: HostCheckpointIndex) -> list[HostCheckpointEntry]:
 
 
 async def _fetch_delta(
-    portal: S5PortalClient, entry: HostCheckpointEntry, address: str, session_id: str
+    portal: S5PortalClient,
+    entry: HostCheckpointEntry,
+    address: str,
+    session_id: str,
+    recovery_key: RecoveryKey | None,
 ) -> tuple[HostCheckpointDelta, bool]:
     """Download, check and parse one delta; return it and whether its proofHash is ours."""
     try:
@@ -300,6 +394,23 @@ async def _fetch_delta(
             session_id=session_id,
             details={"reason": "malformed_delta", "checkpoint_index": entry.index},
         ) from None
+    sealed = isinstance(raw, dict) and raw.get("encrypted") is True
+    if sealed != entry.encrypted:
+        said, found = ("encrypted", "plain") if entry.encrypted else ("plain", "encrypted")
+        raise EncryptionModeError(
+            f"checkpoint {entry.index}: the index marks the delta {said} but {cid} is {found}",
+            session_id=session_id,
+            details={"reason": "marking_mismatch", "checkpoint_index": entry.index},
+        )
+    if sealed:
+        assert recovery_key is not None  # checked before any download
+        try:
+            raw = decrypt_host_delta(raw, recovery_key, address)
+        except (CheckpointError, EncryptionError) as exc:
+            exc.session_id = exc.session_id or session_id
+            exc.details.setdefault("checkpoint_index", entry.index)
+            exc.message = f"checkpoint {entry.index}: {exc.message}"
+            raise
     delta = verify_host_delta(raw, address, entry=entry)
     if delta.session_id != session_id:
         raise CheckpointError(
@@ -319,6 +430,7 @@ async def fetch_host_checkpoints(
     http_client: httpx.AsyncClient | None = None,
     require_proof_hash: bool = False,
     timeout: float = 10.0,
+    recovery_key: RecoveryKey | None = None,
 ) -> HostCheckpoints:
     """Get a host's checkpoint index and deltas of ``session_id``, verify all, rebuild.
 
@@ -334,6 +446,8 @@ async def fetch_host_checkpoints(
         require_proof_hash: raise when a ``proofHash`` is not :func:`delta_proof_hash`
             (right for reference hosts; hosts with a chain hash their proof instead).
         timeout: seconds for the host request when no ``http_client`` is given.
+        recovery_key: the session's :class:`~langchain_fabstir.wire.encryption.RecoveryKey`
+            (``Session.recovery_key``), to open the deltas of an encrypted session.
 
     Raises:
         CheckpointError: ``details["reason"]`` is ``"none"`` (HTTP 404: nothing
@@ -346,6 +460,11 @@ async def fetch_host_checkpoints(
             could not be reached, was too slow, or dropped the connection.
         ProtocolError: the host's reply is not a JSON object (or another HTTP status).
         StorageError: the portal failed (``BlobNotFoundError`` for a missing delta).
+        DecryptionKeyRequiredError: encrypted deltas and no ``recovery_key``.
+        EncryptionModeError: an index entry's ``encrypted`` marking is not what its delta
+            is (``ENCRYPTION_MODE_MISMATCH``).
+        DecryptionFailedError / InvalidEncryptedPayloadError: an encrypted delta sealed to
+            another key, changed, or malformed (``details["checkpoint_index"]`` says which).
     """
     own_http = http_client is None
     http = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
@@ -376,13 +495,23 @@ async def fetch_host_checkpoints(
         exc.host_url = exc.host_url or host_url
         exc.session_id = exc.session_id or session_id
         raise
+    sealed = [e.index for e in entries if e.encrypted]
+    if sealed and recovery_key is None:
+        raise DecryptionKeyRequiredError(
+            f"host {host_url}: {len(sealed)} checkpoint(s) of session {session_id} are "
+            "encrypted (an encrypted session): pass recovery_key=session.recovery_key, or use "
+            "SessionManager.fetch_host_checkpoints",
+            host_url=host_url,
+            session_id=session_id,
+            details={"checkpoint_indices": sealed[:20]},
+        )
     own_portal = isinstance(portal, str)
     client = S5PortalClient(portal) if isinstance(portal, str) else portal
     limit = asyncio.Semaphore(_DOWNLOADS_AT_ONCE)
 
     async def one(entry: HostCheckpointEntry) -> tuple[HostCheckpointDelta, bool]:
         async with limit:
-            return await _fetch_delta(client, entry, address, session_id)
+            return await _fetch_delta(client, entry, address, session_id, recovery_key)
 
     try:
         outcomes = await asyncio.gather(*(one(e) for e in entries), return_exceptions=True)
@@ -393,7 +522,7 @@ async def fetch_host_checkpoints(
     ours = True
     for entry, outcome in zip(entries, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            if isinstance(outcome, CheckpointError | IntegrityError):
+            if isinstance(outcome, CheckpointError | IntegrityError | EncryptionError):
                 outcome.host_url = outcome.host_url or host_url
             raise outcome
         delta, matches = outcome
@@ -422,6 +551,7 @@ async def fetch_host_checkpoints(
         messages=messages,
         token_count=entries[-1].token_range[1] if entries else 0,
         proof_hashes_verified=ours,
+        encrypted_deltas=len(sealed),
     )
 
 
@@ -433,6 +563,7 @@ def fetch_host_checkpoints_sync(
     host_address: str | None = None,
     require_proof_hash: bool = False,
     timeout: float = 10.0,
+    recovery_key: RecoveryKey | None = None,
 ) -> HostCheckpoints:
     """Blocking :func:`fetch_host_checkpoints` (safe inside a running event loop too).
 
@@ -446,5 +577,6 @@ def fetch_host_checkpoints_sync(
             host_address=host_address,
             require_proof_hash=require_proof_hash,
             timeout=timeout,
+            recovery_key=recovery_key,
         )
     )

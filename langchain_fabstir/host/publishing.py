@@ -19,6 +19,13 @@ delta's canonical content; hosts with a chain hash their proof of work instead),
 every delta by CID and is signed over ``checkpoints``. ``GET /v1/checkpoints/{id}``
 serves the index (:func:`checkpoint_index_response`).
 
+Encrypted sessions (PROTOCOL.md section 4.5): an answer started with
+``recovery_public_key`` (the reference host passes the ``recoveryPublicKey`` of the
+session's ``encrypted_session_init``) has its checkpoints written as encrypted envelopes
+(:func:`~langchain_fabstir.checkpoints.published.encrypt_host_delta`: a fresh ephemeral
+key per delta, so only the client reads them) and marked ``"encrypted": true`` in the
+index, which stays plain and signed.
+
 The per-token cost is a comparison, a list append and an integer add (:meth:`AnswerRecorder.token`);
 S5 writes run as one background task per session, in checkpoint order. A write that
 fails (portal down) is logged and retried at the session's next checkpoint or at
@@ -79,7 +86,7 @@ from langchain_fabstir.checkpoints import (
     sign_host_index,
     verify_host_index,
 )
-from langchain_fabstir.checkpoints.published import delta_proof_hash
+from langchain_fabstir.checkpoints.published import delta_proof_hash, encrypt_host_delta
 from langchain_fabstir.errors import FabstirError, StorageError
 from langchain_fabstir.s5.client import S5PortalClient
 from langchain_fabstir.s5.fs import S5FileSystem
@@ -123,6 +130,7 @@ class _Cut:
     messages: list[Message]
     tokens: int
     timestamp: int
+    recipient: str | None = None  # an encrypted session's recoveryPublicKey (section 4.5)
 
 
 @dataclass
@@ -137,6 +145,7 @@ class _SessionLog:
     entries: list[dict[str, Any]] | None = None  # the index on S5 (None: not loaded)
     index: dict[str, Any] | None = None
     answers: set[AnswerRecorder] = field(default_factory=set)  # not finished yet
+    recipient: str | None = None  # the recoveryPublicKey of the session's latest answer
 
 
 class AnswerRecorder:
@@ -331,8 +340,15 @@ class S5CheckpointWriter:
 
     # --- the generation side (synchronous, no I/O) ------------------------------------
 
-    def start_answer(self, session_id: str | None, prompt: str) -> AnswerRecorder | None:
-        """Start recording an answer to ``prompt`` (``None`` for an unusable session id)."""
+    def start_answer(
+        self, session_id: str | None, prompt: str, *, recovery_public_key: str | None = None
+    ) -> AnswerRecorder | None:
+        """Start recording an answer to ``prompt`` (``None`` for an unusable session id).
+
+        ``recovery_public_key``: in an encrypted session, the ``recoveryPublicKey`` of the
+        client's ``encrypted_session_init``; the checkpoints cut from now on are sealed to
+        it (PROTOCOL.md section 4.5), ``None`` writes them in clear.
+        """
         if not valid_session_id(session_id):
             return None
         assert session_id is not None
@@ -343,6 +359,7 @@ class S5CheckpointWriter:
             self._evict()
         else:
             self._sessions.move_to_end(session_id)
+        log.recipient = recovery_public_key
         return AnswerRecorder(self, log, prompt)
 
     def _evict(self) -> None:
@@ -355,7 +372,7 @@ class S5CheckpointWriter:
                 return
 
     def _cut(self, log: _SessionLog) -> None:
-        log.queue.append(_Cut(log.pending, log.tokens - log.cut_at, _now_ms()))
+        log.queue.append(_Cut(log.pending, log.tokens - log.cut_at, _now_ms(), log.recipient))
         log.pending = []
         log.cut_at = log.tokens
         log.next_cut = log.tokens + self.interval
@@ -427,6 +444,8 @@ class S5CheckpointWriter:
         }
         delta["proofHash"] = delta_proof_hash(delta)
         signed = sign_host_delta(delta, self._key)
+        if cut.recipient is not None:  # an encrypted session: sealed to the client
+            signed = encrypt_host_delta(signed, cut.recipient, self._key)
         info = await self.fs.put(
             self.path(log.session_id, f"delta_{number}.json"),
             _json_bytes(signed),
@@ -439,7 +458,7 @@ class S5CheckpointWriter:
             "deltaCid": str(info.cid),
             "tokenRange": [start, start + cut.tokens],
             "timestamp": cut.timestamp,
-            "encrypted": False,
+            "encrypted": cut.recipient is not None,
         }
         entries = [*log.entries, entry]
         index = sign_host_index(

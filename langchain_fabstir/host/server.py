@@ -31,6 +31,7 @@ import bisect
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -58,6 +59,7 @@ from langchain_fabstir.wire.encryption import (
     host_public_key,
     open_session_init,
     parse_private_key,
+    parse_public_key,
 )
 from langchain_fabstir.wire.frames import (
     Connected,
@@ -99,6 +101,16 @@ with a 192-bit token; this stops a socket from trying)."""
 RECORD_LIMIT = 64 * 1024
 """Requests larger than this (bytes of JSON) are kept in :attr:`ReferenceHost.requests`
 only in part: long strings cut, long lists shortened (see :func:`_record`)."""
+
+
+def _recovery_key(value: object) -> str | None:
+    """The client's ``recoveryPublicKey`` (compressed ``0x``-hex), ``None`` if unusable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return "0x" + parse_public_key(value).hex()
+    except EncryptionError:
+        return None
 
 
 class _RateLimiter:
@@ -146,12 +158,22 @@ class _Connection:
         self.cipher: SessionCipher | None = None
         self.model_name: str | None = None
         self.client_address: str | None = None
+        self.recovery_public_key: str | None = None  # S5 deltas are sealed to it (4.5)
         self.history: deque[dict[str, str]] = deque(maxlen=CONTEXT_MESSAGES)
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
+        self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
+
+    def _session_json(self) -> str:
+        """``session_id`` as JSON text (kept: it goes into every encrypted chunk)."""
+        sid = self.session_id
+        cached = self._session_json_cache
+        if cached is None or cached[0] != sid:
+            cached = self._session_json_cache = (sid, _json_str(sid) if sid is not None else "null")
+        return cached[1]
 
     async def send_answer(self, text: str) -> None:
         """A frame of an answer: as it is, or (encrypted session) its text sealed with the
@@ -161,6 +183,32 @@ class _Connection:
         if cipher is None:
             await self.ws.send_str(text)
             return
+        if text.startswith(_CHUNK_PREFIX + '"'):
+            try:
+                content, end = _scan_json_string(text, len(_CHUNK_PREFIX) + 1)
+                fast = _CHUNK_TAIL.match(text, end)
+            except ValueError:
+                fast = None
+            if fast is not None:  # a frame built by run_prompt: no JSON round trip
+                self.answer_parts.append(content)
+                index = self.chunk_index
+                self.chunk_index += 1
+                sealed = cipher.seal_chunk(content, index)
+                tail = fast.group(0)
+                if not content and fast.group(1) == "0":
+                    tail = ',"final":true' + tail
+                await self.ws.send_str(
+                    '{"type":"encrypted_chunk","payload":{"ciphertextHex":"'
+                    + sealed["ciphertextHex"]
+                    + '","nonceHex":"'
+                    + sealed["nonceHex"]
+                    + '","aadHex":"'
+                    + sealed["aadHex"]
+                    + f'","index":{index}}},"session_id":'
+                    + self._session_json()
+                    + tail
+                )
+                return
         if text.startswith('{"type":"stream_chunk"'):
             obj = json.loads(text)
             content = obj.get("content", "")
@@ -318,6 +366,7 @@ class _Connection:
         model = data.get("modelName")
         self.model_name = model if isinstance(model, str) else self.model_name
         self.client_address = opened.client_address
+        self.recovery_public_key = _recovery_key(data.get("recoveryPublicKey"))
         self.cipher = SessionCipher(opened.session_key)
         previous = extra.get("resume_token")
         if isinstance(previous, str):
@@ -664,7 +713,11 @@ class ReferenceHost:
             return
         tracker = self._checkpoint_tracker(conn, request)
         recorder = (  # S5 checkpoints: counts this answer's tokens in its session
-            self.s5_checkpoints.start_answer(request.session_id or conn.session_id, request.prompt)
+            self.s5_checkpoints.start_answer(
+                request.session_id or conn.session_id,
+                request.prompt,
+                recovery_public_key=conn.recovery_public_key if conn.cipher else None,
+            )
             if self.s5_checkpoints is not None
             else None
         )
@@ -1077,6 +1130,12 @@ def _engine_error_frame(exc: EngineError, rid: str | None, window: int) -> Error
 def _engine_description(engine: Engine) -> dict[str, Any]:
     describe = getattr(engine, "describe", None)
     return {"engine_info": describe()} if describe is not None else {}
+
+
+_CHUNK_PREFIX = '{"type":"stream_chunk","content":'
+_CHUNK_TAIL = re.compile(r',"tokens":(\d+)(?:,"id":"[^"\\]*")?\}\Z')
+"""The rest of a chunk frame built by ``run_prompt`` after its content."""
+_scan_json_string = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def _json_str(text: str) -> str:

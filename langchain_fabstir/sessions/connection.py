@@ -44,10 +44,9 @@ from langchain_fabstir.sessions.recovery import reconnect
 from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.transport import Transport, TransportOptions
 from langchain_fabstir.wire.encryption import (
-    PrivateKey,
+    RecoveryKey,
     SessionCipher,
     address_of_public_key,
-    parse_private_key,
     recover_challenge_key,
     seal_session_init,
 )
@@ -246,11 +245,18 @@ class Connector:
         self, transport: Transport, session: Session, host_key: str, previous_token: str | None
     ) -> bool:
         """``encrypted_session_init`` and its ack (False: ``ENCRYPTION_NOT_SUPPORTED``)."""
-        signer = (
-            parse_private_key(self._signing_key.get_secret_value())
-            if self._signing_key is not None
-            else PrivateKey()  # an ephemeral identity
+        # One key per session signs every init and is its recoveryPublicKey (the host
+        # seals the session's S5 checkpoint deltas to it): the user's key, else a key
+        # made for the session.
+        signing_key = self._signing_key
+        recovery = session._bind_recovery_key(
+            lambda: (
+                RecoveryKey(signing_key.get_secret_value())
+                if signing_key is not None
+                else RecoveryKey()
+            )
         )
+        signer = recovery.private_key()
         job = str(session.job_id) if session.job_id is not None else session.id
         data = {
             "jobId": job,

@@ -51,6 +51,7 @@ from pydantic import SecretStr
 
 from langchain_fabstir.chain.config import ChainConfig
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
+from langchain_fabstir.checkpoints.published import HostCheckpoints, fetch_host_checkpoints
 from langchain_fabstir.discovery import HostDiscovery, SelectionPolicy
 from langchain_fabstir.errors import (
     ChainError,
@@ -60,6 +61,7 @@ from langchain_fabstir.errors import (
     SessionNotFoundError,
     SessionTimeoutError,
 )
+from langchain_fabstir.s5.client import S5PortalClient
 from langchain_fabstir.sessions.connection import Connector
 from langchain_fabstir.sessions.models import (
     Message,
@@ -580,6 +582,39 @@ class SessionManager:
     def get_checkpoint_proofs(self, session_id: str) -> list[CheckpointProof]:
         """Every proof of the session so far, in order."""
         return list(self._state(session_id).proofs)
+
+    async def fetch_host_checkpoints(
+        self,
+        session_id: str,
+        *,
+        portal: S5PortalClient | str,
+        host_url: str | None = None,
+        require_proof_hash: bool = False,
+    ) -> HostCheckpoints:
+        """The checkpoints the session's host published to S5, verified (see
+        :func:`~langchain_fabstir.checkpoints.published.fetch_host_checkpoints`).
+
+        The host is the session's (or ``host_url``); its address is the one its greeting
+        announced, when the socket is open to it. An encrypted session's deltas are
+        opened with :attr:`Session.recovery_key`, passed for you; a plaintext session's
+        are read as they are.
+        """
+        session = self._state(session_id).session
+        transport = self._state(session_id).transport
+        url = host_url or session.host_url
+        address = (
+            transport.greeting.host_address
+            if transport is not None and transport.host_url == url
+            else None
+        )
+        return await fetch_host_checkpoints(
+            url,
+            session_id,
+            portal=portal,
+            host_address=address,
+            require_proof_hash=require_proof_hash,
+            recovery_key=session.recovery_key,
+        )
 
     def _account(
         self,

@@ -10,11 +10,13 @@ Field names are snake_case versions of the seed's TypeScript names; times are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from langchain_fabstir.wire.encryption import RecoveryKey
 from langchain_fabstir.wire.frames import Usage
 
 __all__ = [
@@ -143,6 +145,29 @@ class Session(BaseModel):
     system_prompt: str | None = None
     encrypted: bool = False
     """Whether the session's socket runs in encrypted mode (section 4)."""
+    _recovery_key: RecoveryKey | None = PrivateAttr(default=None)
+
+    @property
+    def recovery_key(self) -> RecoveryKey | None:
+        """The key this session's S5 checkpoint deltas are sealed to (section 4.5), once
+        it ran encrypted; ``None`` for a plaintext session.
+
+        Its public half is the ``recoveryPublicKey`` of every ``encrypted_session_init``
+        of the session (the same across reconnects and failovers): the manager's
+        ``private_key`` when it has one (so a later process can open the deltas too),
+        else a key made for the session and kept only in memory. Pass it to
+        :func:`~langchain_fabstir.checkpoints.published.fetch_host_checkpoints`
+        (``recovery_key=``), or call ``SessionManager.fetch_host_checkpoints``, which
+        does. It is not part of ``model_dump()`` or ``repr``, and its own ``repr`` shows
+        the public key only.
+        """
+        return self._recovery_key
+
+    def _bind_recovery_key(self, make: Callable[[], RecoveryKey]) -> RecoveryKey:
+        """The session's recovery key, made by ``make`` the first time (connection.py)."""
+        if self._recovery_key is None:
+            self._recovery_key = make()
+        return self._recovery_key
 
 
 class SessionSummary(BaseModel):

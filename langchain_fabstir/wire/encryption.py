@@ -11,6 +11,11 @@ XChaCha20-Poly1305 from PyNaCl (libsodium).
   init JSON (which carries the random 32-byte ``sessionKey``), and a recoverable signature
   over ``sha256(ciphertext)`` (what deployed nodes recover) or the SDK's own digest
   (:func:`sdk_init_digest`); the host accepts both.
+- :class:`RecoveryKey`, :func:`seal_checkpoint_delta`, :func:`open_checkpoint_delta`: the
+  S5 checkpoint deltas of an encrypted session (section 4.5), sealed by the host to the
+  ``recoveryPublicKey`` the client named in its init, as deployed nodes (v8.12+) write them:
+  a fresh ephemeral key per delta, ``HKDF-SHA256(ikm = sha256(x-coordinate), salt = none,
+  info = "checkpoint-delta-encryption-v1")``, XChaCha20-Poly1305 without AAD.
 - :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``),
   ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in order: a replayed, dropped or
   reordered chunk is refused) and ``encrypted_response`` (AAD ``encrypted_response_final``).
@@ -62,12 +67,14 @@ from langchain_fabstir.errors import (
 
 __all__ = [
     "ALG",
+    "CHECKPOINT_ENVELOPE_FIELDS",
     "CHECKPOINT_INFO",
     "FINAL_AAD",
     "KEY_SIZE",
     "NONCE_SIZE",
     "OpenedInit",
     "PrivateKey",
+    "RecoveryKey",
     "SealedInit",
     "SessionCipher",
     "address_of_public_key",
@@ -77,11 +84,13 @@ __all__ = [
     "ecdh_x",
     "hkdf_sha256",
     "host_public_key",
+    "open_checkpoint_delta",
     "open_session_init",
     "parse_private_key",
     "parse_public_key",
     "recover_challenge_key",
     "sdk_init_digest",
+    "seal_checkpoint_delta",
     "seal_session_init",
     "xchacha_decrypt",
     "xchacha_encrypt",
@@ -165,18 +174,65 @@ def hkdf_sha256(
 
 
 def checkpoint_delta_key(shared_x: bytes) -> bytes:
-    """The key of an encrypted session's checkpoint deltas (section 4.5)."""
+    """The key of one encrypted checkpoint delta (section 4.5) from the x-coordinate of
+    ``ephemeral * recoveryPublicKey``: ``HKDF-SHA256(sha256(x), salt = none (32 zero
+    bytes), info = "checkpoint-delta-encryption-v1")``."""
     return hkdf_sha256(hashlib.sha256(shared_x).digest(), info=CHECKPOINT_INFO)
 
 
 # --- AEAD ---------------------------------------------------------------------------------
 
 
+# The AEAD runs once per streamed token on both sides. ``nacl.bindings``' wrappers spend
+# more time checking and formatting their arguments than libsodium spends on a token, so
+# the per-token path calls the same libsodium functions through PyNaCl's own cffi module,
+# with the sizes checked here; the public wrappers are the fallback (and the reference the
+# tests compare with).
+try:
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without its cffi module
+    _ffi = _lib = None
+_TAG = 16
+
+
+def _aead_open(ciphertext: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:
+    """libsodium ``crypto_aead_xchacha20poly1305_ietf_decrypt``; ``CryptoError`` on failure."""
+    size = len(ciphertext) - _TAG
+    if _lib is None or size < 0 or len(nonce) != NONCE_SIZE or len(key) != KEY_SIZE:
+        return bytes(
+            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                ciphertext, aad or None, nonce, key
+            )
+        )
+    out = _ffi.new("unsigned char[]", size or 1)
+    status = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        out, _ffi.NULL, _ffi.NULL, ciphertext, len(ciphertext), aad, len(aad), nonce, key
+    )
+    if status != 0:
+        raise nacl.exceptions.CryptoError("Decryption failed. Ciphertext failed verification")
+    return bytes(_ffi.buffer(out, size))
+
+
+def _aead_seal(plaintext: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:
+    """libsodium ``crypto_aead_xchacha20poly1305_ietf_encrypt`` (tag appended)."""
+    if _lib is None or len(nonce) != NONCE_SIZE or len(key) != KEY_SIZE:
+        return bytes(
+            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+                plaintext, aad or None, nonce, key
+            )
+        )
+    size = len(plaintext) + _TAG
+    out = _ffi.new("unsigned char[]", size)
+    _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out, _ffi.NULL, plaintext, len(plaintext), aad, len(aad), _ffi.NULL, nonce, key
+    )
+    return bytes(_ffi.buffer(out, size))
+
+
 def xchacha_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
     """XChaCha20-Poly1305 (IETF), the 16-byte tag appended."""
-    return bytes(
-        nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad or None, nonce, key)
-    )
+    return _aead_seal(plaintext, aad, nonce, key)
 
 
 def xchacha_decrypt(
@@ -189,11 +245,7 @@ def xchacha_decrypt(
             details={"field": "nonceHex", "size": len(nonce)},
         )
     try:
-        return bytes(
-            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                ciphertext, aad or None, nonce, key
-            )
-        )
+        return _aead_open(ciphertext, aad, nonce, key)
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise DecryptionFailedError(
             f"the {what} did not decrypt: a wrong session key, or the ciphertext, nonce or "
@@ -472,7 +524,39 @@ class SessionCipher:
         self.next_chunk = index
 
     def open_chunk(self, payload: Any) -> str:
-        """Decrypt the next chunk of the answer (its index must be :attr:`next_chunk`)."""
+        """Decrypt the next chunk of the answer (its index must be :attr:`next_chunk`).
+
+        This runs once per token: a well-formed chunk takes a short path (the same checks,
+        fewer calls); anything else goes through :meth:`_open_chunk_checked`, which names
+        what failed.
+        """
+        expected = self.next_chunk
+        if type(payload) is dict:
+            index = payload.get("index")
+            nonce_hex = payload.get("nonceHex")
+            ciphertext_hex = payload.get("ciphertextHex")
+            if (
+                type(index) is int
+                and index == expected
+                and type(nonce_hex) is str
+                and type(ciphertext_hex) is str
+                and len(nonce_hex) == 2 * NONCE_SIZE
+            ):
+                aad = b"chunk_%d" % index
+                aad_hex = payload.get("aadHex")
+                if aad_hex is None or aad_hex == aad.hex():
+                    try:
+                        text = _aead_open(
+                            bytes.fromhex(ciphertext_hex), aad, bytes.fromhex(nonce_hex), self.key
+                        ).decode("utf-8")
+                    except (ValueError, TypeError, nacl.exceptions.CryptoError):
+                        pass  # the checked path says what failed
+                    else:
+                        self.next_chunk = expected + 1
+                        return text
+        return self._open_chunk_checked(payload)
+
+    def _open_chunk_checked(self, payload: Any) -> str:
         index = payload.get("index") if isinstance(payload, Mapping) else None
         expected = self.next_chunk
         if type(index) is not int:
@@ -508,3 +592,125 @@ def _decode(data: bytes, what: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidEncryptedPayloadError(f"the decrypted {what} is not UTF-8 text") from None
+
+
+# --- encrypted checkpoint deltas (section 4.5) ------------------------------------------------
+
+CHECKPOINT_ENVELOPE_FIELDS = (
+    "encrypted",
+    "version",
+    "userRecoveryPubKey",
+    "ephemeralPublicKey",
+    "nonce",
+    "ciphertext",
+    "hostSignature",
+)
+"""The fields of an encrypted delta on S5, as deployed nodes write them: ``encrypted``
+(``true``), ``version`` (1), ``userRecoveryPubKey`` and ``ephemeralPublicKey`` (compressed,
+``0x``-hex), ``nonce`` (24 bytes) and ``ciphertext`` (tag appended) in hex without ``0x``,
+and ``hostSignature`` (EIP-191 over the hex of ``keccak256(ciphertext)``; added by the
+checkpoints layer, which signs)."""
+
+
+class RecoveryKey:
+    """The secp256k1 key an encrypted session's checkpoint deltas are sealed to.
+
+    The client names its public half as ``recoveryPublicKey`` in every
+    ``encrypted_session_init``; the host seals each S5 delta to it, so only the holder of
+    this key reads them. The secret is never shown: ``repr`` and ``str`` give the public
+    key only, and pickling is refused.
+
+    >>> key = RecoveryKey("0x" + "01" * 32)
+    >>> key
+    RecoveryKey(public_key='0x031b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078f')
+    >>> envelope = seal_checkpoint_delta(b'{"messages":[]}', key.public_key)
+    >>> open_checkpoint_delta(envelope, key)
+    b'{"messages":[]}'
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: str | bytes | PrivateKey | None = None) -> None:
+        self._key = parse_private_key(key) if key is not None else PrivateKey()
+
+    @property
+    def public_key(self) -> str:
+        """The compressed public key, ``0x``-hex (what ``recoveryPublicKey`` carries)."""
+        return host_public_key(self._key)
+
+    def private_key(self) -> PrivateKey:
+        """The secret itself (to sign with it, or to keep it somewhere safe). Never log it."""
+        return self._key
+
+    def delta_key(self, ephemeral_public: str | bytes) -> bytes:
+        """The key of the delta sealed with ``ephemeral_public``
+        (:func:`checkpoint_delta_key` of ``self * ephemeral_public``)."""
+        return checkpoint_delta_key(ecdh_x(self._key, parse_public_key(ephemeral_public)))
+
+    def __repr__(self) -> str:
+        return f"RecoveryKey(public_key={self.public_key!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecoveryKey) and other.public_key == self.public_key
+
+    def __hash__(self) -> int:
+        return hash(self.public_key)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a RecoveryKey is not pickled (it holds a secret key)")
+
+
+def seal_checkpoint_delta(plaintext: bytes, recovery_public: str | bytes) -> dict[str, Any]:
+    """Seal a delta's JSON bytes to ``recovery_public`` (a fresh ephemeral key and nonce
+    each time). Returns the envelope without ``hostSignature``."""
+    recipient = parse_public_key(recovery_public)
+    eph = PrivateKey()
+    key = checkpoint_delta_key(ecdh_x(eph, recipient))
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    return {
+        "encrypted": True,
+        "version": 1,
+        "userRecoveryPubKey": "0x" + recipient.hex(),
+        "ephemeralPublicKey": "0x" + eph.public_key.format(compressed=True).hex(),
+        "nonce": nonce.hex(),
+        "ciphertext": xchacha_encrypt(key, nonce, plaintext).hex(),
+    }
+
+
+def open_checkpoint_delta(envelope: Any, key: RecoveryKey) -> bytes:
+    """The JSON bytes of an encrypted delta (see :data:`CHECKPOINT_ENVELOPE_FIELDS`).
+
+    Raises:
+        InvalidEncryptedPayloadError: not an envelope of version 1 (``INVALID_PAYLOAD``),
+            bad hex (``INVALID_HEX_ENCODING``), a nonce that is not 24 bytes
+            (``INVALID_NONCE_SIZE``).
+        DecryptionFailedError: sealed to another recovery key (``details["reason"]`` is
+            ``"wrong_key"``), or changed after sealing (``"tampered"``).
+    """
+    if not isinstance(envelope, Mapping) or envelope.get("encrypted") is not True:
+        raise InvalidEncryptedPayloadError(
+            "not an encrypted checkpoint delta", details={"field": "encrypted"}
+        )
+    if envelope.get("version") != 1:
+        raise InvalidEncryptedPayloadError(
+            f"encrypted checkpoint delta version {str(envelope.get('version'))[:20]!r} is not 1",
+            details={"field": "version"},
+        )
+    recipient = parse_public_key(_unhex(envelope.get("userRecoveryPubKey"), "userRecoveryPubKey"))
+    ephemeral = parse_public_key(_unhex(envelope.get("ephemeralPublicKey"), "ephemeralPublicKey"))
+    nonce = _unhex(envelope.get("nonce"), "nonce")
+    ciphertext = _unhex(envelope.get("ciphertext"), "ciphertext")
+    mine = key.public_key
+    if "0x" + recipient.hex() != mine:
+        raise DecryptionFailedError(
+            f"the checkpoint delta is sealed to recovery key 0x{recipient.hex()}, not to this "
+            f"session's ({mine}): pass the recovery key of the session that made it",
+            details={"reason": "wrong_key", "what": "checkpoint delta"},
+        )
+    try:
+        return xchacha_decrypt(key.delta_key(ephemeral), nonce, ciphertext, what="checkpoint delta")
+    except DecryptionFailedError as exc:
+        exc.details["reason"] = "tampered"
+        raise

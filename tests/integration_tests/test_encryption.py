@@ -405,10 +405,12 @@ async def test_cli_host_with_fabstir_host_key_serves_an_sdk_style_client() -> No
                         }
                     )
                     text, finish = "", None
+                    chunks = []
                     while True:
                         frame = await ws.receive_json(timeout=10)
                         p = frame.get("payload", {})
                         if frame["type"] == "encrypted_chunk":
+                            chunks.append(frame)
                             aad = f"chunk_{p['index']}".encode()
                             assert p["aadHex"] == aad.hex()
                             text += sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
@@ -427,6 +429,11 @@ async def test_cli_host_with_fabstir_host_key_serves_an_sdk_style_client() -> No
                         elif frame["type"] == "stream_end":
                             break
                     assert text == f"Echo: {prompt}" and finish == "stop"
+                    # Section 4.3's frame: tokens, id, session_id; "final" on the last.
+                    assert [c["payload"]["index"] for c in chunks] == list(range(len(chunks)))
+                    assert all(c["id"] == f"p{n}" and c["session_id"] == "42" for c in chunks)
+                    assert chunks[-1].get("final") is True and chunks[-1]["tokens"] == 0
+                    assert not any(c.get("final") for c in chunks[:-1])
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)

@@ -35,6 +35,7 @@ from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.portal.store import BlobStore
 from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity, S5PortalClient
+from langchain_fabstir.sessions import SessionConfig
 
 HOST_KEY = "0x" + "42" * 32
 OTHER_KEY = "0x" + "77" * 32
@@ -44,6 +45,9 @@ PHRASE = (
     "adapt nobody evident control alive crime"
 )
 WORDS = [f"w{i} " for i in range(37)]
+PLAIN = SessionConfig(encryption="off")
+"""Plaintext sessions: their deltas are published in clear (encrypted sessions'
+deltas are sealed to the client, see test_encrypted_checkpoints.py)."""
 
 
 def s5_host(portal: LocalPortal, *, delay: float = 0.0, **kw: Any) -> ReferenceHost:
@@ -68,7 +72,7 @@ async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
 
 async def run_session(host: ReferenceHost, answers: list[int]) -> tuple[str, list[Any]]:
     """One session with an answer of each length; returns its id and history."""
-    async with SessionManager(host_url=host.url) as manager:
+    async with SessionManager(PLAIN, host_url=host.url) as manager:
         s = await manager.create_session(model="echo")
         for n, max_tokens in enumerate(answers):
             await manager.prompt(s.id, f"question {n}", max_tokens=max_tokens)
@@ -111,7 +115,7 @@ async def test_checkpoints_prove_the_session_history(portal: LocalPortal) -> Non
         assert json.loads(stored)["hostSignature"] == d0.host_signature
 
         # A short answer after that is not proven yet: the index does not change.
-        async with SessionManager(host_url=host.url) as manager:
+        async with SessionManager(PLAIN, host_url=host.url) as manager:
             await manager.create_session(model="echo", session_id=sid)
             await manager.prompt(sid, "tail", max_tokens=30)
         again = await fetch_host_checkpoints(host.url, sid, portal=portal.url, host_address=HOST)
@@ -122,7 +126,7 @@ async def test_checkpoints_prove_the_session_history(portal: LocalPortal) -> Non
     async with s5_host(portal) as host2:
         served = await fetch_host_checkpoints(host2.url, sid, portal=portal.url)
         assert served.index == result.index and served.host_address_source == "index"
-        async with SessionManager(host_url=host2.url) as manager:
+        async with SessionManager(PLAIN, host_url=host2.url) as manager:
             await manager.create_session(model="echo", session_id=sid)
             await manager.prompt(sid, "more", max_tokens=150)
             more = await manager.get_conversation_history(sid)
@@ -378,7 +382,7 @@ async def test_portal_outage_is_retried(tmp_path: Path) -> None:
 
 async def test_a_cancelled_answer_is_checkpointed_as_far_as_it_went(portal: LocalPortal) -> None:
     host = s5_host(portal, delay=0.002)
-    async with host, SessionManager(host_url=host.url) as manager:
+    async with host, SessionManager(PLAIN, host_url=host.url) as manager:
         s = await manager.create_session(model="echo")
         received = []
         async for piece in manager.stream_prompt(s.id, "go on", max_tokens=1000):

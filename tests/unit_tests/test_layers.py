@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "wire": set(),
     "s5": set(),
     "discovery": set(),
-    "checkpoints": {"s5"},
+    "checkpoints": {"s5", "wire"},
     "chain": {"discovery", "wire"},
     "storage": {"s5"},
     "sessions": {"wire", "discovery", "checkpoints", "chain", "storage", "s5"},
