@@ -129,7 +129,16 @@ class SessionPayments:
                 + (f" ({'; '.join(f'{u}: {r}' for u, r in reasons.items())})" if reasons else ""),
                 details={"model": record.name, "model_id": record.id, "reasons": reasons},
             )
-        records = [source.records[c.url] for c in candidates if c.url in source.records]
+        records = [
+            source.records[c.url]
+            for c in candidates
+            if c.url in source.records and (source.records[c.url].price or 0) > 0
+        ]  # a host with no price for the model and token cannot be paid
+        if not records:
+            raise NoHostForModelError(
+                f"no host for model {record.name} has a price in {token}",
+                details={"model": record.name, "model_id": record.id},
+            )
         if max_price_per_token is not None:
             limit = price_limit(max_price_per_token, await token_decimals(self.client, token))
             within = [r for r in records if r.price is not None and r.price <= limit]
