@@ -221,8 +221,8 @@ class _Chat:
         if self.session is None:
             return
         s = self.session
+        cost = self.cost()  # before the session is gone
         self.session = None
-        cost = self.cost()
         summary = await self.manager.end_session(s.id)
         self.price = None
         line = (
