@@ -1,4 +1,4 @@
-"""The ``fabstir`` command: ``host``, ``portal``, ``chat``, ``hosts``, ``keys`` and ``demo``.
+"""The ``fabstir`` command: ``host``, ``portal``, ``chat``, ``hosts``, ``keys``, ``jobs``, ``demo``.
 
     fabstir host --engine llama --port 8080        # a reference host with SmolLM2
     fabstir host --model ~/models --host-key-file ~/.fabstir/eth.key \\
@@ -9,6 +9,9 @@
     fabstir chat --host-url http://127.0.0.1:8080  # talk to a host from the terminal
     fabstir hosts --host http://127.0.0.1:8080 --json   # probe hosts
     fabstir keys new                               # an S5 seed phrase + an Ethereum key
+    fabstir chat --chain-config chain.json --key-file ~/.fabstir/eth.key \
+        --model repo/file.gguf --deposit 0.001     # a session paid on chain
+    fabstir jobs show 42 --chain-config chain.json # a paid job on chain
     fabstir demo                                   # host + portal + examples/quickstart.py
 
 ``fabstir host --port 0`` (and ``fabstir portal --port 0``) picks a free port and prints
@@ -41,6 +44,7 @@ from langchain_fabstir.cli._common import CliError
 from langchain_fabstir.cli.chat import add_chat_parser
 from langchain_fabstir.cli.host import add_host_parser, add_portal_parser, serve_host, serve_portal
 from langchain_fabstir.cli.hosts import add_hosts_parser
+from langchain_fabstir.cli.jobs import add_jobs_parser
 from langchain_fabstir.cli.keys import add_keys_parser
 
 __all__ = ["CliError", "main", "start_host_process", "start_portal_process"]
@@ -141,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     add_chat_parser(sub, common)
     add_hosts_parser(sub, common)
     add_keys_parser(sub, common)
+    add_jobs_parser(sub, common)
     demo = sub.add_parser(
         "demo", parents=[common], help="start a local host and run examples/quickstart.py"
     )

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+if TYPE_CHECKING:
+    from langchain_fabstir.chain import ChainConfig
+
 __all__ = [
+    "NETWORKS",
     "CliError",
+    "add_chain_options",
+    "chain_config",
+    "decimal_amount",
+    "money",
     "read_host_key",
     "read_secret_file",
     "read_seed",
     "s5_options",
+    "user_key",
     "write_private",
 ]
 
@@ -95,3 +107,92 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+# --- the chain (paid sessions, on-chain hosts, jobs) ------------------------------------
+
+NETWORKS = ("base-sepolia",)
+"""``--network`` presets (:data:`~langchain_fabstir.chain.BASE_SEPOLIA`)."""
+
+
+def add_chain_options(parser: Any) -> None:
+    """``--chain-config``, ``--network`` and ``--rpc-url`` (each with its variable)."""
+    parser.add_argument(
+        "--chain-config",
+        metavar="PATH",
+        default=os.environ.get("FABSTIR_CHAIN_CONFIG"),
+        help="a chain config JSON (rpc_url, chain_id, job_marketplace, node_registry, "
+        "model_registry, usdc); default FABSTIR_CHAIN_CONFIG",
+    )
+    parser.add_argument(
+        "--network",
+        choices=NETWORKS,
+        help="a known network instead of a config file (base-sepolia: the published contracts)",
+    )
+    parser.add_argument(
+        "--rpc-url",
+        metavar="URL",
+        help="the chain's JSON-RPC endpoint, replacing the config's (default FABSTIR_RPC_URL)",
+    )
+
+
+def chain_config(args: argparse.Namespace, *, required: bool = False) -> ChainConfig | None:
+    """The chain the options name: ``--chain-config`` (or ``FABSTIR_CHAIN_CONFIG``), else
+    ``--network``; ``--rpc-url`` (or ``FABSTIR_RPC_URL``) replaces its RPC. ``None`` when no
+    chain is named (``CliError`` instead when ``required``)."""
+    from langchain_fabstir.chain import BASE_SEPOLIA, ChainConfig
+
+    config: ChainConfig | None = None
+    if args.chain_config:
+        config = ChainConfig.from_file(os.path.expanduser(args.chain_config))
+    elif args.network == "base-sepolia":
+        config = BASE_SEPOLIA
+    if config is None:
+        if args.rpc_url or required:
+            raise CliError(
+                "no chain: give --chain-config PATH (or FABSTIR_CHAIN_CONFIG) or "
+                "--network base-sepolia" + (" with --rpc-url" if args.rpc_url else ""),
+                exit_code=2,
+            )
+        return None
+    rpc = args.rpc_url or os.environ.get("FABSTIR_RPC_URL", "").strip()
+    if rpc:
+        if not rpc.startswith(("http://", "https://")):
+            raise CliError(f"--rpc-url {rpc!r} must be an http:// or https:// URL", exit_code=2)
+        config = config.model_copy(update={"rpc_url": rpc})
+    return config
+
+
+def user_key(args: argparse.Namespace, *, what: str) -> SecretStr:
+    """The user's Ethereum key from ``--key-file`` or ``FABSTIR_PRIVATE_KEY`` (never from
+    the command line itself); ``CliError`` naming ``what`` needs it when there is none."""
+    key = read_host_key(args.key_file, env="FABSTIR_PRIVATE_KEY")
+    if key is None:
+        raise CliError(
+            f"{what} needs your Ethereum key: --key-file PATH (eth.key of `fabstir keys new`) "
+            "or FABSTIR_PRIVATE_KEY"
+        )
+    return key
+
+
+def decimal_amount(text: str) -> Decimal:
+    """An ``argparse`` type: an amount of money as a ``Decimal`` (never a float), >= 0."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite amount >= 0")
+    return value
+
+
+def money(value: Decimal) -> str:
+    """A ``Decimal`` amount in plain digits (``0.000000001``, never ``1E-9``).
+
+    >>> money(Decimal("1E-9")), money(Decimal("2.50")), money(Decimal(0))
+    ('0.000000001', '2.5', '0')
+    """
+    text = f"{value:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"

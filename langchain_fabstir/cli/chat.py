@@ -10,6 +10,15 @@ With ``--portal-url`` and an S5 seed phrase (``--seed-file`` or ``FABSTIR_S5_SEE
 conversation is kept on S5, encrypted under the seed, and ``fabstir chat --resume ID``
 (same seed and key) picks it up later. When stdout is not a terminal the output is
 plain text: no colours, no prompt.
+
+With a chain (``--chain-config PATH`` or ``FABSTIR_CHAIN_CONFIG``, or ``--network
+base-sepolia``; ``--rpc-url`` replaces the RPC) the session is paid: ``--model`` is the
+model's on-chain name (``repo/file``, ``repo:file`` or its 0x id), the cheapest registered
+host within ``--max-price-per-token`` gets a session job holding ``--deposit`` (ETH, or USDC
+with ``--payment-token USDC``), signed with your key (``--key-file`` or
+``FABSTIR_PRIVATE_KEY``). The first line names the host, its price and the job; the status
+line adds the cost so far; the summary gives the job's state on chain (the host settles it;
+``fabstir jobs watch JOB_ID`` follows it, ``fabstir jobs withdraw`` takes the refund back).
 """
 
 from __future__ import annotations
@@ -26,10 +35,15 @@ from typing import Any, TextIO
 
 from langchain_fabstir.cli._common import (
     CliError,
+    add_chain_options,
+    chain_config,
+    decimal_amount,
+    money,
     read_host_key,
     read_secret_file,
     read_seed,
     s5_options,
+    user_key,
     write_private,
 )
 from langchain_fabstir.cli.host import positive_int
@@ -120,6 +134,7 @@ class _Chat:
         self.answer: asyncio.Task[Any] | None = None
         self.interrupted = False
         self.quit: asyncio.Future[None] | None = None
+        self.price: tuple[int, int] | None = None  # a paid job: (price per 1,000, decimals)
 
     # --- output -----------------------------------------------------------------------
 
@@ -145,12 +160,26 @@ class _Chat:
                 raise CliError("--resume needs --portal-url and an S5 seed phrase")
             self.session = await self.manager.resume_session(a.resume, host_url=a.host_url)
             verb = "resumed"
+        elif self.manager.chain is not None:
+            self.session = await self.manager.create_session(
+                model=a.model,
+                temperature=a.temperature,
+                max_tokens=a.max_tokens,
+                system_prompt=system_prompt(a.system),
+                deposit=a.deposit,
+                payment_token=a.payment_token,
+                max_price_per_token=a.max_price_per_token,
+                policy=a.policy or "cheapest",
+            )
+            verb = "started"
+            await self.paid_line()
         else:
             self.session = await self.manager.create_session(
                 model=a.model,
                 temperature=a.temperature,
                 max_tokens=a.max_tokens,
                 system_prompt=system_prompt(a.system),
+                policy=a.policy or "auto",
             )
             verb = "started"
         s = self.session
@@ -162,16 +191,50 @@ class _Chat:
             dim=True,
         )
 
+    async def paid_line(self) -> None:
+        """Read the new job once (its price is what the cost counts with) and say it."""
+        from langchain_fabstir.chain.marketplace import from_base_units, read_job, token_decimals
+
+        s, client, token = self.session, self.manager.chain, self.args.payment_token
+        job = await read_job(client, s.job_id)
+        decimals = await token_decimals(client, token)
+        self.price = (job.price_per_token, decimals)
+        self.say(
+            f"paid job {job.id} on chain {client.config.chain_id}: host {job.host} "
+            f"({s.host_url}) at {money(from_base_units(job.price_per_token, decimals))} "
+            f"{token} per 1,000 tokens, deposit {money(from_base_units(job.deposit, decimals))} "
+            f"{token}",
+            dim=True,
+        )
+
+    def cost(self) -> str | None:
+        """The session's cost so far (tokens x the job's price / 1000), in whole tokens."""
+        if self.price is None or self.session is None:
+            return None
+        from langchain_fabstir.chain.marketplace import from_base_units
+
+        price, decimals = self.price
+        spent = from_base_units(self.session.token_count * price, decimals + 3)
+        return f"{money(spent)} {self.args.payment_token}"
+
     async def end(self) -> None:
         if self.session is None:
             return
         s = self.session
+        cost = self.cost()  # before the session is gone
         self.session = None
         summary = await self.manager.end_session(s.id)
+        self.price = None
         line = (
             f"session {s.id} ended: {summary.final_token_count} tokens, "
             f"{len(summary.checkpoint_proofs)} checkpoints"
         )
+        if summary.job_id is not None:
+            state = (summary.settlement or {}).get("state", "unknown (the chain did not answer)")
+            line += (
+                f"; cost {cost}; job {summary.job_id} on chain: {state} (the host settles it; "
+                f"follow it with: fabstir jobs watch {summary.job_id})"
+            )
         if self.manager.storage is not None:
             line += f"; kept on S5, resume with: fabstir chat --resume {s.id}"
         self.say(line)
@@ -220,9 +283,12 @@ class _Chat:
             tokens_out = result.tokens_used
         elapsed = time.monotonic() - (first or started)
         rate = f"{tokens_out / elapsed:.1f} tok/s" if tokens_out and elapsed > 0 else "- tok/s"
+        cost = self.cost()
         return (
             f"[{tokens_in} in, {tokens_out} out, {rate}, {s.checkpoint_count} checkpoints, "
-            f"{'encrypted' if s.encrypted else 'not encrypted'}, {s.host_url}]"
+            f"{'encrypted' if s.encrypted else 'not encrypted'}, {s.host_url}"
+            + (f", cost {cost}" if cost is not None else "")
+            + "]"
         )
 
     # --- commands ---------------------------------------------------------------------
@@ -333,9 +399,25 @@ async def chat_command(args: argparse.Namespace) -> int:
     from langchain_fabstir.sessions import SessionConfig, SessionManager
     from langchain_fabstir.storage.conversations import S5ConversationStore
 
-    if not args.host_url and not os.environ.get("FABSTIR_HOSTS"):
-        raise CliError("no host: give --host-url URL, or set FABSTIR_HOST_URL or FABSTIR_HOSTS")
-    key = read_host_key(args.key_file, env="FABSTIR_PRIVATE_KEY")
+    chain = chain_config(args)
+    if chain is not None:
+        paid_options(args)
+        key: Any = user_key(args, what="a paid chat")
+    else:
+        unpaid = [o for o, v in (("--deposit", args.deposit),) if v is not None]
+        unpaid += ["--max-price-per-token"] if args.max_price_per_token is not None else []
+        if unpaid:
+            raise CliError(
+                f"{' and '.join(unpaid)} need a chain: --chain-config PATH (or "
+                "FABSTIR_CHAIN_CONFIG) or --network base-sepolia",
+                exit_code=2,
+            )
+        if not args.host_url and not os.environ.get("FABSTIR_HOSTS"):
+            raise CliError(
+                "no host: give --host-url URL, or set FABSTIR_HOST_URL or FABSTIR_HOSTS "
+                "(or pay a host found on chain: --chain-config PATH --deposit AMOUNT)"
+            )
+        key = read_host_key(args.key_file, env="FABSTIR_PRIVATE_KEY")
     seed = read_seed(args.seed_file)
     system_prompt(args.system)  # a missing @file is an error before connecting
     storage = None
@@ -352,14 +434,35 @@ async def chat_command(args: argparse.Namespace) -> int:
     )
     manager = SessionManager(
         config,
-        host_url=args.host_url,
+        host_url=None if chain is not None else args.host_url,
         private_key=key,
         user_address=Account.from_key(key.get_secret_value()).address if key else None,
         storage=storage,
+        chain=chain,
     )
     async with manager:
         await _Chat(args, manager, sys.stdout).run()
     return 0
+
+
+def paid_options(args: argparse.Namespace) -> None:
+    """The options a paid chat needs and refuses (``CliError``, exit 2, before any request)."""
+    if args.deposit is None:
+        raise CliError(
+            f"a paid chat needs --deposit AMOUNT (the most you pay into the job, in "
+            f"{args.payment_token}; what is not used is refunded)",
+            exit_code=2,
+        )
+    if not args.model:
+        raise CliError(
+            "a paid chat needs --model: the model's on-chain name (repo/file, repo:file or "
+            "its 0x id; `fabstir hosts --chain-config PATH` lists what hosts serve)",
+            exit_code=2,
+        )
+    if args.resume:
+        raise CliError(
+            "--resume cannot be paid on chain (yet): drop the chain options", exit_code=2
+        )
 
 
 def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -388,8 +491,8 @@ def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     chat.add_argument(
         "--key-file",
         metavar="PATH",
-        help="your Ethereum key (hex; e.g. eth.key of `fabstir keys new`), signs "
-        "checkpoints; FABSTIR_PRIVATE_KEY otherwise",
+        help="your Ethereum key (hex; e.g. eth.key of `fabstir keys new`): signs "
+        "checkpoints and, with a chain, pays; FABSTIR_PRIVATE_KEY otherwise",
     )
     chat.add_argument(
         "--portal-url",
@@ -406,5 +509,32 @@ def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--encrypted",
         action="store_true",
         help="refuse to send a prompt in clear (default: encrypt when the host can)",
+    )
+    chat.add_argument(
+        "--policy",
+        choices=["auto", "fastest", "cheapest"],
+        default=None,
+        help="how a host is chosen when none is given (default: cheapest when paying, else auto)",
+    )
+    paid = chat.add_argument_group("paying on chain (a session job per session)")
+    add_chain_options(paid)
+    paid.add_argument(
+        "--deposit",
+        type=decimal_amount,
+        metavar="AMOUNT",
+        help="the most paid into the session's job, in whole ETH or USDC (required with a "
+        "chain; the unused part is refunded after settlement)",
+    )
+    paid.add_argument(
+        "--payment-token",
+        choices=["ETH", "USDC"],
+        default="ETH",
+        help="what the deposit is paid in (ETH; USDC is approved for exactly the deposit)",
+    )
+    paid.add_argument(
+        "--max-price-per-token",
+        type=decimal_amount,
+        metavar="AMOUNT",
+        help="refuse hosts asking more per token (whole ETH or USDC; nothing is paid then)",
     )
     chat.set_defaults(run_async=chat_command)

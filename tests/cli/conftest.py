@@ -20,6 +20,13 @@ import pytest
 
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from tests.conftest import ThreadedHost
+from tests.localchain import (  # noqa: F401 (fixtures: a local chain for test_cli_chain.py)
+    anvil,
+    chain,
+    chain_config_file,
+    deployed,
+    smollm2,
+)
 from tests.storage.conftest import ThreadedPortal
 
 CLI = [sys.executable, "-m", "langchain_fabstir.cli"]
