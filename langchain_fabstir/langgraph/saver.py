@@ -38,9 +38,7 @@ are upgraded when read, newer ones refused with ``StorageError`` (upgrade the pa
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -64,6 +62,7 @@ from pydantic import SecretStr
 from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, blake3_hash
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
+from langchain_fabstir.storage.folded_logs import FoldedLog, FoldedLogs
 from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
 
 __all__ = ["DEFAULT_ROOT", "FORMAT_VERSION", "UPGRADES", "S5CheckpointSaver", "upgrade_record"]
@@ -106,8 +105,6 @@ def thread_dir_name(thread_id: str) -> str:
 class _Thread:
     """The fold of one thread's log."""
 
-    epoch: bytes = b""
-    folded: int = 0
     checkpoints: dict[str, dict[str, tuple[_Typed, _Typed, str | None]]] = field(
         default_factory=dict
     )
@@ -115,7 +112,6 @@ class _Thread:
     writes: dict[tuple[str, str], dict[tuple[str, int], tuple[str, str, _Typed, str]]] = field(
         default_factory=dict
     )
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def fold(self, raw: bytes, where: str) -> None:
         try:
@@ -245,8 +241,12 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
             fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
         )
         self._seal = (seal_records, seal_bytes)
-        self._max_cached = max(1, max_cached_threads)
-        self._threads: OrderedDict[str, tuple[SealedLog, _Thread]] = OrderedDict()
+        self._threads: FoldedLogs[str, _Thread] = FoldedLogs(
+            self._open_log,
+            _Thread,
+            where=lambda thread_id: f"thread {thread_id!r}",
+            max_entries=max_cached_threads,
+        )
         self._indexed: set[str] = set()
 
     def __repr__(self) -> str:
@@ -254,13 +254,9 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
 
     # --- storage (background loop only) ------------------------------------------
 
-    async def _thread(self, thread_id: str) -> tuple[SealedLog, _Thread]:
-        found = self._threads.get(thread_id)
-        if found is not None:
-            self._threads.move_to_end(thread_id)
-            return found
+    async def _open_log(self, thread_id: str) -> SealedLog:
         path = f"{self.root}/threads/{thread_dir_name(thread_id)}"
-        log = SealedLog(
+        return SealedLog(
             await self._access.fs(),
             path,
             await self._access.write_key(path),
@@ -268,26 +264,14 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
             seal_bytes=self._seal[1],
             cache_bytes=4 * 1024 * 1024,
         )
-        pair = (log, _Thread())
-        self._threads[thread_id] = pair
-        while len(self._threads) > self._max_cached:
-            self._threads.popitem(last=False)
-        return pair
+
+    async def _thread(self, thread_id: str) -> FoldedLog[_Thread]:
+        """The thread's log and fold (cached, not brought up to date)."""
+        return await self._threads.entry(thread_id)
 
     async def _state(self, thread_id: str) -> _Thread:
-        log, state = await self._thread(thread_id)
-        async with state.lock:
-            snap = await log.read(state.folded)
-            if snap.epoch != state.epoch or snap.count < state.folded:
-                fresh = _Thread(epoch=snap.epoch, lock=state.lock)
-                if state.folded:
-                    snap = await log.read(0)
-                state = fresh
-                self._threads[thread_id] = (log, state)
-            for raw in snap.records:
-                state.fold(raw, f"thread {thread_id!r}")
-            state.folded = snap.count
-        return state
+        """The thread's fold, brought up to date (one registry read if unchanged)."""
+        return await self._threads.current(thread_id)
 
     async def _index(self, thread_id: str) -> None:
         if thread_id in self._indexed:
@@ -411,8 +395,7 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
             "b": blobs,
         }
         await self._index(thread_id)
-        log, _ = await self._thread(thread_id)
-        await log.append(cbor2.dumps(record))
+        await (await self._thread(thread_id)).log.append(cbor2.dumps(record))
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -436,8 +419,8 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
             (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value))
             for idx, (channel, value) in enumerate(writes)
         ]
-        log, state = await self._thread(thread_id)
-        known = state.writes.get((ns, cid), {})
+        thread = await self._thread(thread_id)
+        known = thread.state.writes.get((ns, cid), {})
         if items and all(i[0] >= 0 and (task_id, i[0]) in known for i in items):
             return  # already stored (LangGraph retries put_writes after failures)
         record = {
@@ -449,12 +432,11 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
             "tp": task_path,
             "w": items,
         }
-        await log.append(cbor2.dumps(record))
+        await thread.log.append(cbor2.dumps(record))
 
     async def _delete_thread(self, thread_id: str) -> None:
-        log, _ = await self._thread(thread_id)
-        await log.clear()
-        self._threads.pop(thread_id, None)
+        await (await self._thread(thread_id)).log.clear()
+        self._threads.discard(thread_id)
         fs = await self._access.fs()
         await fs.delete(f"{self.root}/index/{thread_dir_name(thread_id)}")
         self._indexed.discard(thread_id)
@@ -464,7 +446,7 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
     ) -> bool:
         """Rewrite a thread's log keeping the checkpoints ``keep`` accepts (atomic: see
         :meth:`SealedLog.rewrite`; appends made meanwhile are not lost)."""
-        log, state = await self._thread(thread_id)
+        thread = await self._thread(thread_id)
         where = f"thread {thread_id!r}"
 
         def transform(records: list[bytes]) -> list[bytes] | None:
@@ -479,8 +461,8 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
                 return None
             return state_records(folded, self.serde, lambda ns, cid: keep(folded, ns, cid))
 
-        async with state.lock:
-            return await log.rewrite(transform)
+        async with thread.lock:
+            return await thread.log.rewrite(transform)
 
     def _run_id(self, state: _Thread, ns: str, cid: str) -> Any:
         metadata = self.serde.loads_typed(state.checkpoints[ns][cid][1])
@@ -502,8 +484,7 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
         if not records:
             return
         await self._index(target)
-        log, _ = await self._thread(target)
-        await log.extend(records)
+        await (await self._thread(target)).log.extend(records)
 
     async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
         if strategy not in ("keep_latest", "delete"):

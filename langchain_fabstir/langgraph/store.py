@@ -100,7 +100,6 @@ import heapq
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -129,6 +128,7 @@ from langchain_fabstir.langgraph.filters import matches, namespace_matches
 from langchain_fabstir.langgraph.saver import thread_dir_name
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
+from langchain_fabstir.storage.folded_logs import FoldedLog, FoldedLogs
 from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
 
 __all__ = ["DEFAULT_ROOT", "FORMAT_VERSION", "UPGRADES", "S5Store", "namespace_dir_name"]
@@ -196,10 +196,7 @@ class _Entry:
 class _Space:
     """The fold of one namespace's log."""
 
-    epoch: bytes = b""
-    folded: int = 0
     items: dict[str, _Entry] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def fold(self, raw: bytes, where: str) -> None:
         rec = _decode(raw, where)
@@ -284,8 +281,12 @@ class S5Store(BaseStore):
             fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
         )
         self._seal = (seal_records, seal_bytes)
-        self._max_cached = max(1, max_cached_namespaces)
-        self._spaces: OrderedDict[Namespace, tuple[SealedLog, _Space]] = OrderedDict()
+        self._spaces: FoldedLogs[Namespace, _Space] = FoldedLogs(
+            lambda ns: self._log(f"{self.root}/ns/{namespace_dir_name(ns)}"),
+            _Space,
+            where=lambda ns: f"store namespace {ns!r}",
+            max_entries=max_cached_namespaces,
+        )
         self._index_log: SealedLog | None = None
         self._index: dict[Namespace, None] = {}  # every namespace ever written, in order
         self._index_at: tuple[bytes, int] = (b"", 0)  # (epoch, records folded)
@@ -313,35 +314,13 @@ class S5Store(BaseStore):
             cache_bytes=256 * 1024,
         )
 
-    async def _space_log(self, namespace: Namespace) -> tuple[SealedLog, _Space]:
-        found = self._spaces.get(namespace)
-        if found is not None:
-            self._spaces.move_to_end(namespace)
-            return found
-        log = await self._log(f"{self.root}/ns/{namespace_dir_name(namespace)}")
-        pair = (log, _Space())
-        self._spaces[namespace] = pair
-        while len(self._spaces) > self._max_cached:
-            self._spaces.popitem(last=False)
-        return pair
+    async def _space_log(self, namespace: Namespace) -> FoldedLog[_Space]:
+        """The namespace's log and items (cached, not brought up to date)."""
+        return await self._spaces.entry(namespace)
 
     async def _space(self, namespace: Namespace) -> _Space:
         """The namespace's items, brought up to date (one registry read if unchanged)."""
-        log, space = await self._space_log(namespace)
-        async with space.lock:
-            snap = await log.read(space.folded)
-            if snap.epoch != space.epoch or snap.count < space.folded:
-                fresh = _Space(epoch=snap.epoch, lock=space.lock)
-                if space.folded:
-                    snap = await log.read(0)
-                space = fresh
-                if namespace in self._spaces:  # (evicted meanwhile: stays evicted)
-                    self._spaces[namespace] = (log, space)
-            where = f"store namespace {namespace!r}"
-            for raw in snap.records:
-                space.fold(raw, where)
-            space.folded = snap.count
-        return space
+        return await self._spaces.current(namespace)
 
     async def _load_spaces(
         self, namespaces: list[Namespace]
@@ -411,7 +390,9 @@ class S5Store(BaseStore):
         now = self._now()
         refresh: dict[Namespace, dict[str, None]] = {}
         wanted = list(dict.fromkeys(tuple(op.namespace) for op in ops if isinstance(op, GetOp)))
-        loaded = {ns: space async for ns, space in self._load_spaces(wanted[: self._max_cached])}
+        loaded = {
+            ns: space async for ns, space in self._load_spaces(wanted[: self._spaces.max_entries])
+        }
         results: list[Result] = []
         for op in ops:
             if isinstance(op, GetOp):
@@ -459,14 +440,12 @@ class S5Store(BaseStore):
         await self._ensure_indexed(tuple(op.namespace) for op in puts if op.value is not None)
 
         async def write(ns: Namespace, records: list[bytes]) -> None:
-            log, _ = await self._space_log(ns)
-            await log.extend(records)
+            await (await self._space_log(ns)).log.extend(records)
 
         await asyncio.gather(*(write(ns, recs) for ns, recs in by_space.items()))
 
     async def _refresh(self, namespace: Namespace, keys: list[str], now: int) -> None:
-        log, _ = await self._space_log(namespace)
-        await log.append(_record("r", keys=keys, t=now))
+        await (await self._space_log(namespace)).log.append(_record("r", keys=keys, t=now))
 
     @staticmethod
     def _note_refresh(
@@ -558,7 +537,7 @@ class S5Store(BaseStore):
         removed = 0
         now = self._now()
         for ns in await self._namespaces():
-            log, space = await self._space_log(ns)
+            space = await self._space_log(ns)
             where = f"store namespace {ns!r}"
             gone = 0
 
@@ -572,7 +551,7 @@ class S5Store(BaseStore):
                 return None if len(kept) == len(records) else kept
 
             async with space.lock:
-                if await log.rewrite(transform):
+                if await space.log.rewrite(transform):
                     removed += gone
         if self._index_log is not None:
             await self._index_log.rewrite(
@@ -600,7 +579,7 @@ class S5Store(BaseStore):
         await self._index_log.rewrite(reindex)
         migrated = 0
         for ns in await self._namespaces():
-            log, space = await self._space_log(ns)
+            space = await self._space_log(ns)
             where = f"store namespace {ns!r}"
 
             def transform(records: list[bytes], where: str = where) -> list[bytes] | None:
@@ -612,7 +591,7 @@ class S5Store(BaseStore):
                 return folded.records(0)  # every item, expired or not: a sweep decides
 
             async with space.lock:
-                migrated += await log.rewrite(transform)
+                migrated += await space.log.rewrite(transform)
         return migrated
 
     async def _sweep_forever(self, interval: float, stop: asyncio.Event) -> None:

@@ -4,6 +4,8 @@
   ``conversation.json``, saved blobs, share codes;
 - :mod:`~langchain_fabstir.storage.sealed_log`: an append-only record log with constant-cost
   appends and compare-and-swap writers (the chat history and the LangGraph saver use it);
+- :mod:`~langchain_fabstir.storage.folded_logs`: a bounded cache of such logs and their
+  folds, brought up to date incrementally (the LangGraph saver and store use it);
 - :mod:`~langchain_fabstir.storage.access`: one S5 file system on the package's background
   loop, shared by sync and async callers;
 - :mod:`~langchain_fabstir.storage.share`: the share-code format.

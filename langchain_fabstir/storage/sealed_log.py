@@ -24,7 +24,7 @@ Layout (all blobs encrypted with a key derived from the log's path; see :class:`
   few; an append whose swap landed but whose reply was lost finds its id on retry and is
   not applied twice.
 * **Clear** writes an empty head with a new random ``epoch``: readers that cache folded
-  state (the LangGraph saver) notice the epoch change.
+  state (:class:`~langchain_fabstir.storage.folded_logs.FoldedLogs`) notice the epoch change.
 """
 
 from __future__ import annotations

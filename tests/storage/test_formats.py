@@ -75,7 +75,7 @@ async def test_sync_twins_of_delete_for_runs_copy_thread_and_prune(
 
 async def raw_records(saver: S5CheckpointSaver, thread: str) -> list[dict[str, Any]]:
     async def read() -> list[bytes]:
-        log, _ = await saver._thread(thread)
+        log = (await saver._thread(thread)).log
         return (await log.read()).records
 
     return [cbor2.loads(r) for r in await on_background(read())]
@@ -96,7 +96,7 @@ async def test_saver_format_version_and_setup_after_a_simulated_upgrade(
     old["id"] = "0" + old["id"][1:]  # an older checkpoint of the same thread
 
     async def append_old() -> None:
-        log, _ = await saver._thread("t")
+        log = (await saver._thread("t")).log
         await log.append(cbor2.dumps(old))
 
     await on_background(append_old())

@@ -167,6 +167,30 @@ async def test_delete_thread_seen_by_other_saver_cache(portal: ThreadedPortal, p
     await b.aclose()
 
 
+async def test_thread_cache_stays_bounded_when_a_refold_races_an_eviction(
+    portal: ThreadedPortal, phrase: str
+) -> None:
+    from langchain_fabstir.storage.access import on_background
+
+    a = make_saver(portal, phrase)
+    b = S5CheckpointSaver(portal_url=portal.url, seed_phrase=phrase, max_cached_threads=2)
+    cfgs = [generate_config(f"t{i}") for i in range(3)]
+    for cfg in cfgs:
+        await a.aput(cfg, generate_checkpoint(), generate_metadata(), {})
+    assert await b.aget_tuple(cfgs[0]) is not None  # b caches t0's fold
+    await a.adelete_thread("t0")  # a new epoch: b's next read of t0 refolds it
+    await a.aput(cfgs[0], generate_checkpoint(), generate_metadata(), {})
+
+    async def together() -> list[Any]:
+        # t0's read is in flight while t1 and t2 enter the cache and evict t0.
+        return list(await asyncio.gather(*(b.aget_tuple(cfg) for cfg in cfgs)))
+
+    assert all(t is not None for t in await on_background(together()))
+    assert len(b._threads) <= 2
+    await a.aclose()
+    await b.aclose()
+
+
 @pytest.mark.parametrize("bad", [b"\xff\x00garbage", b"\xa1ak\x61x"])
 async def test_corrupt_record_is_a_typed_error(
     portal: ThreadedPortal, phrase: str, bad: bytes
@@ -177,7 +201,7 @@ async def test_corrupt_record_is_a_typed_error(
     await saver.aput(generate_config("t"), generate_checkpoint(), generate_metadata(), {})
 
     async def inject() -> None:
-        log, _ = await saver._thread("t")
+        log = (await saver._thread("t")).log
         await log.append(bad)
 
     from langchain_fabstir.storage.access import on_background

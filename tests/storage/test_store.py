@@ -67,7 +67,7 @@ async def log_count(store: S5Store, namespace: tuple[str, ...]) -> int:
     """Records in a namespace's log (to see a compaction)."""
 
     async def count() -> int:
-        log, _ = await store._space_log(namespace)
+        log = (await store._space_log(namespace)).log
         return await log.count()
 
     return await on_background(count())
@@ -650,7 +650,7 @@ async def test_hostile_portal_replies_are_typed_errors(
 
 async def raw_versions(store: S5Store, namespace: tuple[str, ...]) -> list[Any]:
     async def read() -> list[Any]:
-        log, _ = await store._space_log(namespace)
+        log = (await store._space_log(namespace)).log
         return [cbor2.loads(r).get("v") for r in (await log.read()).records]
 
     return await on_background(read())
