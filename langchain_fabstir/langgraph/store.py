@@ -537,7 +537,7 @@ class S5Store(BaseStore):
         removed = 0
         now = self._now()
         for ns in await self._namespaces():
-            space = await self._space_log(ns)
+            cached = await self._space_log(ns)
             where = f"store namespace {ns!r}"
             gone = 0
 
@@ -550,8 +550,8 @@ class S5Store(BaseStore):
                 gone = sum(1 for e in folded.items.values() if not e.live(now))
                 return None if len(kept) == len(records) else kept
 
-            async with space.lock:
-                if await space.log.rewrite(transform):
+            async with cached.lock:
+                if await cached.log.rewrite(transform):
                     removed += gone
         if self._index_log is not None:
             await self._index_log.rewrite(
@@ -579,7 +579,7 @@ class S5Store(BaseStore):
         await self._index_log.rewrite(reindex)
         migrated = 0
         for ns in await self._namespaces():
-            space = await self._space_log(ns)
+            cached = await self._space_log(ns)
             where = f"store namespace {ns!r}"
 
             def transform(records: list[bytes], where: str = where) -> list[bytes] | None:
@@ -590,8 +590,8 @@ class S5Store(BaseStore):
                     folded.fold(raw, where)
                 return folded.records(0)  # every item, expired or not: a sweep decides
 
-            async with space.lock:
-                migrated += await space.log.rewrite(transform)
+            async with cached.lock:
+                migrated += await cached.log.rewrite(transform)
         return migrated
 
     async def _sweep_forever(self, interval: float, stop: asyncio.Event) -> None:
