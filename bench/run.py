@@ -24,6 +24,7 @@ MODULES = [
     "resilience",
     "openai_engine",
     "encryption",
+    "embeddings",
 ]
 
 
@@ -47,6 +48,10 @@ def main(argv: list[str]) -> int:
                 row["group"] = name
                 results.append(row)
     out = Path(__file__).with_name("results.json")
+    if argv and out.exists():  # a subset: keep the other groups' last figures
+        ran = {row["group"] for row in results}
+        kept = [r for r in json.loads(out.read_text()).get("results", []) if r["group"] not in ran]
+        results = kept + results
     out.write_text(
         json.dumps(
             {

@@ -17,11 +17,13 @@ ValueError: JSON nests deeper than 64 levels
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 __all__ = ["MAX_DEPTH", "loads_untrusted", "too_deep"]
 
 MAX_DEPTH = 64
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 def too_deep(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> bool:
@@ -36,18 +38,11 @@ def too_deep(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> bool:
     if text.count("[") + text.count("{") <= limit:
         return False
     depth = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    # Only strings and brackets matter: the regex engine skips numbers and spaces in C
+    # (a scan in Python per character cost ~0.1 s on a 1 MB answer of embeddings).
+    for match in _TOKENS.finditer(text):
+        ch = match.group()
+        if ch in "[{":
             depth += 1
             if depth > limit:
                 return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,7 @@ MAX_TEXT_BYTES = 8192
 _MAX_REQUEST_BYTES = 1024 * 1024  # nodes accept 2 MB JSON bodies: stay well under
 _MAX_ERROR_BYTES = 64 * 1024
 _RETRY_AFTER_CAP = 30.0
+_NUMBER_TYPES = frozenset({float, int})
 _BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
 
 
@@ -352,23 +354,22 @@ class FabstirEmbeddings(BaseModel, Embeddings):
                     host_url=host,
                     details={"expected": expected, "got": len(vector)},
                 )
-            if not all(type(x) is float or type(x) is int for x in vector):
+            if not set(map(type, vector)) <= _NUMBER_TYPES:
                 raise ProtocolError(
                     f"{url}: embeddings[{index}] holds something other than numbers",
                     host_url=host,
                 )
-            floats = [float(x) for x in vector]
-            if not all(math.isfinite(x) for x in floats):
+            floats: list[float] = [*map(float, vector)]
+            squares = sum(map(operator.mul, floats, floats))
+            if not math.isfinite(squares):  # a NaN or an infinity somewhere (or overflow)
                 raise ProtocolError(
                     f"{url}: embeddings[{index}] holds a non-finite number", host_url=host
                 )
-            vectors.append(_unit(floats) if self.normalize else floats)
+            if self.normalize and squares > 0:
+                scale = 1.0 / math.sqrt(squares)
+                floats = [x * scale for x in floats]
+            vectors.append(floats)
         return vectors
-
-
-def _unit(vector: list[float]) -> list[float]:
-    norm = math.sqrt(math.fsum(x * x for x in vector))
-    return [x / norm for x in vector] if norm > 0 else vector
 
 
 def _check_texts(texts: Sequence[str]) -> None:
