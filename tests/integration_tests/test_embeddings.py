@@ -4,6 +4,7 @@ Everything listens on 127.0.0.1, port 0."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import re
@@ -26,6 +27,8 @@ from langchain_fabstir.errors import (
     InvalidRequestError,
     ModelNotAvailableError,
     ProtocolError,
+    RateLimitedError,
+    ResponseTimeoutError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.embeddings import MiniLMEmbedder
@@ -283,6 +286,30 @@ async def test_a_huge_answer_is_cut_off() -> None:
             await FabstirEmbeddings(host_url=url, max_retries=0).aembed_query(CAT)
     assert info.value.details["limit"] < 200_000
     assert sent["bytes"] < 64 * 1024 * 1024  # the client hung up long before
+
+
+async def test_a_silent_host_times_out_and_a_busy_one_rate_limits() -> None:
+    release = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await release.wait()  # never answers within the client's timeout
+        return web.json_response({})
+
+    async with hostile(silent) as url:
+        emb = FabstirEmbeddings(host_url=url, timeout=0.3, max_retries=0)
+        with pytest.raises(ResponseTimeoutError):
+            await emb.aembed_query(CAT)
+        release.set()
+
+    async def busy(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "Rate limit exceeded"}, status=429, headers={"Retry-After": "7"}
+        )
+
+    async with hostile(busy) as url:
+        with pytest.raises(RateLimitedError) as info:
+            await FabstirEmbeddings(host_url=url, max_retries=0).aembed_query(CAT)
+    assert info.value.retry_after == 7.0 and info.value.code == "RATE_LIMITED"
 
 
 # --- failover ----------------------------------------------------------------------------
