@@ -75,6 +75,10 @@ class FabstirEmbeddings(BaseModel, Embeddings):
     retried on the next host, ``max_retries`` times; a refused request (400, an unknown
     model) is not. Embedding is free on nodes: retries spend nothing.
 
+    Privacy: ``/v1/embed`` is plain JSON over HTTP(S), as deployed nodes serve it. Unlike
+    sessions (end-to-end encrypted to the host's key by default), the texts are readable
+    by the host and by anything between you and it unless ``host_url`` is ``https://``.
+
     Errors (all :class:`~langchain_fabstir.errors.FabstirError`, with stable codes):
     ``INVALID_REQUEST`` (a blank text, one over 8,192 bytes, or the host's 400),
     ``MODEL_NOT_AVAILABLE`` (404: the host does not serve ``model``),
