@@ -17,7 +17,6 @@ The main entry points:
   with a real model and a local S5 portal, to run everything on one machine.
 """
 
-from langchain_fabstir import _moved
 from langchain_fabstir._version import __version__ as __version__
 from langchain_fabstir.callbacks import (
     AsyncFabstirCheckpointHandler,
@@ -77,7 +76,6 @@ __all__ = [
     "get_fabstir_checkpoint_callback",
     "verify_checkpoints",
 ]
-_moved.install()  # old module paths keep working, with a warning naming the new home
 
 
 def __getattr__(name: str) -> object:

@@ -101,7 +101,7 @@ def _layer(module: str) -> str | None:
     if len(parts) == 1:
         return None  # the package itself re-exports everything
     top = parts[1]
-    if top in GROUND or top == "_moved":
+    if top in GROUND:
         return "ground"
     if top in INTEGRATIONS:
         return "integrations"

@@ -48,19 +48,3 @@ def test_readme_layout_names_every_folder() -> None:
     folders = {p.parent.name for p in root.glob("*/__init__.py")}
     missing = {f for f in folders if not re.search(rf"^\s+{f}/\s", layout, re.MULTILINE)}
     assert folders and missing == set()
-
-
-def test_old_module_paths_name_their_new_home() -> None:
-    import sys
-    import warnings
-
-    from langchain_fabstir._moved import MOVED
-
-    for old, new in MOVED.items():
-        sys.modules.pop(old, None)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            module = importlib.import_module(old)
-        assert module is importlib.import_module(new)
-        assert any(new in str(w.message) for w in caught), old
-        sys.modules.pop(old, None)
