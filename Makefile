@@ -17,7 +17,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 export UV_NO_PROGRESS := 1
 SYNC := $(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 
-.PHONY: install demo test lint format typecheck spell bench test-latest test-lowest clean
+.PHONY: install demo test test-unit lint format typecheck spell bench test-latest test-lowest clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -53,6 +53,11 @@ spell: install
 # no test: that must fail, not pass silently.
 test: lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The inner loop: unit tests and doctests only, every network socket off, 30 s a test.
+test-unit: install
+	$(PY) -m pytest -q tests/unit_tests langchain_fabstir --disable-socket --allow-unix-socket --timeout 30 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: install
