@@ -93,7 +93,14 @@ to that socket only. Answers (and session-scope checkpoint state) begun on the s
 belong to it: a ``resume`` must carry it (``{"request_id", "offset", "token"}``), and a
 successful resume, or a ``session_init`` carrying the old socket's ``resume_token``, hands
 the old socket's state to the new one (whose own token then
-names it)."""
+names it).
+
+With a host key the host also announces ``checkpoints``, ``encryption`` and
+``chunk_count``: the ``encrypted_response`` of every complete encrypted answer carries a
+``count`` field, the number of ``encrypted_chunk`` frames of the answer (final empty
+chunk included) sealed under the session key (AAD ``encrypted_response_chunks``), so that
+a client can tell an answer whose last chunks were dropped on the way. Clients of deployed
+nodes ignore the extra field."""
 
 MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless

@@ -16,9 +16,12 @@ XChaCha20-Poly1305 from PyNaCl (libsodium).
   ``recoveryPublicKey`` the client named in its init, as deployed nodes (v8.12+) write them:
   a fresh ephemeral key per delta, ``HKDF-SHA256(ikm = sha256(x-coordinate), salt = none,
   info = "checkpoint-delta-encryption-v1")``, XChaCha20-Poly1305 without AAD.
-- :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``),
-  ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in order: a replayed, dropped or
-  reordered chunk is refused) and ``encrypted_response`` (AAD ``encrypted_response_final``).
+- :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``,
+  counters that must increase), ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in
+  order, nonces never seen before under the key: a replayed, dropped or reordered chunk is
+  refused) and ``encrypted_response`` (AAD ``encrypted_response_final``, and the sealed
+  chunk count of the ``chunk_count`` extension). :class:`SessionKeyLedger`: the host's
+  bounded memory of session keys already used (a replayed init is refused).
 
 A round trip (host key, client seals, host opens, then frames under the session key):
 
