@@ -29,6 +29,7 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.wire.encryption import SessionCipher, seal_session_init
+from tests.faults.proxy import CutAfterFrames, FaultProxy
 
 HOST_KEY = "0x" + "5a" * 32
 HOST_PUB = "0x" + PrivateKey(bytes.fromhex(HOST_KEY[2:])).public_key.format().hex()
@@ -229,6 +230,28 @@ async def test_a_spent_session_key_is_replaced_before_the_next_answer(
         assert keyed_host.requests[-1].conversation_context  # the history went along
         with pytest.raises(SessionKeyExhaustedError):
             await mgr.prompt(session.id, " ".join(["word"] * 60))
+
+
+@pytest.mark.timeout(60)
+async def test_an_encrypted_answer_resumed_on_a_new_socket_passes_the_count_check() -> None:
+    """A cut mid-answer: the client resumes on a new socket (a new key, chunk indices
+    from the offset); the sealed count covers the whole answer and matches."""
+    engine = EchoEngine([f"{i} " for i in range(120)], delay=0.001)
+    async with (
+        ReferenceHost(engine, host_key=HOST_KEY, rate_limit_per_minute=None) as host,
+        FaultProxy("127.0.0.1", host.port) as proxy,
+        SessionManager(
+            SessionConfig(compression_enabled=False, first_token_timeout=10, chunk_timeout=10),
+            host_url=f"http://127.0.0.1:{proxy.port}",
+        ) as mgr,
+    ):
+        session = await mgr.create_session(host_public_key=HOST_PUB)
+        clean = await mgr.prompt(session.id, "go", max_tokens=120)
+        proxy.set_fault(CutAfterFrames(40), scope="current")
+        result = await mgr.prompt(session.id, "go", max_tokens=120)
+        assert result.text == clean.text and result.resumed == 1
+        assert result.metadata["resumes"][0]["mode"] == "exact" and host.resumes == 1
+        assert result.finish_reason == clean.finish_reason == "stop"
 
 
 # --- item 8: the host refuses replayed inits and messages -----------------------------------
