@@ -528,8 +528,8 @@ class SessionCipher:
     answer ends, and the next prompt goes on a new socket with a fresh key (a re-init,
     which hosts accept for the same session, history kept); an answer that reaches
     ``max_chunks`` on one key is refused (``SESSION_KEY_EXHAUSTED``) rather than forgetting
-    a nonce. 65,536 nonces are at most about 6 MB, reached only after 32,768 tokens on one
-    socket.
+    a nonce. So a key's memory holds at most 65,536 nonces (about 6 MB), and a socket is
+    retired after the answer during which its key passed 32,768 frames.
 
     Truncation: :meth:`open_final` authenticates the finish reason, and :meth:`open_count`
     the number of chunks the host sent, when the host puts that count in its final frame

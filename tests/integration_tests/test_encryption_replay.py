@@ -224,7 +224,8 @@ async def test_a_spent_session_key_is_replaced_before_the_next_answer(
         texts = [(await mgr.prompt(session.id, TWELVE)).text for _ in range(4)]
         assert texts == ["Echo: " + TWELVE] * 4
         inits = relay.sent("encrypted_session_init")
-        # 14 frames an answer (13 chunks + final): keys are spent after 2 answers.
+        # 15 nonces an answer (13 chunks, the final frame and its count): a key is spent
+        # (20 of 40) after 2 answers.
         assert len(inits) == 2
         assert {i["session_id"] for i in inits} == {session.id}
         assert keyed_host.requests[-1].conversation_context  # the history went along
