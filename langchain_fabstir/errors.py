@@ -44,11 +44,13 @@ from langchain_core.exceptions import (
 __all__ = [
     "ENCRYPTION_ERRORS",
     "AnswerTooLargeError",
+    "AnswerTruncatedError",
     "AuthenticationError",
     "ChainError",
     "ChainUnavailableError",
     "CheckpointError",
     "ChunkOrderError",
+    "ChunkReplayError",
     "ConnectionFailedError",
     "DecryptionFailedError",
     "DecryptionKeyRequiredError",
@@ -67,6 +69,7 @@ __all__ = [
     "InvalidHexError",
     "InvalidNonceSizeError",
     "InvalidRequestError",
+    "MessageReplayError",
     "MissingPayloadError",
     "ModelNotAvailableError",
     "NoHostAvailableError",
@@ -76,6 +79,8 @@ __all__ = [
     "RateLimitedError",
     "ResponseTimeoutError",
     "RevisionConflictError",
+    "SessionKeyExhaustedError",
+    "SessionKeyReusedError",
     "SessionNotFoundError",
     "SessionTimeoutError",
     "ShareCodeError",
@@ -330,6 +335,41 @@ class ChunkOrderError(EncryptionError):
     code = "CHUNK_OUT_OF_ORDER"
 
 
+class ChunkReplayError(ChunkOrderError):
+    """An encrypted chunk (or final frame) whose nonce this session key already carried:
+    a frame of an earlier answer played again (by a relay) as part of this one."""
+
+    code = "CHUNK_REPLAYED"
+
+
+class AnswerTruncatedError(EncryptionError):
+    """An encrypted answer that ended without all of its chunks: fewer chunks than the
+    host's sealed count, or a complete ``stream_end`` without the sealed final frame."""
+
+    code = "ANSWER_TRUNCATED"
+
+
+class SessionKeyExhaustedError(EncryptionError):
+    """One session key carried more chunks than the client remembers nonces for; the
+    client re-keys (a new socket and init) before that in normal use."""
+
+    code = "SESSION_KEY_EXHAUSTED"
+
+
+class SessionKeyReusedError(EncryptionError):
+    """A host refused an ``encrypted_session_init`` whose session key it has seen before
+    (a replayed init)."""
+
+    code = "SESSION_KEY_REUSED"
+
+
+class MessageReplayError(EncryptionError):
+    """A host refused an ``encrypted_message`` whose counter (AAD ``message_<n>``) does
+    not increase under its session key (a replayed message)."""
+
+    code = "MESSAGE_REPLAYED"
+
+
 class EncryptionModeError(EncryptionError):
     """An encrypted frame in a plaintext session, or answer text in clear in an
     encrypted one (a downgrade): refused, never shown."""
@@ -348,6 +388,11 @@ ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {
         InvalidHexError,
         InvalidNonceSizeError,
         ChunkOrderError,
+        ChunkReplayError,
+        AnswerTruncatedError,
+        SessionKeyExhaustedError,
+        SessionKeyReusedError,
+        MessageReplayError,
         EncryptionModeError,
     )
 }

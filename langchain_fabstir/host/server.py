@@ -56,6 +56,7 @@ from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_ind
 from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.wire.encryption import (
     SessionCipher,
+    SessionKeyLedger,
     answer_challenge,
     host_public_key,
     open_session_init,
@@ -93,7 +94,14 @@ to that socket only. Answers (and session-scope checkpoint state) begun on the s
 belong to it: a ``resume`` must carry it (``{"request_id", "offset", "token"}``), and a
 successful resume, or a ``session_init`` carrying the old socket's ``resume_token``, hands
 the old socket's state to the new one (whose own token then
-names it)."""
+names it).
+
+With a host key the host also announces ``checkpoints``, ``encryption`` and
+``chunk_count``: the ``encrypted_response`` of every complete encrypted answer carries a
+``count`` field, the number of ``encrypted_chunk`` frames of the answer (final empty
+chunk included) sealed under the session key (AAD ``encrypted_response_chunks``), so that
+a client can tell an answer whose last chunks were dropped on the way. Clients of deployed
+nodes ignore the extra field."""
 
 MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless
@@ -112,6 +120,37 @@ def _recovery_key(value: object) -> str | None:
         return "0x" + parse_public_key(value).hex()
     except EncryptionError:
         return None
+
+
+_MAX_SESSION_ID = 256
+_UINT256 = 1 << 256
+
+
+def _valid_session_id(value: object) -> bool:
+    """A session id as clients send it: a short string, or a non-negative integer."""
+    if isinstance(value, str):
+        return len(value) <= _MAX_SESSION_ID
+    return type(value) is int and 0 <= value < _UINT256
+
+
+def _job_id(value: object) -> int | Literal[False] | None:
+    """The job id of an encrypted init: an int; ``None`` when it names no on-chain job
+    (absent, or a session id that is not decimal, as this package's client sends for a
+    session without a job); ``False`` when it is not usable (a number out of range,
+    digits that are not ASCII such as ``"²"``, another JSON type)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.isdigit():
+            return None if len(value) <= _MAX_SESSION_ID else False
+        if not value.isascii() or len(value) > 78:
+            return False
+        number = int(value)
+    elif type(value) is int:
+        number = value
+    else:
+        return False
+    return number if 0 <= number < _UINT256 else False
 
 
 class _RateLimiter:
@@ -233,6 +272,9 @@ class _Connection:
                 final = {
                     "type": "encrypted_response",
                     "payload": cipher.seal_final(obj.get("finish_reason") or "stop"),
+                    # The chunk_count extension: the answer's chunks, sealed (an extra
+                    # field, which clients of deployed nodes ignore).
+                    "count": cipher.seal_count(self.chunk_index),
                     "id": obj.get("id"),
                     "session_id": self.session_id,
                 }
@@ -341,8 +383,17 @@ class _Connection:
 
     async def _encrypted_init(self, extra: dict[str, Any]) -> None:
         """``encrypted_session_init`` (section 4.1): a new session key; a re-init keeps the
-        session's history. Without a host key: ``ENCRYPTION_NOT_SUPPORTED``, at once."""
+        session's history. Without a host key: ``ENCRYPTION_NOT_SUPPORTED``, at once.
+
+        Beyond deployed nodes: a session key this host process has seen before (a
+        recorded init sent again) is refused with ``SESSION_KEY_REUSED``, and an init
+        that decrypts but carries a session or job id that is not one
+        (``INVALID_PAYLOAD``); both close the socket after the error frame. A fresh key
+        for the same session id is a re-init, as on deployed nodes."""
         session_id = extra.get("session_id", extra.get("sessionId"))
+        if session_id is not None and not _valid_session_id(session_id):
+            await self._refuse_init("INVALID_PAYLOAD", "session_id is not a short string", extra)
+            return
         session_id = str(session_id) if session_id is not None else self.session_id
         key = self.host._encryption_key
         if key is None:
@@ -359,9 +410,20 @@ class _Connection:
             await self._refuse(exc.code, exc.message, extra.get("id"))
             return
         data = opened.data
-        job = data.get("jobId", extra.get("job_id", extra.get("jobId")))
+        job = _job_id(data.get("jobId", extra.get("job_id", extra.get("jobId"))))
+        if job is False:
+            msg = "jobId is not a job id (a uint256, as decimal digits or a number)"
+            await self._refuse_init("INVALID_PAYLOAD", msg, extra)
+            return
+        if not self.host._session_keys.claim(opened.session_key):
+            msg = (
+                "this session key was used before: a recorded encrypted_session_init sent "
+                "again is refused (clients make a fresh key for every init)"
+            )
+            await self._refuse_init("SESSION_KEY_REUSED", msg, extra)
+            return
         self.session_id = session_id
-        self.job_id = int(job) if isinstance(job, (int, str)) and str(job).isdigit() else None
+        self.job_id = job
         chain = extra.get("chain_id", extra.get("chainId"))
         self.chain_id = int(chain) if isinstance(chain, int) else self.chain_id
         model = data.get("modelName")
@@ -385,6 +447,13 @@ class _Connection:
         }
         await self.send(encode_frame(ack))
 
+    async def _refuse_init(self, code: str, message: str, extra: dict[str, Any]) -> None:
+        """Refuse an ``encrypted_session_init`` that decrypted (or nearly) but cannot be
+        used, and close the socket: a typed error frame, never a traceback."""
+        log.info("refused an encrypted_session_init: %s", code)
+        await self._refuse(code, message, extra.get("id"))
+        await self.ws.close(code=1008, message=b"encrypted_session_init refused")
+
     async def _encrypted_message(self, seq: int, size: int, extra: dict[str, Any]) -> None:
         """``encrypted_message`` (section 4.2): the prompt under the session key. The host
         keeps the conversation; a ``conversation_context`` inside the ciphertext (a client
@@ -394,11 +463,15 @@ class _Connection:
             msg = "no session key on this connection: send encrypted_session_init first"
             await self._refuse("SESSION_KEY_NOT_FOUND", msg, rid, end=True)
             return
+        first = self.cipher.last_message < 0
         try:
+            # (also refuses a counter that does not increase: a replayed message)
             text = self.cipher.open_message(extra.get("payload"))
         except EncryptionError as exc:
             await self._refuse(exc.code, exc.message, rid, end=True)
             return
+        if first:
+            self.host._session_keys.used(self.cipher.key)
         try:
             body = loads_untrusted(text)
         except ValueError:
@@ -533,6 +606,8 @@ class ReferenceHost:
         """The latest requests run, newest last (for inspection and tests); a large one
         is kept only in part (:data:`RECORD_LIMIT`)."""
         self.cancel_seen = asyncio.Event()
+        self._session_keys = SessionKeyLedger()
+        """Session keys of encrypted inits seen by this process (replays are refused)."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -546,7 +621,8 @@ class ReferenceHost:
         return f"ws://{self.bind_host}:{self.port}/v1/ws"
 
     def features(self) -> list[str]:
-        features = list(HOST_FEATURES) + (["checkpoints", "encryption"] if self._host_key else [])
+        keyed = ["checkpoints", "encryption", "chunk_count"] if self._host_key else []
+        features = list(HOST_FEATURES) + keyed
         engine_features = getattr(self.engine, "host_features", None)
         return engine_features(features) if engine_features is not None else features
 

@@ -367,6 +367,8 @@ class PromptStream:
                             session_id=self.session_id,
                             details={"partial_text": self.text},
                         )
+                    if self.transport.spent:  # the next answer runs on a fresh session key
+                        await self.transport.close()
                     return
                 # connected, session_init_ack, unknown extension frames: not ours to use.
                 self.on_other_frame(frame)

@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
+    AnswerTruncatedError,
     ConnectionFailedError,
     EncryptionModeError,
     FabstirError,
@@ -88,6 +89,15 @@ class Transport:
         client knows (``None``: unknown)."""
         self._asked: list[dict[str, str]] = []
         self._answer: list[str] = []
+        self._rid: Any = None  # the id of the prompt being answered
+        self._final: str | None = None  # its authenticated finish reason
+        self._counted = False  # this host sealed a chunk count in a final frame
+
+    @property
+    def spent(self) -> bool:
+        """The session key carried enough chunks that the next answer should run on a
+        fresh one (a new socket): see :class:`~langchain_fabstir.wire.encryption.SessionCipher`."""
+        return self.cipher is not None and self.cipher.spent
 
     # --- encrypted mode (PROTOCOL.md section 4) --------------------------------------
 
@@ -120,6 +130,7 @@ class Transport:
         self._answer = []
         self.held = None  # known again when the answer completes
         cipher.expect_chunk(0)
+        self._rid, self._final = payload.get("id"), None
         frame: dict[str, Any] = {
             "type": "encrypted_message",
             "session_id": session_id,
@@ -130,11 +141,20 @@ class Transport:
 
     def decode(self, raw: str | bytes) -> Any:
         """A received message as decoded JSON; in encrypted mode ``encrypted_chunk`` is
-        opened into the ``stream_chunk`` it stands for (its index checked in order).
+        opened into the ``stream_chunk`` it stands for (its index checked in order, its
+        nonce new under the session key), and the ``stream_end`` of a complete answer
+        carries the finish reason the host sealed in ``encrypted_response``.
+
         Raises :class:`~langchain_fabstir.errors.EncryptionError` subclasses: an encrypted
         frame on a plaintext socket, or answer text in clear on an encrypted one
         (``ENCRYPTION_MODE_MISMATCH``), a frame that does not authenticate
-        (``DECRYPTION_FAILED``), a replayed or reordered chunk (``CHUNK_OUT_OF_ORDER``)."""
+        (``DECRYPTION_FAILED``), a reordered chunk (``CHUNK_OUT_OF_ORDER``), a chunk or
+        final frame of an earlier answer played again (``CHUNK_REPLAYED``), an answer
+        that ends without its sealed final frame, or (hosts that announce
+        ``chunk_count``, and any host once it sealed a count on this socket) with fewer
+        chunks than the host sealed (``ANSWER_TRUNCATED``). Deployed nodes seal no count:
+        against them, a relay that drops the last chunks of an answer and forwards the
+        final frames cannot be detected."""
         obj = loads(raw)
         if self.cipher is None:
             if type(obj) is dict and str(obj.get("type", ""))[:10] == "encrypted_":
@@ -173,17 +193,50 @@ class Transport:
                 host_url=self.host_url,
             )
         if kind == "encrypted_response":
-            obj = dict(obj, finish_reason=cipher.open_final(obj.get("payload")))
-            obj.pop("payload", None)
-        elif kind == "stream_resumed" and type(obj.get("offset")) is int:
+            return self._open_final(obj, cipher)
+        if kind == "stream_resumed" and type(obj.get("offset")) is int:
             cipher.expect_chunk(obj["offset"])
             self._answer = []  # (the answer's text before the resume is not here)
         elif kind == "stream_end":
-            if obj.get("reason") == "complete" and self._asked:
-                answer = {"role": "assistant", "content": "".join(self._answer)}
-                self.held = [*self._asked, answer]
+            if obj.get("reason") == "complete" and obj.get("id") in (None, self._rid):
+                if self._final is None:
+                    raise AnswerTruncatedError(
+                        f"host {self.host_url} ended an encrypted answer as complete without "
+                        "its sealed encrypted_response (frames were dropped on the way)",
+                        host_url=self.host_url,
+                    )
+                obj = dict(obj, finish_reason=self._final)  # the sealed one
+                if self._asked:
+                    answer = {"role": "assistant", "content": "".join(self._answer)}
+                    self.held = [*self._asked, answer]
             self._asked, self._answer = [], []
         return obj
+
+    def _open_final(self, obj: dict[str, Any], cipher: SessionCipher) -> Any:
+        """``encrypted_response``: the sealed finish reason, and the sealed chunk count
+        where the host gives one (checked against the chunks received)."""
+        try:
+            finish_reason = cipher.open_final(obj.get("payload"))
+            count = obj.get("count")
+            if count is not None and obj.get("id") in (None, self._rid):
+                cipher.check_count(count)
+                self._counted = True
+            elif obj.get("id") in (None, self._rid) and (
+                self._counted or "chunk_count" in self.greeting.features
+            ):
+                raise AnswerTruncatedError(
+                    f"host {self.host_url} announced sealed chunk counts and this answer's "
+                    "final frame has none (removed on the way?)",
+                )
+        except FabstirError as exc:
+            exc.host_url = self.host_url
+            raise
+        if obj.get("id") in (None, self._rid):
+            self._final = finish_reason
+        out = dict(obj, finish_reason=finish_reason)
+        out.pop("payload", None)
+        out.pop("count", None)
+        return out
 
     @classmethod
     async def open(cls, host_url: str, options: TransportOptions | None = None) -> Transport:

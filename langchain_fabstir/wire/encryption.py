@@ -16,9 +16,12 @@ XChaCha20-Poly1305 from PyNaCl (libsodium).
   ``recoveryPublicKey`` the client named in its init, as deployed nodes (v8.12+) write them:
   a fresh ephemeral key per delta, ``HKDF-SHA256(ikm = sha256(x-coordinate), salt = none,
   info = "checkpoint-delta-encryption-v1")``, XChaCha20-Poly1305 without AAD.
-- :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``),
-  ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in order: a replayed, dropped or
-  reordered chunk is refused) and ``encrypted_response`` (AAD ``encrypted_response_final``).
+- :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``,
+  counters that must increase), ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in
+  order, nonces never seen before under the key: a replayed, dropped or reordered chunk is
+  refused) and ``encrypted_response`` (AAD ``encrypted_response_final``, and the sealed
+  chunk count of the ``chunk_count`` extension). :class:`SessionKeyLedger`: the host's
+  bounded memory of session keys already used (a replayed init is refused).
 
 A round trip (host key, client seals, host opens, then frames under the session key):
 
@@ -43,7 +46,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,20 +60,26 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_utils import keccak, to_checksum_address
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
+    AnswerTruncatedError,
     ChunkOrderError,
+    ChunkReplayError,
     DecryptionFailedError,
     EncryptionError,
     InvalidEncryptedPayloadError,
     InvalidHexError,
     InvalidNonceSizeError,
+    MessageReplayError,
     MissingPayloadError,
+    SessionKeyExhaustedError,
 )
 
 __all__ = [
     "ALG",
     "CHECKPOINT_ENVELOPE_FIELDS",
     "CHECKPOINT_INFO",
+    "COUNT_AAD",
     "FINAL_AAD",
     "KEY_SIZE",
     "NONCE_SIZE",
@@ -77,6 +88,7 @@ __all__ = [
     "RecoveryKey",
     "SealedInit",
     "SessionCipher",
+    "SessionKeyLedger",
     "address_of_public_key",
     "answer_challenge",
     "checkpoint_delta_key",
@@ -100,6 +112,8 @@ ALG = "secp256k1-ecdh(ephemeral→static)+hkdf(sha256)+xchacha20-poly1305"
 NONCE_SIZE = 24
 KEY_SIZE = 32
 FINAL_AAD = b"encrypted_response_final"
+COUNT_AAD = b"encrypted_response_chunks"
+"""AAD of the sealed chunk count (the ``chunk_count`` extension of the reference host)."""
 CHECKPOINT_INFO = b"checkpoint-delta-encryption-v1"
 _ZERO_SALT = bytes(32)
 
@@ -414,14 +428,19 @@ def open_session_init(host_key: str | bytes | PrivateKey, payload: Any) -> Opene
     aad_hex = payload.get("aadHex")
     aad = _unhex(aad_hex, "aadHex") if aad_hex else b""
     info_text = payload.get("info")
-    info = info_text.encode() if isinstance(info_text, str) else b""
+    try:
+        info = info_text.encode() if isinstance(info_text, str) else b""
+    except UnicodeEncodeError:  # a lone surrogate from JSON
+        raise InvalidEncryptedPayloadError(
+            "info is not UTF-8 text", details={"field": "info"}
+        ) from None
     shared = ecdh_x(key, eph_pub)
     plaintext = xchacha_decrypt(
         hkdf_sha256(shared, salt=salt, info=info), nonce, ciphertext, aad, what="session init"
     )
     try:
-        data = json.loads(plaintext)
-    except ValueError:
+        data = loads_untrusted(plaintext)
+    except ValueError:  # also a number of thousands of digits, or nesting too deep
         data = None
     if not isinstance(data, dict):
         raise InvalidEncryptedPayloadError("the session init is not a JSON object")
@@ -483,24 +502,61 @@ def recover_challenge_key(challenge: bytes, answer: Any) -> str:
 
 # --- the session key ------------------------------------------------------------------------
 
+_MESSAGE_AAD = re.compile(rb"message_(0|[1-9][0-9]{0,17})")
+
 
 class SessionCipher:
-    """One session key and the counters of its frames (section 4.2/4.3).
+    """One session key and the state of its frames (section 4.2/4.3).
 
-    Sending: :meth:`seal_message` numbers messages from 0 (AAD ``message_<n>``).
-    Receiving chunks: :meth:`open_chunk` expects indices in order from :attr:`next_chunk`
-    (set it with :meth:`expect_chunk` at a new answer or a resume) and refuses a replayed,
-    dropped or reordered one (``CHUNK_OUT_OF_ORDER``), or one whose AAD is not ``chunk_<i>``.
+    Sending: :meth:`seal_message` numbers messages from 0 (AAD ``message_<n>``). Receiving
+    messages (the host): :meth:`open_message` takes only counters that increase, so a
+    message recorded and sent again is refused (``MESSAGE_REPLAYED``).
+
+    Receiving chunks (the client): :meth:`open_chunk` expects indices in order from
+    :attr:`next_chunk` (set it with :meth:`expect_chunk` at a new answer or a resume) and
+    refuses a replayed, dropped or reordered one (``CHUNK_OUT_OF_ORDER``), or one whose
+    AAD is not ``chunk_<i>``. The AAD restarts at 0 with every answer, so it cannot tell
+    chunk 3 of answer 1 from chunk 3 of answer 2; every chunk has a fresh random nonce,
+    though, so the cipher remembers the nonce of every chunk and final frame it opened
+    and refuses one it has seen (``CHUNK_REPLAYED``): a relay cannot play an earlier
+    answer, or part of it, as a new one.
+
+    That memory is bounded, and the bound is safe because it covers the key's whole life:
+    a relay can only replay frames sealed under this key (anything else does not
+    decrypt), and this key is used for at most :attr:`max_chunks` frames. Past
+    ``max_chunks // 2`` the key is :attr:`spent`: the client closes the socket when the
+    answer ends, and the next prompt goes on a new socket with a fresh key (a re-init,
+    which hosts accept for the same session, history kept); an answer that reaches
+    ``max_chunks`` on one key is refused (``SESSION_KEY_EXHAUSTED``) rather than forgetting
+    a nonce. So a key's memory holds at most 65,536 nonces (about 6 MB), and a socket is
+    retired after the answer during which its key passed 32,768 frames.
+
+    Truncation: :meth:`open_final` authenticates the finish reason, and :meth:`open_count`
+    the number of chunks the host sent, when the host puts that count in its final frame
+    (the ``chunk_count`` extension of the reference host; the transport checks it when the
+    host announced it). Deployed nodes send no count: against them a relay that drops the
+    last chunks of an answer and forwards the final frames cannot be detected.
     """
 
-    __slots__ = ("key", "messages_sent", "next_chunk")
+    __slots__ = ("key", "last_message", "messages_sent", "next_chunk", "seen")
+
+    max_chunks = 1 << 16
+    """The most chunk and final frames one key carries (see above)."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
             raise EncryptionError("a session key is 32 bytes")
         self.key = key
         self.messages_sent = 0
+        self.last_message = -1  # the host side: the counter of the last message opened
         self.next_chunk = 0
+        self.seen: set[bytes] = set()
+        """Nonces of the chunks and final frames opened under this key."""
+
+    @property
+    def spent(self) -> bool:
+        """This key carried half of :attr:`max_chunks`: use a fresh one for the next answer."""
+        return len(self.seen) >= self.max_chunks // 2
 
     def seal_message(self, body: str) -> dict[str, str]:
         """An ``encrypted_message`` payload for ``body`` (UTF-8 JSON text)."""
@@ -509,10 +565,25 @@ class SessionCipher:
         return _seal(self.key, body.encode(), aad)
 
     def open_message(self, payload: Any) -> str:
-        """The host side: decrypt with the AAD the client sent (as deployed nodes do)."""
+        """The host side: decrypt with the AAD the client sent (as deployed nodes do), which
+        must be ``message_<n>`` with ``n`` above that of every earlier message under this
+        key (clients count from 0 after each init). Else ``MESSAGE_REPLAYED``: a recorded
+        message sent again, whose answer the client's job would pay for."""
         aad_hex = payload.get("aadHex") if isinstance(payload, Mapping) else None
         aad = _unhex(aad_hex, "aadHex") if aad_hex else b""
-        return _decode(_open(self.key, payload, aad, "encrypted message"), "encrypted message")
+        text = _decode(_open(self.key, payload, aad, "encrypted message"), "encrypted message")
+        counter = _MESSAGE_AAD.fullmatch(aad)
+        number = int(counter.group(1)) if counter is not None else None
+        if number is None or number <= self.last_message:
+            said = "has no message_<n> counter" if number is None else f"is message_{number}"
+            raise MessageReplayError(
+                f"the encrypted message {said}, and this session key already carried "
+                f"message_{self.last_message}: counters must increase (a replayed message "
+                "is not run)",
+                details={"counter": number, "last": self.last_message},
+            )
+        self.last_message = number
+        return text
 
     def seal_chunk(self, text: str, index: int) -> dict[str, Any]:
         """An ``encrypted_chunk`` payload: the token's raw text, AAD ``chunk_<index>``."""
@@ -524,11 +595,12 @@ class SessionCipher:
         self.next_chunk = index
 
     def open_chunk(self, payload: Any) -> str:
-        """Decrypt the next chunk of the answer (its index must be :attr:`next_chunk`).
+        """Decrypt the next chunk of the answer (its index must be :attr:`next_chunk`, its
+        nonce new under this key).
 
         This runs once per token: a well-formed chunk takes a short path (the same checks,
-        fewer calls); anything else goes through :meth:`_open_chunk_checked`, which names
-        what failed.
+        fewer calls; the replay check is one set lookup and one insert); anything else goes
+        through :meth:`_open_chunk_checked`, which names what failed.
         """
         expected = self.next_chunk
         if type(payload) is dict:
@@ -544,16 +616,19 @@ class SessionCipher:
             ):
                 aad = b"chunk_%d" % index
                 aad_hex = payload.get("aadHex")
-                if aad_hex is None or aad_hex == aad.hex():
+                seen = self.seen
+                if (aad_hex is None or aad_hex == aad.hex()) and len(seen) < self.max_chunks:
                     try:
-                        text = _aead_open(
-                            bytes.fromhex(ciphertext_hex), aad, bytes.fromhex(nonce_hex), self.key
-                        ).decode("utf-8")
+                        nonce = bytes.fromhex(nonce_hex)
+                        if nonce not in seen:
+                            text = _aead_open(
+                                bytes.fromhex(ciphertext_hex), aad, nonce, self.key
+                            ).decode("utf-8")
+                            seen.add(nonce)
+                            self.next_chunk = expected + 1
+                            return text
                     except (ValueError, TypeError, nacl.exceptions.CryptoError):
                         pass  # the checked path says what failed
-                    else:
-                        self.next_chunk = expected + 1
-                        return text
         return self._open_chunk_checked(payload)
 
     def _open_chunk_checked(self, payload: Any) -> str:
@@ -575,16 +650,114 @@ class SessionCipher:
                 f"encrypted chunk {index} is bound to another position (its AAD)",
                 details={"index": index, "expected": expected},
             )
-        text = _decode(_open(self.key, payload, aad, f"encrypted chunk {index}"), "chunk")
+        text = _decode(self._open_once(payload, aad, f"encrypted chunk {index}"), "chunk")
         self.next_chunk = expected + 1
         return text
+
+    def _open_once(self, payload: Any, aad: bytes, what: str) -> bytes:
+        """Open a frame whose nonce must be new under this key, and remember the nonce."""
+        if not isinstance(payload, Mapping):
+            raise MissingPayloadError(
+                f"the {what} has no payload object", details={"field": "payload"}
+            )
+        nonce = _unhex(payload.get("nonceHex"), "nonceHex")
+        if nonce in self.seen:
+            raise ChunkReplayError(
+                f"the {what} was already received under this session key: a frame of an "
+                "earlier answer played again (a relay on the way?)",
+                details={"what": what, "index": payload.get("index")},
+            )
+        if len(self.seen) >= self.max_chunks:
+            raise SessionKeyExhaustedError(
+                f"this session key carried {len(self.seen)} frames, the most the client "
+                "remembers for replay checks; the answer is refused. Ask again: the next "
+                "answer runs on a fresh session key",
+                details={"max_chunks": self.max_chunks},
+            )
+        plaintext = _open(self.key, payload, aad, what)
+        self.seen.add(nonce)
+        return plaintext
 
     def seal_final(self, finish_reason: str) -> dict[str, str]:
         """The ``encrypted_response`` payload (the finish reason)."""
         return _seal(self.key, finish_reason.encode(), FINAL_AAD)
 
     def open_final(self, payload: Any) -> str:
-        return _decode(_open(self.key, payload, FINAL_AAD, "encrypted response"), "response")
+        """The finish reason of an ``encrypted_response`` (its nonce new under this key)."""
+        return _decode(self._open_once(payload, FINAL_AAD, "encrypted response"), "response")
+
+    def seal_count(self, chunks: int) -> dict[str, str]:
+        """The sealed chunk count of an answer (``chunk_count`` extension): the number of
+        ``encrypted_chunk`` frames the answer had, final empty chunk included."""
+        return _seal(self.key, str(chunks).encode(), COUNT_AAD)
+
+    def open_count(self, payload: Any) -> int:
+        """The chunk count sealed by :meth:`seal_count` (its nonce new under this key)."""
+        text = _decode(self._open_once(payload, COUNT_AAD, "chunk count"), "chunk count")
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            raise InvalidEncryptedPayloadError(
+                "the sealed chunk count is not a number", details={"field": "count"}
+            )
+        return int(text)
+
+    def check_count(self, payload: Any) -> None:
+        """Raise ``ANSWER_TRUNCATED`` unless the sealed count equals the chunks opened."""
+        count = self.open_count(payload)
+        if count != self.next_chunk:
+            raise AnswerTruncatedError(
+                f"the host sealed {count} chunks for this answer and {self.next_chunk} "
+                "arrived: chunks were dropped on the way (the answer is refused)",
+                details={"sealed_count": count, "received": self.next_chunk},
+            )
+
+
+class SessionKeyLedger:
+    """The host side: the session keys this process has accepted, so that a recorded
+    ``encrypted_session_init`` sent again (on any socket) is refused
+    (``SESSION_KEY_REUSED``) instead of re-opening the victim's session and billing its
+    job. Clients make a fresh random key for every init, so a key seen again is a replay.
+
+    Only a 16-byte digest of each key is kept (never the key). Memory is bounded: at most
+    ``max_used`` keys that carried a message and ``max_idle`` keys that did not (a flood
+    of inits pushes out only keys that carried nothing, whose replay would bill nothing).
+    Pushing a used key out takes ``max_used`` newer keys that each carried a prompt, and
+    every prompt counts against the host's rate limit. Full, the defaults take about 10 MB.
+
+    >>> ledger = SessionKeyLedger()
+    >>> ledger.claim(b"k" * 32), ledger.claim(b"k" * 32)
+    (True, False)
+    """
+
+    def __init__(self, max_used: int = 1 << 16, max_idle: int = 1 << 12) -> None:
+        self.max_used = max_used
+        self.max_idle = max_idle
+        self._used: OrderedDict[bytes, None] = OrderedDict()
+        self._idle: OrderedDict[bytes, None] = OrderedDict()
+
+    @staticmethod
+    def _digest(key: bytes) -> bytes:
+        return hashlib.blake2b(key, digest_size=16, person=b"fabstir-sesskey").digest()
+
+    def claim(self, key: bytes) -> bool:
+        """Record a key from an init; ``False`` if it was seen before (refuse the init)."""
+        digest = self._digest(key)
+        if digest in self._used or digest in self._idle:
+            return False
+        self._idle[digest] = None
+        while len(self._idle) > self.max_idle:
+            self._idle.popitem(last=False)
+        return True
+
+    def used(self, key: bytes) -> None:
+        """The key carried a message: keep it among the keys that matter most."""
+        digest = self._digest(key)
+        self._idle.pop(digest, None)
+        self._used[digest] = None
+        while len(self._used) > self.max_used:
+            self._used.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._used) + len(self._idle)
 
 
 def _decode(data: bytes, what: str) -> str:

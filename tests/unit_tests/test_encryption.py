@@ -17,11 +17,14 @@ from coincurve import PrivateKey, PublicKey
 from eth_utils import keccak, to_checksum_address
 
 from langchain_fabstir.errors import (
+    AnswerTruncatedError,
     ChunkOrderError,
+    ChunkReplayError,
     DecryptionFailedError,
     EncryptionError,
     InvalidHexError,
     InvalidNonceSizeError,
+    MessageReplayError,
     MissingPayloadError,
 )
 from langchain_fabstir.wire import encryption as enc
@@ -213,3 +216,51 @@ def test_challenge_route_recovers_the_host_key() -> None:
     pub = PublicKey.from_signature_and_message(sig, hashlib.sha256(challenge).digest(), hasher=None)
     assert pub.format() == HOST.public_key.format()
     assert enc.recover_challenge_key(challenge, answer) == enc.host_public_key(HOST)
+
+
+def test_a_chunk_nonce_is_refused_the_second_time_under_a_key() -> None:
+    """A chunk of answer 1 at the same index of answer 2 (the AAD cannot tell them apart)
+    and a replayed final frame are refused, whichever path (short or checked) opens them;
+    an uppercase copy of the nonce is the same nonce."""
+    key = bytes(range(32))
+    host, client = enc.SessionCipher(key), enc.SessionCipher(key)
+    first = host.seal_chunk("one", 0)
+    final = host.seal_final("stop")
+    assert client.open_chunk(first) == "one" and client.open_final(final) == "stop"
+    for replay in (first, dict(first, nonceHex=first["nonceHex"].upper()), {**first, "x": 1}):
+        client.expect_chunk(0)
+        with pytest.raises(ChunkReplayError):
+            client.open_chunk(replay)
+    with pytest.raises(ChunkReplayError):
+        client.open_final(final)
+    count = host.seal_count(3)
+    client.expect_chunk(2)
+    with pytest.raises(AnswerTruncatedError):
+        client.check_count(count)
+
+
+def test_message_counters_must_increase_under_a_key() -> None:
+    key = bytes(range(32))
+    client, host = enc.SessionCipher(key), enc.SessionCipher(key)
+    m0, m1 = client.seal_message("a"), client.seal_message("b")
+    assert host.open_message(m1) == "b"
+    for replay in (m1, m0):
+        with pytest.raises(MessageReplayError):
+            host.open_message(replay)
+    unnumbered = enc._seal(key, b"c", b"")
+    with pytest.raises(MessageReplayError):
+        host.open_message(unnumbered)
+    assert host.open_message(client.seal_message("d")) == "d"
+
+
+def test_a_flood_of_inits_does_not_push_out_a_key_that_carried_a_prompt() -> None:
+    ledger = enc.SessionKeyLedger(max_used=4, max_idle=2)
+    victim = b"v" * 32
+    assert ledger.claim(victim)
+    ledger.used(victim)
+    for i in range(100):  # inits that never carry a message
+        assert ledger.claim(i.to_bytes(32, "big"))
+    assert not ledger.claim(victim) and len(ledger) == 3
+    for i in range(4):  # keys that carried a prompt do push it out, in order
+        ledger.used((1000 + i).to_bytes(32, "big"))
+    assert ledger.claim(victim)
