@@ -393,7 +393,7 @@ class _Chat:
 def system_prompt(value: str | None) -> str | None:
     """``--system``: the text itself, or ``@FILE`` for a file's content."""
     if value is not None and value.startswith("@"):
-        return read_secret_file(value[1:], "system prompt file")
+        return read_secret_file(value[1:], "system prompt file", private=False)
     return value
 
 
