@@ -10,7 +10,10 @@
   leaves the process, and is never in a ``repr`` or a log), nonce from the pending count under a
   lock (two payments from one client never share a nonce), gas estimated first so a revert is
   found *before* anything is sent (``TRANSACTION_REVERTED`` with the contract's reason), the
-  balance checked against value + gas (``INSUFFICIENT_FUNDS``), the receipt's status checked.
+  balance checked against value + gas (``INSUFFICIENT_FUNDS``), the receipt's status checked;
+- the RPC URL may carry credentials (``user:pass@``, a provider's key in the path or query):
+  it is shown redacted everywhere (``repr``, error messages and ``details``, logs), and
+  web3.py's own loggers only ever see the redacted form (see :class:`_RedactingProvider`).
 
 >>> from langchain_fabstir.chain.config import BASE_SEPOLIA
 >>> client = ChainClient(BASE_SEPOLIA, private_key="0x" + "11" * 32)
@@ -32,6 +35,7 @@ import aiohttp
 from eth_account import Account
 from pydantic import SecretStr
 from web3 import AsyncWeb3
+from web3._utils.batching import sort_batch_response_by_response_ids
 from web3.exceptions import (
     ContractLogicError,
     ProviderConnectionError,
@@ -41,6 +45,7 @@ from web3.exceptions import (
 )
 from web3.providers.rpc import AsyncHTTPProvider
 
+from langchain_fabstir._redact import SecretUrl, redact_text
 from langchain_fabstir.chain.abi import (
     ERC20_ABI,
     JOB_MARKETPLACE_ABI,
@@ -78,6 +83,70 @@ def _reason(exc: BaseException) -> str:
 
 def _is_funds(exc: BaseException) -> bool:
     return "insufficient funds" in str(exc).lower()
+
+
+class _TransportError(aiohttp.ClientError):
+    """A failed HTTP exchange with the RPC, its text already redacted."""
+
+
+class _RedactingProvider(AsyncHTTPProvider):
+    """web3.py's ``AsyncHTTPProvider`` that never hands the RPC URL's secret to web3.py.
+
+    web3.py logs ``endpoint_uri`` at DEBUG (``web3.providers.AsyncHTTPProvider``, and its
+    session cache, ``web3._utils.http_session_manager``) and shows it in ``str(provider)``.
+    Here ``endpoint_uri`` is the *redacted* URL; requests are posted to the real one by this
+    provider over its own aiohttp session (web3.py's session cache, which logs the URL it is
+    given, is not used), and a failed exchange is re-raised as a :class:`_TransportError`
+    whose text is redacted (aiohttp's errors quote the URL). aiohttp itself logs no URLs.
+    """
+
+    def __init__(self, url: SecretUrl, timeout: float) -> None:
+        super().__init__(
+            url.redacted,
+            request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
+            exception_retry_configuration=None,
+        )
+        self._url = url
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            # As web3.py does: a fresh connection per request (no stale keep-alive sockets).
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._session_loop = loop
+        return self._session
+
+    async def _post(self, data: bytes) -> bytes:
+        url = self._url.get_secret_value()
+        try:
+            session = self._client_session()
+            async with session.post(url, data=data, **self.get_request_kwargs()) as response:
+                if response.status >= 400:
+                    raise _TransportError(f"HTTP {response.status} {response.reason or ''}")
+                return await response.read()
+        except _TransportError:
+            raise
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise _TransportError(redact_text(text, url)) from None
+
+    async def make_request(self, method: Any, params: Any) -> Any:
+        self.logger.debug("RPC request %s to %s", method, self.endpoint_uri)
+        return self.decode_rpc_response(await self._post(self.encode_rpc_request(method, params)))
+
+    async def make_batch_request(self, batch_requests: Any) -> Any:
+        raw = await self._post(self.encode_batch_rpc_request(batch_requests))
+        response = self.decode_rpc_response(raw)
+        if not isinstance(response, list):
+            return response
+        return sort_batch_response_by_response_ids(response)
+
+    async def disconnect(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
 
 
 class ChainClient:
@@ -123,12 +192,7 @@ class ChainClient:
                 )
             self._key = SecretStr(secret.get_secret_value().strip())
             self.address = str(Account.from_key(self._key.get_secret_value()).address)
-        provider = AsyncHTTPProvider(
-            config.rpc_url,
-            request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
-            exception_retry_configuration=None,
-        )
-        self.w3: Any = AsyncWeb3(provider)
+        self.w3: Any = AsyncWeb3(_RedactingProvider(config.rpc_url, request_timeout))
         eth: Any = self.w3.eth
         self.node_registry: Any = eth.contract(address=config.node_registry, abi=NODE_REGISTRY_ABI)
         self.model_registry: Any = eth.contract(
@@ -143,9 +207,17 @@ class ChainClient:
 
     def __repr__(self) -> str:
         return (
-            f"ChainClient(chain_id={self.config.chain_id}, rpc_url={self.config.rpc_url!r}, "
+            f"ChainClient(chain_id={self.config.chain_id}, rpc_url={self.rpc_url!r}, "
             f"address={self.address!r})"
         )
+
+    @property
+    def rpc_url(self) -> str:
+        """The RPC URL as it may be shown: credentials redacted (never the secret)."""
+        return self.config.rpc_url.redacted
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, self.config.rpc_url.get_secret_value())
 
     def token_contract(self, address: str) -> Any:
         """An ERC-20 contract at ``address``."""
@@ -154,7 +226,7 @@ class ChainClient:
     # --- bounded requests -----------------------------------------------------------
 
     def _details(self, **extra: Any) -> dict[str, Any]:
-        return {"rpc_url": self.config.rpc_url, "chain_id": self.config.chain_id, **extra}
+        return {"rpc_url": self.rpc_url, "chain_id": self.config.chain_id, **extra}
 
     async def _rpc(self, awaitable: Awaitable[T], what: str) -> T:
         """Await one RPC request with its bound, turning failures into typed errors."""
@@ -163,29 +235,35 @@ class ChainClient:
         except FabstirError:
             raise
         except ContractLogicError as exc:
-            reason = _reason(exc)
+            reason = self._redact(_reason(exc))
             raise TransactionRevertedError(
                 f"{what}: reverted by the contract: {reason}",
                 details=self._details(reason=reason),
             ) from None
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ProviderConnectionError) as exc:
+            if isinstance(exc, _TransportError):
+                detail = str(exc)
+            else:
+                detail = self._redact(f"{type(exc).__name__}: {exc or 'timed out'}")
             raise ChainUnavailableError(
-                f"{what}: the chain RPC {self.config.rpc_url} did not answer "
-                f"({type(exc).__name__}: {exc or 'timed out'}); check the URL or try later",
+                f"{what}: the chain RPC {self.rpc_url} did not answer "
+                f"({detail}); check the URL or try later",
                 details=self._details(),
             ) from None
         except Web3RPCError as exc:
             if _is_funds(exc):
                 raise InsufficientFundsError(
-                    f"{what}: {self.address} cannot pay: {_reason(exc)}",
+                    f"{what}: {self.address} cannot pay: {self._redact(_reason(exc))}",
                     details=self._details(),
                 ) from None
             raise ChainError(
-                f"{what}: the RPC refused: {_reason(exc)}", details=self._details()
+                f"{what}: the RPC refused: {self._redact(_reason(exc))}",
+                details=self._details(),
             ) from None
         except (Web3Exception, ValueError, TypeError) as exc:
             raise ChainError(
-                f"{what}: unexpected answer from the chain: {type(exc).__name__}: {exc}",
+                f"{what}: unexpected answer from the chain: "
+                + self._redact(f"{type(exc).__name__}: {exc}"),
                 details=self._details(),
             ) from None
 
@@ -196,7 +274,7 @@ class ChainClient:
         chain_id = await self._rpc(self.w3.eth.chain_id, "reading the chain id")
         if int(chain_id) != self.config.chain_id:
             raise WrongChainError(
-                f"the RPC {self.config.rpc_url} serves chain {chain_id}, "
+                f"the RPC {self.rpc_url} serves chain {chain_id}, "
                 f"not {self.config.chain_id} as configured; nothing was sent",
                 details=self._details(rpc_chain_id=int(chain_id)),
             )
@@ -272,7 +350,7 @@ class ChainClient:
             )
         receipt = await self._receipt(tx_hash, what)
         if int(receipt["status"]) != 1:
-            reason = await self._replay_reason(tx, int(receipt["blockNumber"]))
+            reason = self._redact(await self._replay_reason(tx, int(receipt["blockNumber"])))
             raise TransactionRevertedError(
                 f"{what}: transaction {tx_hash.hex()} reverted: {reason}",
                 details=self._details(tx_hash=tx_hash.hex(), reason=reason),

@@ -7,8 +7,12 @@ names a file, ``FABSTIR_RPC_URL`` overrides the RPC endpoint).
 >>> BASE_SEPOLIA.chain_id, BASE_SEPOLIA.node_registry
 (84532, '0x8BC0Af4aAa2dfb99699B1A24bA85E507de10Fd22')
 >>> cfg = BASE_SEPOLIA.model_copy(update={"rpc_url": "http://127.0.0.1:8545"})
->>> cfg.rpc_url
-'http://127.0.0.1:8545'
+>>> cfg.rpc_url == "http://127.0.0.1:8545"
+True
+>>> BASE_SEPOLIA.model_copy(  # doctest: +ELLIPSIS
+...     update={"rpc_url": "https://u:pw@rpc.example/v2/0123456789abcdef0123"}
+... )
+ChainConfig(rpc_url=SecretUrl('https://***@rpc.example/v2/***'), chain_id=84532, ...)
 >>> ChainConfig.from_env({"FABSTIR_RPC_URL": "https://rpc.example"}).job_marketplace
 '0xD067719Ee4c514B5735d1aC0FfB46FECf2A9adA4'
 >>> try:
@@ -27,8 +31,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from eth_utils import is_address, to_checksum_address
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import Self
 
+from langchain_fabstir._redact import SecretUrl
 from langchain_fabstir.errors import InvalidRequestError
 
 __all__ = [
@@ -53,6 +59,16 @@ def _checksum(value: str) -> str:
 Address = Annotated[str, AfterValidator(_checksum)]
 
 
+def _not_empty(value: SecretUrl) -> SecretUrl:
+    if not value.get_secret_value().strip():
+        raise ValueError("the RPC URL is empty")
+    return value
+
+
+RpcUrl = Annotated[SecretUrl, AfterValidator(_not_empty)]
+_RPC_URL: TypeAdapter[SecretUrl] = TypeAdapter(RpcUrl)
+
+
 class SessionTerms(BaseModel):
     """The terms a paid session job is created with (the SDK's defaults).
 
@@ -72,15 +88,19 @@ class SessionTerms(BaseModel):
 class ChainConfig(BaseModel):
     """One chain and the Fabstir contracts on it.
 
-    Fields: ``rpc_url`` (JSON-RPC over http(s)), ``chain_id`` (checked against the RPC before
-    anything is sent), the contract addresses ``job_marketplace``, ``node_registry``,
-    ``model_registry``, ``usdc`` (checksummed on load), ``terms`` (:class:`SessionTerms`) and
-    ``confirmations`` (blocks to wait after a transaction is mined; 0 on a dev chain).
+    Fields: ``rpc_url`` (JSON-RPC over http(s); a
+    :class:`~langchain_fabstir._redact.SecretUrl`: it may carry credentials, so ``repr``,
+    ``str`` and JSON show it redacted, ``rpc_url.get_secret_value()`` is the URL; it still
+    compares equal to the plain string, and ``rpc_url=`` takes a ``str``), ``chain_id``
+    (checked against the RPC before anything is sent), the contract addresses
+    ``job_marketplace``, ``node_registry``, ``model_registry``, ``usdc`` (checksummed on
+    load), ``terms`` (:class:`SessionTerms`) and ``confirmations`` (blocks to wait after a
+    transaction is mined; 0 on a dev chain).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rpc_url: str = Field(min_length=1, description="JSON-RPC endpoint (http:// or https://).")
+    rpc_url: RpcUrl = Field(description="JSON-RPC endpoint (http:// or https://).")
     chain_id: int = Field(gt=0, description="The chain id the RPC must report.")
     job_marketplace: Address = Field(description="JobMarketplace contract.")
     node_registry: Address = Field(description="NodeRegistry contract.")
@@ -88,6 +108,13 @@ class ChainConfig(BaseModel):
     usdc: Address = Field(description="The USDC (ERC-20, 6 decimals) contract.")
     terms: SessionTerms = Field(default_factory=SessionTerms, description="Session job terms.")
     confirmations: int = Field(default=0, ge=0, le=64, description="Blocks to wait after mining.")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied; an ``rpc_url`` given as a ``str`` is validated
+        and kept as a secret like one given to the constructor."""
+        if update and "rpc_url" in update:
+            update = {**update, "rpc_url": _RPC_URL.validate_python(update["rpc_url"])}
+        return super().model_copy(update=update, deep=deep)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "chain config") -> ChainConfig:

@@ -40,7 +40,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from langchain_fabstir.cli._common import CliError
+from langchain_fabstir.cli._common import CliError, terminal_text
 from langchain_fabstir.cli.chat import add_chat_parser
 from langchain_fabstir.cli.host import add_host_parser, add_portal_parser, serve_host, serve_portal
 from langchain_fabstir.cli.hosts import add_hosts_parser
@@ -180,6 +180,13 @@ def _expected() -> tuple[type[BaseException], ...]:
     return (CliError, FabstirError, EngineError)
 
 
+class _TerminalFormatter(logging.Formatter):
+    """Log lines (which may quote a peer) without control characters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_text(super().format(record))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fabstir`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = _parser()
@@ -187,22 +194,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     if args.command == "host" and args.engine == "openai" and not args.upstream:
         parser.error("--engine openai needs --upstream URL")
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_TerminalFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     try:
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
         if debug:
-            traceback.print_exc()
+            sys.stderr.write(terminal_text(traceback.format_exc()))
         print(f"fabstir {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
     except _expected() as exc:
         if debug:
-            traceback.print_exc()
+            sys.stderr.write(terminal_text(traceback.format_exc()))
         code = exc.exit_code if isinstance(exc, CliError) else 1
-        text = " ".join(str(exc).split())  # one line (a FabstirError: with its code)
+        # one line (a FabstirError: with its code); a peer's text without control characters
+        text = " ".join(terminal_text(str(exc)).split())
         print(f"fabstir {args.command}: {text}", file=sys.stderr, flush=True)
         return code
 

@@ -1,9 +1,12 @@
-"""What every ``fabstir`` command shares: the one-line error, secrets read from files."""
+"""What every ``fabstir`` command shares: the one-line error, secrets read from files,
+peer text made safe for the terminal."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import stat
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "read_secret_file",
     "read_seed",
     "s5_options",
+    "terminal_text",
     "user_key",
     "write_private",
 ]
@@ -30,17 +34,63 @@ __all__ = [
 
 class CliError(Exception):
     """An expected failure: ``main`` prints ``fabstir <command>: <message>`` (one line, on
-    stderr) and exits with ``exit_code``; ``--debug`` adds the traceback."""
+    stderr) and exits with ``exit_code``; ``--debug`` adds the traceback. With a ``code``
+    (stable, machine-readable) the message reads ``[CODE] message``."""
 
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, exit_code: int = 1, code: str | None = None) -> None:
+        super().__init__(f"[{code}] {message}" if code else message)
         self.exit_code = exit_code
+        self.code = code
 
 
-def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
-    """The stripped text of a secret file (``CliError`` naming ``what`` if unreadable)."""
+UNPROTECTED_KEY_FILE = "UNPROTECTED_KEY_FILE"
+"""The code of a key or seed file others may read (refused, as ssh refuses such a key)."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_text(text: str) -> str:
+    r"""``text`` safe to write to a terminal: every C0 and C1 control character (ESC, CSI,
+    BEL, CR, backspace...) and DEL removed; newline and tab kept.
+
+    Everything a peer sends (a host's answer tokens, error messages, model names, host
+    URLs and names from registries or the chain) goes through this before the CLI prints
+    it, so no escape sequence reaches the terminal: no clipboard write (OSC 52), no window
+    title (OSC 0), no screen clear, no query the terminal would answer into stdin
+    (``ESC[6n``), no carriage return to overwrite the status line with a forged one. A
+    sequence split across two tokens is harmless too: its ESC (or CSI) is dropped wherever
+    it falls, and what remains is printable text.
+
+    >>> terminal_text("ok\x1b]52;c;ZXZpbA==\x07 \x1b[2J\rfake\x9b6n\tdone\n")
+    'ok]52;c;ZXZpbA== [2Jfake6n\tdone\n'
+    """
+    # (a control character is never printable: most tokens take the fast path)
+    return text if text.isprintable() else _CONTROL.sub("", text)
+
+
+def _refuse_loose(fd: int, path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a secret file that group or others may read or write (as ssh does)."""
+    if os.name != "posix":  # mode bits mean nothing there
+        return
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o077:
+        where = os.fspath(path)
+        raise CliError(
+            f"{what} {where}: permissions {mode:04o} are too open (it is a secret: others "
+            f"must not read it); run: chmod 600 {where}",
+            code=UNPROTECTED_KEY_FILE,
+        )
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str, *, private: bool = True) -> str:
+    """The stripped text of a secret file (``CliError`` naming ``what`` if unreadable).
+
+    With ``private`` (keys, seed phrases) a file readable or writable by group or others is
+    refused (``UNPROTECTED_KEY_FILE``, with the ``chmod 600`` that fixes it)."""
     try:
         with open(path, encoding="utf-8") as fh:
+            if private:
+                _refuse_loose(fh.fileno(), path, what)
             text = fh.read(64 * 1024).strip()
     except OSError as exc:
         raise CliError(f"cannot read {what} {os.fspath(path)}: {exc.strerror}") from None
@@ -51,13 +101,16 @@ def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
     return text
 
 
-def read_host_key(path: str | None, *, env: str = "FABSTIR_HOST_KEY") -> SecretStr | None:
+def read_host_key(
+    path: str | None, *, env: str = "FABSTIR_HOST_KEY", strict: bool = True
+) -> SecretStr | None:
     """A secp256k1 key (hex) from ``path`` or the variable ``env``, checked, as a secret
-    (never printed: a bad key is reported without its value)."""
+    (never printed: a bad key is reported without its value). A file others may read is
+    refused unless ``strict`` is false (``keys show`` only warns)."""
     from langchain_fabstir.wire.encryption import parse_private_key
 
     if path is not None:
-        text, where = read_secret_file(path, "key file"), f"key file {path}"
+        text, where = read_secret_file(path, "key file", private=strict), f"key file {path}"
     else:
         text, where = os.environ.get(env, "").strip(), env
     if not text:
@@ -69,13 +122,16 @@ def read_host_key(path: str | None, *, env: str = "FABSTIR_HOST_KEY") -> SecretS
     return SecretStr(text)
 
 
-def read_seed(path: str | None, *, env: str = "FABSTIR_S5_SEED") -> SecretStr | None:
+def read_seed(
+    path: str | None, *, env: str = "FABSTIR_S5_SEED", strict: bool = True
+) -> SecretStr | None:
     """An S5 seed phrase from ``path`` or the variable ``env``, validated (15 words with
-    their checksum), as a secret."""
+    their checksum), as a secret. A file others may read is refused unless ``strict`` is
+    false."""
     from langchain_fabstir.s5 import S5Identity
 
     if path is not None:
-        text, where = read_secret_file(path, "seed file"), f"seed file {path}"
+        text, where = read_secret_file(path, "seed file", private=strict), f"seed file {path}"
     else:
         text, where = os.environ.get(env, "").strip(), env
     if not text:
@@ -158,7 +214,8 @@ def chain_config(args: argparse.Namespace, *, required: bool = False) -> ChainCo
     rpc = args.rpc_url or os.environ.get("FABSTIR_RPC_URL", "").strip()
     if rpc:
         if not rpc.startswith(("http://", "https://")):
-            raise CliError(f"--rpc-url {rpc!r} must be an http:// or https:// URL", exit_code=2)
+            # (the value is not echoed: it may hold credentials)
+            raise CliError("--rpc-url must be an http:// or https:// URL", exit_code=2)
         config = config.model_copy(update={"rpc_url": rpc})
     return config
 

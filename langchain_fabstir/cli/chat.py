@@ -43,6 +43,7 @@ from langchain_fabstir.cli._common import (
     read_secret_file,
     read_seed,
     s5_options,
+    terminal_text,
     user_key,
     write_private,
 )
@@ -139,6 +140,9 @@ class _Chat:
     # --- output -----------------------------------------------------------------------
 
     def say(self, text: str = "", *, dim: bool = False, end: str = "\n") -> None:
+        # Every line may hold host text (model names, URLs, history, errors): no control
+        # characters reach the terminal; our own dimming is added after.
+        text = terminal_text(text)
         if dim and self.tty:
             text = f"\x1b[2m{text}\x1b[0m"
         self.out.write(text + end)
@@ -255,7 +259,7 @@ class _Chat:
                         first.append(time.monotonic())
                     if not last:
                         last.append(s)
-                    self.out.write(piece)
+                    self.out.write(terminal_text(piece))  # host text: no escapes, no CR
                     self.out.flush()
 
         self.answer = asyncio.create_task(stream())
@@ -380,7 +384,7 @@ class _Chat:
                         await self.ask(line)
                 except FabstirError as exc:  # the session goes on: say it, one line
                     self.say()
-                    print(f"fabstir chat: {exc}", file=sys.stderr, flush=True)
+                    print(f"fabstir chat: {terminal_text(str(exc))}", file=sys.stderr, flush=True)
             await self.end()
         finally:
             loop.remove_signal_handler(signal.SIGINT)
@@ -389,7 +393,7 @@ class _Chat:
 def system_prompt(value: str | None) -> str | None:
     """``--system``: the text itself, or ``@FILE`` for a file's content."""
     if value is not None and value.startswith("@"):
-        return read_secret_file(value[1:], "system prompt file")
+        return read_secret_file(value[1:], "system prompt file", private=False)
     return value
 
 

@@ -14,7 +14,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from langchain_fabstir.cli._common import CliError, read_host_key, read_seed, s5_options
+from langchain_fabstir.cli._common import (
+    CliError,
+    read_host_key,
+    read_seed,
+    s5_options,
+    terminal_text,
+)
 
 __all__ = ["add_host_parser", "add_portal_parser", "gguf_models"]
 
@@ -155,7 +161,8 @@ async def serve_host(args: argparse.Namespace) -> None:
             await host.start()
         except OSError as exc:
             raise _listen_error(exc, args.bind, args.port) from exc
-        print(_summary(host, engine), file=sys.stderr, flush=True)
+        # (an upstream's model names are peer text)
+        print(terminal_text(_summary(host, engine)), file=sys.stderr, flush=True)
         try:
             await _ready_until_signal(host.url)
         finally:

@@ -25,7 +25,13 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from langchain_fabstir.cli._common import CliError, add_chain_options, chain_config, money
+from langchain_fabstir.cli._common import (
+    CliError,
+    add_chain_options,
+    chain_config,
+    money,
+    terminal_text,
+)
 from langchain_fabstir.discovery import HostInfo
 
 if TYPE_CHECKING:
@@ -241,6 +247,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
+    body = [[terminal_text(cell) for cell in line] for line in body]  # peer text, all of it
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
@@ -256,7 +263,7 @@ async def hosts_command(args: argparse.Namespace) -> int:
     elif rows:
         print(_table(rows))
     else:
-        print(f"no host serves {args.model!r}" if args.model else "no hosts")
+        print(terminal_text(f"no host serves {args.model!r}" if args.model else "no hosts"))
     return 0
 
 

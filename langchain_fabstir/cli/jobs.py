@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -28,6 +29,7 @@ from langchain_fabstir.cli._common import (
     chain_config,
     money,
     read_host_key,
+    terminal_text,
     user_key,
 )
 
@@ -118,6 +120,9 @@ async def job_view(
 
 
 def _print_view(view: dict[str, Any]) -> None:
+    def print(line: str) -> None:  # what the chain says is peer text too
+        sys.stdout.write(terminal_text(line) + "\n")
+
     t = view["payment_token"]
     by = f" (by the {view['settled_by']})" if view["settled_by"] else ""
     print(f"job {view['job_id']}: {view['state']}{by}")

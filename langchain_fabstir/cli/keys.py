@@ -1,7 +1,10 @@
 """``fabstir keys new`` and ``fabstir keys show``: the secrets a user or a host needs.
 
 ``keys new`` writes two files, readable by their owner only (0600), into ``--dir``
-(default ``$FABSTIR_HOME`` or ``~/.fabstir``), and never replaces an existing one:
+(default ``$FABSTIR_HOME`` or ``~/.fabstir``), and never replaces an existing one. The
+directory is made with mode 0700; an existing one of yours that group or others may write
+to is tightened to 0700 (it says so), and a shared one (not yours, or sticky like /tmp) is
+refused: whoever can write to the directory could swap the key files.
 
 - ``s5.seed``: a new S5 seed phrase (15 words): the identity conversations and
   published checkpoints are stored under;
@@ -9,7 +12,10 @@
   host's key (``fabstir host --host-key-file``).
 
 Neither secret is printed unless ``--show`` is given; ``keys show`` prints only the
-public parts: the Ethereum address and the S5 portal account's public key.
+public parts: the Ethereum address and the S5 portal account's public key, and warns
+about a file others may read (the commands that use the keys, ``chat --key-file``,
+``chat --seed-file``, ``host --host-key-file``, ``jobs --key-file``, refuse such a file,
+as ssh refuses an unprotected private key: ``chmod 600 FILE`` fixes it).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +52,42 @@ def public_parts(directory: Path) -> dict[str, Any]:
     seed_path, eth_path = directory / SEED_FILE, directory / ETH_FILE
     out: dict[str, Any] = {"dir": str(directory), "address": None, "s5_public_key": None}
     if eth_path.exists():
-        key = read_host_key(str(eth_path))
+        key = read_host_key(str(eth_path), strict=False)
         assert key is not None
         out["address"] = Account.from_key(key.get_secret_value()).address
     if seed_path.exists():
-        seed = read_seed(str(seed_path))
+        seed = read_seed(str(seed_path), strict=False)
         assert seed is not None
         pair = S5Identity.from_phrase(seed.get_secret_value()).portal_account_key_pair()
         out["s5_public_key"] = "ed25519:" + bytes(pair.public_key).hex()
     if out["address"] is None and out["s5_public_key"] is None:
         raise CliError(f"no keys in {directory}: `fabstir keys new --dir {directory}` makes them")
     return out
+
+
+def private_dir(directory: Path) -> str | None:
+    """Make ``directory`` (0700), or tighten an existing one of the user's that group or
+    others may write to (to 0700); refuse (``CliError``) a shared one: not the user's, or
+    sticky (as /tmp). Returns what was changed, for the user to read (``None``: nothing)."""
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        directory.chmod(0o700)  # mkdir's mode is cut by the umask only: make it exact
+        return None
+    info = directory.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode):
+        raise CliError(f"{directory} is not a directory")
+    if not mode & 0o022:
+        return None
+    mine = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
+    if not mine or mode & stat.S_ISVTX:
+        raise CliError(
+            f"{directory} is a shared directory (mode {mode:04o}{'' if mine else ', not yours'})"
+            ": others could replace key files there; use a directory of your own "
+            "(`fabstir keys new` makes ~/.fabstir with mode 0700)"
+        )
+    directory.chmod(0o700)
+    return f"{directory} was writable by others (mode {mode:04o}): tightened to 0700"
 
 
 def keys_new(args: argparse.Namespace) -> int:
@@ -69,7 +101,7 @@ def keys_new(args: argparse.Namespace) -> int:
     if existing:
         raise CliError(f"{existing[0]} exists: not replacing a key (use another --dir)")
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        changed = private_dir(directory)
         phrase = generate_phrase()
         account = Account.create()
         key_hex = "0x" + bytes(account.key).hex()
@@ -80,6 +112,8 @@ def keys_new(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write keys in {directory}: {exc.strerror}") from exc
     parts = public_parts(directory)
+    if changed:
+        print(f"warning: {changed}", file=sys.stderr)
     if args.json:
         if args.show:
             parts = {**parts, "s5_seed": phrase, "eth_key": key_hex}
@@ -108,7 +142,10 @@ def keys_show(args: argparse.Namespace) -> int:
     print(f"address        {parts['address'] or '-'}")
     print(f"S5 public key  {parts['s5_public_key'] or '-'}")
     for name in loose:
-        print(f"warning: {directory / name} is readable by others: chmod 600 it")
+        print(
+            f"warning: {directory / name} is readable by others: chmod 600 {directory / name} "
+            "(chat, host and jobs refuse it until then)"
+        )
     return 0
 
 
@@ -125,8 +162,14 @@ def add_keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "new", parents=[common], help="write a new S5 seed phrase and Ethereum key (0600)"
     )
     show = what.add_parser("show", parents=[common], help="print the public parts")
+    new.add_argument(
+        "--dir",
+        help="where to write the key files ($FABSTIR_HOME, else ~/.fabstir): made with mode "
+        "0700; an existing one of yours writable by others is tightened to 0700, a shared one "
+        "(not yours, or sticky like /tmp) is refused",
+    )
+    show.add_argument("--dir", help="where the key files are ($FABSTIR_HOME, else ~/.fabstir)")
     for p in (new, show):
-        p.add_argument("--dir", help="where the key files are ($FABSTIR_HOME, else ~/.fabstir)")
         p.add_argument("--json", action="store_true", help="print JSON")
     new.add_argument(
         "--show", action="store_true", help="also print the secrets (seed phrase, key)"

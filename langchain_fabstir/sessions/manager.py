@@ -185,6 +185,17 @@ class SessionManager:
         )
         self._persistence = SessionPersistence(storage, self.config, emit=self._emit)
 
+    def __repr__(self) -> str:
+        # Credentials in URLs are redacted; the key never appears.
+        from langchain_fabstir._redact import redact_url
+
+        host = redact_url(self.default_host_url) if self.default_host_url else None
+        chain = self._payments.client if self._payments is not None else None
+        return (
+            f"SessionManager(host_url={host!r}, chain={chain!r}, "
+            f"user_address={self.user_address!r}, sessions={len(self._sessions)})"
+        )
+
     @property
     def discovery(self) -> HostDiscovery | None:
         """Where hosts come from when a session names none (``None``: no discovery)."""

@@ -233,6 +233,7 @@ def test_bad_key_and_bad_seed_files_are_named_not_shown(
     key.write_text("not-a-key-0123")
     seed = tmp_path / "seed"
     seed.write_text("fifteen words that are not a seed phrase at all " * 2)
+    key.chmod(0o600), seed.chmod(0o600)  # private, or refused before they are read
     assert main(["host", "--engine", "echo", "--host-key-file", str(key)]) == 1
     line = _one_line(capsys.readouterr().err)
     assert f"the key in key file {key} is not 32 bytes of hex" in line
