@@ -280,7 +280,7 @@ async def test_host_publishes_checkpoints_on_s5_and_says_so(
         assert summary == (
             "fabstir host at https://h.example.org (listening on "
             f"{url}); echo engine, models: echo (default echo); features: seed,"
-            "response_format,tools,resume,resume_token,checkpoints,encryption; "
+            "response_format,tools,resume,resume_token,checkpoints,encryption,chunk_count; "
             f"host address: {address}; checkpoints published on S5"
         )
         async with SessionManager(host_url=url) as manager:
