@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -13,7 +14,7 @@ from typing import Any, Literal, get_args
 
 import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from langchain_fabstir._host_http import (
@@ -121,7 +122,9 @@ class FabstirImageGenerationTool(BaseTool):
     (503, or no route there), ``IMAGE_GENERATION_FAILED`` (500: the sidecar failed),
     ``PROTOCOL_ERROR`` (not the node's shape, not an image, too large),
     ``RATE_LIMITED``, ``HOST_UNREACHABLE``, ``RESPONSE_TIMEOUT``. With
-    ``handle_tool_error=True`` an agent receives the error text instead.
+    ``handle_tool_error`` set, these become LangChain's ``ToolException`` (the typed
+    error as its ``__cause__``), so an agent receives the error text (``[CODE]
+    message``) as the tool's answer instead.
 
     Example::
 
@@ -202,7 +205,7 @@ class FabstirImageGenerationTool(BaseTool):
         seed: int | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return run_sync(self._generate(prompt, size, negative_prompt, seed))
+        return run_sync(self._agenerate(prompt, size, negative_prompt, seed))
 
     async def _arun(
         self,
@@ -212,7 +215,17 @@ class FabstirImageGenerationTool(BaseTool):
         seed: int | None = None,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return await self._generate(prompt, size, negative_prompt, seed)
+        return await self._agenerate(prompt, size, negative_prompt, seed)
+
+    async def _agenerate(
+        self, prompt: str, size: str | None, negative_prompt: str | None, seed: int | None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        try:
+            return await self._generate(prompt, size, negative_prompt, seed)
+        except FabstirError as exc:
+            if self.handle_tool_error:  # LangChain hands only ToolException to the agent
+                raise ToolException(str(exc)) from exc
+            raise
 
     # --- one image --------------------------------------------------------------------
 
@@ -256,6 +269,8 @@ class FabstirImageGenerationTool(BaseTool):
             image, metadata = await call_hosts(
                 hosts, one, max_retries=self.max_retries, discovery=self.discovery
             )
+        if self.output_dir is not None:  # file I/O off the event loop
+            return await asyncio.to_thread(self._output, image, metadata)
         return self._output(image, metadata)
 
     def _parse(self, answer: NodeAnswer, host: str) -> tuple[bytes, dict[str, Any]]:
