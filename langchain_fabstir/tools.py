@@ -80,7 +80,10 @@ class ImageGenerationInput(BaseModel):
     )
     negative_prompt: str | None = Field(default=None, description="What the image should not show.")
     seed: int | None = Field(
-        default=None, ge=0, description="A seed, for the same image again from the same prompt."
+        default=None,
+        ge=0,
+        lt=2**64,
+        description="A seed, for the same image again from the same prompt.",
     )
 
 

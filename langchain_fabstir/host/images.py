@@ -138,7 +138,7 @@ class ImageRoute:
         size = size or "1024x1024"
         steps = steps or 4
         guidance = body.get("guidanceScale")
-        model = body.get("model") or self.diffusion_model
+        model = self.diffusion_model if body.get("model") is None else body["model"]
         sidecar: dict[str, Any] = {
             "prompt": prompt,
             "model": model,
@@ -171,12 +171,14 @@ class ImageRoute:
                 "model": model,
                 "size": size,
                 "steps": steps,
-                "seed": body.get("seed") or 0,
+                "seed": 0 if body.get("seed") is None else body["seed"],
                 "processingTimeMs": elapsed,
                 "safety": {
                     "promptSafe": True,
                     "outputSafe": True,  # nodes do not check the output yet
-                    "safetyLevel": body.get("safetyLevel") or "strict",
+                    "safetyLevel": (
+                        "strict" if body.get("safetyLevel") is None else body["safetyLevel"]
+                    ),
                 },
                 "provider": "host",
                 "chainId": chain_id,

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from langchain_fabstir import FabstirSearchRetriever
+from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     ConnectionFailedError,
     InvalidRequestError,
@@ -346,6 +347,19 @@ async def test_failover_skips_dead_hosts_and_hosts_without_search(
     assert len(sidecar.requests) == 1
     with pytest.raises(ConnectionFailedError):
         await FabstirSearchRetriever(host_url=dead, max_retries=0).ainvoke("q")
+
+
+async def test_hosts_from_discovery(search_host: ReferenceHost, sidecar: Sidecar) -> None:
+    dead = _dead_url()
+    async with ReferenceHost(EchoEngine(), embedder=None) as bare:
+        hosts = [dead, bare.url, search_host.url]
+        async with HostDiscovery(hosts, use_env=False) as discovery:
+            retriever = FabstirSearchRetriever(discovery=discovery, k=1)
+            assert len(await retriever.ainvoke("discovered")) == 1
+            # A host without search is healthy (chat still works there): not reported.
+            assert {h.url for h in discovery.hosts if h.healthy} == {bare.url, search_host.url}
+            assert discovery.breaker(bare.url).failures == 0
+    assert len(sidecar.requests) == 1
 
 
 # --- the docs page and the README snippet run --------------------------------------------
