@@ -48,7 +48,8 @@ class SearchRoute:
     and turns each result into ``{"title", "url", "snippet": description,
     "publishedDate": age (when given), "source": "brave"}``. Like a node it caches
     answers by query (lower-cased, trimmed; ``cache_ttl`` seconds, ``cache_size``
-    entries, ``cached: true`` and ``searchTimeMs: 0`` on a hit), allows
+    entries, ``cached: true`` and ``searchTimeMs: 0`` on a hit; also at most
+    ``cache_max_bytes`` of result text, oldest out first), allows
     ``rate_limit_per_minute`` upstream searches (a token bucket: 429 ``Rate limited,
     retry after Ns`` beyond it), and answers 500 ``Provider unavailable: all`` when the
     search API fails: unreachable, an error status, not that JSON shape, slower than
@@ -65,6 +66,7 @@ class SearchRoute:
         max_upstream_bytes: int = 2 * 1024 * 1024,
         cache_ttl: float = 3600.0,
         cache_size: int = 1000,
+        cache_max_bytes: int = 16 * 1024 * 1024,
         rate_limit_per_minute: int = 60,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
@@ -72,7 +74,9 @@ class SearchRoute:
         self.max_upstream_bytes = max_upstream_bytes
         self.cache_ttl = cache_ttl
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+        self.cache_max_bytes = cache_max_bytes
+        self._cache: OrderedDict[str, tuple[float, list[dict[str, Any]], int]] = OrderedDict()
+        self._cache_bytes = 0
         self._rate = max(1, rate_limit_per_minute)
         self._tokens = float(self._rate)
         self._refilled = time.monotonic()
@@ -100,10 +104,16 @@ class SearchRoute:
         return entry[1]
 
     def _remember(self, key: str, results: list[dict[str, Any]]) -> None:
-        self._cache[key] = (time.monotonic(), results)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        size = len(key) + sum(len(v) + 64 for r in results for v in r.values())
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= old[2]
+        if size > self.cache_max_bytes:
+            return
+        self._cache[key] = (time.monotonic(), results, size)
+        self._cache_bytes += size
+        while len(self._cache) > self.cache_size or self._cache_bytes > self.cache_max_bytes:
+            self._cache_bytes -= self._cache.popitem(last=False)[1][2]
 
     # --- the route --------------------------------------------------------------------
 

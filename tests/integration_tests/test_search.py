@@ -248,6 +248,27 @@ async def test_the_hosts_rate_limit_is_a_typed_error(sidecar: Sidecar) -> None:
     assert len(sidecar.requests) == 2
 
 
+async def test_the_hosts_cache_is_bounded_in_bytes(sidecar: Sidecar) -> None:
+    async def fat(request: web.Request) -> web.StreamResponse:
+        results = brave_results(request.query["q"], 20)
+        for item in results["web"]["results"]:
+            item["description"] = "d" * 90_000  # 1.8 MB an answer, under the 2 MB read cap
+        return web.json_response(results)
+
+    sidecar.handler = fat
+    host = ReferenceHost(EchoEngine(), embedder=None)
+    host.search_route = SearchRoute(sidecar.url, cache_max_bytes=4 * 1024 * 1024)
+    async with host:
+        retriever = FabstirSearchRetriever(host_url=host.url, k=20, max_response_bytes=4 << 20)
+        for i in range(6):
+            await retriever.ainvoke(f"fat {i}")
+        route = host.search_route
+        assert route._cache_bytes <= 4 * 1024 * 1024 and len(route._cache) == 2
+        await retriever.ainvoke("fat 5")  # still cached
+        await retriever.ainvoke("fat 0")  # evicted: searched again
+    assert len(sidecar.requests) == 7
+
+
 # --- hostile hosts ----------------------------------------------------------------------
 
 
