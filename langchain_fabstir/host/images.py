@@ -84,8 +84,10 @@ class ImageRoute:
     ...``, ``steps must be between 1 and 100, got N``) or ``Blocked keyword detected:
     <keyword>``; 503 without a sidecar; 500 ``Image generation failed: <reason>`` when
     the sidecar fails, answers another shape, takes more than ``timeout`` seconds in
-    all (nodes: 120) or sends more than ``max_upstream_bytes``. Like a node it neither
-    checks nor re-encodes the image.
+    all (nodes: 120) or sends more than ``max_upstream_bytes``. At most
+    ``max_concurrent`` generations run at once (a bound of the reference host, invisible
+    in the protocol: it caps the memory held by answers in flight; the others wait, within the same
+    ``timeout``). Like a node it neither checks nor re-encodes the image.
     """
 
     def __init__(
@@ -95,11 +97,13 @@ class ImageRoute:
         diffusion_model: str = DEFAULT_DIFFUSION_MODEL,
         timeout: float = 120.0,
         max_upstream_bytes: int = 32 * 1024 * 1024,
+        max_concurrent: int = 4,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.diffusion_model = diffusion_model
         self.timeout = timeout
         self.max_upstream_bytes = max_upstream_bytes
+        self._slots = asyncio.Semaphore(max(1, max_concurrent))
         self.generated = 0
         """How many images were generated (tests read this)."""
 
@@ -154,9 +158,11 @@ class ImageRoute:
             sidecar["negative_prompt"] = body["negativePrompt"]
         started = time.monotonic()
         try:
-            image = await self._generate(sidecar)
+            image = await asyncio.wait_for(self._in_slot(sidecar), self.timeout)
         except UpstreamError as exc:
             return _error(500, f"Image generation failed: {exc}")
+        except (TimeoutError, asyncio.TimeoutError):  # waited for a slot all that time
+            return _error(500, f"Image generation failed: no answer within {self.timeout:g} s")
         elapsed = int((time.monotonic() - started) * 1000)
         units, megapixels = generation_units(size, steps)
         chain_id = body.get("chainId")
@@ -192,6 +198,10 @@ class ImageRoute:
                 },
             }
         )
+
+    async def _in_slot(self, sidecar: dict[str, Any]) -> str:
+        async with self._slots:
+            return await self._generate(sidecar)
 
     async def _generate(self, sidecar: dict[str, Any]) -> str:
         assert self.upstream is not None

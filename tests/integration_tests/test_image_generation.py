@@ -27,6 +27,7 @@ from langchain_fabstir.errors import (
     ProtocolError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.host.images import ImageRoute
 from tests.sidecars import LoopThread, Sidecar, diffusion_sidecar, png, read_png, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -284,6 +285,27 @@ async def test_a_huge_or_slow_sidecar_is_cut_off(
         await tool.ainvoke({"prompt": "slow"})
     assert time.monotonic() - started < 5.0
     release.set()
+
+
+async def test_generations_at_once_are_bounded(sidecar: Sidecar) -> None:
+    release = asyncio.Event()
+
+    async def stuck(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({"data": []})
+
+    sidecar.handler = stuck
+    host = ReferenceHost(EchoEngine(), embedder=None)
+    host.image_route = ImageRoute(sidecar.url, timeout=1.0, max_concurrent=1)
+    async with host:
+        tool = FabstirImageGenerationTool(host_url=host.url, max_retries=0)
+        results = await asyncio.gather(
+            tool.ainvoke({"prompt": "one"}), tool.ainvoke({"prompt": "two"}), return_exceptions=True
+        )
+        release.set()
+    assert all(isinstance(r, ImageGenerationError) for r in results)
+    assert all("no answer within 1 s" in str(r) for r in results)
+    assert len(sidecar.requests) == 1  # the second never reached the sidecar
 
 
 # --- hostile hosts ----------------------------------------------------------------------
