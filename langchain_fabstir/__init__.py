@@ -6,6 +6,8 @@ The main entry points:
   history, checkpoints, resume, export and share), async-first.
 - :class:`ChatFabstir`: a LangChain chat model over Fabstir sessions.
 - :class:`FabstirEmbeddings`: LangChain embeddings over hosts' ``/v1/embed``.
+- :class:`FabstirSearchRetriever` and :class:`FabstirImageGenerationTool`: web search
+  (``/v1/search``) as a retriever and image generation (``/v1/images/generate``) as a tool.
 - :class:`S5ChatMessageHistory`, :class:`S5CheckpointSaver` and :class:`S5Store`: memory
   on S5.
 - :class:`FabstirCheckpointHandler` / :func:`get_fabstir_checkpoint_callback`:
@@ -38,6 +40,7 @@ from langchain_fabstir.errors import (
     SessionTimeoutError,
     TokenLimitExceededError,
 )
+from langchain_fabstir.retrievers import FabstirSearchRetriever
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import (
     Message,
@@ -47,6 +50,7 @@ from langchain_fabstir.sessions.models import (
     StreamResult,
 )
 from langchain_fabstir.storage.conversations import S5ConversationStore
+from langchain_fabstir.tools import FabstirImageGenerationTool
 
 __all__ = [
     "AsyncFabstirCheckpointHandler",
@@ -56,6 +60,8 @@ __all__ = [
     "FabstirCheckpointHandler",
     "FabstirEmbeddings",
     "FabstirError",
+    "FabstirImageGenerationTool",
+    "FabstirSearchRetriever",
     "HostDisconnectedError",
     "Message",
     "ProtocolError",

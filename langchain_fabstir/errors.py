@@ -55,6 +55,7 @@ __all__ = [
     "DecryptionFailedError",
     "DecryptionKeyRequiredError",
     "DepositLimitError",
+    "DiffusionUnavailableError",
     "DimensionMismatchError",
     "EmbeddingError",
     "EncryptionError",
@@ -63,6 +64,7 @@ __all__ = [
     "FabstirError",
     "HostDisconnectedError",
     "HostError",
+    "ImageGenerationError",
     "InsufficientFundsError",
     "IntegrityError",
     "InvalidEncryptedPayloadError",
@@ -75,10 +77,13 @@ __all__ = [
     "NoHostAvailableError",
     "NoHostForModelError",
     "PriceLimitError",
+    "PromptBlockedError",
     "ProtocolError",
     "RateLimitedError",
     "ResponseTimeoutError",
     "RevisionConflictError",
+    "SearchError",
+    "SearchUnavailableError",
     "SessionKeyExhaustedError",
     "SessionKeyReusedError",
     "SessionNotFoundError",
@@ -268,6 +273,42 @@ class EmbeddingError(HostError):
     loaded there). Retryable: another host may serve embeddings."""
 
     code = "EMBEDDING_FAILED"
+
+
+class SearchError(HostError):
+    """A host's web search failed (``POST /v1/search`` answered 500: its search provider
+    failed). Retryable: another host, or a later try, may succeed."""
+
+    code = "SEARCH_FAILED"
+
+
+class SearchUnavailableError(SearchError):
+    """The host offers no web search (``POST /v1/search`` answered 503 ``Search service
+    not available`` / ``Web search is disabled on this host``, or 404). Another host may
+    offer it; asking this one again will not help."""
+
+    code = "SEARCH_UNAVAILABLE"
+
+
+class ImageGenerationError(HostError):
+    """A host could not generate the image (``POST /v1/images/generate`` answered 500
+    ``Image generation failed: ...``: its diffusion sidecar failed). Retryable."""
+
+    code = "IMAGE_GENERATION_FAILED"
+
+
+class DiffusionUnavailableError(ImageGenerationError):
+    """The host has no diffusion sidecar (503 ``Diffusion service not available``, or
+    404). Another host may have one; asking this one again will not help."""
+
+    code = "DIFFUSION_SERVICE_UNAVAILABLE"
+
+
+class PromptBlockedError(InvalidRequestError):
+    """The host's prompt-safety check refused the image prompt (400 ``Blocked keyword
+    detected: ...``). Not retried: change the prompt."""
+
+    code = "PROMPT_BLOCKED"
 
 
 class DimensionMismatchError(ProtocolError):

@@ -153,6 +153,8 @@ async def serve_host(args: argparse.Namespace) -> None:
             portal_url=args.portal_url,
             s5_seed_phrase=seed,
             public_url=args.public_url,
+            search_upstream=args.search_upstream,
+            diffusion_upstream=args.diffusion_upstream,
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -314,6 +316,20 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--seed-file",
         metavar="PATH",
         help="a file holding the host's S5 seed phrase (FABSTIR_S5_SEED otherwise)",
+    )
+    host.add_argument(
+        "--search-upstream",
+        metavar="URL",
+        help="a search API for POST /v1/search, called as GET URL?q=...&count=N and "
+        "answering Brave's JSON ({web: {results: [{title, url, description, age}]}}); "
+        "without it /v1/search answers 503, as a node without search",
+    )
+    host.add_argument(
+        "--diffusion-upstream",
+        metavar="URL",
+        help="an OpenAI-compatible images API for POST /v1/images/generate (the host "
+        "calls URL/v1/images/generations with response_format b64_json); without it "
+        "the route answers 503, as a node without a diffusion sidecar",
     )
 
 

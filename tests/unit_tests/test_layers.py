@@ -41,7 +41,16 @@ ALLOWED: dict[str, set[str]] = {
         "wire",
     },
 }
-INTEGRATIONS = {"chat_models", "chat_message_histories", "callbacks", "langgraph", "embeddings"}
+INTEGRATIONS = {
+    "chat_models",
+    "chat_message_histories",
+    "callbacks",
+    "langgraph",
+    "embeddings",
+    "retrievers",
+    "tools",
+    "_host_http",
+}
 
 
 def _module_name(path: Path) -> str:
