@@ -53,8 +53,10 @@ import nacl.exceptions
 from coincurve import PrivateKey, PublicKey
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eth_utils import keccak, to_checksum_address
 
+from langchain_fabstir._eth import keccak256 as keccak
+from langchain_fabstir._eth import to_checksum_address
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
     ChunkOrderError,
     DecryptionFailedError,
@@ -420,7 +422,7 @@ def open_session_init(host_key: str | bytes | PrivateKey, payload: Any) -> Opene
         hkdf_sha256(shared, salt=salt, info=info), nonce, ciphertext, aad, what="session init"
     )
     try:
-        data = json.loads(plaintext)
+        data = loads_untrusted(plaintext)
     except ValueError:
         data = None
     if not isinstance(data, dict):
