@@ -40,6 +40,7 @@ __all__ = [
     "check_value_depth",
     "loads_cbor_untrusted",
     "loads_untrusted",
+    "nests_deeper",
     "too_deep",
 ]
 
@@ -75,6 +76,11 @@ def too_deep(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> bool:
         text = bytes(text).decode("utf-8", "replace")
     if text.count("[") + text.count("{") <= limit:
         return False
+    return nests_deeper(text, limit)
+
+
+def nests_deeper(text: str, limit: int = MAX_DEPTH) -> bool:
+    """:func:`too_deep` without its shortcuts: scans every text, short or not."""
     depth = 0
     in_string = escaped = False
     for ch in text:
