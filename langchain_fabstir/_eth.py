@@ -51,9 +51,8 @@ def to_checksum_address(address: str | bytes | bytearray) -> str:
     else:
         raise ValueError(f"not a 20-byte hex address: {str(address)[:60]!r}")
     mask = keccak256(digits.encode("ascii")).hex()
-    return "0x" + "".join(
-        c.upper() if int(m, 16) >= 8 else c for c, m in zip(digits, mask, strict=True)
-    )
+    pairs = zip(digits, mask[:40], strict=True)
+    return "0x" + "".join(c.upper() if int(m, 16) >= 8 else c for c, m in pairs)
 
 
 def address_of_public_key(public_key: PublicKey) -> str:
