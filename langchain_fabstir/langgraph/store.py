@@ -88,7 +88,11 @@ are upgraded when read, newer ones refused with ``StorageError`` (upgrade the pa
 Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable or refusing),
 :class:`~langchain_fabstir.errors.IntegrityError` (a reply or record that does not
 verify: a portal cannot forge or alter what the store reads),
-:class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account).
+:class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account),
+:class:`~langchain_fabstir.errors.ValueTooDeepError` (``VALUE_TOO_DEEP``: a ``put`` whose
+value nests more than :data:`~langchain_fabstir._json.MAX_VALUE_DEPTH` (256) levels, or
+that CBOR could not decode again; the whole batch is refused before anything is written,
+so one value can never make a namespace unreadable).
 """
 
 from __future__ import annotations

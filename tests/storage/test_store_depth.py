@@ -74,3 +74,26 @@ async def test_a_too_deep_value_is_refused_and_the_namespace_stays_readable(
     assert {i.key for i in await reader.asearch(ns)} == {"kept", "deepest"}
     await reader.aclose()
     await store.aclose()
+
+
+async def test_a_too_deep_message_is_refused_and_the_history_stays_readable(
+    portal: ThreadedPortal, phrase: str
+) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+    from pydantic import SecretStr
+
+    from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
+
+    def history() -> S5ChatMessageHistory:
+        return S5ChatMessageHistory("s-deep", portal_url=portal.url, seed_phrase=SecretStr(phrase))
+
+    writer = history()
+    await writer.aadd_messages([HumanMessage("hi")])
+    deep = AIMessage("x", additional_kwargs={"k": nested(2000)})
+    with pytest.raises(ValueTooDeepError):
+        await writer.aadd_messages([HumanMessage("lost with it"), deep])
+    await writer.aadd_messages([AIMessage("hello")])
+    reader = history()
+    assert [m.content for m in await reader.aget_messages()] == ["hi", "hello"]
+    await reader.aclose()
+    await writer.aclose()

@@ -4,13 +4,10 @@ byte what eth-account and eth-utils give (they are imported here, in the test on
 from __future__ import annotations
 
 import random
+import sys
+from typing import Any
 
 import pytest
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_utils import is_address as ref_is_address
-from eth_utils import keccak as ref_keccak
-from eth_utils import to_checksum_address as ref_checksum
 from pydantic import SecretStr
 
 from langchain_fabstir._eth import is_address, keccak256, to_checksum_address
@@ -22,6 +19,25 @@ from langchain_fabstir.checkpoints.signing import (
 )
 from langchain_fabstir.errors import CheckpointError
 
+
+def _reference() -> Any:
+    """eth-account and eth-utils, imported keeping the recursion limit (py_ecc raises it)."""
+    limit = sys.getrecursionlimit()
+    try:
+        import eth_account
+        import eth_account.messages
+        import eth_utils
+    finally:
+        sys.setrecursionlimit(limit)
+    return eth_account.Account, eth_account.messages.encode_defunct, eth_utils
+
+
+Account, encode_defunct, eth_utils = _reference()
+ref_is_address, ref_keccak, ref_checksum = (
+    eth_utils.is_address,
+    eth_utils.keccak,
+    eth_utils.to_checksum_address,
+)
 RNG = random.Random(20)
 KEYS = [bytes([1] * 32), bytes.fromhex("11" * 32), *(RNG.randbytes(32) for _ in range(6))]
 MESSAGES = [
