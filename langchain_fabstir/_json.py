@@ -1,10 +1,19 @@
-"""JSON from peers (hosts, portals, registries, clients), decoded safely.
+"""Documents from peers and from storage (JSON and CBOR), decoded with depth and size bounds.
 
 A dependency (py_ecc, through eth-account) raises the interpreter's recursion limit to
-100,000 when imported. With it, ``json.loads("[" * 100000)`` no longer raises
-``RecursionError``: it overflows the C stack and kills the process. Every place that
-decodes JSON a peer sent goes through :func:`loads_untrusted`, which refuses frames that
-nest deeper than any real message before decoding them.
+100,000 when imported (this package keeps it out, see :mod:`langchain_fabstir.chain._web3`,
+but an application may import it too). With that limit, ``json.loads("[" * 100000)`` no
+longer raises ``RecursionError``: it overflows the C stack and kills the process. So every
+document this package did not make itself (a frame, an HTTP body, an SSE event, a model's
+JSON answer, a blob from S5) is decoded here, and a document nested deeper than any real
+one, or larger than the caller's bound, is a ``ValueError`` (callers turn it into their
+typed error), whatever the recursion limit:
+
+- :func:`loads_untrusted`: JSON, at most :data:`MAX_DEPTH` levels (peers' messages) or
+  :data:`MAX_STORED_DEPTH` (documents read back from storage), at most ``max_bytes``.
+- :func:`loads_cbor_untrusted`: CBOR, the same way (cbor2 stops at
+  :data:`MAX_STORED_DEPTH` levels itself, without recursing on the C stack).
+- :func:`check_value_depth`: for writers, so nothing is stored that cannot be read back.
 
 >>> loads_untrusted('{"a": [1, 2]}')
 {'a': [1, 2]}
@@ -18,18 +27,51 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "loads_untrusted", "too_deep"]
+import cbor2
+
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_STORED_BYTES",
+    "MAX_STORED_DEPTH",
+    "MAX_VALUE_DEPTH",
+    "check_value_depth",
+    "loads_cbor_untrusted",
+    "loads_untrusted",
+    "nests_deeper",
+    "too_deep",
+]
 
 MAX_DEPTH = 64
+"""The deepest JSON a peer's message (frame, HTTP body, SSE event, model answer) may nest."""
+
+MAX_STORED_DEPTH = 400
+"""The deepest document read back from storage (cbor2's own decoding limit)."""
+
+MAX_VALUE_DEPTH = 256
+"""The deepest value a writer stores (well under :data:`MAX_STORED_DEPTH`, which leaves
+room for the records that wrap it): a deeper one is refused before it is written."""
+
+MAX_BYTES = 64 * 1024 * 1024
+"""The default size bound of a peer's document (callers that read less pass their own)."""
+
+MAX_STORED_BYTES = 1024 * 1024 * 1024
+"""The size bound of a document read back from storage (already downloaded, within the
+portal client's own bound; large enough that no history written before becomes unreadable)."""
+
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 def too_deep(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> bool:
     """Whether ``text`` nests arrays/objects deeper than ``limit`` (strings skipped).
 
-    Cheap for real messages: short ones, and ones with few brackets, are not scanned.
+    The scan follows JSON's strings exactly, so it measures the depth the decoder would
+    reach on the same text (up to the first syntax error). Cheap for real messages: short
+    ones, and ones with few brackets, are not scanned (a short one cannot nest deep enough
+    to overflow the C stack, and :func:`loads_untrusted` catches its ``RecursionError``).
     """
     if len(text) < 1024:
         return False
@@ -37,6 +79,11 @@ def too_deep(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> bool:
         text = bytes(text).decode("utf-8", "replace")
     if text.count("[") + text.count("{") <= limit:
         return False
+    return nests_deeper(text, limit)
+
+
+def nests_deeper(text: str, limit: int = MAX_DEPTH) -> bool:
+    """:func:`too_deep` without its shortcuts: scans every text, short or not."""
     depth = 0
     # Only strings and brackets matter: the regex engine skips numbers and spaces in C
     # (a scan in Python per character cost ~0.1 s on a 1 MB answer of embeddings).
@@ -51,11 +98,55 @@ def too_deep(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def loads_untrusted(data: str | bytes | bytearray, limit: int = MAX_DEPTH) -> Any:
-    """``json.loads`` that raises ``ValueError`` (never crashes) on hostile input."""
+def loads_untrusted(
+    data: str | bytes | bytearray, limit: int = MAX_DEPTH, *, max_bytes: int = MAX_BYTES
+) -> Any:
+    """``json.loads`` that raises ``ValueError`` (never crashes) on hostile input: deeper
+    than ``limit`` levels, longer than ``max_bytes``, or not JSON."""
+    if len(data) > max_bytes:
+        raise ValueError(f"JSON document is larger than {max_bytes} bytes")
     if too_deep(data, limit):
         raise ValueError(f"JSON nests deeper than {limit} levels")
     try:
         return json.loads(data)
     except RecursionError:
         raise ValueError(f"JSON nests too deep to decode (over {limit} levels)") from None
+
+
+def loads_cbor_untrusted(
+    data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_STORED_BYTES
+) -> Any:
+    """``cbor2.loads`` that raises ``ValueError`` (never crashes) on hostile input: deeper
+    than :data:`MAX_STORED_DEPTH` levels, longer than ``max_bytes``, or not CBOR."""
+    if len(data) > max_bytes:
+        raise ValueError(f"CBOR document is larger than {max_bytes} bytes")
+    try:
+        return cbor2.loads(bytes(data))
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
+        raise ValueError(f"not valid CBOR: {exc}") from exc
+
+
+def check_value_depth(value: Any, limit: int = MAX_VALUE_DEPTH, *, what: str = "value") -> None:
+    """Raise ``ValueError`` when ``value`` nests containers deeper than ``limit`` levels.
+
+    For writers: a value that passes is encoded and read back by this module's decoders.
+    The walk is iterative (no recursion), so a value of any depth is measured safely.
+
+    >>> check_value_depth({"a": [1, {"b": 2}]}, 3)
+    >>> check_value_depth({"a": [1, {"b": 2}]}, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: value nests deeper than 2 levels
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise ValueError(f"{what} nests deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children)

@@ -59,7 +59,13 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 from pydantic import SecretStr
 
-from langchain_fabstir.errors import IntegrityError, StorageError
+from langchain_fabstir._json import (
+    MAX_STORED_BYTES,
+    MAX_STORED_DEPTH,
+    check_value_depth,
+    loads_untrusted,
+)
+from langchain_fabstir.errors import IntegrityError, StorageError, ValueTooDeepError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
@@ -106,6 +112,10 @@ def encode_message(message: BaseMessage) -> bytes:
     b'{"v":1,"type":"ai","data":{"content":"hi'
     """
     record = {"v": FORMAT_VERSION, **message_to_dict(message)}
+    try:
+        check_value_depth(record, what="the message")
+    except ValueError as exc:  # a reader could not decode it: refuse it before it is written
+        raise ValueTooDeepError(str(exc)) from None
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -120,14 +130,16 @@ def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list
         return []
     try:
         # One parse for the whole batch is ~3x faster than one per record.
-        dicts = json.loads(b"[" + b",".join(records) + b"]")
+        dicts = loads_untrusted(
+            b"[" + b",".join(records) + b"]", MAX_STORED_DEPTH + 1, max_bytes=MAX_STORED_BYTES
+        )
         if len(dicts) != len(records):
             raise ValueError("a record holds more than one JSON value")
     except ValueError:
         dicts = []
         for seq, record in enumerate(records):
             try:
-                dicts.append(json.loads(record))
+                dicts.append(loads_untrusted(record, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES))
             except ValueError as exc:
                 raise IntegrityError(
                     f"record {seq} of {where} is not JSON", details={"record": seq}
@@ -225,7 +237,11 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
         where = f"history {self.session_id!r}"
 
         def transform(records: list[bytes]) -> list[bytes] | None:
-            current = [json.loads(r).get("v", 0) == FORMAT_VERSION for r in records]
+            current = [
+                loads_untrusted(r, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES).get("v", 0)
+                == FORMAT_VERSION
+                for r in records
+            ]
             if all(current):
                 return None
             return [encode_message(m) for m in decode_messages(records, where=where)]

@@ -93,6 +93,7 @@ __all__ = [
     "StreamChunkTimeoutError",
     "TokenLimitExceededError",
     "TransactionRevertedError",
+    "ValueTooDeepError",
     "WrongChainError",
 ]
 
@@ -535,6 +536,14 @@ class RevisionConflictError(StorageError):
 
     code = "REVISION_CONFLICT"
     is_retryable = True
+
+
+class ValueTooDeepError(StorageError, ValueError):
+    """A value to store nests containers deeper than a reader can decode; refused before
+    anything is written, so the values already stored stay readable."""
+
+    code = "VALUE_TOO_DEEP"
+    is_retryable = False
 
 
 class ShareCodeError(FabstirError):

@@ -110,9 +110,13 @@ _LAZY = {
 
 
 def require_web3() -> None:
-    """Raise ``INVALID_REQUEST`` with the install command when web3.py is missing."""
+    """Raise ``INVALID_REQUEST`` with the install command when web3.py is missing.
+
+    web3.py is imported through :mod:`langchain_fabstir.chain._web3`, which keeps the
+    interpreter's recursion limit as it was (py_ecc, under eth-account, raises it).
+    """
     try:
-        importlib.import_module("web3")
+        importlib.import_module("langchain_fabstir.chain._web3")
     except ImportError:
         from langchain_fabstir.errors import InvalidRequestError
 

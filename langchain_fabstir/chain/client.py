@@ -32,20 +32,20 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import aiohttp
-from eth_account import Account
 from pydantic import SecretStr
-from web3 import AsyncWeb3
-from web3._utils.batching import sort_batch_response_by_response_ids
-from web3.exceptions import (
+
+from langchain_fabstir._redact import SecretUrl, redact_text
+from langchain_fabstir.chain._web3 import (  # web3.py, imported keeping the recursion limit
+    Account,
+    AsyncHTTPProvider,
+    AsyncWeb3,
     ContractLogicError,
     ProviderConnectionError,
     TimeExhausted,
     Web3Exception,
     Web3RPCError,
+    sort_batch_response_by_response_ids,
 )
-from web3.providers.rpc import AsyncHTTPProvider
-
-from langchain_fabstir._redact import SecretUrl, redact_text
 from langchain_fabstir.chain.abi import (
     ERC20_ABI,
     JOB_MARKETPLACE_ABI,

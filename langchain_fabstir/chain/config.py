@@ -24,16 +24,16 @@ ValidationError
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import Self
 
+from langchain_fabstir._eth import is_address, to_checksum_address
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._redact import SecretUrl
 from langchain_fabstir.errors import InvalidRequestError
 
@@ -144,7 +144,7 @@ class ChainConfig(BaseModel):
                 f"{where}: chain config larger than {_MAX_CONFIG_BYTES} bytes"
             )
         try:
-            data = json.loads(raw)
+            data = loads_untrusted(raw)
         except ValueError as exc:
             raise InvalidRequestError(f"{where}: chain config is not JSON ({exc})") from None
         if not isinstance(data, dict):
@@ -166,8 +166,10 @@ class ChainConfig(BaseModel):
         return config
 
 
-BASE_SEPOLIA = ChainConfig(
-    rpc_url="https://sepolia.base.org",
+# Built without validation (the addresses are written in checksum form): validating them
+# would load the keccak backend, a tenth of a second, at import. tests check it validates.
+BASE_SEPOLIA = ChainConfig.model_construct(
+    rpc_url=SecretUrl("https://sepolia.base.org"),
     chain_id=84532,
     job_marketplace="0xD067719Ee4c514B5735d1aC0FfB46FECf2A9adA4",
     node_registry="0x8BC0Af4aAa2dfb99699B1A24bA85E507de10Fd22",

@@ -346,7 +346,7 @@ async def create_session_job(
 
 
 def _discard() -> Any:
-    from web3.logs import DISCARD
+    from langchain_fabstir.chain._web3 import DISCARD
 
     return DISCARD
 

@@ -19,9 +19,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from eth_utils import keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_fabstir._eth import keccak256 as keccak
+from langchain_fabstir._eth import to_checksum_address
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.discovery.hosts import HostInfo, HostRegistryError, normalize_host_url

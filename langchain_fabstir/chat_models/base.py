@@ -33,7 +33,6 @@ from langchain_core.messages import (
     AIMessageChunk,
     BaseMessage,
 )
-from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import (
     JsonOutputKeyToolsParser,
     PydanticToolsParser,
@@ -75,6 +74,8 @@ from langchain_fabstir.chat_models.messages import (
 from langchain_fabstir.chat_models.options import check_host_fields, host_fields
 from langchain_fabstir.chat_models.profile import base_profile, fetch_profile, learn
 from langchain_fabstir.chat_models.structured import (
+    BoundedJsonOutputParser,
+    BoundedPydanticOutputParser,
     closed_objects,
     format_instructions,
     with_instructions,
@@ -1119,9 +1120,9 @@ class ChatFabstir(BaseChatModel):
                 fmt = {"type": "json_object"}
             llm = self.bind(response_format=fmt, ls_structured_output_format=ls_format)
             if is_pydantic and method == "json_schema":
-                parser = PydanticOutputParser(pydantic_object=schema)
+                parser = BoundedPydanticOutputParser(pydantic_object=schema)
             else:
-                parser = JsonOutputParser()
+                parser = BoundedJsonOutputParser()
         else:
             raise ValueError(f"unknown method {method!r}")
         if not include_raw:

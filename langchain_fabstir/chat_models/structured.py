@@ -1,12 +1,28 @@
 """Structured output and tools on hosts without grammar-constrained decoding: the
-instructions put in the system message, and JSON schemas closed to extra keys."""
+instructions put in the system message, JSON schemas closed to extra keys, and the parsers
+of the answer (bounded: a host's answer is untrusted)."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-__all__ = ["closed_objects", "format_instructions", "with_instructions"]
+from langchain_core.exceptions import OutputParserException
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import Generation
+from langchain_core.utils.pydantic import TBaseModel
+
+from langchain_fabstir._json import MAX_BYTES, MAX_DEPTH, nests_deeper
+
+__all__ = [
+    "BoundedJsonOutputParser",
+    "BoundedPydanticOutputParser",
+    "answer_problem",
+    "closed_objects",
+    "format_instructions",
+    "with_instructions",
+]
 
 
 def closed_objects(schema: Any) -> Any:
@@ -37,3 +53,65 @@ def format_instructions(fmt: dict[str, Any]) -> str:
             + json.dumps(schema, separators=(",", ":"))
         )
     return "Reply with one JSON object only, no prose."
+
+
+# --- parsing a host's answer --------------------------------------------------------------
+#
+# A host is a peer: its answer is untrusted. LangChain's JSON parsers call ``json.loads`` on
+# the text as it is (or on what follows its first Markdown fence), and JSON nested deep
+# enough overflows the C stack when the recursion limit is high. These parsers check the
+# very texts LangChain will decode first (same fence rule as
+# ``langchain_core.utils.json.parse_json_markdown``), and turn a too deep or too large answer
+# into ``OutputParserException`` (``None`` while streaming, as for any invalid JSON).
+
+_FENCE = re.compile(r"```(json)?(.*)", re.DOTALL)
+
+
+def answer_problem(text: str) -> str | None:
+    """Why ``text`` (a host's answer) may not be decoded as JSON, or ``None`` when it may."""
+    if len(text) > MAX_BYTES:
+        return f"the answer is larger than {MAX_BYTES} characters"
+    fence = _FENCE.search(text)
+    for candidate in (text, fence.group(2) if fence else ""):
+        if nests_deeper(candidate, MAX_DEPTH):
+            return f"the answer's JSON nests deeper than {MAX_DEPTH} levels"
+    return None
+
+
+def _checked(result: list[Generation], partial: bool) -> bool:
+    """Whether the answer may be parsed; raises (or, when ``partial``, says no) if not."""
+    problem = answer_problem(result[0].text) if result else None
+    if problem is None:
+        return True
+    if partial:
+        return False
+    raise OutputParserException(f"Invalid json output: {problem}", llm_output=problem)
+
+
+def _too_deep(exc: RecursionError) -> OutputParserException:
+    return OutputParserException("Invalid json output: it nests too deep to decode")
+
+
+class BoundedJsonOutputParser(JsonOutputParser):
+    """``JsonOutputParser`` for a host's answer: too deep or too large JSON is an
+    ``OutputParserException`` (``None`` while streaming), never a crash."""
+
+    def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        if not _checked(result, partial):
+            return None
+        try:
+            return super().parse_result(result, partial=partial)
+        except RecursionError as exc:
+            raise _too_deep(exc) from None
+
+
+class BoundedPydanticOutputParser(PydanticOutputParser[TBaseModel]):
+    """``PydanticOutputParser`` for a host's answer, bounded as :class:`BoundedJsonOutputParser`."""
+
+    def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        if not _checked(result, partial):
+            return None
+        try:
+            return super().parse_result(result, partial=partial)
+        except RecursionError as exc:
+            raise _too_deep(exc) from None

@@ -74,9 +74,9 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict
 
+from langchain_fabstir._eth import keccak256 as keccak
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.checkpoints import (

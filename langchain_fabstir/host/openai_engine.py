@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import json
 import logging
 import re
 import time
@@ -41,6 +40,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.host.engines import (
     EngineContextOverflow,
     EngineError,
@@ -280,7 +280,7 @@ class OpenAIEngine:
             try:
                 response = await slots.client.get("/v1/models")
                 response.raise_for_status()
-                data = response.json()
+                data = loads_untrusted(response.content)
                 listed = data.get("data") or data.get("models") if isinstance(data, dict) else None
                 if not isinstance(listed, list):
                     raise ValueError(f"no model list in {str(data)[:200]!r}")
@@ -536,7 +536,7 @@ class _UpstreamStream:
             finally:
                 await response.aclose()
             try:
-                parsed: Any = json.loads(raw[:65536]) if raw else {}
+                parsed: Any = loads_untrusted(raw[:65536]) if raw else {}
             except ValueError:
                 parsed = raw[:500].decode("utf-8", "replace")
             raise upstream_error(response.status_code, parsed, retry_after=_retry_after(response))
@@ -570,7 +570,7 @@ class _UpstreamStream:
             self._finish()
             return
         try:
-            chunk = json.loads(data)
+            chunk = loads_untrusted(data)
         except ValueError:
             raise EngineError(f"the upstream sent an unreadable event: {data[:200]!r}") from None
         if not isinstance(chunk, dict):

@@ -79,6 +79,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import SecretStr
 
+from langchain_fabstir._json import MAX_STORED_BYTES, MAX_STORED_DEPTH, loads_untrusted
 from langchain_fabstir.checkpoints import (
     PrivateKey,
     address_of,
@@ -421,7 +422,7 @@ class S5CheckpointWriter:
         if data is None:
             return [], None
         try:
-            raw = json.loads(data)
+            raw = loads_untrusted(data, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
             verify_host_index(raw, self.host_address)
         except (ValueError, FabstirError) as exc:
             logger.warning(
@@ -501,7 +502,7 @@ class S5CheckpointWriter:
         if data is None:
             return None
         try:
-            raw = json.loads(data)
+            raw = loads_untrusted(data, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
         except ValueError as exc:
             raise StorageError(f"the stored checkpoint index of {session_id} is not JSON") from exc
         return raw if isinstance(raw, dict) else None

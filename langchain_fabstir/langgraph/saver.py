@@ -59,6 +59,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from pydantic import SecretStr
 
+from langchain_fabstir._json import loads_cbor_untrusted
 from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, blake3_hash
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
@@ -115,7 +116,7 @@ class _Thread:
 
     def fold(self, raw: bytes, where: str) -> None:
         try:
-            rec = cbor2.loads(raw)
+            rec = loads_cbor_untrusted(raw)
             if not isinstance(rec, dict):
                 raise ValueError("not a map")
             rec = upgrade_record(rec, where)
@@ -456,7 +457,9 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
                 for ns, found in folded.checkpoints.items()
                 for cid in found
             )
-            stale = always and any(cbor2.loads(r).get("v", 0) != FORMAT_VERSION for r in records)
+            stale = always and any(
+                loads_cbor_untrusted(r).get("v", 0) != FORMAT_VERSION for r in records
+            )
             if not dropped and not stale:
                 return None
             return state_records(folded, self.serde, lambda ns, cid: keep(folded, ns, cid))

@@ -88,7 +88,11 @@ are upgraded when read, newer ones refused with ``StorageError`` (upgrade the pa
 Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable or refusing),
 :class:`~langchain_fabstir.errors.IntegrityError` (a reply or record that does not
 verify: a portal cannot forge or alter what the store reads),
-:class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account).
+:class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account),
+:class:`~langchain_fabstir.errors.ValueTooDeepError` (``VALUE_TOO_DEEP``: a ``put`` whose
+value nests more than :data:`~langchain_fabstir._json.MAX_VALUE_DEPTH` (256) levels, or
+that CBOR could not decode again; the whole batch is refused before anything is written,
+so one value can never make a namespace unreadable).
 """
 
 from __future__ import annotations
@@ -122,8 +126,9 @@ from langgraph.store.base import (
 )
 from pydantic import SecretStr
 
+from langchain_fabstir._json import MAX_VALUE_DEPTH, check_value_depth, loads_cbor_untrusted
 from langchain_fabstir._sync import background_loop
-from langchain_fabstir.errors import IntegrityError, StorageError
+from langchain_fabstir.errors import IntegrityError, StorageError, ValueTooDeepError
 from langchain_fabstir.langgraph.filters import matches, namespace_matches
 from langchain_fabstir.langgraph.saver import thread_dir_name
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
@@ -167,9 +172,26 @@ def _record(kind: str, **fields: Any) -> bytes:
     return cbor2.dumps({"v": FORMAT_VERSION, "k": kind, **fields})
 
 
+def _check_depth(key: str, ns: Namespace, value: Any, record: bytes | None = None) -> None:
+    """Refuse a value that nests too deep (before encoding it), or whose record could not
+    be decoded again (after): one such record would make the whole namespace unreadable."""
+    try:
+        if record is None:
+            check_value_depth(value, MAX_VALUE_DEPTH)
+        else:
+            loads_cbor_untrusted(record)
+    except ValueError:
+        raise ValueTooDeepError(
+            f"the value for key {key!r} in {ns!r} nests containers deeper than the store "
+            f"can read back (at most {MAX_VALUE_DEPTH} levels): flatten it, or store the "
+            "deep part as a string",
+            details={"namespace": list(ns), "key": key, "max_depth": MAX_VALUE_DEPTH},
+        ) from None
+
+
 def _decode(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        rec = cbor2.loads(raw)
+        rec = loads_cbor_untrusted(raw)
     except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
         raise IntegrityError(f"{where} holds a record that is not CBOR") from exc
     if not isinstance(rec, dict):
@@ -423,6 +445,7 @@ class S5Store(BaseStore):
                 ttl = op.ttl
                 if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
                     raise ValueError(f"ttl must be a positive number of minutes, not {ttl!r}")
+                _check_depth(op.key, ns, op.value)
                 try:
                     record = _record(
                         "p",
@@ -435,6 +458,7 @@ class S5Store(BaseStore):
                     raise TypeError(
                         f"the value for key {op.key!r} in {ns!r} cannot be stored: {exc}"
                     ) from exc
+                _check_depth(op.key, ns, op.value, record)
             by_space.setdefault(ns, []).append(record)
         # Index only where an item appears (a delete alone adds no namespace).
         await self._ensure_indexed(tuple(op.namespace) for op in puts if op.value is not None)
@@ -565,7 +589,7 @@ class S5Store(BaseStore):
 
     async def _setup(self) -> int:
         def stale(records: list[bytes]) -> bool:
-            versions = [cbor2.loads(r).get("v", 0) for r in records]
+            versions = [loads_cbor_untrusted(r).get("v", 0) for r in records]
             return any(v != FORMAT_VERSION for v in versions)
 
         def reindex(records: list[bytes]) -> list[bytes] | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import cbor2
 
+from langchain_fabstir._json import loads_cbor_untrusted
 from langchain_fabstir.errors import StorageError
 from langchain_fabstir.s5.collation import s5js_sort_key
 
@@ -193,7 +194,7 @@ class DirV1:
         """Parse a DirV1 blob (prefix optional); raise :class:`InvalidDirectoryError`."""
         raw = blob[2:] if blob[:2] == DIRV1_PREFIX else blob
         try:
-            obj = cbor2.loads(raw)
+            obj = loads_cbor_untrusted(raw)
         except Exception as exc:  # cbor2 raises several types on garbage
             raise InvalidDirectoryError(f"directory blob is not valid CBOR: {exc}") from exc
         if not isinstance(obj, list) or len(obj) != 4 or obj[0] != DIRV1_MAGIC:

@@ -32,8 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
-
+from langchain_fabstir._json import loads_cbor_untrusted
 from langchain_fabstir.errors import StorageError
 from langchain_fabstir.s5.dirv1 import (
     LINK_BLAKE3,
@@ -105,7 +104,7 @@ def _blob_hash(cid: Any, what: str) -> bytes:
 
 def _decode(blob: bytes, what: str) -> Any:
     try:
-        return cbor2.loads(blob)
+        return loads_cbor_untrusted(blob)
     except Exception as exc:  # cbor2 raises several types on garbage
         raise InvalidDirectoryError(f"{what} is not valid CBOR: {exc}") from exc
 

@@ -27,6 +27,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     ENCRYPTION_ERRORS,
@@ -236,7 +237,7 @@ class Connector:
                 reply = await client.post(
                     f"{base}/v1/auth/challenge", json={"challenge": challenge.hex()}
                 )
-            key = recover_challenge_key(challenge, reply.json())
+            key = recover_challenge_key(challenge, loads_untrusted(reply.content))
         except (httpx.HTTPError, ValueError, EncryptionError):
             return None
         return key if address_of_public_key(key).lower() == address else None

@@ -57,6 +57,7 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
+from langchain_fabstir._json import MAX_STORED_BYTES, MAX_STORED_DEPTH, loads_untrusted
 from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity
 from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
@@ -232,7 +233,7 @@ class S5ConversationStore:
 
     def _decode(self, data: bytes, session_id: str) -> dict[str, Any]:
         try:
-            obj = json.loads(data)
+            obj = loads_untrusted(data, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
         except ValueError as exc:
             raise IntegrityError(f"conversation {session_id} is not JSON") from exc
         if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
@@ -308,7 +309,11 @@ class S5ConversationStore:
 
         async def load(fs: S5FileSystem) -> dict[str, Any]:
             blob = await fs.client.download(CID.coerce(cid))
-            obj = json.loads(decrypt_mutable(blob, await self._blob_key()))
+            obj = loads_untrusted(
+                decrypt_mutable(blob, await self._blob_key()),
+                MAX_STORED_DEPTH,
+                max_bytes=MAX_STORED_BYTES,
+            )
             if not isinstance(obj, dict):
                 raise IntegrityError(f"blob {cid} does not hold a JSON object")
             return obj

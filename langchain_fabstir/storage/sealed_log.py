@@ -45,6 +45,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from langchain_fabstir._json import loads_cbor_untrusted
 from langchain_fabstir.errors import IntegrityError, RevisionConflictError, StorageError
 from langchain_fabstir.s5 import CID, InvalidCIDError, RegistryEntry, S5FileSystem, blake3_hash
 from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
@@ -106,7 +107,7 @@ class _Head:
     @classmethod
     def decode(cls, raw: bytes, where: str) -> _Head:
         try:
-            obj = cbor2.loads(raw)
+            obj = loads_cbor_untrusted(raw)
             if obj["v"] != _VERSION:
                 raise ValueError(f"unknown log version {obj['v']!r}")
             head = cls(
@@ -256,7 +257,7 @@ class SealedLog:
         async with self._sem:
             blob = await self.fs.client.download(CID(seg.hash, seg.size))
         try:
-            obj = cbor2.loads(decrypt_mutable(blob, self._enc_key))
+            obj = loads_cbor_untrusted(decrypt_mutable(blob, self._enc_key))
             records = [_typed(r, bytes) for r in obj["r"]]
             ok = obj["f"] == seg.first and len(records) == seg.count
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -25,7 +25,7 @@ from typing import Any
 
 import cbor2
 
-from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir._json import loads_cbor_untrusted, loads_untrusted
 from langchain_fabstir.errors import IntegrityError, ShareCodeError
 from langchain_fabstir.s5 import CID, BlobNotFoundError, InvalidCIDError, S5PortalClient
 from langchain_fabstir.s5.cid import blake3_hash
@@ -78,7 +78,7 @@ def parse_share_code(code: str) -> ShareCode:
     if len(raw) < 8 or blake3_hash(body)[:4] != check:
         raise ShareCodeError("share code checksum does not match (mistyped or truncated?)")
     try:
-        version, portal_url, cid_bytes, key = cbor2.loads(body)
+        version, portal_url, cid_bytes, key = loads_cbor_untrusted(body)
         if version != 1:
             raise ShareCodeError(f"share code version {version!r} is not supported")
         if not isinstance(portal_url, str) or not portal_url.startswith(("http://", "https://")):

@@ -58,8 +58,9 @@ import nacl.exceptions
 from coincurve import PrivateKey, PublicKey
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eth_utils import keccak, to_checksum_address
 
+from langchain_fabstir._eth import keccak256 as keccak
+from langchain_fabstir._eth import to_checksum_address
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
     AnswerTruncatedError,
