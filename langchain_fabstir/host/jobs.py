@@ -3,8 +3,10 @@
 The reference host runs each prompt as an :class:`AnswerJob`: a producer task turns the
 engine's tokens into ready-to-send frames, and any number of consumers (the socket that
 asked, or a later socket that *resumes* it) send those frames from a position. A
-dropped socket does not stop the job; it is kept for a grace period so that a client
-can reconnect and continue from the token it last received (the ``resume`` extension).
+dropped socket does not stop the job at once: it generates a bounded number of tokens
+more (``unread_limit``), then closes its engine (an upstream stops generating); what it
+generated is kept for a grace period so that a client can reconnect and continue from
+the token it last received (the ``resume`` extension).
 
 >>> import asyncio
 >>> async def demo():
@@ -26,7 +28,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-__all__ = ["AnswerJob"]
+__all__ = ["AnswerJob", "EngineStopped"]
+
+
+class EngineStopped(RuntimeError):
+    """The host stopped an answer that nobody read."""
 
 
 class AnswerJob:
@@ -35,6 +41,12 @@ class AnswerJob:
     Once the answer is over, the job keeps only its frames: the callbacks (and whatever
     they hold, such as the prompt and the engine's generator) are let go, so that a job
     kept for a resume pins no more memory than the answer it sends.
+
+    A job nobody reads (:meth:`detach`, when its last consumer left) generates at most
+    ``unread_limit`` tokens more, then stops: its engine is closed (an upstream request
+    is closed, so the upstream stops generating), and its frames end with an
+    ``Error: ...`` chunk saying so, then the usual end frames. A consumer that comes
+    back first (:meth:`attach`, a resume) lifts the bound.
 
     Args:
         request_id: the prompt's id (a resume names it).
@@ -58,7 +70,10 @@ class AnswerJob:
         end_frames: Callable[[AnswerJob], list[str]],
         on_token: Callable[[str], list[str]] | None = None,
         on_error: Callable[[Exception], str] | None = None,
+        unread_limit: int = 256,
     ) -> None:
+        if unread_limit < 1:
+            raise ValueError(f"unread_limit must be at least 1, not {unread_limit}")
         self.request_id = request_id
         self.owner = owner
         """The resume token of the socket that asked for it (or that resumed it last):
@@ -71,6 +86,10 @@ class AnswerJob:
         self.tokens = 0
         self.finished = asyncio.Event()
         self.cancelled = False
+        self.unread_limit = unread_limit
+        self.stopped_unread = False
+        """The job stopped because nobody read it (see :meth:`detach`)."""
+        self._stop_at: int | None = None  # the token count at which an unread job stops
         self._chunk_frame: Callable[[str, int], str] | None = chunk_frame
         self._end_frames: Callable[[AnswerJob], list[str]] | None = end_frames
         self._on_token = on_token
@@ -94,6 +113,18 @@ class AnswerJob:
                 self.tokens += 1
                 if self._waiters:
                     self._wake()
+                if self._stop_at is not None and self.tokens >= self._stop_at:
+                    self.stopped_unread = True
+                    if self._on_error is not None:
+                        frames.append(
+                            self._on_error(
+                                EngineStopped(
+                                    f"the answer was stopped after {self.tokens} tokens: "
+                                    "no client read it"
+                                )
+                            )
+                        )
+                    break
         except asyncio.CancelledError:
             self.cancelled = True
         except Exception as exc:  # an engine failure becomes an "Error: ..." chunk
@@ -135,6 +166,15 @@ class AnswerJob:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         await fut
+
+    def detach(self) -> None:
+        """Nobody reads the job now: it stops after ``unread_limit`` more tokens."""
+        if not self.finished.is_set():
+            self._stop_at = self.tokens + self.unread_limit
+
+    def attach(self) -> None:
+        """A consumer reads the job again: no bound on its tokens."""
+        self._stop_at = None
 
     def cancel(self) -> None:
         if self._task is not None and not self._task.done():

@@ -452,6 +452,10 @@ class ReferenceHost:
         resume_grace: seconds an answer is kept after it ends, so that a client whose
             socket dropped can resume it (the ``resume`` extension; only with the
             token its socket was given, see :data:`HOST_FEATURES`).
+        unread_limit: tokens an answer is generated on after its socket dropped (a
+            resume gets them without waiting); then its engine is closed (an upstream
+            request too) and the answer ends with an ``Error:`` chunk. What was
+            generated is kept ``resume_grace`` seconds.
         heartbeat: seconds between WebSocket pings; a peer that does not answer one
             within half that is disconnected (``None`` disables pings).
         max_frame_size: the largest WebSocket message accepted, in bytes.
@@ -477,6 +481,7 @@ class ReferenceHost:
         chain_id: int | None = None,
         host_key: str | None = None,
         resume_grace: float = 30.0,
+        unread_limit: int = 256,
         heartbeat: float | None = 30.0,
         portal_url: str | None = None,
         s5_seed_phrase: str | SecretStr | None = None,
@@ -507,6 +512,7 @@ class ReferenceHost:
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
         self.resume_grace = resume_grace
+        self.unread_limit = unread_limit
         self.heartbeat = heartbeat
         self.resumes = 0
         """How many answers were resumed by a reconnecting client."""
@@ -775,6 +781,7 @@ class ReferenceHost:
             end_frames=end_frames,
             on_token=on_token if tracker is not None or recorder is not None else None,
             on_error=on_error,
+            unread_limit=self.unread_limit,
         )
         job.start(gen.tokens)
         if recorder is not None:
@@ -852,6 +859,7 @@ class ReferenceHost:
         conn.current_job = job
         conn.chunk_index = bisect.bisect_left(job.chunk_at, position)  # encrypted chunks
         job.consumers += 1
+        job.attach()
         try:
             while True:
                 frames = job.frames
@@ -871,7 +879,9 @@ class ReferenceHost:
             conn.current_job = None
             job.consumers -= 1
             if job.consumers == 0 and not job.finished.is_set():
-                # Nobody reads it now: it waits resume_grace for a resume, then stops.
+                # Nobody reads it now: it generates at most unread_limit tokens more
+                # (AnswerJob.detach), and waits resume_grace for a resume, then stops.
+                job.detach()
                 asyncio.get_running_loop().call_later(self.resume_grace, self._reap, job)
         # stream_cancel: stop generating and say so.
         job.cancel()

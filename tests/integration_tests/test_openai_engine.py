@@ -448,3 +448,19 @@ async def test_an_upstream_that_ignores_max_tokens_is_cut_there() -> None:
     chunks = [f for f in frames if f["type"] == "stream_chunk" and f["content"]]
     assert len(chunks) == 5
     assert frames[-1]["reason"] == "complete" and frames[-1]["finish_reason"] == "length"
+
+
+async def test_a_client_that_leaves_closes_the_upstream_after_a_bounded_buffer() -> None:
+    """The answer of a socket that dropped is generated on for ``unread_limit`` tokens
+    (for a resume), then the upstream request is closed, long before ``resume_grace``."""
+    async with OpenAIUpstream(behaviour="endless") as upstream:
+        async with openai_host(upstream, models=["m"], resume_grace=120.0) as host:
+            host.unread_limit = 20
+            async with raw_socket(host) as ws:
+                await send_prompt(ws, max_tokens=100000)
+                assert (await ws.receive_json(timeout=WAIT))["type"] == "stream_chunk"
+            await asyncio.wait_for(upstream.disconnected.wait(), 10.0)
+            (job,) = host._jobs.values()
+            await asyncio.wait_for(job.finished.wait(), WAIT)
+            assert job.stopped_unread
+            assert "no client read it" in job.frames[-3]
