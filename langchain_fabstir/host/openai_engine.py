@@ -44,6 +44,7 @@ import httpx
 from pydantic import SecretStr
 
 from langchain_fabstir._compat import timeout as deadline_after
+from langchain_fabstir._http import read_capped
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.host.engines import (
     EngineContextOverflow,
@@ -65,25 +66,6 @@ MAX_ERROR_BODY = 64 * 1024
 
 MAX_MODELS_BODY = 1024 * 1024
 """Bytes of an upstream's ``/v1/models`` reply that are read; a longer one is refused."""
-
-
-class _TooLarge(ValueError):
-    """A reply longer than its bound."""
-
-
-async def _read_capped(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
-    """The body of ``response``, at most ``limit`` bytes (then ``_TooLarge``, or the first
-    ``limit`` bytes with ``truncate``). The caller bounds the time it takes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > limit:
-            if truncate:
-                break
-            raise _TooLarge(f"reply larger than {limit} bytes")
-    return b"".join(chunks)[:limit]
 
 
 _OVERFLOW = re.compile(
@@ -318,7 +300,7 @@ class OpenAIEngine:
                 async with deadline_after(self.connect_timeout + self.stall_timeout):
                     async with slots.client.stream("GET", "/v1/models") as response:
                         response.raise_for_status()
-                        raw = await _read_capped(response, MAX_MODELS_BODY)
+                        raw = await read_capped(response, MAX_MODELS_BODY)
                 data = loads_untrusted(raw)
                 listed = data.get("data") or data.get("models") if isinstance(data, dict) else None
                 if not isinstance(listed, list):
@@ -585,7 +567,7 @@ class _UpstreamStream:
         if response.status_code >= 400:
             try:  # a bounded excerpt, in bounded time
                 async with deadline_after(min(self._remaining(), self.engine.stall_timeout)):
-                    raw = await _read_capped(response, MAX_ERROR_BODY, truncate=True)
+                    raw = await read_capped(response, MAX_ERROR_BODY, truncate=True)
             except (httpx.HTTPError, TimeoutError, EngineError):
                 raw = b""
             finally:
