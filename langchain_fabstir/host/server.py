@@ -607,7 +607,10 @@ class ReferenceHost:
         ws = web.WebSocketResponse(
             compress=True, max_msg_size=self.max_frame_size, heartbeat=self.heartbeat
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:  # the client left during the handshake
+            return ws
         conn = _Connection(self, ws)
         self.connections.add(conn)
         try:
@@ -619,7 +622,21 @@ class ReferenceHost:
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
+            # What the socket owned waits resume_grace for a client to take it over
+            # (session_init or resume with its token), then is let go.
+            if self._trackers:
+                asyncio.get_running_loop().call_later(
+                    self.resume_grace, self._release_owner, conn.token
+                )
         return ws
+
+    def _release_owner(self, token: str) -> None:
+        """Forget the session checkpoint state of a socket gone for ``resume_grace``
+        (its answers expire on their own; state handed over is under the new token)."""
+        if any(conn.token == token for conn in self.connections):
+            return  # pragma: no cover - tokens are per socket; a resumed one is renamed
+        for key in [k for k in self._trackers if k[0] == token]:
+            del self._trackers[key]
 
     def _messages(self, request: InferenceRequest) -> list[dict[str, str]]:
         context = request.conversation_context[-CONTEXT_MESSAGES:]
