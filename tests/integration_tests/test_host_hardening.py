@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from aiohttp import web
 
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir.checkpoints import CheckpointProof
+from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
 from langchain_fabstir.cli import start_host_process
-from langchain_fabstir.errors import CheckpointError
+from langchain_fabstir.errors import CheckpointError, ResponseTimeoutError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 
 HOST_KEY = "0x" + "42" * 32
@@ -290,3 +292,35 @@ async def test_inference_with_malformed_tools_is_a_validation_error(
             json={"model": "echo", "prompt": "hi", "max_tokens": 5},
         )
         assert ok.status_code == 200
+
+
+async def test_a_host_that_trickles_its_checkpoint_index_is_a_timeout() -> None:
+    """A small index sent one byte every 0.2 s: ``ResponseTimeoutError`` within the
+    whole-reply deadline, not after every byte (each well within the 0.5 s read timeout)."""
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        body = json.dumps({"sessionId": "1", "hostAddress": "0x" + "00" * 20, "pad": "x" * 200})
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        for byte in body.encode():
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/checkpoints/{session_id}", trickle)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(ResponseTimeoutError):
+            await asyncio.wait_for(
+                fetch_host_checkpoints(url, "1", portal="http://127.0.0.1:9", timeout=0.5), 30
+            )
+    finally:
+        await runner.cleanup()
+    assert loop.time() - started < 15  # 0.5 + 0.5 + 256 KiB at 64 KiB/s, not 50 s
