@@ -1051,12 +1051,22 @@ class ReferenceHost:
             response_format=response_format,
             model=req.model,
         )
+        # A client that leaves stops the generation (and an upstream request) at the
+        # next token: one attribute read per token.
+        transport = request.transport
+        parts: list[str] = []
         try:
-            content = "".join([t async for t in gen])
+            async for token in gen:
+                parts.append(token)
+                if transport is None or transport.is_closing():
+                    return web.Response(status=499)  # nobody reads it
         except EngineError as exc:
             return web.json_response(
                 {"error_type": "engine_error", "message": str(exc)}, status=500
             )
+        finally:
+            await gen.aclose()
+        content = "".join(parts)
         result = gen.result
         prompt_tokens = result.prompt_tokens or self.engine.count_prompt_tokens(messages)
         return web.json_response(

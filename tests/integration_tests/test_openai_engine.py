@@ -8,6 +8,7 @@ drops. Clients are the package's ``SessionManager``/``ChatFabstir`` or a raw Web
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -464,3 +465,16 @@ async def test_a_client_that_leaves_closes_the_upstream_after_a_bounded_buffer()
             await asyncio.wait_for(job.finished.wait(), WAIT)
             assert job.stopped_unread
             assert "no client read it" in job.frames[-3]
+
+
+async def test_an_http_client_that_leaves_closes_the_upstream_request() -> None:
+    async with OpenAIUpstream(behaviour="endless") as upstream:
+        async with openai_host(upstream, models=["m"]) as host:
+            body = {"model": "m", "prompt": "hi", "max_tokens": 100000}
+            async with httpx.AsyncClient(base_url=host.url) as http:
+                request = asyncio.ensure_future(http.post("/v1/inference", json=body))
+                await asyncio.wait_for(upstream.started.wait(), WAIT)
+                request.cancel()  # the client goes away mid-answer
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+            await asyncio.wait_for(upstream.disconnected.wait(), 10.0)
