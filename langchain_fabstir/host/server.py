@@ -452,10 +452,12 @@ class ReferenceHost:
         resume_grace: seconds an answer is kept after it ends, so that a client whose
             socket dropped can resume it (the ``resume`` extension; only with the
             token its socket was given, see :data:`HOST_FEATURES`).
-        unread_limit: tokens an answer is generated on after its socket dropped (a
-            resume gets them without waiting); then its engine is closed (an upstream
-            request too) and the answer ends with an ``Error:`` chunk. What was
-            generated is kept ``resume_grace`` seconds.
+        unread_limit, unread_wait: after its socket dropped, an answer waits
+            ``unread_wait`` seconds (default 5) for a resume, generating at most
+            ``unread_limit`` tokens (default 256) ahead; a resume in that time gets the
+            whole answer. Then its engine is closed (an upstream request too) and the
+            answer ends with an ``Error:`` chunk; what was generated is kept
+            ``resume_grace`` seconds.
         heartbeat: seconds between WebSocket pings; a peer that does not answer one
             within half that is disconnected (``None`` disables pings).
         max_frame_size: the largest WebSocket message accepted, in bytes.
@@ -482,6 +484,7 @@ class ReferenceHost:
         host_key: str | None = None,
         resume_grace: float = 30.0,
         unread_limit: int = 256,
+        unread_wait: float = 5.0,
         heartbeat: float | None = 30.0,
         portal_url: str | None = None,
         s5_seed_phrase: str | SecretStr | None = None,
@@ -513,6 +516,7 @@ class ReferenceHost:
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
         self.resume_grace = resume_grace
         self.unread_limit = unread_limit
+        self.unread_wait = unread_wait
         self.heartbeat = heartbeat
         self.resumes = 0
         """How many answers were resumed by a reconnecting client."""
@@ -799,6 +803,7 @@ class ReferenceHost:
             on_token=on_token if tracker is not None or recorder is not None else None,
             on_error=on_error,
             unread_limit=self.unread_limit,
+            unread_wait=self.unread_wait,
         )
         job.start(gen.tokens)
         if recorder is not None:
@@ -896,8 +901,8 @@ class ReferenceHost:
             conn.current_job = None
             job.consumers -= 1
             if job.consumers == 0 and not job.finished.is_set():
-                # Nobody reads it now: it generates at most unread_limit tokens more
-                # (AnswerJob.detach), and waits resume_grace for a resume, then stops.
+                # Nobody reads it now: it waits unread_wait for a reader, at most
+                # unread_limit tokens ahead (AnswerJob.detach), then stops.
                 job.detach()
                 asyncio.get_running_loop().call_later(self.resume_grace, self._reap, job)
         # stream_cancel: stop generating and say so.

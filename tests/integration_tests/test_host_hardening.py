@@ -17,6 +17,7 @@ import websockets
 from aiohttp import web
 
 from langchain_fabstir import SessionConfig, SessionManager
+from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.checkpoints import CheckpointProof
 from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
 from langchain_fabstir.cli import start_host_process
@@ -324,3 +325,29 @@ async def test_a_host_that_trickles_its_checkpoint_index_is_a_timeout() -> None:
     finally:
         await runner.cleanup()
     assert loop.time() - started < 15  # 0.5 + 0.5 + 256 KiB at 64 KiB/s, not 50 s
+
+
+async def test_a_resume_while_the_answer_waits_for_its_reader_gets_all_of_it() -> None:
+    """After a drop the answer pauses ``unread_limit`` tokens ahead; a resume within
+    ``unread_wait`` continues it to the end, with nothing lost."""
+    engine = EchoEngine(script=["w "], fill=True, delay=0.005)
+    async with ReferenceHost(
+        engine, rate_limit_per_minute=None, unread_limit=5, unread_wait=30.0
+    ) as host:
+        first = await websockets.connect(host.ws_url)
+        token = (await recv_json(first))["resume_token"]
+        await first.send(prompt("req-1", max_tokens=200))
+        got = [await recv_json(first) for _ in range(2)]
+        first.transport.abort()  # the socket drops mid-answer
+        (job,) = host._jobs.values()
+        async with within(10):
+            while not job.paused:  # noqa: ASYNC110 (the job has no event for it)
+                await asyncio.sleep(0.01)
+        assert job.tokens < 200
+        async with websockets.connect(host.ws_url) as second:
+            await recv_json(second)
+            await second.send(resume("req-1", offset=len(got), token=token))
+            frames = await read_answer(second)
+    assert frames[-1]["reason"] == "complete"
+    assert text_of(got) + text_of(frames) == "w " * 200
+    assert not job.stopped_unread

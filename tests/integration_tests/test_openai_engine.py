@@ -456,7 +456,7 @@ async def test_a_client_that_leaves_closes_the_upstream_after_a_bounded_buffer()
     (for a resume), then the upstream request is closed, long before ``resume_grace``."""
     async with OpenAIUpstream(behaviour="endless") as upstream:
         async with openai_host(upstream, models=["m"], resume_grace=120.0) as host:
-            host.unread_limit = 20
+            host.unread_limit, host.unread_wait = 20, 0.5
             async with raw_socket(host) as ws:
                 await send_prompt(ws, max_tokens=100000)
                 assert (await ws.receive_json(timeout=WAIT))["type"] == "stream_chunk"
