@@ -64,7 +64,8 @@ async def read_capped(
     seconds for the whole body (``None``: only httpx's per-read timeout).
 
     A longer body raises :class:`ReplyTooLarge` (with ``truncate``: its first ``limit``
-    bytes are returned). A body not complete by the deadline raises ``TimeoutError``.
+    bytes are returned). A body not complete by the deadline raises
+    ``asyncio.TimeoutError`` (the builtin ``TimeoutError`` on Python 3.11+).
     """
     chunks: list[bytes] = []
     size = 0

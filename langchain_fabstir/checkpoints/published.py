@@ -278,7 +278,7 @@ async def _get_index(client: httpx.AsyncClient, host_url: str, session_id: str) 
         raise ProtocolError(
             f"checkpoint index from {host_url} exceeds {_MAX_INDEX_BYTES} bytes", **facts
         ) from None
-    except TimeoutError as exc:
+    except (TimeoutError, asyncio.TimeoutError) as exc:
         raise ResponseTimeoutError(
             f"host {host_url} did not send its whole checkpoint index within {deadline:g}s",
             **facts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,7 @@ async def get_json(
                 status = response.status_code
     except ReplyTooLarge:
         raise FetchError("invalid", f"GET {url}: reply larger than {max_bytes} bytes") from None
-    except TimeoutError as exc:
+    except (TimeoutError, asyncio.TimeoutError) as exc:
         raise FetchError(
             "unreachable", f"GET {url}: no complete reply within {deadline:g}s"
         ) from exc

@@ -306,7 +306,7 @@ class OpenAIEngine:
                 if not isinstance(listed, list):
                     raise ValueError(f"no model list in {str(data)[:200]!r}")
                 self._upstream_models = [m for m in listed if isinstance(m, dict) and "id" in m]
-            except (httpx.HTTPError, ValueError, TimeoutError) as exc:
+            except (httpx.HTTPError, ValueError, TimeoutError, asyncio.TimeoutError) as exc:
                 log.warning("cannot read %s/v1/models: %s", self.base_url, exc or type(exc))
             self._models_at = time.monotonic()
         return self.models()
@@ -558,7 +558,7 @@ class _UpstreamStream:
             async with deadline_after(self._remaining()):
                 request = slots.client.build_request("POST", "/v1/chat/completions", json=body)
                 response = await slots.client.send(request, stream=True)
-        except (httpx.TimeoutException, TimeoutError) as exc:
+        except (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError) as exc:
             raise EngineError(
                 f"upstream {self.engine.base_url} did not answer in time ({type(exc).__name__})"
             ) from None
@@ -568,7 +568,7 @@ class _UpstreamStream:
             try:  # a bounded excerpt, in bounded time
                 async with deadline_after(min(self._remaining(), self.engine.stall_timeout)):
                     raw = await read_capped(response, MAX_ERROR_BODY, truncate=True)
-            except (httpx.HTTPError, TimeoutError, EngineError):
+            except (httpx.HTTPError, TimeoutError, asyncio.TimeoutError, EngineError):
                 raw = b""
             finally:
                 await response.aclose()
@@ -603,7 +603,7 @@ class _UpstreamStream:
                     self._lines.append(self._partial)
                     self._partial = b""
                 return
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 raise EngineError(
                     f"the answer passed its {self.engine.deadline:g}s deadline"
                 ) from None
