@@ -515,6 +515,8 @@ class ReferenceHost:
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
         self.resume_grace = resume_grace
+        if unread_limit < 1 or unread_wait < 0:
+            raise ValueError("unread_limit must be at least 1 and unread_wait not negative")
         self.unread_limit = unread_limit
         self.unread_wait = unread_wait
         self.heartbeat = heartbeat
