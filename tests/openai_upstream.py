@@ -30,6 +30,10 @@ BEHAVIOURS = {
     "drop_mid",
     "error_event",
     "endless",
+    "long_line",  # an event line that never ends: 1 MiB every 20 ms, no newline
+    "slow_line",  # an event line that never ends: 1 KiB every 20 ms, no newline
+    "deep_event",  # an event of 100,000 "["
+    "deep_error",  # an HTTP 500 whose body is 100,000 "["
 }
 
 
@@ -134,6 +138,8 @@ class OpenAIUpstream:
             )
         if behaviour == "500":
             return web.json_response({"error": {"message": "CUDA out of memory"}}, status=500)
+        if behaviour == "deep_error":
+            return web.Response(body=b"[" * 100_000, status=500, content_type="application/json")
         model = str(body.get("model"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -143,6 +149,15 @@ class OpenAIUpstream:
         try:
             if behaviour == "error_event":
                 await resp.write(b'data: {"error": {"message": "model crashed"}}\n\n')
+            elif behaviour == "deep_event":
+                await resp.write(b"data: " + b"[" * 100_000 + b"\n\n")
+                await self._release.wait()
+            elif behaviour in ("long_line", "slow_line"):
+                piece = b"x" * (1024 * 1024 if behaviour == "long_line" else 1024)
+                await resp.write(b'data: {"choices":[{"delta":{"content":"')
+                while True:  # ends only when the client goes away
+                    await resp.write(piece)
+                    await asyncio.sleep(0.02)  # pacing, not synchronisation
             elif behaviour in ("stall_first", "stall_mid", "drop_mid"):
                 if behaviour != "stall_first":
                     for tok in ["one ", "two ", "three "]:

@@ -76,7 +76,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from langchain_fabstir._compat import timeout as deadline_after
 from langchain_fabstir._eth import keccak256 as keccak
+from langchain_fabstir._http import ReplyTooLarge, read_capped, whole_reply_deadline
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.checkpoints import (
@@ -265,19 +267,22 @@ async def _get_index(client: httpx.AsyncClient, host_url: str, session_id: str) 
     """GET the index; every failure becomes a typed error."""
     url = f"{_http_base(host_url)}/v1/checkpoints/{quote(session_id, safe='')}"
     facts: dict[str, Any] = {"host_url": host_url, "session_id": session_id}
+    # The whole GET is bounded in time too (as for an index of 256 KiB, about 800
+    # checkpoints; a larger one must come faster): a host that trickles cannot hold it.
+    deadline = whole_reply_deadline(client.timeout, 256 * 1024)
     try:
-        async with client.stream("GET", url) as response:
-            chunks: list[bytes] = []
-            total = 0
-            async for chunk in response.aiter_bytes():
-                total += len(chunk)
-                if total > _MAX_INDEX_BYTES:
-                    raise ProtocolError(
-                        f"checkpoint index from {host_url} exceeds {_MAX_INDEX_BYTES} bytes",
-                        **facts,
-                    )
-                chunks.append(chunk)
+        async with deadline_after(deadline), client.stream("GET", url) as response:
+            body = await read_capped(response, _MAX_INDEX_BYTES)
             status = response.status_code
+    except ReplyTooLarge:
+        raise ProtocolError(
+            f"checkpoint index from {host_url} exceeds {_MAX_INDEX_BYTES} bytes", **facts
+        ) from None
+    except (TimeoutError, asyncio.TimeoutError) as exc:
+        raise ResponseTimeoutError(
+            f"host {host_url} did not send its whole checkpoint index within {deadline:g}s",
+            **facts,
+        ) from exc
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise ConnectionFailedError(
             f"host {host_url} is unreachable: {type(exc).__name__}: {exc}"[:300], **facts
@@ -295,7 +300,6 @@ async def _get_index(client: httpx.AsyncClient, host_url: str, session_id: str) 
         ) from exc
     except httpx.InvalidURL as exc:
         raise InvalidRequestError(f"invalid host URL {host_url!r}: {exc}", **facts) from exc
-    body = b"".join(chunks)
     excerpt = body[:_EXCERPT].decode("utf-8", "replace")
     if status == 404:
         raise CheckpointError(

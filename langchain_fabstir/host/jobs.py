@@ -3,8 +3,11 @@
 The reference host runs each prompt as an :class:`AnswerJob`: a producer task turns the
 engine's tokens into ready-to-send frames, and any number of consumers (the socket that
 asked, or a later socket that *resumes* it) send those frames from a position. A
-dropped socket does not stop the job; it is kept for a grace period so that a client
-can reconnect and continue from the token it last received (the ``resume`` extension).
+dropped socket does not stop the job at once: it stays ready for a client that
+reconnects (at most ``unread_limit`` tokens ahead, for at most ``unread_wait`` seconds),
+then closes its engine (an upstream stops generating); what it generated is kept for a
+grace period so that a client can continue from the token it last received (the
+``resume`` extension).
 
 >>> import asyncio
 >>> async def demo():
@@ -26,7 +29,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-__all__ = ["AnswerJob"]
+__all__ = ["AnswerJob", "EngineStopped"]
+
+
+class EngineStopped(RuntimeError):
+    """The host stopped an answer that nobody read."""
 
 
 class AnswerJob:
@@ -35,6 +42,14 @@ class AnswerJob:
     Once the answer is over, the job keeps only its frames: the callbacks (and whatever
     they hold, such as the prompt and the engine's generator) are let go, so that a job
     kept for a resume pins no more memory than the answer it sends.
+
+    A job nobody reads (:meth:`detach`, when its last consumer left) waits for a reader
+    for ``unread_wait`` seconds: it generates at most ``unread_limit`` tokens ahead, then
+    pauses (no more tokens are pulled from the engine). A consumer that comes back in
+    time (:meth:`attach`, a resume) gets the whole answer, as if nothing happened.
+    Otherwise the job stops: its engine is closed (an upstream request is closed, so the
+    upstream stops generating), and its frames end with an ``Error: ...`` chunk saying
+    so, then the usual end frames; they are kept for the host's ``resume_grace``.
 
     Args:
         request_id: the prompt's id (a resume names it).
@@ -58,7 +73,13 @@ class AnswerJob:
         end_frames: Callable[[AnswerJob], list[str]],
         on_token: Callable[[str], list[str]] | None = None,
         on_error: Callable[[Exception], str] | None = None,
+        unread_limit: int = 256,
+        unread_wait: float = 5.0,
     ) -> None:
+        if unread_limit < 1:
+            raise ValueError(f"unread_limit must be at least 1, not {unread_limit}")
+        if unread_wait < 0:
+            raise ValueError(f"unread_wait must not be negative, not {unread_wait}")
         self.request_id = request_id
         self.owner = owner
         """The resume token of the socket that asked for it (or that resumed it last):
@@ -71,6 +92,14 @@ class AnswerJob:
         self.tokens = 0
         self.finished = asyncio.Event()
         self.cancelled = False
+        self.unread_limit = unread_limit
+        self.unread_wait = unread_wait
+        self._reader: asyncio.Event | None = None  # set when a reader is back
+        self._give_up_at = 0.0  # loop time at which an unread job stops
+        self._give_up: asyncio.TimerHandle | None = None
+        self.stopped_unread = False
+        """The job stopped because nobody read it (see :meth:`detach`)."""
+        self._stop_at: int | None = None  # the token count at which an unread job stops
         self._chunk_frame: Callable[[str, int], str] | None = chunk_frame
         self._end_frames: Callable[[AnswerJob], list[str]] | None = end_frames
         self._on_token = on_token
@@ -94,6 +123,22 @@ class AnswerJob:
                 self.tokens += 1
                 if self._waiters:
                     self._wake()
+                if (
+                    self._stop_at is not None
+                    and self.tokens >= self._stop_at
+                    and not await self._reader_back()
+                ):
+                    self.stopped_unread = True
+                    if self._on_error is not None:
+                        frames.append(
+                            self._on_error(
+                                EngineStopped(
+                                    f"the answer was stopped after {self.tokens} tokens: "
+                                    "no client read it"
+                                )
+                            )
+                        )
+                    break
         except asyncio.CancelledError:
             self.cancelled = True
         except Exception as exc:  # an engine failure becomes an "Error: ..." chunk
@@ -111,6 +156,9 @@ class AnswerJob:
             self._chunk_frame = self._end_frames = self._on_token = self._on_error = None
             del chunk_frame, on_token, tokens
             self._task = None
+            if self._give_up is not None:
+                self._give_up.cancel()
+                self._give_up = None
             self.finished.set()
             self._wake()
 
@@ -135,6 +183,56 @@ class AnswerJob:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         await fut
+
+    @property
+    def paused(self) -> bool:
+        """Nobody reads it and it is ``unread_limit`` tokens ahead: it waits for a reader."""
+        return (
+            self._stop_at is not None
+            and self.tokens >= self._stop_at
+            and not self.finished.is_set()
+        )
+
+    async def _reader_back(self) -> bool:
+        """Paused (nobody reads, ``unread_limit`` tokens ahead): wait for a reader until
+        ``unread_wait`` seconds after the last one left. False: nobody came back."""
+        reader = self._reader
+        remaining = self._give_up_at - asyncio.get_running_loop().time()
+        if reader is None or remaining <= 0:
+            return reader is None
+        try:
+            await asyncio.wait_for(reader.wait(), remaining)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _time_is_up(self) -> None:
+        self._give_up = None
+        if self._reader is not None:  # still nobody: stop at the next token
+            self._stop_at = self.tokens
+
+    def detach(self) -> None:
+        """Nobody reads the job now: it stops unless a reader is back within
+        ``unread_wait`` seconds (it runs at most ``unread_limit`` tokens ahead)."""
+        if self.finished.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._stop_at = self.tokens + self.unread_limit
+        self._reader = asyncio.Event()
+        self._give_up_at = loop.time() + self.unread_wait
+        if self._give_up is not None:
+            self._give_up.cancel()
+        self._give_up = loop.call_at(self._give_up_at, self._time_is_up)
+
+    def attach(self) -> None:
+        """A consumer reads the job again: it goes on unbounded."""
+        self._stop_at = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.set()
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
 
     def cancel(self) -> None:
         if self._task is not None and not self._task.done():

@@ -12,9 +12,12 @@ Errors the upstream reports before the first token surface from
 the host turns into its error frames: :class:`EngineContextOverflow`
 (``TOKEN_LIMIT_EXCEEDED``), :class:`EngineRateLimited` (``Rate limit exceeded, retry
 after N seconds``), any other :class:`EngineError` (a bare error). Closing a generation
-(a cancel, or the host reaping an answer nobody reads) closes the upstream connection,
+(a cancel, or the host stopping an answer nobody reads) closes the upstream connection,
 so the upstream stops generating. A stall (no bytes for ``stall_timeout`` seconds), a
-passed ``deadline`` or a dropped connection ends the answer with an error, never a hang.
+passed ``deadline`` (enforced inside each read), an event line over ``max_event_bytes``,
+more content chunks than ``max_tokens``, or a dropped connection ends the answer with an
+error, never a hang or unbounded memory. Every JSON the upstream sends is read with a
+size bound and parsed with :func:`~langchain_fabstir._json.loads_untrusted`.
 
 >>> from pydantic import SecretStr
 >>> engine = OpenAIEngine("http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
@@ -40,6 +43,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from langchain_fabstir._compat import timeout as deadline_after
+from langchain_fabstir._http import read_capped
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.host.engines import (
     EngineContextOverflow,
@@ -55,6 +60,13 @@ log = logging.getLogger(__name__)
 
 BUSY_RETRY_AFTER = 5.0
 """Seconds a client is told to wait when every upstream slot stayed busy."""
+
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of an upstream's error reply that are read (the rest is not)."""
+
+MAX_MODELS_BODY = 1024 * 1024
+"""Bytes of an upstream's ``/v1/models`` reply that are read; a longer one is refused."""
+
 
 _OVERFLOW = re.compile(
     r"context[ _-]?(length|size|window)|maximum context|too many tokens|prompt is too long",
@@ -146,7 +158,8 @@ class _Slots:
         self.semaphore = asyncio.Semaphore(engine.max_concurrent)
         self.active = 0
         self.models_lock = asyncio.Lock()
-        headers = {"Accept": "text/event-stream"}
+        # No compression: the event stream is read raw, a line at a time, with a bound.
+        headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if engine.api_key is not None:
             headers["Authorization"] = f"Bearer {engine.api_key.get_secret_value()}"
         self.client = httpx.AsyncClient(
@@ -183,8 +196,10 @@ class OpenAIEngine:
         connect_timeout: seconds to open a connection to the upstream.
         stall_timeout: seconds without a byte from the upstream before the answer ends
             with an error (also the wait for the first byte).
-        deadline: seconds an answer may take in all (checked between chunks, so an answer
-            ends at most ``deadline + stall_timeout`` after it began).
+        deadline: seconds an answer may take in all, from the request to its last byte
+            (enforced inside every read: an upstream that never pauses cannot pass it).
+        max_event_bytes: the longest line of the event stream accepted; an upstream that
+            sends a longer one (or no newline at all) ends the answer with an error.
         context_window: the model's context window, for the host's overflow check and
             its ``max_tokens`` clamp. Default: what the upstream's ``/v1/models`` says
             (``max_model_len``, ``context_length``), else 32768.
@@ -207,6 +222,7 @@ class OpenAIEngine:
         connect_timeout: float = 10.0,
         stall_timeout: float = 60.0,
         deadline: float = 600.0,
+        max_event_bytes: int = 256 * 1024,
         context_window: int | None = None,
         models_ttl: float = 30.0,
         response_format: bool = True,
@@ -222,6 +238,7 @@ class OpenAIEngine:
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.deadline = deadline
+        self.max_event_bytes = max_event_bytes
         self._context_window = context_window
         self.models_ttl = models_ttl
         self.response_format = response_format
@@ -278,15 +295,19 @@ class OpenAIEngine:
             if not force and time.monotonic() - self._models_at < self.models_ttl:
                 return self.models()
             try:
-                response = await slots.client.get("/v1/models")
-                response.raise_for_status()
-                data = loads_untrusted(response.content)
+                # The whole read is bounded in time and size (a trickling or endless
+                # reply cannot hold the lock, nor fill memory).
+                async with deadline_after(self.connect_timeout + self.stall_timeout):
+                    async with slots.client.stream("GET", "/v1/models") as response:
+                        response.raise_for_status()
+                        raw = await read_capped(response, MAX_MODELS_BODY)
+                data = loads_untrusted(raw)
                 listed = data.get("data") or data.get("models") if isinstance(data, dict) else None
                 if not isinstance(listed, list):
                     raise ValueError(f"no model list in {str(data)[:200]!r}")
                 self._upstream_models = [m for m in listed if isinstance(m, dict) and "id" in m]
-            except (httpx.HTTPError, ValueError) as exc:
-                log.warning("cannot read %s/v1/models: %s", self.base_url, exc)
+            except (httpx.HTTPError, ValueError, TimeoutError, asyncio.TimeoutError) as exc:
+                log.warning("cannot read %s/v1/models: %s", self.base_url, exc or type(exc))
             self._models_at = time.monotonic()
         return self.models()
 
@@ -415,7 +436,7 @@ class OpenAIEngine:
         await self.aclose()
 
 
-_DONE = "[DONE]"
+_DONE = b"[DONE]"
 
 
 class _UpstreamStream:
@@ -424,6 +445,11 @@ class _UpstreamStream:
     The slot, the HTTP response and its connection are released by :meth:`aclose`
     (called by the host when the answer ends, is cancelled or is reaped), which also
     runs when ``open()`` fails.
+
+    The stream is read raw and cut into lines here, so that a line is bounded by
+    ``max_event_bytes``; every read runs under the answer's deadline. At most
+    ``max_tokens`` content chunks are passed on: an upstream that sends more (it ignores
+    ``max_tokens``) is cut there, with finish reason ``length``.
     """
 
     def __init__(
@@ -448,7 +474,10 @@ class _UpstreamStream:
         self._slots: _Slots | None = None
         self._holding = False
         self._response: httpx.Response | None = None
-        self._lines: AsyncIterator[str] | None = None
+        self._raw: AsyncIterator[bytes] | None = None
+        self._lines: deque[bytes] = deque()  # whole lines read, not yet handled
+        self._partial = b""  # the start of a line whose end has not come yet
+        self._eof = False
         self._pending: deque[str] = deque()
         self._is_open = False
         self._open_error: BaseException | None = None
@@ -511,59 +540,98 @@ class _UpstreamStream:
             window, prompt = exc.context_window, exc.prompt_tokens
             if window is None or prompt is None or prompt >= window:
                 raise
-            body["max_tokens"] = window - prompt
+            body["max_tokens"] = self.max_tokens = window - prompt
             await self._send(slots, body)
         # Read up to the first token, so that an error in the stream's first event
         # still becomes the host's error frame.
         while not self._pending and not self._finished:
             await self._read_event()
 
+    def _remaining(self) -> float:
+        remaining = self._ends_at - time.monotonic()
+        if remaining <= 0:
+            raise EngineError(f"the answer passed its {self.engine.deadline:g}s deadline")
+        return remaining
+
     async def _send(self, slots: _Slots, body: dict[str, Any]) -> None:
         try:
-            request = slots.client.build_request("POST", "/v1/chat/completions", json=body)
-            response = await slots.client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            async with deadline_after(self._remaining()):
+                request = slots.client.build_request("POST", "/v1/chat/completions", json=body)
+                response = await slots.client.send(request, stream=True)
+        except (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError) as exc:
             raise EngineError(
                 f"upstream {self.engine.base_url} did not answer in time ({type(exc).__name__})"
             ) from None
         except httpx.HTTPError as exc:
             raise EngineError(f"cannot reach upstream {self.engine.base_url}: {exc}") from None
         if response.status_code >= 400:
-            try:
-                raw = await response.aread()
-            except httpx.HTTPError:
+            try:  # a bounded excerpt, in bounded time
+                async with deadline_after(min(self._remaining(), self.engine.stall_timeout)):
+                    raw = await read_capped(response, MAX_ERROR_BODY, truncate=True)
+            except (httpx.HTTPError, TimeoutError, asyncio.TimeoutError, EngineError):
                 raw = b""
             finally:
                 await response.aclose()
             try:
-                parsed: Any = loads_untrusted(raw[:65536]) if raw else {}
-            except ValueError:
+                parsed: Any = loads_untrusted(raw) if raw else {}
+            except (ValueError, UnicodeDecodeError):
                 parsed = raw[:500].decode("utf-8", "replace")
             raise upstream_error(response.status_code, parsed, retry_after=_retry_after(response))
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            await response.aclose()
+            raise EngineError(
+                f"upstream {self.engine.base_url} compressed its event stream ({encoding}) "
+                "though asked not to"
+            )
         self._response = response
-        self._lines = response.aiter_lines()
+        self._raw = response.aiter_raw()
 
     # --- reading ----------------------------------------------------------------------
 
+    async def _fill(self) -> None:
+        """Read from the upstream until a whole line is ready (or the stream ends)."""
+        assert self._raw is not None
+        limit = self.engine.max_event_bytes
+        while not self._lines and not self._eof:
+            try:
+                async with deadline_after(self._remaining()):
+                    chunk = await self._raw.__anext__()
+            except StopAsyncIteration:
+                self._eof = True
+                if self._partial:
+                    self._lines.append(self._partial)
+                    self._partial = b""
+                return
+            except (TimeoutError, asyncio.TimeoutError):
+                raise EngineError(
+                    f"the answer passed its {self.engine.deadline:g}s deadline"
+                ) from None
+            except httpx.TimeoutException:
+                raise EngineError(
+                    f"the upstream stalled: no data for {self.engine.stall_timeout:g}s"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise EngineError(f"the upstream connection dropped mid-answer: {exc}") from None
+            if self._partial:
+                chunk = self._partial + chunk
+            lines = chunk.split(b"\n")
+            self._partial = lines.pop()
+            if len(self._partial) > limit or any(len(line) > limit for line in lines):
+                raise EngineError(f"the upstream sent an event line longer than {limit} bytes")
+            self._lines.extend(lines)
+
     async def _read_event(self) -> None:
-        """Read one line of the event stream into ``_pending`` / ``result``."""
-        assert self._lines is not None
-        if time.monotonic() > self._ends_at:
-            raise EngineError(f"the answer passed its {self.engine.deadline:g}s deadline")
-        try:
-            line = await self._lines.__anext__()
-        except StopAsyncIteration:
-            if not (self._seen_reason or self._got_usage):  # no [DONE], no finish: cut
-                raise EngineError("the upstream closed the stream before finishing") from None
-            self._finish()
-            return
-        except httpx.TimeoutException:
-            raise EngineError(
-                f"the upstream stalled: no data for {self.engine.stall_timeout:g}s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise EngineError(f"the upstream connection dropped mid-answer: {exc}") from None
-        if not line.startswith("data:"):
+        """Handle one line of the event stream into ``_pending`` / ``result``."""
+        if not self._lines:
+            await self._fill()
+            if not self._lines:  # the end of the stream
+                if not (self._seen_reason or self._got_usage):  # no [DONE], no finish: cut
+                    raise EngineError("the upstream closed the stream before finishing")
+                self._finish()
+                return
+        line = self._lines.popleft()
+        if not line.startswith(b"data:"):
             return  # blank separators, comments (keep-alive pings), event names
         data = line[5:].strip()
         if data == _DONE:
@@ -571,16 +639,23 @@ class _UpstreamStream:
             return
         try:
             chunk = loads_untrusted(data)
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
             raise EngineError(f"the upstream sent an unreadable event: {data[:200]!r}") from None
         if not isinstance(chunk, dict):
             return
         if "error" in chunk:
             raise upstream_error(None, chunk)
         for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
             delta = choice.get("delta") or {}
-            text = delta.get("content")
+            text = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(text, str) and text:
+                if self._chunks >= self.max_tokens:  # the upstream ignores max_tokens
+                    self.result.finish_reason = "length"
+                    self._seen_reason = True
+                    self._finish()
+                    return
                 self._pending.append(text)
                 self._chunks += 1
             reason = choice.get("finish_reason")
@@ -623,6 +698,8 @@ class _UpstreamStream:
     async def aclose(self) -> None:
         """Stop: close the upstream response (and its connection) and free the slot."""
         self._finished = True
+        self._lines.clear()
+        self._partial = b""
         response, self._response = self._response, None
         if response is not None:
             with contextlib.suppress(Exception):

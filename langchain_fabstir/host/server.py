@@ -528,6 +528,12 @@ class ReferenceHost:
         resume_grace: seconds an answer is kept after it ends, so that a client whose
             socket dropped can resume it (the ``resume`` extension; only with the
             token its socket was given, see :data:`HOST_FEATURES`).
+        unread_limit, unread_wait: after its socket dropped, an answer waits
+            ``unread_wait`` seconds (default 5) for a resume, generating at most
+            ``unread_limit`` tokens (default 256) ahead; a resume in that time gets the
+            whole answer. Then its engine is closed (an upstream request too) and the
+            answer ends with an ``Error:`` chunk; what was generated is kept
+            ``resume_grace`` seconds.
         heartbeat: seconds between WebSocket pings; a peer that does not answer one
             within half that is disconnected (``None`` disables pings).
         max_frame_size: the largest WebSocket message accepted, in bytes.
@@ -562,6 +568,8 @@ class ReferenceHost:
         chain_id: int | None = None,
         host_key: str | None = None,
         resume_grace: float = 30.0,
+        unread_limit: int = 256,
+        unread_wait: float = 5.0,
         heartbeat: float | None = 30.0,
         portal_url: str | None = None,
         s5_seed_phrase: str | SecretStr | None = None,
@@ -601,6 +609,10 @@ class ReferenceHost:
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
         self.resume_grace = resume_grace
+        if unread_limit < 1 or unread_wait < 0:
+            raise ValueError("unread_limit must be at least 1 and unread_wait not negative")
+        self.unread_limit = unread_limit
+        self.unread_wait = unread_wait
         self.heartbeat = heartbeat
         self.resumes = 0
         """How many answers were resumed by a reconnecting client."""
@@ -701,7 +713,10 @@ class ReferenceHost:
         ws = web.WebSocketResponse(
             compress=True, max_msg_size=self.max_frame_size, heartbeat=self.heartbeat
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:  # the client left during the handshake
+            return ws
         conn = _Connection(self, ws)
         self.connections.add(conn)
         try:
@@ -713,7 +728,21 @@ class ReferenceHost:
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
+            # What the socket owned waits resume_grace for a client to take it over
+            # (session_init or resume with its token), then is let go.
+            if self._trackers:
+                asyncio.get_running_loop().call_later(
+                    self.resume_grace, self._release_owner, conn.token
+                )
         return ws
+
+    def _release_owner(self, token: str) -> None:
+        """Forget the session checkpoint state of a socket gone for ``resume_grace``
+        (its answers expire on their own; state handed over is under the new token)."""
+        if any(conn.token == token for conn in self.connections):
+            return  # pragma: no cover - tokens are per socket; a resumed one is renamed
+        for key in [k for k in self._trackers if k[0] == token]:
+            del self._trackers[key]
 
     def _messages(self, request: InferenceRequest) -> list[dict[str, str]]:
         context = request.conversation_context[-CONTEXT_MESSAGES:]
@@ -875,6 +904,8 @@ class ReferenceHost:
             end_frames=end_frames,
             on_token=on_token if tracker is not None or recorder is not None else None,
             on_error=on_error,
+            unread_limit=self.unread_limit,
+            unread_wait=self.unread_wait,
         )
         job.start(gen.tokens)
         if recorder is not None:
@@ -952,6 +983,7 @@ class ReferenceHost:
         conn.current_job = job
         conn.chunk_index = bisect.bisect_left(job.chunk_at, position)  # encrypted chunks
         job.consumers += 1
+        job.attach()
         try:
             while True:
                 frames = job.frames
@@ -971,7 +1003,9 @@ class ReferenceHost:
             conn.current_job = None
             job.consumers -= 1
             if job.consumers == 0 and not job.finished.is_set():
-                # Nobody reads it now: it waits resume_grace for a resume, then stops.
+                # Nobody reads it now: it waits unread_wait for a reader, at most
+                # unread_limit tokens ahead (AnswerJob.detach), then stops.
+                job.detach()
                 asyncio.get_running_loop().call_later(self.resume_grace, self._reap, job)
         # stream_cancel: stop generating and say so.
         job.cancel()
@@ -1124,12 +1158,22 @@ class ReferenceHost:
             response_format=response_format,
             model=req.model,
         )
+        # A client that leaves stops the generation (and an upstream request) at the
+        # next token: one attribute read per token.
+        transport = request.transport
+        parts: list[str] = []
         try:
-            content = "".join([t async for t in gen])
+            async for token in gen:
+                parts.append(token)
+                if transport is None or transport.is_closing():
+                    return web.Response(status=499)  # nobody reads it
         except EngineError as exc:
             return web.json_response(
                 {"error_type": "engine_error", "message": str(exc)}, status=500
             )
+        finally:
+            await gen.aclose()
+        content = "".join(parts)
         result = gen.result
         prompt_tokens = result.prompt_tokens or self.engine.count_prompt_tokens(messages)
         return web.json_response(

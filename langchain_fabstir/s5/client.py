@@ -5,9 +5,10 @@ downloads are hashed against their CID, registry entries must carry a valid sign
 Transient failures (connection errors, timeouts, 5xx, 429) are retried with tenacity
 (bounded attempts, exponential backoff with jitter); after the last attempt a
 :class:`~langchain_fabstir.errors.StorageError` names the portal and the number of attempts.
-Besides httpx's per-read timeouts, every attempt has an overall deadline
-(``request_deadline``): a portal that trickles its reply a byte at a time cannot hold a
-request past it.
+Besides httpx's per-read timeouts, every attempt has a deadline as a whole, derived from
+the size of what it carries (connect + read timeout + size at ``min_transfer_rate``,
+capped by ``request_deadline``): a portal that trickles a small reply (a registry entry, an
+account challenge) a byte at a time fails within about one read timeout per attempt.
 
 Secrets stay out of logs: importing this module attaches a filter to the loggers of httpx,
 httpcore and aiohttp that replaces auth-token, cookie and ``Authorization`` values with
@@ -47,6 +48,12 @@ from tenacity import (
 )
 
 from langchain_fabstir._compat import timeout as deadline_after
+from langchain_fabstir._http import (
+    MIN_TRANSFER_RATE,
+    ReplyTooLarge,
+    read_capped,
+    whole_reply_deadline,
+)
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
     AuthenticationError,
@@ -101,9 +108,14 @@ class S5PortalClient:
         portal_url: base URL, e.g. ``"https://s5.example.com"`` or ``portal.url``.
         auth_token: a token from :meth:`register`/:meth:`login` (kept as ``SecretStr``).
         timeout: ``httpx.Timeout`` split by phase (default: connect 5 s, read/write 30 s).
-        request_deadline: seconds one attempt may take as a whole, from sending the request
-            to the last byte of the reply (default 300 s; ``None``: no overall deadline).
-            An attempt past it counts as a timeout: retried like one, then ``StorageError``.
+        request_deadline: the most seconds one attempt may take as a whole, from sending
+            the request to the last byte of the reply (default 300 s; ``None``: no cap).
+            Each attempt's own deadline is smaller when what it carries is small: the
+            connect timeout, plus the read timeout, plus its bytes (sent or expected back)
+            at ``min_transfer_rate``. An attempt past its deadline counts as a timeout:
+            retried like one, then ``StorageError``.
+        min_transfer_rate: bytes a second a portal must keep up on average (default
+            64 KiB/s), for the deadline above.
         max_attempts: attempts per request for transient failures (>= 1).
         backoff_initial: base of the exponential backoff, seconds (with full jitter).
         backoff_max: cap of one backoff wait, seconds.
@@ -122,13 +134,17 @@ class S5PortalClient:
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
         max_download_bytes: int = 256 * 1024 * 1024,
+        min_transfer_rate: float = MIN_TRANSFER_RATE,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if request_deadline is not None and not request_deadline > 0:
             raise ValueError("request_deadline must be positive (or None)")
+        if not min_transfer_rate > 0:
+            raise ValueError("min_transfer_rate must be positive")
         self.request_deadline = request_deadline
+        self.min_transfer_rate = min_transfer_rate
         self.portal_url = portal_url.rstrip("/")
         url = httpx.URL(self.portal_url)
         self.portal_host = url.host + (f":{url.port}" if url.port else "")
@@ -173,35 +189,43 @@ class S5PortalClient:
             return {}
         return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
-    async def _once(self, build: Callable[[], httpx.Request], limit: int) -> Response:
+    def attempt_deadline(self, size: int) -> float | None:
+        """Seconds one attempt that carries ``size`` bytes may take as a whole.
+
+        >>> S5PortalClient("http://x", timeout=httpx.Timeout(1.0, connect=0.5)).attempt_deadline(0)
+        1.5
+        """
+        return whole_reply_deadline(
+            self._http.timeout, size, min_rate=self.min_transfer_rate, cap=self.request_deadline
+        )
+
+    async def _once(self, build: Callable[[], httpx.Request], limit: int, size: int) -> Response:
         request = build()
-        if self.request_deadline is None:
+        deadline = self.attempt_deadline(size)
+        if deadline is None:
             return await self._exchange(request, limit)
         try:
-            async with deadline_after(self.request_deadline):
+            async with deadline_after(deadline):
                 return await self._exchange(request, limit)
         except (TimeoutError, asyncio.TimeoutError) as exc:
             raise DeadlineExceeded(
-                f"no complete reply within the {self.request_deadline:g} s request deadline",
+                f"no complete reply within its {deadline:g} s deadline (connect, read "
+                f"timeout, {size} bytes at {self.min_transfer_rate:g} B/s, at most "
+                f"request_deadline={self.request_deadline})",
                 request=request,
             ) from exc
 
     async def _exchange(self, request: httpx.Request, limit: int) -> Response:
         response = await self._http.send(request, stream=True)
         try:
-            chunks: list[bytes] = []
-            total = 0
-            async for chunk in response.aiter_bytes():
-                total += len(chunk)
-                if total > limit:
-                    raise StorageError(
-                        f"reply from {self.portal_url} exceeds {limit} bytes",
-                        host_url=self.portal_url,
-                    )
-                chunks.append(chunk)
+            body = await read_capped(response, limit)
+        except ReplyTooLarge:
+            raise StorageError(
+                f"reply from {self.portal_url} exceeds {limit} bytes", host_url=self.portal_url
+            ) from None
         finally:
             await response.aclose()
-        result = Response(response.status_code, b"".join(chunks), response.headers)
+        result = Response(response.status_code, body, response.headers)
         if result.status >= 500 or result.status == 429:
             raise Transient(result.status, result.text)
         return result
@@ -213,7 +237,10 @@ class S5PortalClient:
         *,
         idempotent: bool = True,
         limit: int = 1024 * 1024,
+        size: int = 0,
     ) -> Response:
+        """One request, retried; ``size``: the bytes it sends or expects back, for its
+        deadline (:meth:`attempt_deadline`); small by default."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
@@ -225,7 +252,7 @@ class S5PortalClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._once(build, limit)
+                    return await self._once(build, limit, size)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise StorageError(
@@ -390,6 +417,7 @@ class S5PortalClient:
                 files={"file": ("blob", data, media_type)},
                 headers=self._auth_headers(),
             ),
+            size=len(data),
         )
         if reply.status not in (200, 201):
             raise self._refused("upload a blob", reply)
@@ -411,12 +439,13 @@ class S5PortalClient:
             )
         return expected
 
-    async def _fetch(self, path: str, what: str) -> bytes:
+    async def _fetch(self, path: str, what: str, size: int | None) -> bytes:
         limit = self.max_download_bytes
         reply = await self._request(
             what,
             lambda: self._http.build_request("GET", self._url(path), headers=self._auth_headers()),
             limit=limit,
+            size=limit if size is None else min(size, limit),
         )
         if reply.status != 200:
             raise self._refused(what, reply)
@@ -425,7 +454,7 @@ class S5PortalClient:
     async def download(self, cid: CID | str) -> bytes:
         """The bytes of ``cid``; :class:`IntegrityError` if they do not hash to it."""
         cid = CID.coerce(cid)
-        body = await self._fetch(f"download/{cid}", f"download {cid}")
+        body = await self._fetch(f"download/{cid}", f"download {cid}", cid.size)
         if not cid.matches(body):
             raise IntegrityError(
                 f"blob {cid} from {self.portal_url} does not match its hash or size",
@@ -442,7 +471,7 @@ class S5PortalClient:
         if len(hash32) != 32:
             raise InvalidCIDError("a blob hash must be 32 bytes")
         cid = CID(hash32, 0)
-        body = await self._fetch(f"download/{cid}", f"download blob {hash32.hex()[:16]}")
+        body = await self._fetch(f"download/{cid}", f"download blob {hash32.hex()[:16]}", None)
         if blake3_hash(body) != hash32:
             raise IntegrityError(
                 f"blob {hash32.hex()} from {self.portal_url} does not match its hash",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
 import random
+import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+import websockets
 
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir._compat import timeout as within
@@ -102,3 +106,95 @@ async def test_500_concurrent_sessions_on_one_loop() -> None:
     assert all(s.final_token_count > 0 for s in summaries)
     assert all(s.status == "ended" for s in sessions)
     assert len(host.requests) == min(n, host.requests.maxlen or n)
+
+
+# --- sockets that prompt, cancel and vanish leave nothing behind ---------------------------
+
+HOST_KEY = "0x" + "11" * 32
+
+
+def _per_session_state(host: ReferenceHost) -> dict[str, int]:
+    """The host's structures that grow with sockets, sessions and answers."""
+    return {
+        "answers": len(host._jobs),
+        "session_trackers": len(host._trackers),
+        "connections": len(host.connections),
+        "tasks": len(asyncio.all_tasks()),
+    }
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0  # pragma: no cover - Linux only
+
+
+async def _prompt_cancel_vanish(url: str, i: int) -> None:
+    """Prompt (with session checkpoints), cancel, and drop the TCP connection without a
+    close handshake."""
+    ws = await websockets.connect(url, compression=None)
+    try:
+        await ws.recv()  # connected
+        await ws.send(json.dumps({"type": "session_init", "session_id": f"s{i}", "jobId": i}))
+        await ws.recv()  # session_init_ack
+        request = {
+            "model": "m",
+            "prompt": f"hello from {i} " * 20,
+            "max_tokens": 200,
+            "checkpoint": {"interval": 10, "scope": "session"},
+        }
+        await ws.send(json.dumps({"type": "prompt", "request": request, "id": f"p-{i}"}))
+        await ws.recv()
+        await ws.send(json.dumps({"type": "stream_cancel", "session_id": f"s{i}"}))
+    finally:
+        ws.transport.abort()
+
+
+async def _until_equal(read: Callable[[], dict[str, int]], want: dict[str, int]) -> None:
+    """Poll (bounded) until ``read()`` equals ``want``."""
+    try:
+        async with within(30):
+            while read() != want:  # noqa: ASYNC110 (the host has no event for it)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        assert read() == want  # shows the difference
+
+
+@pytest.mark.timeout(90)
+async def test_vanished_sockets_leave_no_per_session_state_after_the_resume_grace() -> None:
+    n = 300
+    async with ReferenceHost(
+        EchoEngine(), rate_limit_per_minute=None, resume_grace=0.5, host_key=HOST_KEY
+    ) as host:
+        idle = _per_session_state(host)
+        await asyncio.gather(*(_prompt_cancel_vanish(host.ws_url, -i) for i in range(1, 4)))
+        await _until_equal(lambda: _per_session_state(host), idle)  # warmed up
+        gc.collect()
+        rss_before = _rss_mib()
+        tracemalloc.start()
+        try:
+            traced_before = tracemalloc.get_traced_memory()[0]
+            slots = asyncio.Semaphore(100)
+
+            async def one(i: int) -> None:
+                async with slots:
+                    await _prompt_cancel_vanish(host.ws_url, i)
+
+            async with within(60):
+                await asyncio.gather(*(one(i) for i in range(n)))
+            held = _per_session_state(host)
+            await _until_equal(lambda: _per_session_state(host), idle)
+            gc.collect()
+            traced_after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        rss_after = _rss_mib()
+    assert held["session_trackers"] > 0  # the state existed while the grace ran
+    growth = traced_after - traced_before
+    print(
+        f"{n} vanished sockets: held {held}; RSS {rss_before:.1f} -> {rss_after:.1f} MiB; "
+        f"Python heap +{growth / 1024:.0f} KiB after the grace"
+    )
+    assert growth < 4 * 1024 * 1024  # a bounded check; the counts above are the assertion

@@ -14,11 +14,14 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from aiohttp import web
 
 from langchain_fabstir import SessionConfig, SessionManager
+from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.checkpoints import CheckpointProof
+from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
 from langchain_fabstir.cli import start_host_process
-from langchain_fabstir.errors import CheckpointError
+from langchain_fabstir.errors import CheckpointError, ResponseTimeoutError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 
 HOST_KEY = "0x" + "42" * 32
@@ -290,3 +293,61 @@ async def test_inference_with_malformed_tools_is_a_validation_error(
             json={"model": "echo", "prompt": "hi", "max_tokens": 5},
         )
         assert ok.status_code == 200
+
+
+async def test_a_host_that_trickles_its_checkpoint_index_is_a_timeout() -> None:
+    """A small index sent one byte every 0.2 s: ``ResponseTimeoutError`` within the
+    whole-reply deadline, not after every byte (each well within the 0.5 s read timeout)."""
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        body = json.dumps({"sessionId": "1", "hostAddress": "0x" + "00" * 20, "pad": "x" * 200})
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        for byte in body.encode():
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/checkpoints/{session_id}", trickle)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(ResponseTimeoutError):
+            await asyncio.wait_for(
+                fetch_host_checkpoints(url, "1", portal="http://127.0.0.1:9", timeout=0.5), 30
+            )
+    finally:
+        await runner.cleanup()
+    assert loop.time() - started < 15  # 0.5 + 0.5 + 256 KiB at 64 KiB/s, not 50 s
+
+
+async def test_a_resume_while_the_answer_waits_for_its_reader_gets_all_of_it() -> None:
+    """After a drop the answer pauses ``unread_limit`` tokens ahead; a resume within
+    ``unread_wait`` continues it to the end, with nothing lost."""
+    engine = EchoEngine(script=["w "], fill=True, delay=0.005)
+    async with ReferenceHost(
+        engine, rate_limit_per_minute=None, unread_limit=5, unread_wait=30.0
+    ) as host:
+        first = await websockets.connect(host.ws_url)
+        token = (await recv_json(first))["resume_token"]
+        await first.send(prompt("req-1", max_tokens=200))
+        got = [await recv_json(first) for _ in range(2)]
+        first.transport.abort()  # the socket drops mid-answer
+        (job,) = host._jobs.values()
+        async with within(10):
+            while not job.paused:  # noqa: ASYNC110 (the job has no event for it)
+                await asyncio.sleep(0.01)
+        assert job.tokens < 200
+        async with websockets.connect(host.ws_url) as second:
+            await recv_json(second)
+            await second.send(resume("req-1", offset=len(got), token=token))
+            frames = await read_answer(second)
+    assert frames[-1]["reason"] == "complete"
+    assert text_of(got) + text_of(frames) == "w " * 200
+    assert not job.stopped_unread

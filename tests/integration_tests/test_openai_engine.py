@@ -8,6 +8,7 @@ drops. Clients are the package's ``SessionManager``/``ChatFabstir`` or a raw Web
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -322,12 +323,22 @@ async def test_api_key_never_shown(caplog: pytest.LogCaptureFixture) -> None:
 # --- the command line ----------------------------------------------------------------
 
 
-def _start_cli_host(upstream_url: str) -> tuple[subprocess.Popen[str], str]:
+def _start_cli_host(
+    upstream_url: str, *, recursion_limit: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, TEST_UPSTREAM_KEY="sk-cli-key")
     args = ["--engine", "openai", "--upstream", upstream_url, "--max-concurrent", "2"]
     args += ["--upstream-key-env", "TEST_UPSTREAM_KEY", "--rate-limit", "0"]
+    command = [sys.executable, "-m", "langchain_fabstir.cli"]
+    if recursion_limit is not None:  # as py_ecc sets it: deep JSON would crash the process
+        command = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.setrecursionlimit({recursion_limit}); "
+            "from langchain_fabstir.cli import main; sys.exit(main())",
+        ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "langchain_fabstir.cli", "host", "--port", "0", *args],
+        [*command, "host", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -366,3 +377,104 @@ async def test_cli_host_with_openai_engine() -> None:
     summary = f"upstream {upstream.url.removesuffix('/v1')}, models: smollm2-135m, big-model"
     assert summary in stderr
     assert "sk-cli-key" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "text"),
+    [("deep_event", "unreadable event"), ("deep_error", "upstream error (HTTP 500)")],
+)
+async def test_deeply_nested_json_from_the_upstream_is_an_error_frame(
+    behaviour: str, text: str
+) -> None:
+    """100,000 ``[`` in an event or an error body: a typed error, and the host lives on
+    (run in a subprocess with the recursion limit py_ecc sets, where ``json.loads`` of
+    such a text overflows the C stack)."""
+    async with OpenAIUpstream(behaviour=behaviour) as upstream:
+        proc, url = await asyncio.to_thread(_start_cli_host, upstream.url, recursion_limit=100_000)
+        try:
+            errors = []
+            for _ in range(2):  # the same host answers a second time
+                async with aiohttp.ClientSession() as client:
+                    async with client.ws_connect(url.replace("http", "ws") + "/v1/ws") as ws:
+                        await ws.receive_json(timeout=WAIT)
+                        await send_prompt(ws)
+                        error, end = await frames_until_end(ws)
+                        errors.append(error)
+                        assert end["reason"] == "error"
+        finally:
+            proc.terminate()
+            await asyncio.to_thread(proc.communicate, timeout=WAIT)
+    for error in errors:
+        assert error["type"] == "error" and text in error["error"]
+        assert len(error["error"]) < 1000
+
+
+# --- the upstream's bounds: line size, deadline, max_tokens, a client that leaves ---------
+
+
+async def test_an_endless_event_line_is_cut_at_max_event_bytes() -> None:
+    """1 MiB every 20 ms without a newline: an error once the line passes the bound."""
+    async with OpenAIUpstream(behaviour="long_line") as upstream:
+        async with openai_host(upstream, models=["m"], max_event_bytes=4 * 1024 * 1024) as host:
+            async with raw_socket(host) as ws:
+                await send_prompt(ws)
+                error, end = await asyncio.wait_for(frames_until_end(ws), WAIT)
+                await asyncio.wait_for(upstream.disconnected.wait(), WAIT)
+    assert "longer than 4194304 bytes" in error["error"] and end["reason"] == "error"
+
+
+async def test_the_deadline_holds_inside_a_read() -> None:
+    """An upstream that never pauses (so the stall timer never fires) and never ends its
+    line still ends the answer at its deadline."""
+    async with OpenAIUpstream(behaviour="slow_line") as upstream:
+        async with openai_host(upstream, models=["m"], deadline=0.5) as host:
+            async with raw_socket(host) as ws:
+                await send_prompt(ws)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                error, end = await asyncio.wait_for(frames_until_end(ws), WAIT)
+                took = loop.time() - started
+                await asyncio.wait_for(upstream.disconnected.wait(), WAIT)
+    assert "deadline" in error["error"] and end["reason"] == "error"
+    assert took < WAIT / 2  # not the 256 KiB line bound (about 5 s), nor forever
+
+
+async def test_an_upstream_that_ignores_max_tokens_is_cut_there() -> None:
+    async with OpenAIUpstream(behaviour="endless") as upstream:
+        async with openai_host(upstream, models=["m"]) as host:
+            async with raw_socket(host) as ws:
+                await send_prompt(ws, max_tokens=5)
+                frames = await frames_until_end(ws)
+                await asyncio.wait_for(upstream.disconnected.wait(), WAIT)
+    chunks = [f for f in frames if f["type"] == "stream_chunk" and f["content"]]
+    assert len(chunks) == 5
+    assert frames[-1]["reason"] == "complete" and frames[-1]["finish_reason"] == "length"
+
+
+async def test_a_client_that_leaves_closes_the_upstream_after_a_bounded_buffer() -> None:
+    """The answer of a socket that dropped is generated on for ``unread_limit`` tokens
+    (for a resume), then the upstream request is closed, long before ``resume_grace``."""
+    async with OpenAIUpstream(behaviour="endless") as upstream:
+        async with openai_host(upstream, models=["m"], resume_grace=120.0) as host:
+            host.unread_limit, host.unread_wait = 20, 0.5
+            async with raw_socket(host) as ws:
+                await send_prompt(ws, max_tokens=100000)
+                assert (await ws.receive_json(timeout=WAIT))["type"] == "stream_chunk"
+            await asyncio.wait_for(upstream.disconnected.wait(), 10.0)
+            (job,) = host._jobs.values()
+            await asyncio.wait_for(job.finished.wait(), WAIT)
+            assert job.stopped_unread
+            assert "no client read it" in job.frames[-3]
+
+
+async def test_an_http_client_that_leaves_closes_the_upstream_request() -> None:
+    async with OpenAIUpstream(behaviour="endless") as upstream:
+        async with openai_host(upstream, models=["m"]) as host:
+            body = {"model": "m", "prompt": "hi", "max_tokens": 100000}
+            async with httpx.AsyncClient(base_url=host.url) as http:
+                request = asyncio.ensure_future(http.post("/v1/inference", json=body))
+                await asyncio.wait_for(upstream.started.wait(), WAIT)
+                request.cancel()  # the client goes away mid-answer
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+            await asyncio.wait_for(upstream.disconnected.wait(), 10.0)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from aiohttp import web
 
 from langchain_fabstir.errors import StorageError
 from langchain_fabstir.portal import LocalPortal
@@ -148,3 +151,52 @@ async def test_no_secret_reaches_any_log(
         for value in values:
             assert value and value not in text, f"the {what} reached a log"
     assert "[REDACTED]" in text  # the Set-Cookie header was seen, and redacted
+
+
+class TricklingRegistry:
+    """An aiohttp portal whose registry answers a small JSON reply one byte every 0.5 s
+    (each byte well within any read timeout)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.reads = 0
+        self.runner: web.AppRunner | None = None
+
+    async def _registry(self, request: web.Request) -> web.StreamResponse:
+        self.reads += 1
+        body = json.dumps({"pk": request.query.get("pk", ""), "revision": 1}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        for byte in body:
+            await response.write(bytes([byte]))
+            await asyncio.sleep(self.interval)
+        return response
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_get("/s5/registry", self._registry)
+        self.runner = web.AppRunner(app, handler_cancellation=True)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_a_trickled_small_reply_fails_within_its_read_timeout() -> None:
+    """A registry read is bounded as a whole: read timeout 1 s x 2 attempts, not the
+    300 s request deadline (which alone used to end it)."""
+    async with TricklingRegistry() as url:
+        client = make_client(url, timeout=httpx.Timeout(1.0, connect=1.0), max_attempts=2)
+        started = time.monotonic()
+        async with client:
+            with pytest.raises(StorageError) as caught:
+                await asyncio.wait_for(client.registry_get(b"\x01" * 32), 20)
+        elapsed = time.monotonic() - started
+    assert caught.value.code == "STORAGE_ERROR"
+    assert "deadline" in caught.value.message and "2 attempts" in caught.value.message
+    assert elapsed < 2 * (1.0 + 1.0) + 1.0  # (connect + read) x attempts + backoff
