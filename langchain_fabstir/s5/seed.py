@@ -31,6 +31,8 @@ import os
 from functools import lru_cache
 from importlib import resources
 
+from pydantic import SecretStr
+
 from langchain_fabstir.errors import AuthenticationError
 from langchain_fabstir.s5.cid import blake3_hash
 from langchain_fabstir.s5.crypto import derive_hash_int, derive_hash_string
@@ -149,9 +151,23 @@ class S5Identity:
         self._hidden_db_key = derive_hash_int(private_sub, _TWEAK_HIDDEN_DB)
 
     @classmethod
-    def from_phrase(cls, phrase: str) -> S5Identity:
-        """Identity of a 15-word seed phrase (validated)."""
-        return cls(phrase_to_entropy(phrase))
+    def from_phrase(cls, phrase: SecretStr | str) -> S5Identity:
+        """Identity of a 15-word seed phrase (validated; a ``SecretStr`` or a string)."""
+        text = phrase.get_secret_value() if isinstance(phrase, SecretStr) else phrase
+        return cls(phrase_to_entropy(text))
+
+    @classmethod
+    def from_private_key(cls, private_key: SecretStr | str | bytes) -> S5Identity:
+        """The identity the Fabstir TypeScript SDK uses for a private-key login.
+
+        The same as ``S5Identity.from_phrase(sdk_seed_phrase(private_key))`` (see
+        :func:`~langchain_fabstir.s5.sdk.sdk_seed_phrase`): a Python client and the SDK
+        given the same key read and write the same S5 tree. The key is a ``0x``-hex string,
+        a ``SecretStr`` or 32 bytes; it is not kept.
+        """
+        from langchain_fabstir.s5.sdk import sdk_entropy
+
+        return cls(sdk_entropy(private_key))
 
     @classmethod
     def from_secret(cls, secret: bytes, *, context: str = "langchain-fabstir/s5") -> S5Identity:
