@@ -54,6 +54,7 @@ from langchain_fabstir.s5.seed import (
 
 __all__ = [
     "CID",
+    "SDK_SEED_MESSAGE",
     "BlobNotFoundError",
     "DirEntry",
     "DirRef",
@@ -69,7 +70,6 @@ __all__ = [
     "LogRecord",
     "PortalRequestError",
     "RegistryEntry",
-    "SDK_SEED_MESSAGE",
     "S5AppendLog",
     "S5FileSystem",
     "S5Identity",

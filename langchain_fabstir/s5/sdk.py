@@ -25,7 +25,12 @@ import re
 from pydantic import SecretStr
 
 from langchain_fabstir.errors import InvalidKeyError
-from langchain_fabstir.s5.seed import SEED_LENGTH, entropy_to_phrase
+from langchain_fabstir.s5.seed import (
+    SDK_PRIVATE_KEY_DOMAIN,
+    SEED_LENGTH,
+    entropy_to_phrase,
+    sdk_private_key_entropy,
+)
 
 __all__ = [
     "SDK_ADDRESS_DOMAIN",
@@ -37,9 +42,6 @@ __all__ = [
     "sdk_seed_phrase",
 ]
 
-SDK_PRIVATE_KEY_DOMAIN = "fabstir-s5-seed-from-private-key-v1"
-"""Prefix hashed before the 32 key bytes (``deriveEntropyFromPrivateKey``)."""
-
 SDK_ADDRESS_DOMAIN = "fabstir-s5-seed-v2.1"
 """Text between the lower-case address and the chain id (``deriveEntropyFromAddress``)."""
 
@@ -49,28 +51,12 @@ SDK_SEED_MESSAGE = "Generate S5 seed for Fabstir LLM SDK v2.1 beta"
 SDK_ENCRYPTION_KEY_DOMAIN = "fabstir-encryption-key-from-s5-seed-v1"
 """Suffix appended to the phrase for the encryption key (``deriveEncryptionKeyFromSeed``)."""
 
-_KEY_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{64})$")
 _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _SIGNATURE_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{130})$")
 
 
 def _secret_text(value: SecretStr | str) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
-
-
-def _private_key_bytes(private_key: SecretStr | str | bytes) -> bytes:
-    if isinstance(private_key, (bytes, bytearray)):
-        if len(private_key) != 32:
-            raise InvalidKeyError(f"a private key is 32 bytes, got {len(private_key)}")
-        return bytes(private_key)
-    if not isinstance(private_key, (str, SecretStr)):
-        raise InvalidKeyError("a private key is a 0x-hex string, a SecretStr or 32 bytes")
-    match = _KEY_RE.match(_secret_text(private_key).strip())
-    if match is None:  # the value itself is never echoed
-        raise InvalidKeyError(
-            "a private key must be 32 bytes of hex (64 hex digits, 0x optional)"
-        )
-    return bytes.fromhex(match.group(1))
 
 
 def _signature_text(signature: str | bytes) -> str:
@@ -97,9 +83,8 @@ def sdk_entropy(
     if given != 1:
         raise TypeError("pass exactly one of private_key, address= (with chain_id=), signature=")
     if private_key is not None:
-        key = _private_key_bytes(private_key)
-        digest = hashlib.sha256(SDK_PRIVATE_KEY_DOMAIN.encode("utf-8") + key).digest()
-    elif address is not None:
+        return sdk_private_key_entropy(private_key)
+    if address is not None:
         if not isinstance(address, str) or not _ADDRESS_RE.match(address):
             raise InvalidKeyError(
                 f"address must be 0x and 40 hex digits, got {str(address)[:60]!r}"
