@@ -13,11 +13,13 @@ real LocalPortal.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import cbor2
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from pydantic import SecretStr
 
 from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
 from langchain_fabstir.errors import IntegrityError, InvalidRequestError
@@ -160,11 +162,12 @@ def test_decoder_refuses_what_is_neither_cbor_nor_json() -> None:
 
 
 async def test_a_conversation_the_sdk_saved_loads_in_python(
-    portal: ThreadedPortal, sdk: S5Access
+    portal: ThreadedPortal, sdk: S5Access, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     await sdk_put(sdk, conversation_path("42"), SDK_CONVERSATION_CBOR)
 
-    history = S5ChatMessageHistory.from_sdk("42", private_key=KEY, portal_url=portal.url)
+    history = S5ChatMessageHistory.from_sdk("42", private_key=SecretStr(KEY), portal_url=portal.url)
     try:
         assert history.path == conversation_path("42")
         messages = await history.aget_messages()
@@ -176,8 +179,10 @@ async def test_a_conversation_the_sdk_saved_loads_in_python(
         }
         assert messages[1].response_metadata == {"timestamp": 1765000000999}
         assert await history.acount() == 2
+        assert KEY[2:] not in repr(history) and KEY[2:] not in repr(vars(history))
     finally:
         await history.aclose()
+    assert KEY[2:] not in caplog.text
 
     # the conversation store in SDK mode reads it too (the SDK's CBOR, not only JSON)
     store = S5ConversationStore(
