@@ -313,3 +313,41 @@ async def test_a_foreign_file_is_an_integrity_error(portal: ThreadedPortal, sdk:
             await history.aget_messages()
     finally:
         await history.aclose()
+
+
+async def test_a_python_session_is_saved_as_the_sdk_saves_one(portal: ThreadedPortal) -> None:
+    """SessionManager with the SDK's store: the file ``from_sdk`` (and the SDK) reads, and
+    ``metadata.encryption`` in the SDK's meaning (the session ran encrypted)."""
+    from langchain_fabstir.host import EchoEngine, ReferenceHost
+    from langchain_fabstir.sessions import SessionManager
+
+    store = S5ConversationStore(
+        portal_url=portal.url,
+        seed_phrase=sdk_seed_phrase(KEY),
+        user_address=USER,
+        sdk_compatible=True,
+    )
+    host = ReferenceHost(EchoEngine(), rate_limit_per_minute=None, host_key="0x" + "42" * 32)
+    try:
+        async with (
+            host,
+            SessionManager(
+                host_url=host.url, storage=store, user_address=USER, private_key=KEY
+            ) as manager,
+        ):
+            s = await manager.create_session(job_id=48)
+            await manager.prompt(s.id, "hi there")
+            assert s.encrypted
+        conv = await store.load_conversation("48")
+    finally:
+        await store.aclose()
+    assert conv is not None and conv["metadata"]["encryption"] is True
+    history = S5ChatMessageHistory.from_sdk("48", private_key=KEY, portal_url=portal.url)
+    try:
+        messages = await history.aget_messages()
+    finally:
+        await history.aclose()
+    assert [(m.type, m.content) for m in messages] == [
+        ("human", "hi there"),
+        ("ai", "Echo: hi there"),
+    ]
