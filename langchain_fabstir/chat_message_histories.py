@@ -43,6 +43,15 @@ writers may append at once (compare-and-swap on the portal's registry; nothing i
 each writer's messages keep their order). A process killed mid-append leaves the history
 readable, with or without that append.
 
+Shared with the Fabstir TypeScript SDK: :meth:`S5ChatMessageHistory.from_sdk` reads and
+writes the SDK's own ``home/sessions/{user}/{sessionId}/conversation.json`` in the SDK's
+format, under the S5 identity the SDK derives from the same private key::
+
+    history = S5ChatMessageHistory.from_sdk(
+        "42", private_key=SecretStr("0x..."), portal_url="https://s5.example.org"
+    )
+    history.messages       # what the SDK's SessionManager stored for job 42
+
 Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable),
 :class:`~langchain_fabstir.errors.IntegrityError` (a record or blob that does not verify),
 :class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account).
@@ -51,12 +60,20 @@ Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable),
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
 from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    message_to_dict,
+    messages_from_dict,
+)
 from pydantic import SecretStr
 
 from langchain_fabstir._json import (
@@ -65,10 +82,16 @@ from langchain_fabstir._json import (
     check_value_depth,
     loads_untrusted,
 )
-from langchain_fabstir.errors import IntegrityError, StorageError, ValueTooDeepError
+from langchain_fabstir.errors import (
+    IntegrityError,
+    InvalidRequestError,
+    StorageError,
+    ValueTooDeepError,
+)
 from langchain_fabstir.s5 import S5FileSystem, S5Identity
 from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
+from langchain_fabstir.storage.sdk_format import SdkConversation
 from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
 
 __all__ = [
@@ -80,6 +103,8 @@ __all__ = [
     "decode_messages",
     "encode_message",
     "history_path",
+    "message_from_sdk_record",
+    "message_to_sdk_record",
     "upgrade_record",
 ]
 
@@ -152,6 +177,96 @@ def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list
         raise IntegrityError(f"{where} holds a record that is not a message: {exc}") from exc
 
 
+_SDK_ROLES: dict[str, str] = {"human": "user", "ai": "assistant", "system": "system"}
+_LC_TYPES: dict[str, type[BaseMessage]] = {
+    "user": HumanMessage,
+    "assistant": AIMessage,
+    "system": SystemMessage,
+}
+
+
+def message_to_sdk_record(message: BaseMessage) -> dict[str, Any]:
+    """``message`` as the SDK stores one: ``{"role", "content", "timestamp"[, "metadata"]}``.
+
+    Human, AI and system messages with text content only: the SDK's format has no place
+    for tool calls, tool results or images, so those raise
+    :class:`~langchain_fabstir.errors.InvalidRequestError` (``INVALID_REQUEST``) rather
+    than being dropped. ``response_metadata["timestamp"]`` (milliseconds) and
+    ``response_metadata["metadata"]`` are kept when present (as :func:`message_from_sdk_record`
+    sets them); a message ``id`` goes into ``metadata["id"]``.
+
+    >>> message_to_sdk_record(HumanMessage("hi", response_metadata={"timestamp": 17}))
+    {'role': 'user', 'content': 'hi', 'timestamp': 17}
+    """
+    role = _SDK_ROLES.get(message.type)
+    if role is None:
+        raise InvalidRequestError(
+            f"the SDK's conversation format has no place for a {message.type!r} message; "
+            "use the default S5ChatMessageHistory format for tool calling histories",
+            details={"type": message.type},
+        )
+    if isinstance(message, AIMessage) and message.tool_calls:
+        raise InvalidRequestError(
+            "the SDK's conversation format has no place for tool calls; use the default "
+            "S5ChatMessageHistory format for tool calling histories",
+            details={"type": "ai", "tool_calls": len(message.tool_calls)},
+        )
+    content = message.content
+    if not isinstance(content, str):
+        if any(
+            not (isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
+            for b in content
+        ):
+            raise InvalidRequestError(
+                "the SDK's conversation format keeps text only (no images or other blocks)",
+                details={"type": message.type},
+            )
+        content = message.text
+    meta = message.response_metadata or {}
+    stamp = meta.get("timestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+        stamp = int(time.time() * 1000)
+    extra = dict(meta["metadata"]) if isinstance(meta.get("metadata"), dict) else {}
+    if message.id and "id" not in extra:
+        extra["id"] = message.id
+    record: dict[str, Any] = {"role": role, "content": content, "timestamp": stamp}
+    if extra:
+        record["metadata"] = extra
+    return record
+
+
+def message_from_sdk_record(record: Any, *, where: str = "conversation") -> BaseMessage:
+    """A LangChain message from one SDK message (``IntegrityError`` if it is not one).
+
+    ``timestamp`` and ``metadata`` go into ``response_metadata``; ``metadata["id"]``
+    becomes the message id.
+
+    >>> m = message_from_sdk_record({"role": "assistant", "content": "yo", "timestamp": 5})
+    >>> m.type, m.content, m.response_metadata
+    ('ai', 'yo', {'timestamp': 5})
+    """
+    if not isinstance(record, dict):
+        raise IntegrityError(f"{where} holds a message that is not an object")
+    kind = _LC_TYPES.get(str(record.get("role")))
+    content = record.get("content")
+    if kind is None or not isinstance(content, str):
+        raise IntegrityError(
+            f"{where} holds a message without a known role (user/assistant/system) and "
+            "text content",
+            details={"role": str(record.get("role"))[:32]},
+        )
+    meta: dict[str, Any] = {}
+    stamp = record.get("timestamp")
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        meta["timestamp"] = stamp
+    extra = record.get("metadata")
+    msg_id = None
+    if isinstance(extra, dict) and extra:
+        meta["metadata"] = extra
+        msg_id = extra.get("id") if isinstance(extra.get("id"), str) else None
+    return kind(content=content, id=msg_id, response_metadata=meta)
+
+
 def history_path(session_id: str, path_prefix: str = DEFAULT_PATH_PREFIX) -> str:
     """The S5 path of a history (``session_id`` percent-encoded into one path segment).
 
@@ -205,6 +320,69 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
         self._seal_records = seal_records
         self._seal_bytes = seal_bytes
         self._log: SealedLog | None = None
+        self._sdk: SdkConversation | None = None
+
+    @classmethod
+    def from_sdk(
+        cls,
+        session_id: str | int,
+        *,
+        private_key: SecretStr | str | None = None,
+        seed_phrase: SecretStr | str | None = None,
+        user_address: str | None = None,
+        portal_url: str | None = None,
+        fs: S5FileSystem | None = None,
+        access: S5Access | None = None,
+        max_attempts: int = 12,
+    ) -> S5ChatMessageHistory:
+        """The history of one SDK session, in the Fabstir TypeScript SDK's own file.
+
+        Reads and writes ``home/sessions/{user}/{session_id}/conversation.json`` as the
+        SDK's ``SessionManager`` keeps it (s5.js CBOR, plain, the SDK's message shape; see
+        :class:`~langchain_fabstir.storage.sdk_format.SdkConversation`), so a conversation
+        the SDK saved loads here and one appended here loads in the SDK. Appends are
+        compare-and-swap on the directory's registry revision: a Python writer and the SDK
+        (or two Python writers) lose nothing. ``clear()`` empties the message list and
+        keeps the conversation's metadata.
+
+        Args:
+            session_id: the SDK's session id (its on-chain job id, decimal).
+            private_key: the wallet key the SDK logs in with (``authenticate("privatekey")``):
+                the S5 identity is :meth:`S5Identity.from_private_key` and ``{user}`` its
+                EIP-55 address. Never stored or shown.
+            seed_phrase: instead of ``private_key``: the SDK user's phrase (e.g.
+                ``sdk_seed_phrase(address=..., chain_id=...)`` for a wallet login); needs
+                ``user_address``.
+            user_address: the ``{user}`` segment (normalised to EIP-55, as the SDK spells
+                it); derived from ``private_key`` when omitted.
+            portal_url: the S5 portal (the SDK's default is ``https://s5.platformlessai.ai``).
+            fs, access: an existing file system or :class:`S5Access` of the SDK identity,
+                instead of a secret and ``portal_url``.
+
+        Only human, AI and system messages with text content fit the SDK's format;
+        anything else raises ``InvalidRequestError`` (``INVALID_REQUEST``).
+        """
+        from langchain_fabstir.checkpoints.signing import address_of, normalize_address
+
+        if private_key is not None and seed_phrase is not None:
+            raise ValueError("pass private_key= or seed_phrase=, not both")
+        identity: S5Identity | None = None
+        if private_key is not None:
+            identity = S5Identity.from_private_key(private_key)
+            if user_address is None:
+                user_address = address_of(private_key)
+        elif seed_phrase is not None:
+            identity = S5Identity.from_phrase(seed_phrase)
+        if user_address is None:
+            raise ValueError("user_address= is needed unless private_key= is given")
+        user = normalize_address(user_address, what="user_address")
+        owns = access is None
+        shared = access or S5Access(fs, portal_url=portal_url, identity=identity)
+        history = cls(str(session_id), access=shared)
+        history._owns_access = owns
+        history._sdk = SdkConversation(shared, user, str(session_id), max_attempts=max_attempts)
+        history.path = history._sdk.path
+        return history
 
     def __repr__(self) -> str:
         return f"S5ChatMessageHistory({self.session_id!r}, path={self.path!r})"
@@ -224,16 +402,42 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     # --- async (native) ----------------------------------------------------------
 
     async def _read(self) -> list[BaseMessage]:
+        if self._sdk is not None:
+            conv = await self._sdk.load()
+            where = f"conversation {self.session_id!r}"
+            return [
+                message_from_sdk_record(m, where=where) for m in (conv or {}).get("messages", [])
+            ]
         snapshot = await (await self._get_log()).read()
         return decode_messages(snapshot.records, where=f"history {self.session_id!r}")
 
-    async def _extend(self, records: list[bytes]) -> range:
-        return await (await self._get_log()).extend(records)
+    def _records(self, messages: Sequence[BaseMessage]) -> list[Any]:
+        if self._sdk is not None:
+            return [message_to_sdk_record(m) for m in messages]
+        return [encode_message(m) for m in messages]
+
+    async def _extend(self, records: list[Any]) -> None:
+        if self._sdk is not None:
+            await self._sdk.append(records)
+            return
+        await (await self._get_log()).extend(records)
 
     async def _clear(self) -> None:
+        if self._sdk is not None:
+            if await self._sdk.load() is not None:
+                await self._sdk.clear()
+            return
         await (await self._get_log()).clear()
 
+    async def _count(self) -> int:
+        if self._sdk is not None:
+            conv = await self._sdk.load()
+            return len((conv or {}).get("messages", []))
+        return await (await self._get_log()).count()
+
     async def _setup(self) -> bool:
+        if self._sdk is not None:
+            return False  # the SDK's format has no versions to migrate
         where = f"history {self.session_id!r}"
 
         def transform(records: list[bytes]) -> list[bytes] | None:
@@ -265,7 +469,7 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` in order (one atomic append)."""
-        records = [encode_message(m) for m in messages]
+        records = self._records(messages)
         if records:
             await on_background(self._extend(records))
 
@@ -276,10 +480,7 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     async def acount(self) -> int:
         """Number of messages (reads only the log's head)."""
 
-        async def count() -> int:
-            return await (await self._get_log()).count()
-
-        return await on_background(count())
+        return await on_background(self._count())
 
     async def aclose(self) -> None:
         """Close the HTTP client this history opened (if it opened one)."""
@@ -295,7 +496,7 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` in order (blocking)."""
-        records = [encode_message(m) for m in messages]
+        records = self._records(messages)
         if records:
             blocking(self._extend(records))
 

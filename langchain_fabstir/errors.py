@@ -69,6 +69,7 @@ __all__ = [
     "IntegrityError",
     "InvalidEncryptedPayloadError",
     "InvalidHexError",
+    "InvalidKeyError",
     "InvalidNonceSizeError",
     "InvalidRequestError",
     "MessageReplayError",
@@ -208,6 +209,13 @@ class AuthenticationError(FabstirError, ModelAuthenticationError):
 
     code = "AUTH_FAILED"
     is_retryable = False
+
+
+class InvalidKeyError(AuthenticationError):
+    """Key material is malformed (a private key that is not 32 bytes of hex, an address or
+    a signature in the wrong form); the message says which form is expected."""
+
+    code = "INVALID_KEY"
 
 
 # --- Responses ------------------------------------------------------------------------

@@ -6,7 +6,9 @@ blobs. :class:`S5PortalClient` talks to a portal's HTTP API and checks every has
 signature; :class:`S5FileSystem` keeps an encrypted, FS5-compatible directory tree on top;
 :class:`S5AppendLog` is an append-only record log for chat histories and checkpoints.
 ``S5FileSystem(..., s5js_compatible=True)`` writes a tree that s5.js reads too (see
-:mod:`langchain_fabstir.s5.fs`).
+:mod:`langchain_fabstir.s5.fs`); :func:`sdk_seed_phrase` and
+:meth:`S5Identity.from_private_key` give the phrase and identity the Fabstir TypeScript SDK
+derives for a user, :func:`sdk_encryption_key` its second key (:mod:`langchain_fabstir.s5.sdk`).
 
 Quick start (against a local portal)::
 
@@ -41,6 +43,7 @@ from langchain_fabstir.s5.registry import (
     InvalidRegistryEntryError,
     RegistryEntry,
 )
+from langchain_fabstir.s5.sdk import SDK_SEED_MESSAGE, sdk_encryption_key, sdk_seed_phrase
 from langchain_fabstir.s5.seed import (
     InvalidSeedPhraseError,
     S5Identity,
@@ -51,6 +54,7 @@ from langchain_fabstir.s5.seed import (
 
 __all__ = [
     "CID",
+    "SDK_SEED_MESSAGE",
     "BlobNotFoundError",
     "DirEntry",
     "DirRef",
@@ -80,4 +84,6 @@ __all__ = [
     "generate_phrase",
     "phrase_to_entropy",
     "s5js_sort_key",
+    "sdk_encryption_key",
+    "sdk_seed_phrase",
 ]

@@ -27,22 +27,28 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from functools import lru_cache
 from importlib import resources
 
-from langchain_fabstir.errors import AuthenticationError
+from pydantic import SecretStr
+
+from langchain_fabstir.errors import AuthenticationError, InvalidKeyError
 from langchain_fabstir.s5.cid import blake3_hash
 from langchain_fabstir.s5.crypto import derive_hash_int, derive_hash_string
 from langchain_fabstir.s5.registry import Ed25519KeyPair
 
 __all__ = [
     "PHRASE_LENGTH",
+    "SDK_PRIVATE_KEY_DOMAIN",
     "InvalidSeedPhraseError",
     "S5Identity",
     "entropy_to_phrase",
     "generate_phrase",
     "phrase_to_entropy",
+    "sdk_private_key_entropy",
     "wordlist",
 ]
 
@@ -133,6 +139,34 @@ def phrase_to_entropy(phrase: str) -> bytes:
     return entropy
 
 
+SDK_PRIVATE_KEY_DOMAIN = "fabstir-s5-seed-from-private-key-v1"
+"""Prefix hashed before the 32 key bytes (the SDK's ``deriveEntropyFromPrivateKey``)."""
+
+_KEY_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{64})$")
+
+
+def sdk_private_key_entropy(private_key: SecretStr | str | bytes) -> bytes:
+    """The 16 bytes the Fabstir SDK derives from a private key for its S5 seed:
+    ``SHA-256(utf8(SDK_PRIVATE_KEY_DOMAIN) || key32)[:16]`` (``0x`` optional, as the SDK;
+    :class:`~langchain_fabstir.errors.InvalidKeyError` for anything but 32 bytes, without
+    echoing the key). See :func:`~langchain_fabstir.s5.sdk.sdk_seed_phrase`."""
+    if isinstance(private_key, (bytes, bytearray)):
+        if len(private_key) != 32:
+            raise InvalidKeyError(f"a private key is 32 bytes, got {len(private_key)}")
+        key = bytes(private_key)
+    elif isinstance(private_key, (str, SecretStr)):
+        text = private_key.get_secret_value() if isinstance(private_key, SecretStr) else private_key
+        match = _KEY_RE.match(text.strip())
+        if match is None:  # the value itself is never echoed
+            raise InvalidKeyError(
+                "a private key must be 32 bytes of hex (64 hex digits, 0x optional)"
+            )
+        key = bytes.fromhex(match.group(1))
+    else:
+        raise InvalidKeyError("a private key is a 0x-hex string, a SecretStr or 32 bytes")
+    return hashlib.sha256(SDK_PRIVATE_KEY_DOMAIN.encode("utf-8") + key).digest()[:SEED_LENGTH]
+
+
 class S5Identity:
     """The keys an S5 user derives from a seed phrase (secret; hidden from ``repr``)."""
 
@@ -149,9 +183,21 @@ class S5Identity:
         self._hidden_db_key = derive_hash_int(private_sub, _TWEAK_HIDDEN_DB)
 
     @classmethod
-    def from_phrase(cls, phrase: str) -> S5Identity:
-        """Identity of a 15-word seed phrase (validated)."""
-        return cls(phrase_to_entropy(phrase))
+    def from_phrase(cls, phrase: SecretStr | str) -> S5Identity:
+        """Identity of a 15-word seed phrase (validated; a ``SecretStr`` or a string)."""
+        text = phrase.get_secret_value() if isinstance(phrase, SecretStr) else phrase
+        return cls(phrase_to_entropy(text))
+
+    @classmethod
+    def from_private_key(cls, private_key: SecretStr | str | bytes) -> S5Identity:
+        """The identity the Fabstir TypeScript SDK uses for a private-key login.
+
+        The same as ``S5Identity.from_phrase(sdk_seed_phrase(private_key))`` (see
+        :func:`~langchain_fabstir.s5.sdk.sdk_seed_phrase`): a Python client and the SDK
+        given the same key read and write the same S5 tree. The key is a ``0x``-hex string,
+        a ``SecretStr`` or 32 bytes; it is not kept.
+        """
+        return cls(sdk_private_key_entropy(private_key))
 
     @classmethod
     def from_secret(cls, secret: bytes, *, context: str = "langchain-fabstir/s5") -> S5Identity:

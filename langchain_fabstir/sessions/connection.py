@@ -71,12 +71,14 @@ class Connector:
         user_address: str | None,
         emit: Emit,
         signing_key: SecretStr | None = None,
+        recovery_key: RecoveryKey | None = None,
     ) -> None:
         self.config = config
         self.discovery = discovery
         self.user_address = user_address
         self._emit = emit
         self._signing_key = signing_key
+        self._recovery_key = recovery_key
 
     async def connection(self, state: SessionState) -> Transport:
         """The session's socket, opened and initialised if needed."""
@@ -247,12 +249,14 @@ class Connector:
     ) -> bool:
         """``encrypted_session_init`` and its ack (False: ``ENCRYPTION_NOT_SUPPORTED``)."""
         # One key per session signs every init and is its recoveryPublicKey (the host
-        # seals the session's S5 checkpoint deltas to it): the user's key, else a key
-        # made for the session.
-        signing_key = self._signing_key
+        # seals the session's S5 checkpoint deltas to it): the manager's recovery_key
+        # (e.g. the SDK's key), else the user's key, else a key made for the session.
+        signing_key, chosen = self._signing_key, self._recovery_key
         recovery = session._bind_recovery_key(
             lambda: (
-                RecoveryKey(signing_key.get_secret_value())
+                chosen
+                if chosen is not None
+                else RecoveryKey(signing_key.get_secret_value())
                 if signing_key is not None
                 else RecoveryKey()
             )

@@ -79,7 +79,7 @@ from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.sessions.transport import Transport
 from langchain_fabstir.storage.conversations import S5ConversationStore
-from langchain_fabstir.wire.encryption import parse_public_key
+from langchain_fabstir.wire.encryption import RecoveryKey, parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
 
 if TYPE_CHECKING:
@@ -91,6 +91,12 @@ __all__ = ["SessionManager"]
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[..., Any | Awaitable[Any]]
+
+
+def _recovery_key(key: RecoveryKey | SecretStr | str | None) -> RecoveryKey | None:
+    if key is None or isinstance(key, RecoveryKey):
+        return key
+    return RecoveryKey(key.get_secret_value() if isinstance(key, SecretStr) else key)
 
 
 class SessionManager:
@@ -121,6 +127,13 @@ class SessionManager:
             :mod:`langchain_fabstir.sessions.payments`), and opens the socket with the job id,
             encrypted when the host's record has a public key. Needs ``private_key`` and the
             ``chain`` extra (web3.py). ``user_address`` and ``chain_id`` follow from them.
+        recovery_key: the key of encrypted sessions (it signs ``encrypted_session_init`` and
+            is the ``recoveryPublicKey`` hosts seal checkpoint deltas to; see
+            :attr:`Session.recovery_key`): a :class:`~langchain_fabstir.wire.encryption.RecoveryKey`
+            or a private key (``SecretStr`` or hex). Default: ``private_key``, else a key made
+            per session. To use the key the TypeScript SDK uses for the same user (so either
+            opens the other's deltas): ``recovery_key=sdk_encryption_key(sdk_seed_phrase(key))``
+            (:mod:`langchain_fabstir.s5.sdk`).
 
     Paid sessions, end to end (the examples' ``paid_session.py`` runs this)::
 
@@ -154,6 +167,7 @@ class SessionManager:
         storage: S5ConversationStore | None = None,
         chain: ChainConfig | ChainClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        recovery_key: RecoveryKey | SecretStr | str | None = None,
     ) -> None:
         self.config = config or SessionConfig()
         self._clock = clock
@@ -182,6 +196,7 @@ class SessionManager:
             user_address=user_address,
             emit=self._emit,
             signing_key=self._private_key,
+            recovery_key=_recovery_key(recovery_key),
         )
         self._persistence = SessionPersistence(storage, self.config, emit=self._emit)
 

@@ -154,8 +154,10 @@ class Session(BaseModel):
 
         Its public half is the ``recoveryPublicKey`` of every ``encrypted_session_init``
         of the session (the same across reconnects and failovers): the manager's
-        ``private_key`` when it has one (so a later process can open the deltas too),
-        else a key made for the session and kept only in memory. Pass it to
+        ``recovery_key`` when given (e.g. the TypeScript SDK's key for the same user,
+        :func:`~langchain_fabstir.s5.sdk.sdk_encryption_key`), else its ``private_key``
+        (so a later process can open the deltas too), else a key made for the session and
+        kept only in memory. Pass it to
         :func:`~langchain_fabstir.checkpoints.published.fetch_host_checkpoints`
         (``recovery_key=``), or call ``SessionManager.fetch_host_checkpoints``, which
         does. It is not part of ``model_dump()`` or ``repr``, and its own ``repr`` shows

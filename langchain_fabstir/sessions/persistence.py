@@ -56,6 +56,9 @@ def sdk_metadata(session: Session, **extra: Any) -> dict[str, Any]:
         "status": status,
         "totalTokens": session.token_count,
         "startTime": ms_timestamp(session.created_at),
+        # The SDK's meaning: whether the session ran encrypted. A store that encrypts what
+        # it writes records True here regardless (S5ConversationStore).
+        "encryption": session.encrypted,
     }
     out.update(extra)
     return out

@@ -16,10 +16,13 @@ Fabstir SDK's JSON shape::
 **Encryption.** By default (``sdk_compatible=False``) the file and the directories above it
 are end-to-end encrypted with keys derived from the user's seed phrase: the portal sees
 ciphertext only, and the TypeScript SDK cannot read them (it does not know this package's
-encryption). With ``sdk_compatible=True`` the file is plain JSON and the directories this
-store writes are unencrypted DirV1, so s5.js / the SDK can read them given the same seed
-phrase; anyone holding the portal's blobs can read them too. ``metadata.encryption``
-records which one was used.
+encryption). With ``sdk_compatible=True`` the file is written as the SDK writes it (s5.js
+``fs.put``: CBOR, byte for byte; :mod:`~langchain_fabstir.storage.sdk_format`) and the
+directories this store writes are unencrypted DirV1, so s5.js / the SDK can read them given
+the same seed phrase (:func:`~langchain_fabstir.s5.sdk_seed_phrase`); anyone holding the
+portal's blobs can read them too. Either mode reads CBOR and JSON files alike.
+``metadata.encryption`` records which one was used; in ``sdk_compatible`` mode a value
+already stored (the SDK's own: whether its session ran encrypted) is kept.
 
 Appending is load -> push -> save under a per-conversation lock, and the save is a
 compare-and-swap on the directory entry, retried (tenacity) when another writer changed
@@ -62,6 +65,7 @@ from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity
 from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
 from langchain_fabstir.storage.access import S5Access, on_background, update_file
+from langchain_fabstir.storage.sdk_format import decode_sdk_object, encode_sdk_object
 from langchain_fabstir.storage.share import (
     EXPORT_TYPE,
     SHARE_PREFIX,
@@ -232,10 +236,7 @@ class S5ConversationStore:
         return await on_background(load())
 
     def _decode(self, data: bytes, session_id: str) -> dict[str, Any]:
-        try:
-            obj = loads_untrusted(data, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
-        except ValueError as exc:
-            raise IntegrityError(f"conversation {session_id} is not JSON") from exc
+        obj = decode_sdk_object(data, where=f"conversation {session_id}")
         if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
             raise IntegrityError(f"conversation {session_id} is not in the SDK shape")
         return obj
@@ -253,8 +254,12 @@ class S5ConversationStore:
         Creates the conversation if it does not exist. Returns what was stored.
         """
         new_messages = [message_to_sdk(m) for m in messages]
-        extra = dict(metadata or {})
-        extra["encryption"] = not self.sdk_compatible
+        given = dict(metadata or {})
+        extra = dict(given)
+        if self.sdk_compatible:
+            extra.setdefault("encryption", False)
+        else:
+            extra["encryption"] = True
 
         def change(old: bytes | None) -> bytes:
             now = ms_timestamp(None)
@@ -264,8 +269,13 @@ class S5ConversationStore:
                 else {"id": str(session_id), "messages": [], "metadata": {}, "createdAt": now}
             )
             conv["messages"] = new_messages if replace else [*conv["messages"], *new_messages]
-            conv["metadata"] = {**(conv.get("metadata") or {}), **extra}
+            stored = conv.get("metadata") or {}
+            if self.sdk_compatible and "encryption" in stored and "encryption" not in given:
+                extra.pop("encryption", None)  # the SDK's own flag stays
+            conv["metadata"] = {**stored, **extra}
             conv["updatedAt"] = now
+            if self.sdk_compatible:
+                return encode_sdk_object(conv)
             return json.dumps(conv, ensure_ascii=False).encode("utf-8")
 
         async def save() -> dict[str, Any]:

@@ -13,6 +13,7 @@ MODULES = [
     "langchain_fabstir.s5.registry",
     "langchain_fabstir.s5.crypto",
     "langchain_fabstir.s5.seed",
+    "langchain_fabstir.s5.sdk",
     "langchain_fabstir.s5.dirv1",
     "langchain_fabstir.s5.collation",
     "langchain_fabstir.portal.store",

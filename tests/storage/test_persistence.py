@@ -17,6 +17,7 @@ from langchain_fabstir.s5.crypto import encrypt_mutable
 from langchain_fabstir.sessions.models import Message, Session
 from langchain_fabstir.sessions.persistence import sdk_metadata
 from langchain_fabstir.storage.conversations import S5ConversationStore, export_session
+from langchain_fabstir.storage.sdk_format import encode_sdk_object
 from langchain_fabstir.storage.share import make_share_code, parse_share_code
 
 from .conftest import ThreadedPortal
@@ -90,7 +91,8 @@ async def test_encrypted_by_default_plain_when_sdk_compatible(
     conv = await plain.save_conversation("open", [Message(role="user", content=secret)])
     assert conv["metadata"]["encryption"] is False
     on_disk = [b for b in blobs(portal.data_dir) if secret.encode() in b]
-    assert len(on_disk) == 1 and json.loads(on_disk[0]) == conv  # the SDK's plain JSON
+    # the SDK's plain file: CBOR, as s5.js fs.put writes the object
+    assert len(on_disk) == 1 and on_disk[0] == encode_sdk_object(conv)
     # the session's directory is a plain DirV1 (5f 5d) listing conversation.json, as s5.js reads
 
     async def session_dir(fs: S5FileSystem) -> bytes:
