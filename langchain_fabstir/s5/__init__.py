@@ -42,15 +42,18 @@ from langchain_fabstir.s5.registry import (
     RegistryEntry,
 )
 from langchain_fabstir.s5.seed import (
+    SEED_ENV,
     InvalidSeedPhraseError,
     S5Identity,
     entropy_to_phrase,
     generate_phrase,
     phrase_to_entropy,
+    seed_phrase_from_env,
 )
 
 __all__ = [
     "CID",
+    "SEED_ENV",
     "BlobNotFoundError",
     "DirEntry",
     "DirRef",
@@ -80,4 +83,5 @@ __all__ = [
     "generate_phrase",
     "phrase_to_entropy",
     "s5js_sort_key",
+    "seed_phrase_from_env",
 ]
