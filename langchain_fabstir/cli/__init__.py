@@ -1,6 +1,6 @@
 """The ``fabstir`` command: ``host``, ``portal``, ``chat``, ``hosts``, ``keys``, ``jobs``, ``demo``.
 
-    fabstir host --engine llama --port 8080        # a reference host with SmolLM2
+    fabstir host --engine llama --port 8080        # a reference host, default model
     fabstir host --model ~/models --host-key-file ~/.fabstir/eth.key \\
         --portal-url https://s5.example.org --seed-file ~/.fabstir/s5.seed
     fabstir host --engine echo --delay 0.01        # a deterministic test host
