@@ -522,7 +522,10 @@ class LlamaEngine:
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
+        strip = bool(self._stop)  # Q/A template: the answer's first token has the space
+
         async def run() -> AsyncIterator[str]:
+            nonlocal strip
             worker = loop.run_in_executor(None, work)
             try:
                 while True:
@@ -531,6 +534,10 @@ class LlamaEngine:
                         break
                     if isinstance(item, EngineError):
                         raise item
+                    if strip:  # once, on the first token
+                        strip, item = False, item.lstrip()
+                        if not item:
+                            continue
                     yield item
             finally:
                 stop.set()
