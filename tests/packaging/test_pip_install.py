@@ -115,6 +115,8 @@ def test_the_wheel_and_sdist_carry_the_license_and_metadata(dist: Path) -> None:
     top = {n.split("/", 1)[1] for n in listing if "/" in n}
     assert {"LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml"} <= top
     assert not any("node_modules" in n for n in listing)  # the test tools stay out
+    changelog = (ROOT / "CHANGELOG.md").read_text("utf-8")
+    assert "\n## Unreleased\n" in changelog and f"\n## {meta['Version']}\n" in changelog
 
 
 # --- the pip user's first hour --------------------------------------------------------------
