@@ -5,7 +5,7 @@ By default everything runs in this process: a local S5 portal in a temporary dir
 services with environment variables::
 
     FABSTIR_HOST_URL=http://127.0.0.1:8080 \\
-    FABSTIR_PORTAL_URL=http://127.0.0.1:5050 FABSTIR_S5_SEED_PHRASE="15 words ..." \\
+    FABSTIR_PORTAL_URL=http://127.0.0.1:5050 FABSTIR_S5_SEED="15 words ..." \\
     python examples/langgraph_memory.py
 
 The graph is invoked twice with the same ``thread_id``; the second time with a brand-new
@@ -30,7 +30,7 @@ from langchain_fabstir import SessionManager
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.langgraph.saver import S5CheckpointSaver
 from langchain_fabstir.portal import LocalPortal
-from langchain_fabstir.s5 import generate_phrase
+from langchain_fabstir.s5 import generate_phrase, seed_phrase_from_env
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
@@ -71,7 +71,7 @@ def build_graph(manager: SessionManager, session_id: str, saver: S5CheckpointSav
 
 
 async def main() -> None:
-    phrase = os.environ.get("FABSTIR_S5_SEED_PHRASE") or generate_phrase()
+    phrase = seed_phrase_from_env() or generate_phrase()
     config: RunnableConfig = {"configurable": {"thread_id": "example-thread"}}
     async with services() as (host_url, portal_url):
         print(f"host: {host_url}\nportal: {portal_url}")

@@ -57,10 +57,10 @@ async def s5_portal() -> AsyncIterator[str]:
 
 
 async def main() -> None:
-    from langchain_fabstir.s5 import generate_phrase
+    from langchain_fabstir.s5 import generate_phrase, seed_phrase_from_env
 
     async with local_host() as host_url, s5_portal() as portal_url:
-        phrase = os.environ.get("FABSTIR_S5_SEED_PHRASE") or generate_phrase()
+        phrase = seed_phrase_from_env() or generate_phrase()
         _S5["access"] = S5Access(portal_url=portal_url, seed_phrase=phrase)
         llm = ChatFabstir(host_url=host_url, temperature=0.0, max_tokens=40)
         prompt = ChatPromptTemplate.from_messages(

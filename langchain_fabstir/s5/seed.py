@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 
@@ -43,14 +45,47 @@ from langchain_fabstir.s5.registry import Ed25519KeyPair
 __all__ = [
     "PHRASE_LENGTH",
     "SDK_PRIVATE_KEY_DOMAIN",
+    "SEED_ENV",
     "InvalidSeedPhraseError",
     "S5Identity",
     "entropy_to_phrase",
     "generate_phrase",
     "phrase_to_entropy",
     "sdk_private_key_entropy",
+    "seed_phrase_from_env",
     "wordlist",
 ]
+
+SEED_ENV = "FABSTIR_S5_SEED"
+"""The environment variable holding the user's S5 seed phrase (CLI, host, examples)."""
+_DEPRECATED_SEED_ENV = "FABSTIR_S5_SEED_PHRASE"
+
+
+def seed_phrase_from_env(environ: Mapping[str, str] | None = None) -> SecretStr | None:
+    """The S5 seed phrase in ``FABSTIR_S5_SEED`` (``None`` when unset or blank), as a
+    secret; not validated here (:meth:`S5Identity.from_phrase` does).
+
+    ``FABSTIR_S5_SEED_PHRASE``, the name the examples used to read, still works, with a
+    ``DeprecationWarning``; when both are set, ``FABSTIR_S5_SEED`` wins.
+
+    >>> seed_phrase_from_env({"FABSTIR_S5_SEED": " fifteen words "})
+    SecretStr('**********')
+    >>> seed_phrase_from_env({}) is None
+    True
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(SEED_ENV, "").strip()
+    old = env.get(_DEPRECATED_SEED_ENV, "").strip()
+    if old:
+        warnings.warn(
+            f"{_DEPRECATED_SEED_ENV} is deprecated: name the S5 seed phrase {SEED_ENV}"
+            + (f" ({_DEPRECATED_SEED_ENV} is ignored: {SEED_ENV} is set)" if text else ""),
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    text = text or old
+    return SecretStr(text) if text else None
+
 
 SEED_LENGTH = 16
 SEED_WORDS = 13
