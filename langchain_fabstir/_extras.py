@@ -14,6 +14,7 @@ EXTRAS: dict[str, str] = {
     "llama": "the llama engine alone, for your own GGUF files (`fabstir host --model PATH`)",
     "langgraph": "LangGraph on S5: S5CheckpointSaver and S5Store",
     "chain": "the network on chain (discovery, paid sessions, settlement): web3.py",
+    "embeddings": "the reference host's /v1/embed runtime (tokenizers, safetensors, numpy)",
 }
 """Every extra of the package and what it brings (a test keeps it equal to pyproject)."""
 

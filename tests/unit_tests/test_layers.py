@@ -15,7 +15,7 @@ ROOT = Path(langchain_fabstir.__file__).parent
 PKG = "langchain_fabstir"
 
 # layer -> the layers it may import (besides itself). The ground floor is importable by all.
-GROUND = {"errors", "_json", "_eth", "_redact", "_sync", "_compat", "_version", "_extras"}
+GROUND = {"errors", "_json", "_eth", "_http", "_redact", "_sync", "_compat", "_version", "_extras"}
 ALLOWED: dict[str, set[str]] = {
     "ground": set(),
     "wire": set(),
