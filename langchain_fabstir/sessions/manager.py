@@ -311,10 +311,11 @@ class SessionManager:
                 token=payment_token,
                 max_price_per_token=max_price_per_token,
                 policy=policy,
+                encryption=self.config.encryption,
             )
             job_id, host_url = paid.job.job_id, paid.host.url
             if host_public_key is None:
-                host_public_key = paid.host.public_key
+                host_public_key = paid.host_key
         elif deposit is not None:
             raise InvalidRequestError(
                 "deposit= needs a SessionManager with chain= (a paid session)"
@@ -347,8 +348,10 @@ class SessionManager:
         )
         state = SessionState(session)
         state.alternates = alternates
-        if host_public_key is not None:
+        if host_public_key is not None:  # trusted: encryption is then required
             state.host_keys[url] = "0x" + parse_public_key(host_public_key).hex()
+        if paid is not None:  # the serving host must hold the key of the job's host
+            state.host_addresses[url] = paid.host.address
         state.last_used = self._clock()
         if system_prompt:
             state.messages.append(Message(role="system", content=system_prompt))
