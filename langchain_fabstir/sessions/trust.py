@@ -7,6 +7,7 @@ announces over the socket, unauthenticated, proves nothing alone. See :class:`Ho
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,11 +67,13 @@ def _base_url(host_url: str) -> str:
 async def challenge_key(host_url: str, *, timeout: float) -> str | None:
     """The key the host at ``host_url`` proves it holds: a fresh 32-byte challenge to
     ``POST /v1/auth/challenge``, the key recovered from its signature (compressed 0x-hex).
-    ``None`` when the host does not answer with a valid signature (the route is an
-    extension: deployed nodes answer 404). The answer is read with size and depth bounds."""
+    ``None`` when the host does not answer with a valid signature within ``timeout`` (the
+    route is an extension: deployed nodes answer 404). The answer is read with size and
+    depth bounds."""
     challenge = secrets.token_bytes(32)
     url = f"{_base_url(host_url)}/v1/auth/challenge"
-    try:
+
+    async def ask() -> bytes | None:
         async with (
             httpx.AsyncClient(timeout=timeout) as client,
             client.stream("POST", url, json={"challenge": challenge.hex()}) as reply,
@@ -82,8 +85,21 @@ async def challenge_key(host_url: str, *, timeout: float) -> str | None:
                 raw += chunk
                 if len(raw) > MAX_CHALLENGE_REPLY:
                     return None
+            return raw
+
+    try:
+        raw = await asyncio.wait_for(ask(), timeout)
+        if raw is None:
+            return None
         return recover_challenge_key(challenge, loads_untrusted(raw))
-    except (httpx.HTTPError, ValueError, UnicodeDecodeError, EncryptionError):
+    except (
+        httpx.HTTPError,
+        asyncio.TimeoutError,
+        ValueError,
+        TypeError,
+        UnicodeDecodeError,
+        EncryptionError,
+    ):
         return None
 
 

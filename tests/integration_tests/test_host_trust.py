@@ -8,9 +8,11 @@ and a keyed reference host on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 from coincurve import PrivateKey
 from pydantic import ValidationError
 
@@ -18,6 +20,7 @@ from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.errors import EncryptionUnavailableError, HostIdentityError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
+from langchain_fabstir.sessions.trust import challenge_key
 from langchain_fabstir.wire.encryption import host_public_key
 from tests.trust_relay import TrustRelay
 
@@ -139,3 +142,34 @@ def test_chat_fabstir_refuses_unknown_arguments() -> None:
     assert (
         ChatFabstir(host_url="http://127.0.0.1:1", encryption="off")._config().encryption == "off"
     )
+
+
+@pytest.mark.parametrize("answer", ["huge", "garbage", "deep", "stall", "404"])
+async def test_a_hostile_challenge_answer_proves_nothing(answer: str) -> None:
+    """/v1/auth/challenge answered with too many bytes, garbage, deep JSON, silence or
+    404: no key (and no crash, no wait past the timeout)."""
+    release = asyncio.Event()
+
+    async def challenge(request: web.Request) -> web.StreamResponse:
+        if answer == "huge":
+            return web.Response(body=b"{" + b" " * 1_000_000 + b"}", content_type="text/json")
+        if answer == "garbage":
+            return web.json_response({"signature": "zz", "recid": "x"})
+        if answer == "deep":
+            return web.Response(text="[" * 5000 + "]" * 5000, content_type="application/json")
+        if answer == "stall":
+            await release.wait()
+        return web.json_response({"error": "not found"}, status=404)
+
+    app = web.Application()
+    app.router.add_post("/v1/auth/challenge", challenge)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        assert await asyncio.wait_for(challenge_key(url, timeout=0.5), 5) is None
+    finally:
+        release.set()
+        await runner.cleanup()
