@@ -36,6 +36,7 @@ __all__ = [
     "PaymentToken",
     "list_hosts",
     "model_id",
+    "read_host",
     "resolve_model",
     "token_address",
 ]
@@ -258,6 +259,12 @@ async def _host(
         min_price_stable=int(min_stable),
         price=price,
     )
+
+
+async def read_host(client: ChainClient, address: str) -> HostRecord | None:
+    """The NodeRegistry record of ``address`` (``None`` when unusable: a bad ``apiUrl``, or
+    a ``publicKey`` that is another address's key)."""
+    return await _host(client, address, None, NATIVE_TOKEN, {})
 
 
 async def list_hosts(

@@ -26,6 +26,7 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.wire.encryption import address_of_public_key, recover_challenge_key
 
 if TYPE_CHECKING:
+    from langchain_fabstir.chain.client import ChainClient
     from langchain_fabstir.chain.registry import HostRecord
     from langchain_fabstir.wire.frames import Connected
 
@@ -33,6 +34,7 @@ __all__ = [
     "CHALLENGE_FEATURE",
     "HostTrust",
     "challenge_key",
+    "job_trust",
     "key_address",
     "trusted_paid_host",
 ]
@@ -221,3 +223,14 @@ async def trusted_paid_host(
     if not refused:
         raise ValueError("no host records to choose from")
     raise refused[-1]
+
+
+async def job_trust(client: ChainClient, job_id: int) -> HostTrust:
+    """What a session of an existing job trusts: the job's on-chain host address, and the
+    key of that host's NodeRegistry record when it has one (and it hashes to the address)."""
+    from langchain_fabstir.chain.marketplace import read_job
+    from langchain_fabstir.chain.registry import read_host
+
+    job = await read_job(client, job_id)
+    record = await read_host(client, job.host)
+    return HostTrust(key=record.public_key if record is not None else None, address=job.host)

@@ -156,3 +156,25 @@ async def test_a_forged_not_supported_on_a_keyed_paid_session_is_an_error(
         assert relay.refused_inits == 1
         assert relay.sent_types() == ["encrypted_session_init"]
     assert not honest.requests
+
+
+@pytest.mark.parametrize("attack", ["swap_greeting", "refuse_encryption"])
+async def test_a_session_of_an_existing_job_trusts_the_jobs_host(
+    chain: LocalChain, honest: ReferenceHost, smollm2: bytes, attack: str
+) -> None:
+    """create_session(job_id=...) for a job the user made: the job's on-chain host (and its
+    record's key) is what the session trusts. A relay that swaps the greeting's key gets
+    HOST_IDENTITY_MISMATCH before any init; a forged ENCRYPTION_NOT_SUPPORTED is an error
+    in "auto" (the old client trusted the greeting's own address, or fell back to clear)."""
+    chain.register_reference_host(honest, [smollm2], price_native=CHEAP)
+    job = chain.create_eth_session(HOST1, smollm2, 10**15)
+    async with TrustRelay(honest.url, **{attack: True}) as relay:
+        async with _manager(chain) as manager:
+            expected = (
+                HostIdentityError if attack == "swap_greeting" else EncryptionUnavailableError
+            )
+            with pytest.raises(expected):
+                await manager.create_session(job_id=job, host_url=relay.url)
+        assert "session_init" not in relay.sent_types()
+        assert all('"prompt"' not in frame for frame in relay.up)
+    assert not honest.requests
