@@ -52,7 +52,7 @@ from pydantic import SecretStr
 from langchain_fabstir.chain.config import ChainConfig
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.checkpoints.published import HostCheckpoints, fetch_host_checkpoints
-from langchain_fabstir.discovery import HostDiscovery, SelectionPolicy
+from langchain_fabstir.discovery import HostDiscovery, HostInfo, SelectionPolicy
 from langchain_fabstir.errors import (
     ChainError,
     CheckpointError,
@@ -78,7 +78,7 @@ from langchain_fabstir.sessions.recovery import AnswerRecovery, fit_context
 from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.sessions.transport import Transport
-from langchain_fabstir.sessions.trust import job_trust
+from langchain_fabstir.sessions.trust import job_trust, trust_discovered
 from langchain_fabstir.storage.conversations import S5ConversationStore
 from langchain_fabstir.wire.encryption import parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
@@ -323,11 +323,13 @@ class SessionManager:
             )
         url = host_url or self.default_host_url
         alternates: list[str] = []
+        discovered: list[HostInfo] = []
         if not url and self.discovery is not None:
             candidates = await self.discovery.candidates(model=model, policy=policy)
             if not candidates:
                 await self.discovery.select(model=model, policy=policy)  # raises, with reasons
             url, alternates = candidates[0].url, [c.url for c in candidates[1:]]
+            discovered = candidates
         if not url:
             raise InvalidRequestError(
                 "no host: pass host_url= to create_session or SessionManager, "
@@ -351,6 +353,7 @@ class SessionManager:
         state.alternates = alternates
         if host_public_key is not None:  # trusted: encryption is then required
             state.host_keys[url] = "0x" + parse_public_key(host_public_key).hex()
+        trust_discovered(state, discovered)
         if paid is not None:  # the serving host must hold the key of the job's host
             state.host_addresses[url] = paid.host.address
         elif job_id is not None and self._payments is not None:

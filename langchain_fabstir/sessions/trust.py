@@ -23,11 +23,17 @@ from langchain_fabstir.errors import (
     FabstirError,
     HostIdentityError,
 )
-from langchain_fabstir.wire.encryption import address_of_public_key, recover_challenge_key
+from langchain_fabstir.wire.encryption import (
+    address_of_public_key,
+    parse_public_key,
+    recover_challenge_key,
+)
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
     from langchain_fabstir.chain.registry import HostRecord
+    from langchain_fabstir.discovery import HostInfo
+    from langchain_fabstir.sessions.state import SessionState
     from langchain_fabstir.wire.frames import Connected
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "challenge_key",
     "job_trust",
     "key_address",
+    "trust_discovered",
     "trusted_paid_host",
 ]
 
@@ -234,3 +241,21 @@ async def job_trust(client: ChainClient, job_id: int) -> HostTrust:
     job = await read_job(client, job_id)
     record = await read_host(client, job.host)
     return HostTrust(key=record.public_key if record is not None else None, address=job.host)
+
+
+def trust_discovered(state: SessionState, hosts: Iterable[HostInfo]) -> None:
+    """Trust what a discovery source declared about the hosts a session may use: a host's
+    public key (a chain record's, or one the caller's host list gives) and, for a chain
+    record, its address. Keys that are not secp256k1 keys, or that hash to another address
+    than the record's, are ignored (with a warning)."""
+    for host in hosts:
+        address = host.address if host.source == "chain" else None
+        if host.public_key:
+            own = key_address(host.public_key)
+            if own is None or (address is not None and own != address.lower()):
+                log.warning("host %s: its declared public key is unusable, ignored", host.url)
+            else:
+                key = "0x" + parse_public_key(host.public_key).hex()
+                state.host_keys.setdefault(host.url, key)
+        if address:
+            state.host_addresses.setdefault(host.url, address)

@@ -17,6 +17,7 @@ from coincurve import PrivateKey
 from pydantic import ValidationError
 
 from langchain_fabstir.chat_models import ChatFabstir
+from langchain_fabstir.discovery import HostInfo
 from langchain_fabstir.errors import EncryptionUnavailableError, HostIdentityError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
@@ -173,3 +174,16 @@ async def test_a_hostile_challenge_answer_proves_nothing(answer: str) -> None:
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_key_from_the_callers_host_list_is_trusted(keyed_host: ReferenceHost) -> None:
+    """A public key the caller declares in its host list (discovery) is a trusted key: a
+    forged ENCRYPTION_NOT_SUPPORTED is an error, not a plaintext session."""
+    async with (
+        TrustRelay(keyed_host.url, refuse_encryption=True) as relay,
+        SessionManager(FAST, hosts=[HostInfo(url=relay.url, public_key=HOST_PUB)]) as manager,
+    ):
+        with pytest.raises(EncryptionUnavailableError):
+            await manager.create_session()
+        assert relay.sent_types() == ["encrypted_session_init"]
+    assert not keyed_host.requests
