@@ -137,15 +137,23 @@ class HostTrust:
         """Refuse a greeting that names another host than the trusted one: its
         ``host_address``, or the address its ``host_public_key`` hashes to, differs from
         the trusted address (``HOST_IDENTITY_MISMATCH``: a relay, or another host)."""
-        expected = self.expected_address()
+        by_key, by_record = key_address(self.key), self.address.lower() if self.address else None
+        if by_key is not None and by_record is not None and by_key != by_record:
+            raise HostIdentityError(
+                f"the host public key given for {host_url} is the key of {by_key}, but the "
+                f"session's job belongs to {by_record}: nothing was sent",
+                host_url=host_url,
+                details={"expected": by_record, "key_of": by_key},
+            )
+        expected = by_key or by_record
         if expected is None:
             return
         named = (greeting.host_address or "").lower() or None
         announced = key_address(greeting.host_public_key)
-        for what, value in (("address", named), ("public key", announced)):
+        for what, value in (("the address", named), ("a public key of", announced)):
             if value is not None and value != expected:
                 raise HostIdentityError(
-                    f"the host at {host_url} announces the {what} of {value}, not of "
+                    f"the host at {host_url} announces {what} {value}, not of "
                     f"{expected}, the host this session trusts (its on-chain record or the "
                     "key you gave): a relay or another host answers there; nothing was sent",
                     host_url=host_url,

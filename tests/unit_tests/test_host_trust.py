@@ -64,3 +64,5 @@ def test_a_greeting_key_counts_only_for_the_trusted_address() -> None:
     with pytest.raises(HostIdentityError):  # the caller's key names the expected address
         HostTrust(key=HONEST).check_greeting(swapped, URL)
     HostTrust().check_greeting(swapped, URL)  # nothing trusted: nothing to compare
+    with pytest.raises(HostIdentityError):  # a given key that is not the job host's
+        HostTrust(key=OTHER, address=HONEST_ADDRESS).check_greeting(silent, URL)
