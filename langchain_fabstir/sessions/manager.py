@@ -353,7 +353,7 @@ class SessionManager:
         state.alternates = alternates
         if host_public_key is not None:  # trusted: encryption is then required
             state.host_keys[url] = "0x" + parse_public_key(host_public_key).hex()
-        trust_discovered(state, discovered)
+        trust_discovered(discovered, state.host_keys, state.host_addresses)
         if paid is not None:  # the serving host must hold the key of the job's host
             state.host_addresses[url] = paid.host.address
         elif job_id is not None and self._payments is not None:

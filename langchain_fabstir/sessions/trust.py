@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
     from langchain_fabstir.chain.registry import HostRecord
     from langchain_fabstir.discovery import HostInfo
-    from langchain_fabstir.sessions.state import SessionState
     from langchain_fabstir.wire.frames import Connected
 
 __all__ = [
@@ -251,11 +250,14 @@ async def job_trust(client: ChainClient, job_id: int) -> HostTrust:
     return HostTrust(key=record.public_key if record is not None else None, address=job.host)
 
 
-def trust_discovered(state: SessionState, hosts: Iterable[HostInfo]) -> None:
+def trust_discovered(
+    hosts: Iterable[HostInfo], keys: dict[str, str], addresses: dict[str, str]
+) -> None:
     """Trust what a discovery source declared about the hosts a session may use: a host's
-    public key (a chain record's, or one the caller's host list gives) and, for a chain
-    record, its address. Keys that are not secp256k1 keys, or that hash to another address
-    than the record's, are ignored (with a warning)."""
+    public key (a chain record's, or one the caller's host list gives) goes into ``keys``
+    and, for a chain record, its address into ``addresses`` (both by URL; what is there
+    already wins). Keys that are not secp256k1 keys, or that hash to another address than
+    the record's, are ignored (with a warning)."""
     for host in hosts:
         address = host.address if host.source == "chain" else None
         if host.public_key:
@@ -264,6 +266,6 @@ def trust_discovered(state: SessionState, hosts: Iterable[HostInfo]) -> None:
                 log.warning("host %s: its declared public key is unusable, ignored", host.url)
             else:
                 key = "0x" + parse_public_key(host.public_key).hex()
-                state.host_keys.setdefault(host.url, key)
+                keys.setdefault(host.url, key)
         if address:
-            state.host_addresses.setdefault(host.url, address)
+            addresses.setdefault(host.url, address)
