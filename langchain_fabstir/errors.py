@@ -64,6 +64,7 @@ __all__ = [
     "FabstirError",
     "HostDisconnectedError",
     "HostError",
+    "HostIdentityError",
     "ImageGenerationError",
     "InsufficientFundsError",
     "IntegrityError",
@@ -344,6 +345,15 @@ class EncryptionUnavailableError(EncryptionError):
     public key, or it answered ``ENCRYPTION_NOT_SUPPORTED``): no prompt was sent."""
 
     code = "ENCRYPTION_UNAVAILABLE"
+
+
+class HostIdentityError(EncryptionError):
+    """The host at a URL does not hold the key of the address the session trusts (its
+    on-chain record, the paid job's host, or the key the caller gave): a forged registry
+    record, or a relay between client and host. Refused before paying (or, on the socket,
+    before any prompt is sent)."""
+
+    code = "HOST_IDENTITY_MISMATCH"
 
 
 class DecryptionFailedError(EncryptionError):

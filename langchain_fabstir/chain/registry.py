@@ -27,7 +27,7 @@ from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.discovery.hosts import HostInfo, HostRegistryError, normalize_host_url
 from langchain_fabstir.errors import EncryptionError, ModelNotAvailableError
-from langchain_fabstir.wire.encryption import parse_public_key
+from langchain_fabstir.wire.encryption import address_of_public_key, parse_public_key
 
 __all__ = [
     "NATIVE_TOKEN",
@@ -37,6 +37,7 @@ __all__ = [
     "PaymentToken",
     "list_hosts",
     "model_id",
+    "read_host",
     "resolve_model",
     "token_address",
 ]
@@ -184,6 +185,35 @@ def _public_key(meta: dict[str, Any], address: str) -> str | None:
         return None
 
 
+def _key_is_own(key: str | None, address: str) -> bool:
+    """Whether ``key`` (when given) hashes to ``address``: a record whose ``publicKey`` is
+    another address's key (e.g. an honest host's, copied with its ``apiUrl``) is forged."""
+    return key is None or address_of_public_key(key).lower() == address.lower()
+
+
+def _one_per_url(records: Sequence[HostRecord]) -> list[HostRecord]:
+    """One record per API URL. Two records naming one URL cannot both be the host there:
+    a record with a (verified) public key is kept over one without, else the one first in
+    registry order; the client still makes the host prove the kept record's address
+    before paying (:mod:`langchain_fabstir.sessions.trust`)."""
+    kept: dict[str, HostRecord] = {}
+    for record in records:
+        other = kept.get(record.url)
+        if other is None:
+            kept[record.url] = record
+            continue
+        if other.public_key is None and record.public_key is not None:
+            kept[record.url] = record
+        log.warning(
+            "hosts %s and %s both register %s: only %s is considered",
+            other.address,
+            record.address,
+            record.url,
+            kept[record.url].address,
+        )
+    return list(kept.values())
+
+
 async def _host(
     client: ChainClient,
     address: str,
@@ -200,6 +230,14 @@ async def _host(
         log.warning("host %s: unusable apiUrl on chain (%s), skipped", address, exc.message)
         return None
     meta = _metadata(str(meta_raw), address)
+    public_key = _public_key(meta, address)
+    if not _key_is_own(public_key, address):
+        log.warning(
+            "host %s: the publicKey in its metadata is another address's key (a forged "
+            "record), skipped",
+            address,
+        )
+        return None
     ids = ["0x" + bytes(m).hex() for m in models][:64]
     price: int | None = None
     if model is not None:
@@ -217,11 +255,17 @@ async def _host(
         models=ids,
         model_names=[names[i] for i in ids if i in names],
         metadata=meta,
-        public_key=_public_key(meta, address),
+        public_key=public_key,
         min_price_native=int(min_native),
         min_price_stable=int(min_stable),
         price=price,
     )
+
+
+async def read_host(client: ChainClient, address: str) -> HostRecord | None:
+    """The NodeRegistry record of ``address`` (``None`` when unusable: a bad ``apiUrl``, or
+    a ``publicKey`` that is another address's key)."""
+    return await _host(client, address, None, NATIVE_TOKEN, {})
 
 
 async def list_hosts(
@@ -280,6 +324,6 @@ class ChainHostSource:
     async def load(self) -> Sequence[HostInfo]:
         if self.model is not None and self.model_record is None:
             self.model_record = await resolve_model(self.client, self.model)
-        records = await list_hosts(self.client, self.model_record, token=self.token)
+        records = _one_per_url(await list_hosts(self.client, self.model_record, token=self.token))
         self.records = {r.url: r for r in records}
         return [r.host_info(self.model_record) for r in records]

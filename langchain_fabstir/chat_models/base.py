@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import uuid
 import weakref
@@ -360,7 +361,9 @@ class ChatFabstir(BaseChatModel):
     ('Echo: hello ', 'stop')
     """
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
 
     model: str | None = Field(default=None, alias="model_name")
     """Model id to request. ``None``: the model the host announces (or its default);
@@ -410,8 +413,13 @@ class ChatFabstir(BaseChatModel):
     """Settings of the underlying sessions (reconnects, resumes, checkpoint interval,
     timeouts, encryption): a :class:`~langchain_fabstir.sessions.models.SessionConfig`."""
     host_public_key: str | None = None
-    """The host's public key (``0x02...``): sessions are encrypted to it end to end
-    (``session_config.encryption``, default ``"auto"``)."""
+    """The host's public key (``0x02...``): sessions are encrypted to it end to end, and
+    must be (a key you give makes encryption required, unless ``encryption="off"``)."""
+    encryption: Literal["auto", "required", "off"] | None = None
+    """End-to-end encryption, as ``SessionConfig.encryption``: ``"auto"``, ``"required"``
+    (never a prompt in clear: ``ENCRYPTION_UNAVAILABLE`` instead) or ``"off"``. ``None``:
+    ``session_config``'s (default ``"auto"``). Conflicting with ``session_config``'s is an
+    error."""
     chain: ChainConfig | None = None
     """Pay on chain (a :class:`~langchain_fabstir.chain.ChainConfig`, e.g.
     ``ChainConfig.from_env()``): the host is the best one registered for ``model`` (its
@@ -423,6 +431,40 @@ class ChatFabstir(BaseChatModel):
     """With ``chain``: pay in native ETH or in USDC (approved first)."""
     max_price_per_token: Decimal | None = None
     """With ``chain``: the most paid per token (whole tokens); pricier hosts are skipped."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_arguments(cls, data: Any) -> Any:
+        # A misspelt setting (``encrypton="required"``) must not be silently ignored.
+        if isinstance(data, dict):
+            known = set(cls.model_fields) | {
+                f.alias for f in cls.model_fields.values() if f.alias is not None
+            }
+            unknown = [k for k in data if isinstance(k, str) and k not in known]
+            if unknown:
+                name = unknown[0]
+                near = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ValueError(
+                    f"ChatFabstir got an unknown argument {name!r}{hint} (host request fields "
+                    "without a parameter of their own go in model_kwargs=)"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _check_encryption(self) -> ChatFabstir:
+        config = self.session_config
+        if (
+            self.encryption is not None
+            and config is not None
+            and "encryption" in config.model_fields_set
+            and config.encryption != self.encryption
+        ):
+            raise ValueError(
+                f"encryption={self.encryption!r} conflicts with session_config's "
+                f"encryption={config.encryption!r}: give one of them"
+            )
+        return self
 
     @field_validator("model_kwargs")
     @classmethod
@@ -542,6 +584,8 @@ class ChatFabstir(BaseChatModel):
     def _config(self) -> SessionConfig:
         config = self.session_config or SessionConfig()
         updates: dict[str, Any] = {"reconnect_attempts": config.reconnect_attempts}
+        if self.encryption is not None:
+            updates["encryption"] = self.encryption
         if self.timeout is not None:
             updates["first_token_timeout"] = self.timeout
         if self.stream_chunk_timeout is not None:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
@@ -27,16 +25,15 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     ENCRYPTION_ERRORS,
     ConnectionFailedError,
     DecryptionFailedError,
-    EncryptionError,
     EncryptionUnavailableError,
     FabstirError,
     HostDisconnectedError,
+    HostIdentityError,
     ProtocolError,
     ResponseTimeoutError,
 )
@@ -44,13 +41,13 @@ from langchain_fabstir.sessions.models import Session, SessionConfig
 from langchain_fabstir.sessions.recovery import reconnect
 from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.transport import Transport, TransportOptions
-from langchain_fabstir.wire.encryption import (
-    RecoveryKey,
-    SessionCipher,
-    address_of_public_key,
-    recover_challenge_key,
-    seal_session_init,
+from langchain_fabstir.sessions.trust import (
+    CHALLENGE_FEATURE,
+    HostTrust,
+    challenge_key,
+    key_address,
 )
+from langchain_fabstir.wire.encryption import RecoveryKey, SessionCipher, seal_session_init
 from langchain_fabstir.wire.frames import ErrorFrame, SessionInit, SessionInitAck
 
 __all__ = ["Connector"]
@@ -104,6 +101,7 @@ class Connector:
                 ResponseTimeoutError,
                 ProtocolError,
                 EncryptionUnavailableError,
+                HostIdentityError,
             ) as exc:
                 self._record_failure(host, exc)
                 last = exc
@@ -187,16 +185,34 @@ class Connector:
     async def _init(
         self, transport: Transport, state: SessionState, previous_token: str | None
     ) -> None:
-        """Encrypted or plaintext init, as ``config.encryption`` and the host allow."""
+        """Encrypted or plaintext init, as ``config.encryption``, the trusted key and the
+        host allow. The host must be the trusted one (``HOST_IDENTITY_MISMATCH`` before
+        anything is sent); a trusted key (the caller's, the chain's, or one proven for the
+        paid host's address) makes encryption required: a refusal is an error, never a
+        plaintext fallback."""
         session = state.session
         mode = self.config.encryption
-        must = mode == "required" or session.encrypted  # never a downgrade
-        key = await self._host_key(state, transport) if mode != "off" or must else None
+        trust = state.trust(transport.host_url)
+        trust.check_greeting(transport.greeting, transport.host_url)
+        key, trusted = (None, False)
+        if mode != "off" or session.encrypted:
+            key, trusted = await self._host_key(trust, transport)
+        # never a downgrade: required, an encrypted session, or a key from a trusted source
+        must = mode == "required" or session.encrypted or (trusted and mode != "off")
         if key is not None and await self._encrypted_init(transport, session, key, previous_token):
             session.encrypted = True
             return
         if must:
-            why = "has no known public key" if key is None else "refused encryption"
+            if key is None:
+                why = "has no known public key"
+            elif trusted:
+                why = (
+                    "answered ENCRYPTION_NOT_SUPPORTED although its key is known from a "
+                    "trusted source (your host_public_key, its on-chain record or its proof): "
+                    "a relay or a forged reply"
+                )
+            else:
+                why = "refused encryption"
             raise EncryptionUnavailableError(
                 f"host {transport.host_url} {why}: encryption is required"
                 + (" (this session ran encrypted)" if session.encrypted else "")
@@ -210,39 +226,33 @@ class Connector:
         session.encrypted = False
         await self._session_init(transport, session, previous_token)
 
-    async def _host_key(self, state: SessionState, transport: Transport) -> str | None:
-        """The host's public key: given by the caller for this host; else announced by the
-        host and hashing to the address it announced; else recovered from its
-        ``/v1/auth/challenge`` answer and hashing to that address."""
-        given = state.host_keys.get(transport.host_url)
-        if given is not None:
-            return given
-        greeting = transport.greeting
-        address = (greeting.host_address or "").lower()
-        announced = greeting.host_public_key
-        if announced and address:
-            try:
-                if address_of_public_key(announced).lower() == address:
-                    return announced
-            except EncryptionError:
-                pass
-        if "encryption" in greeting.features and address:
-            return await self._challenge(transport.host_url, address)
-        return None
+    async def _host_key(self, trust: HostTrust, transport: Transport) -> tuple[str | None, bool]:
+        """The key to seal the init to, and whether it is trusted.
 
-    async def _challenge(self, host_url: str, address: str) -> str | None:
-        base = host_url.rstrip("/").removesuffix("/v1/ws")
-        base = base.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-        challenge = secrets.token_bytes(32)
-        try:
-            async with httpx.AsyncClient(timeout=self.config.open_timeout) as client:
-                reply = await client.post(
-                    f"{base}/v1/auth/challenge", json={"challenge": challenge.hex()}
-                )
-            key = recover_challenge_key(challenge, loads_untrusted(reply.content))
-        except (httpx.HTTPError, ValueError, EncryptionError):
-            return None
-        return key if address_of_public_key(key).lower() == address else None
+        Trusted: the caller's or the chain's key; else, when the session knows the host's
+        address (a paid job's host), the greeting's key or the ``/v1/auth/challenge`` proof,
+        only if it hashes to that address. Without either, the host's own word (its greeting
+        key hashing to its greeting address, or its proof): used in ``auto``, not trusted."""
+        if trust.key is not None:
+            return trust.key, True
+        greeting = transport.greeting
+        if trust.address is not None:
+            key = trust.greeting_key(greeting)
+            if key is None and CHALLENGE_FEATURE in greeting.features:
+                proven = await challenge_key(transport.host_url, timeout=self.config.open_timeout)
+                key = proven if key_address(proven) == trust.expected_address() else None
+            return key, key is not None
+        address = (greeting.host_address or "").lower()
+        if not address:
+            return None, False
+        announced = greeting.host_public_key
+        if announced and key_address(announced) == address:
+            return announced, False
+        if CHALLENGE_FEATURE in greeting.features:
+            proven = await challenge_key(transport.host_url, timeout=self.config.open_timeout)
+            if key_address(proven) == address:
+                return proven, False
+        return None, False
 
     async def _encrypted_init(
         self, transport: Transport, session: Session, host_key: str, previous_token: str | None

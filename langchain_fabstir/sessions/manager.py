@@ -52,7 +52,7 @@ from pydantic import SecretStr
 from langchain_fabstir.chain.config import ChainConfig
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.checkpoints.published import HostCheckpoints, fetch_host_checkpoints
-from langchain_fabstir.discovery import HostDiscovery, SelectionPolicy
+from langchain_fabstir.discovery import HostDiscovery, HostInfo, SelectionPolicy
 from langchain_fabstir.errors import (
     ChainError,
     CheckpointError,
@@ -78,6 +78,7 @@ from langchain_fabstir.sessions.recovery import AnswerRecovery, fit_context
 from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.sessions.transport import Transport
+from langchain_fabstir.sessions.trust import job_trust, trust_discovered
 from langchain_fabstir.storage.conversations import S5ConversationStore
 from langchain_fabstir.wire.encryption import RecoveryKey, parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
@@ -337,21 +338,24 @@ class SessionManager:
                 token=payment_token,
                 max_price_per_token=max_price_per_token,
                 policy=policy,
+                encryption=self.config.encryption,
             )
             job_id, host_url = paid.job.job_id, paid.host.url
             if host_public_key is None:
-                host_public_key = paid.host.public_key
+                host_public_key = paid.host_key
         elif deposit is not None:
             raise InvalidRequestError(
                 "deposit= needs a SessionManager with chain= (a paid session)"
             )
         url = host_url or self.default_host_url
         alternates: list[str] = []
+        discovered: list[HostInfo] = []
         if not url and self.discovery is not None:
             candidates = await self.discovery.candidates(model=model, policy=policy)
             if not candidates:
                 await self.discovery.select(model=model, policy=policy)  # raises, with reasons
             url, alternates = candidates[0].url, [c.url for c in candidates[1:]]
+            discovered = candidates
         if not url:
             raise InvalidRequestError(
                 "no host: pass host_url= to create_session or SessionManager, "
@@ -373,8 +377,13 @@ class SessionManager:
         )
         state = SessionState(session)
         state.alternates = alternates
-        if host_public_key is not None:
+        if host_public_key is not None:  # trusted: encryption is then required
             state.host_keys[url] = "0x" + parse_public_key(host_public_key).hex()
+        trust_discovered(discovered, state.host_keys, state.host_addresses)
+        if paid is not None:  # the serving host must hold the key of the job's host
+            state.host_addresses[url] = paid.host.address
+        elif job_id is not None and self._payments is not None:
+            await self._trust_job(state, url)
         state.last_used = self._clock()
         if system_prompt:
             state.messages.append(Message(role="system", content=system_prompt))
@@ -399,6 +408,18 @@ class SessionManager:
         await self._persistence.persist(state, state.messages, replace=True)
         await self._emit("session_created", session)
         return session
+
+    async def _trust_job(self, state: SessionState, url: str) -> None:
+        """A session of an on-chain job trusts the job's host: the serving host must hold
+        the key of its address (and of its record's key, which makes encryption required)."""
+        job_id = state.session.job_id
+        if self._payments is None or job_id is None:
+            return
+        trust = await job_trust(self._payments.client, job_id)
+        if trust.address is not None:
+            state.host_addresses[url] = trust.address
+        if trust.key is not None:
+            state.host_keys.setdefault(url, trust.key)
 
     def get_session(self, session_id: str) -> Session:
         """The session with this id (raises ``SESSION_NOT_FOUND``)."""
@@ -878,6 +899,8 @@ class SessionManager:
                 f"no host to resume session {session_id!r} on: pass host_url=",
                 session_id=session_id,
             )
+        if session.job_id is not None and session.host_url not in state.host_addresses:
+            await self._trust_job(state, session.host_url)
         session.status = "active"
         state.last_used = self._clock()
         await self._connector.first_connection(state)

@@ -86,10 +86,15 @@ class SessionConfig(BaseModel):
     """Make a checkpoint that cannot be made or verified fatal (default: a warning)."""
     encryption: Literal["auto", "required", "off"] = "auto"
     """End-to-end encryption (PROTOCOL.md section 4). ``"auto"``: encrypt whenever the host's
-    public key is known (given to ``create_session(host_public_key=...)``, or announced by
-    the host with a matching ``host_address``, or recovered from ``/v1/auth/challenge``);
-    ``"required"``: never send a prompt in clear (``ENCRYPTION_UNAVAILABLE`` instead);
-    ``"off"``: plaintext. A session that ran encrypted never falls back to plaintext."""
+    public key is known (given to ``create_session(host_public_key=...)``, in the host's
+    on-chain record, or announced by the host with a matching ``host_address``, or
+    recovered from ``/v1/auth/challenge``); ``"required"``: never send a prompt in clear
+    (``ENCRYPTION_UNAVAILABLE`` instead; a paid session whose host proves no key is not
+    paid); ``"off"``: plaintext. A key from a trusted source (the caller, the chain, or one
+    proven for a paid job's host address) makes encryption required for that session in
+    ``"auto"`` too, and a session that ran encrypted never falls back to plaintext. The
+    host must hold the key of the address the session trusts (``HOST_IDENTITY_MISMATCH``
+    otherwise; see :mod:`langchain_fabstir.sessions.trust`)."""
     default_max_tokens: int = Field(default=500, ge=1)
     default_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
 

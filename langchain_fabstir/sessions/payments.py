@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import SecretStr
 
@@ -35,6 +35,7 @@ from langchain_fabstir.errors import (
     NoHostForModelError,
     PriceLimitError,
 )
+from langchain_fabstir.sessions.trust import trusted_paid_host
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
@@ -58,6 +59,9 @@ class PaidChoice:
     host: HostRecord
     model: ModelRecord
     job: CreatedJob
+    host_key: str | None = None
+    """The host's key the session trusts (its record's, or proven by the host before paying:
+    :func:`~langchain_fabstir.sessions.trust.trusted_paid_host`)."""
 
 
 class SessionPayments:
@@ -161,8 +165,11 @@ class SessionPayments:
         token: PaymentToken,
         max_price_per_token: Decimal | str | int | None,
         policy: SelectionPolicy | str,
+        encryption: Literal["auto", "required", "off"] = "auto",
     ) -> PaidChoice:
-        """Choose a host and create the job (the user's limits are hard limits)."""
+        """Choose a host and create the job (the user's limits are hard limits). The host
+        must be who its record says before anything is paid (see
+        :func:`~langchain_fabstir.sessions.trust.trusted_paid_host`)."""
         from langchain_fabstir.chain.marketplace import create_session_job, parse_amount
 
         parse_amount(deposit, "deposit")  # refuse bad money before any request
@@ -175,7 +182,8 @@ class SessionPayments:
         records, record = await self.choose(
             model, token=token, max_price_per_token=max_price_per_token, policy=policy
         )
-        host = records[0]
+        probed = {h.url: h.features for h in self.discovery(model, token)[0].hosts}
+        host, host_key = await trusted_paid_host(records, probed, mode=encryption)
         job = await create_session_job(
             self.client,
             host,
@@ -185,7 +193,7 @@ class SessionPayments:
             max_price_per_token=max_price_per_token,
         )
         log.info("paid session job %s with host %s (%s)", job.job_id, host.address, host.url)
-        return PaidChoice(host=host, model=record, job=job)
+        return PaidChoice(host=host, model=record, job=job, host_key=host_key)
 
     def record_failure(self, choice: PaidChoice, error: BaseException) -> None:
         """Tell the discovery behind ``choice`` that its host failed."""

@@ -9,6 +9,7 @@ import uuid
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.sessions.models import Message, Session
 from langchain_fabstir.sessions.transport import Transport
+from langchain_fabstir.sessions.trust import HostTrust
 from langchain_fabstir.wire.frames import InferenceRequest
 
 __all__ = ["SessionState", "new_request_id"]
@@ -35,11 +36,19 @@ class SessionState:
         self.unsaved = False  # history not yet written to storage as a whole
         self.last_used = last_used
         self.host_keys: dict[str, str] = {}
-        """Host public keys the caller gave, by host URL (encrypted mode)."""
+        """Host public keys from a trusted source (the caller, the chain), by host URL."""
+        self.host_addresses: dict[str, str] = {}
+        """The address the host at a URL must hold the key of (a paid job's host)."""
         self.handover: tuple[str, str] | None = None
         """``(host_url, resume_token)`` of the session's last socket: presented to the same
         host at the next ``session_init`` so that it hands the new socket what the old one
         owned. Never shown to another host."""
+
+    def trust(self, host_url: str) -> HostTrust:
+        """What this session trusts about the host at ``host_url``."""
+        return HostTrust(
+            key=self.host_keys.get(host_url), address=self.host_addresses.get(host_url)
+        )
 
     def remember_socket(self, transport: Transport) -> None:
         """Keep what a new socket to the same host needs from this one (its token)."""

@@ -187,10 +187,14 @@ async def test_required_against_a_keyless_host_fails_before_any_prompt(
         with pytest.raises(EncryptionUnavailableError):
             await manager.create_session(host_public_key=host_pub())
     assert not echo_host.requests
-    # "auto" falls back to plaintext with a host that cannot encrypt.
+    # A key the caller gave makes encryption required also in "auto" (never a fallback).
     async with SessionManager(host_url=echo_host.url) as manager:
-        session = await manager.create_session(host_public_key=host_pub())
+        with pytest.raises(EncryptionUnavailableError):
+            await manager.create_session(host_public_key=host_pub())
+        # "auto" without a trusted key falls back to plaintext with a host that cannot encrypt.
+        session = await manager.create_session()
         assert not session.encrypted
+    assert not echo_host.requests
 
 
 async def test_keyless_host_answers_encrypted_frames_at_once(echo_host: ReferenceHost) -> None:
