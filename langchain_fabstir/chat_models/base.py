@@ -429,6 +429,13 @@ class ChatFabstir(BaseChatModel):
         check_host_fields(value)
         return value
 
+    @field_validator("deposit", "max_price_per_token", mode="before")
+    @classmethod
+    def _check_money(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # a bool is an int: True would be 1 ETH
+            raise ValueError("money must be a Decimal, str or int, not a bool")
+        return value
+
     _resources: weakref.WeakKeyDictionary[Any, _LoopResources] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
     )
