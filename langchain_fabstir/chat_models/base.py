@@ -52,13 +52,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from langchain_fabstir._sync import iterate_sync, run_sync
 from langchain_fabstir.callbacks import CHECKPOINT_EVENT, CHECKPOINTS_METADATA_KEY
@@ -79,10 +72,10 @@ from langchain_fabstir.chat_models.structured import (
     format_instructions,
     with_instructions,
 )
-from langchain_fabstir.errors import FabstirError, InvalidRequestError, RateLimitedError
+from langchain_fabstir.errors import FabstirError, InvalidRequestError
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
-from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT, fit_context
+from langchain_fabstir.sessions.recovery import fit_context
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.wire.tools import (
     forced_tool_names,
@@ -93,10 +86,6 @@ from langchain_fabstir.wire.tools import (
 
 __all__ = ["ChatFabstir"]
 
-_RETRY_AFTER_CAP = 30.0
-_CHAIN_POOL = "chain:"  # the session pool of paid sessions (the chain picks the host)
-_BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
-"""Exponential backoff with jitter (every tenacity >= 8.2 has these)."""
 
 
 class _LoopResources:
@@ -104,7 +93,7 @@ class _LoopResources:
 
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
-        self.idle: dict[str, list[str]] = {}
+        self.idle: list[str] = []
 
 
 class ChatFabstir(BaseChatModel):
@@ -538,8 +527,6 @@ class ChatFabstir(BaseChatModel):
     # --- sessions ----------------------------------------------------------------------
 
     def _hosts(self) -> list[str]:
-        if self.chain is not None:
-            return [_CHAIN_POOL]
         hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
         if not hosts:
             raise ValueError("ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL")
@@ -547,7 +534,8 @@ class ChatFabstir(BaseChatModel):
 
     def _config(self) -> SessionConfig:
         config = self.session_config or SessionConfig()
-        updates: dict[str, Any] = {"reconnect_attempts": config.reconnect_attempts}
+        # One set of retry settings: max_retries is the sessions' reconnect_attempts.
+        updates: dict[str, Any] = {"reconnect_attempts": self.max_retries}
         if self.timeout is not None:
             updates["first_token_timeout"] = self.timeout
         if self.stream_chunk_timeout is not None:
@@ -573,9 +561,10 @@ class ChatFabstir(BaseChatModel):
             self._resources[loop] = res
         return res
 
-    async def _checkout(self, host_url: str) -> tuple[_LoopResources, str]:
+    async def _checkout(self) -> tuple[_LoopResources, str]:
+        """A pooled session (an idle one, else a new one: paid once, on chain)."""
         res = self._loop_resources()
-        idle = res.idle.setdefault(host_url, [])
+        idle = res.idle
         manager = res.manager
         while idle:
             sid = idle.pop()
@@ -584,7 +573,7 @@ class ChatFabstir(BaseChatModel):
             if any(s.id == sid and s.status == "active" for s in manager.sessions):
                 with contextlib.suppress(FabstirError):
                     await manager.end_session(sid)  # idle too long: a fresh one instead
-        if host_url == _CHAIN_POOL:
+        if self.chain is not None:
             if not self.model or self.deposit is None:
                 raise InvalidRequestError(
                     "ChatFabstir(chain=...) needs model= (its on-chain 'repo/file' name) and "
@@ -598,16 +587,16 @@ class ChatFabstir(BaseChatModel):
                 host_public_key=self.host_public_key,
             )
             return res, session.id
+        hosts = self._hosts()
         session = await res.manager.create_session(
-            host_url=host_url,
+            host_url=hosts[0],
+            fallback_hosts=hosts[1:],
             model=None,
             job_id=self.job_id,
             session_id=uuid.uuid4().hex,
             host_public_key=self.host_public_key,
         )
         return res, session.id
-
-    # --- messages ----------------------------------------------------------------------
 
     # --- the core stream ---------------------------------------------------------------
 
@@ -629,19 +618,20 @@ class ChatFabstir(BaseChatModel):
         return params
 
     @contextlib.asynccontextmanager
-    async def _attempt(
+    async def _answer(
         self,
-        host_url: str,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
     ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
-        """One try against one host: the ``(stream, text)`` pairs of the answer, from a
-        pooled session (returned to the pool if its socket is still good)."""
-        res, sid = await self._checkout(host_url)
+        """The ``(stream, text)`` pairs of one answer, from a pooled session; the session
+        layer owns every retry of it. The session goes back to the pool when its socket is
+        still good; otherwise it is ended (a paid one's job released: see "Retries")."""
+        res, sid = await self._checkout()
         manager = res.manager
-        healthy = False
+        keep = release = False
         try:
             transport = await manager.connect(sid)
+            host_url = transport.host_url
             features = transport.features
             context = list(protocol_messages[:-1])
             prompt = protocol_messages[-1]["content"] or " "
@@ -691,15 +681,21 @@ class ChatFabstir(BaseChatModel):
                 # The consumer stopped early (a stop sequence, a ``break``, a cancelled
                 # task): the stream has sent ``stream_cancel`` and the late frames of this
                 # answer are skipped by id, so an open socket stays usable.
-                healthy = manager.is_connected(sid)
+                keep = manager.is_connected(sid)
                 raise
-            healthy = True
+            keep = True
+        except FabstirError as exc:
+            # An error the host answered with (a bad request, a token limit) leaves the
+            # session usable; a host that could not serve within the retry budget ends it.
+            keep = not exc.is_retryable and manager.is_connected(sid)
+            release = not keep and self.chain is not None
+            raise
         finally:
-            if healthy:
-                res.idle.setdefault(host_url, []).append(sid)
+            if keep:
+                res.idle.append(sid)
             else:
                 with contextlib.suppress(Exception):
-                    await manager.end_session(sid)
+                    await manager.end_session(sid, release_job=release)
 
     async def _chunks(
         self,
@@ -715,9 +711,8 @@ class ChatFabstir(BaseChatModel):
         merging chunks concatenates) and go to ``dispatch`` (default: a
         ``fabstir_checkpoint`` custom event to the enclosing run, when there is one).
 
-        One answer, ``max_retries + 1`` attempts in all (see "Retries" in the class
-        docstring): an attempt that fails before any text reached the consumer starts
-        over on the next host; one that fails after goes on as a continuation there."""
+        One answer is one request to the session layer, which owns its retries (see
+        "Retries" in the class docstring); this only turns its text into chunks."""
         dispatch = dispatch or _dispatch_to_parent_run
         carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
         resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
@@ -725,107 +720,44 @@ class ChatFabstir(BaseChatModel):
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
         buffering = bool(params["tools"]) or params["response_format"] is not None
-        hosts = self._hosts()
-        attempts = self.max_retries + 1
-        attempt_no = 0
         last: PromptStream | None = None
-        current: PromptStream | None = None  # the stream of the attempt under way
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
-        generated_before = 0  # tokens of failed attempts that the answer keeps
-        continuations: list[dict[str, Any]] = []
         stopped = False
-
-        def delivered() -> bool:
-            """Whether part of the answer reached the consumer (or is kept for it)."""
-            return not buffering and bool(emitted or pending)
-
-        def retryable(exc: BaseException) -> bool:
-            return (
-                not stopped
-                and isinstance(exc, FabstirError)
-                and bool(getattr(exc, "is_retryable", False))
-            )
-
-        def wait(retry_state: Any) -> float:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            base = _BACKOFF(retry_state)
-            if isinstance(exc, RateLimitedError) and exc.retry_after:
-                return min(max(base, exc.retry_after), _RETRY_AFTER_CAP)
-            return base
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            retry=retry_if_exception(retryable),
-            wait=wait,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                host = hosts[attempt_no % len(hosts)]
-                attempt_no += 1
-                request_messages, request_params = protocol_messages, params
-                if current is not None:  # an earlier attempt broke
-                    if delivered():
-                        generated_before += current.chunks_received
-                    current = None
+        async with self._answer(protocol_messages, params) as pieces:
+            async for stream, text in pieces:
+                last = stream
+                if stream.chunk_proofs:
+                    for proof in stream.chunk_proofs:
+                        carry.append(proof.to_dict())
+                        await dispatch(carry[-1])
+                if stream.resume_note is not None:
+                    resumed, stream.resume_note = stream.resume_note, None
                 if buffering:
-                    emitted = []  # nothing reached the consumer: start over
-                elif emitted or pending:
-                    # Part of the answer reached the consumer: go on from there.
-                    partial = "".join(emitted) + pending
-                    request_messages = [
-                        *protocol_messages,
-                        {"role": "assistant", "content": partial},
-                        {"role": "user", "content": CONTINUE_PROMPT},
-                    ]
-                    request_params = dict(params)
-                    if params["max_tokens"] is not None:
-                        request_params["max_tokens"] = max(
-                            1, params["max_tokens"] - generated_before
-                        )
-                    note = {
-                        "mode": "continuation",
-                        "host_url": host,
-                        "offset": generated_before,
-                        "by": "chat_model",
-                    }
-                    continuations.append(note)
-                    resumed = note
-                async with self._attempt(host, request_messages, request_params) as pieces:
-                    async for stream, text in pieces:
-                        last = current = stream
-                        if stream.chunk_proofs:
-                            for proof in stream.chunk_proofs:
-                                carry.append(proof.to_dict())
-                                await dispatch(carry[-1])
-                        if stream.resume_note is not None:
-                            resumed, stream.resume_note = stream.resume_note, None
-                        if buffering:
-                            emitted.append(text)
-                            continue
-                        if stops:
-                            pending += text
-                            cut = find_stop(pending, stops)
-                            if cut is not None:
-                                text, stopped = pending[:cut], True
-                                pending = ""
-                            else:
-                                safe = len(pending) - held_back(pending, stops)
-                                text, pending = pending[:safe], pending[safe:]
-                        if text:
-                            emitted.append(text)
-                            if carry or resumed:
-                                yield with_metadata(text, carry, resumed)
-                                carry, resumed = [], None
-                            else:
-                                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                        if stopped:
-                            break
-                    if pending and not stopped:
-                        emitted.append(pending)
-                        text, pending = pending, ""
+                    emitted.append(text)
+                    continue
+                if stops:
+                    pending += text
+                    cut = find_stop(pending, stops)
+                    if cut is not None:
+                        text, stopped = pending[:cut], True
+                        pending = ""
+                    else:
+                        safe = len(pending) - held_back(pending, stops)
+                        text, pending = pending[:safe], pending[safe:]
+                if text:
+                    emitted.append(text)
+                    if carry or resumed:
+                        yield with_metadata(text, carry, resumed)
+                        carry, resumed = [], None
+                    else:
                         yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if stopped:
+                    break
+            if pending and not stopped:
+                emitted.append(pending)
+                text, pending = pending, ""
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         if last is None:
             return
         result = last.result
@@ -840,16 +772,18 @@ class ChatFabstir(BaseChatModel):
             await dispatch(carry[-1])
         if result.usage is not None and self._auto_profile and self.profile is not None:
             learn(self.profile, context_window=result.usage.context_window_size)
+        notes = list(result.metadata.get("resumes", []))
         if stream_usage:
             usage = usage_metadata(result, last.chunks_received)
-            if generated_before:
-                usage["output_tokens"] += generated_before
-                usage["total_tokens"] += generated_before
+            # A continuation is a new request: the host counts only its own tokens.
+            before = [n["offset"] for n in notes if n.get("mode") == "continuation"]
+            if before and (result.usage is not None or result.tokens_used):
+                usage["output_tokens"] += before[-1]
+                usage["total_tokens"] += before[-1]
             final.usage_metadata = usage
         final.response_metadata = self._response_metadata(result)
         if carry:
             final.response_metadata[CHECKPOINTS_METADATA_KEY] = carry
-        notes = [*result.metadata.get("resumes", []), *continuations]
         if notes:
             final.response_metadata["fabstir_resumes"] = notes
         yield ChatGenerationChunk(message=final, generation_info=generation_info(result))

@@ -323,17 +323,31 @@ class Connector:
             state.remember_socket(state.transport)
             state.transport = None
 
-    async def reconnect(self, state: SessionState, cause: BaseException) -> Transport:
-        """A new socket for a broken answer: the same host first, then alternates."""
+    async def reconnect(
+        self,
+        state: SessionState,
+        cause: BaseException,
+        attempts: int | None = None,
+        on_try: Callable[[], None] | None = None,
+        rotate: int = 0,
+    ) -> Transport:
+        """A new socket for a broken answer: the same host first, then alternates (a paid
+        session has none: its job is bound to its host). ``attempts`` tries at most
+        (default ``reconnect_attempts``), ``on_try()`` before each (the answer's budget,
+        see :class:`~langchain_fabstir.sessions.recovery.AnswerRecovery`); ``rotate``: how
+        many hosts of that order to try last (the ones that just brought nothing)."""
         session = state.session
         hosts = [session.host_url, *[h for h in state.alternates if h != session.host_url]]
+        shift = rotate % len(hosts)
+        hosts = hosts[shift:] + hosts[:shift]
 
         async def connect(host: str) -> Transport:
             return await self._open_once(state, host)  # reconnect() retries itself
 
+        tries = self.config.reconnect_attempts if attempts is None else attempts
         try:
             transport = await reconnect(
-                connect, hosts, self.config.reconnect_attempts, on_failure=self._record_failure
+                connect, hosts, tries, on_failure=self._record_failure, on_try=on_try
             )
         except FabstirError as exc:
             attempts: Any = exc.details.get("attempts", "?")
