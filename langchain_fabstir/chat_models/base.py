@@ -87,7 +87,6 @@ from langchain_fabstir.wire.tools import (
 __all__ = ["ChatFabstir"]
 
 
-
 class _LoopResources:
     """A SessionManager and its idle sessions, for one event loop."""
 
@@ -114,11 +113,11 @@ class ChatFabstir(BaseChatModel):
         seed: sampling seed, sent to hosts that announce the ``seed`` feature.
 
     Key init args — client params:
-        host_url: one host URL, or a list tried in order (failover before the first
-            token). Defaults to ``FABSTIR_HOST_URL``.
+        host_url: one host URL, or a list tried in order (failover, see "Retries").
+            Defaults to ``FABSTIR_HOST_URL``.
         timeout: seconds to wait for the first token.
         stream_chunk_timeout: seconds of silence allowed between chunks.
-        max_retries: retries of retryable failures before the first token.
+        max_retries: tries of one call in a row that bring no new token (see "Retries").
         job_id, chain_id: the on-chain job this conversation is paid by (optional).
         chain, deposit, payment_token, max_price_per_token: pay on chain instead (see
             "Paid sessions").
@@ -171,8 +170,8 @@ class ChatFabstir(BaseChatModel):
         ``"cancelled"``), ``host_url``, ``session_id``, ``request_id``; when they
         happened, ``fabstir_checkpoints`` (signed checkpoint proofs) and
         ``fabstir_resumes`` (each resume: ``mode`` ``"exact"`` or ``"continuation"``,
-        ``offset`` in tokens, and ``by: "chat_model"`` for a continuation on another
-        host). The chunk right after a resume carries ``fabstir_resumed``.
+        ``offset`` in tokens, ``host_url`` where it went on). The chunk right after a
+        resume carries ``fabstir_resumed``.
 
     Model profile:
         ``llm.profile`` (a ``ModelProfile``, read by LangChain's summarisation and
@@ -192,23 +191,42 @@ class ChatFabstir(BaseChatModel):
         ``ValueError`` that names the allowed keys (or the parameter to use instead).
 
     Retries:
-        One answer gets ``max_retries + 1`` attempts, on ``host_url``'s hosts in turn,
-        for failures with ``is_retryable`` (HOST_UNREACHABLE, HOST_DISCONNECTED,
-        RESPONSE_TIMEOUT, STREAM_CHUNK_TIMEOUT, RATE_LIMITED, PROTOCOL_ERROR), with
-        exponential backoff and jitter (a rate limit's ``retry_after`` is waited, at
-        most 30 s). Never retried: INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
-        MODEL_NOT_AVAILABLE, AUTH_FAILED.
+        The session layer owns every retry (:class:`~langchain_fabstir.sessions.recovery.
+        AnswerRecovery`); ``ChatFabstir`` asks for one answer and has no retry loop of
+        its own. One call has **one budget**, counted in tries: every socket opened or
+        tried for the answer after the first, and every time the prompt is sent again.
 
-        - Before any text reached you (and always while tool calls or structured
-          output are buffered): the request is sent again, from scratch.
-        - In the middle of an answer, the session first recovers by itself
-          (``session_config.reconnect_attempts`` reconnects to the same host, resuming
-          from the exact token on hosts that announce ``resume``, else asking the model
-          to continue). When that fails, the next attempt *continues* the answer on the
-          next host: the partial answer is sent back as the assistant's turn with a
-          request to go on, with the token budget that is left. You receive every
-          piece once; the first chunk after it carries ``fabstir_resumed``.
-        - ``Runnable.with_retry()`` retries only ``invoke``; the above covers streams.
+        - ``max_retries`` (default 2): tries in a row that bring no new token. It is the
+          ``reconnect_attempts`` of this model's sessions (a ``reconnect_attempts`` in
+          ``session_config`` is overridden). A host that drops every socket sees exactly
+          ``1 + max_retries`` sockets and prompts for one call, also across a list of
+          hosts.
+        - ``session_config.max_resumes`` (default 10): tries of one call in all, progress
+          or not: no call ever uses more than ``1 + max_resumes`` sockets and sends.
+
+        What is retried: a dropped socket, a stalled stream (STREAM_CHUNK_TIMEOUT),
+        garbage from the host (PROTOCOL_ERROR), a rate limit before any text whose
+        ``retry_after`` is at most ``session_config.max_retry_after`` (30 s; it is
+        waited). A reconnect goes to the same host first (resuming from the exact token
+        on hosts that announce ``resume``, else asking the model to continue: the partial
+        answer is sent back as the assistant's turn with the token budget that is left),
+        and after a try that brought nothing to the next host of ``host_url``. You
+        receive every piece once (text a host restates after a resume or continuation is
+        dropped); the first chunk after it carries ``fabstir_resumed``.
+
+        Never retried: a host that sent nothing within ``timeout`` of the prompt
+        (RESPONSE_TIMEOUT: it may still be working, and a prompt sent again could be
+        billed twice), a longer rate limit, INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
+        MODEL_NOT_AVAILABLE, AUTH_FAILED. The error is typed with ``is_retryable`` (and
+        ``details["attempts"]``): a caller may try again later, e.g.
+        ``Runnable.with_retry()`` (which retries ``invoke`` only).
+
+        Paid calls: a retry never pays. The job is bound to its host, so every try goes
+        to that host on the job already paid. When the host cannot serve within the
+        budget (or cannot be connected at all after paying), the call fails typed
+        (HOST_DISCONNECTED, HOST_UNREACHABLE, ...) and the job is ended by the user at
+        once, so the deposit comes back less the contract's early-end fee; a call
+        therefore risks at most one ``deposit``. The next call pays a new job.
 
     Rate limits and streaming switches (inherited from ``BaseChatModel``):
         ``rate_limiter=InMemoryRateLimiter(requests_per_second=...)`` is consulted once
@@ -354,8 +372,9 @@ class ChatFabstir(BaseChatModel):
     """Model id to request. ``None``: the model the host announces (or its default);
     hosts fall back to their default model for ids they do not serve."""
     host_url: str | list[str] | None = None
-    """Host base URL, or a list tried in order (failover, also in the middle of an
-    answer: see "Retries"). Defaults to ``FABSTIR_HOST_URL``."""
+    """Host base URL, or a list: one session, connected to the first that answers and
+    failing over to the others, also in the middle of an answer, within the call's one
+    retry budget (see "Retries"). Defaults to ``FABSTIR_HOST_URL``."""
     temperature: float | None = None
     """Sampling temperature, 0..2 (``None``: the host's default, 0.7 on real hosts)."""
     max_tokens: int | None = None
@@ -369,8 +388,10 @@ class ChatFabstir(BaseChatModel):
     stream_chunk_timeout: float | None = None
     """Seconds of silence allowed between two chunks (default 30 s)."""
     max_retries: int = 2
-    """Retries of one answer after a retryable failure, before or after its first token
-    (see "Retries" in the class docstring)."""
+    """Tries of one call in a row that bring no new token: the ``reconnect_attempts`` of
+    this model's sessions (see "Retries" in the class docstring; the total bound of a call
+    is ``session_config.max_resumes``). Earlier versions retried whole calls on top of the
+    sessions' own reconnects (a product of attempts, and a new paid job per retry)."""
     job_id: int | None = None
     """The on-chain job that pays for the conversation (optional off-chain)."""
     chain_id: int = 84532
@@ -406,7 +427,9 @@ class ChatFabstir(BaseChatModel):
     ``repo/file`` name or 0x id), paid with ``deposit``; needs ``private_key``. One paid
     session per conversation pool: calls reuse it while it is open. ``host_url`` is ignored."""
     deposit: Decimal | None = None
-    """With ``chain``: the most paid into each session job, in whole ``payment_token``."""
+    """With ``chain``: the most paid into each session job, in whole ``payment_token``
+    (a ``Decimal``, ``str`` or ``int``; never a ``bool``). One call risks at most this:
+    retries reuse the job (see "Retries")."""
     payment_token: Literal["ETH", "USDC"] = "ETH"
     """With ``chain``: pay in native ETH or in USDC (approved first)."""
     max_price_per_token: Decimal | None = None

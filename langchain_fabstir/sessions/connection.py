@@ -350,10 +350,10 @@ class Connector:
                 connect, hosts, tries, on_failure=self._record_failure, on_try=on_try
             )
         except FabstirError as exc:
-            attempts: Any = exc.details.get("attempts", "?")
+            tried: Any = exc.details.get("attempts", "?")
             raise HostDisconnectedError(
                 f"lost {session.host_url} mid-answer ({cause}) and could not reconnect after "
-                f"{attempts} attempts: {exc}",
+                f"{tried} attempts: {exc}",
                 host_url=session.host_url,
                 session_id=session.id,
                 details={"attempts": exc.details.get("attempts"), "cause": str(cause)},

@@ -297,13 +297,13 @@ class AnswerRecovery:
         broken = stream.transport
         await self._drop(exc)
         # After a try that brought nothing, go on with the next host first (if any).
-        transport = await self._reconnect(exc, self._left(), self._count, self.stalled)
+        try:
+            transport = await self._reconnect(exc, self._left(), self._count, self.stalled)
+        except FabstirError as failed:
+            self._give_up(failed)  # the answer's tries in all, not this reconnect's
+            raise
         received = stream.chunks_received - self.segment_start
-        if (
-            "resume" in transport.features
-            and self.exact
-            and transport.host_url == broken.host_url
-        ):
+        if "resume" in transport.features and self.exact and transport.host_url == broken.host_url:
             # Offsets count from the start of the request being resumed (the prompt, or
             # the latest continuation request).
             token = resume_token(broken, transport)

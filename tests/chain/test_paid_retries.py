@@ -194,9 +194,7 @@ async def test_a_price_lowered_before_paying_is_paid_at_the_new_price(
             )
             assert records[0].price == PRICE
             await asyncio.to_thread(chain.set_model_price, HOST1, smollm2, PRICE // 2)
-            created = await create_session_job(
-                client, records[0], record, deposit=Decimal("0.001")
-            )
+            created = await create_session_job(client, records[0], record, deposit=Decimal("0.001"))
             assert created.job.price_per_token == PRICE // 2
             # Raised above the user's limit between discovery and payment: refused.
             await asyncio.to_thread(chain.set_model_price, HOST1, smollm2, PRICE * 5)
@@ -213,9 +211,7 @@ async def test_a_price_lowered_before_paying_is_paid_at_the_new_price(
         await payments.aclose()
 
 
-async def test_a_failed_usdc_create_leaves_no_allowance(
-    chain: LocalChain, smollm2: bytes
-) -> None:
+async def test_a_failed_usdc_create_leaves_no_allowance(chain: LocalChain, smollm2: bytes) -> None:
     from langchain_fabstir.chain import ChainClient
     from langchain_fabstir.chain.marketplace import create_session_job
     from langchain_fabstir.errors import ChainError

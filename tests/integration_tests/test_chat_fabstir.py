@@ -53,7 +53,6 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.host.engines import Engine
-from langchain_fabstir.sessions.models import SessionConfig
 from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
 from langchain_fabstir.wire.frames import InferenceRequest
 from tests.conftest import ThreadedHost
