@@ -92,9 +92,19 @@ class Connector:
         session = state.session
         hosts = [session.host_url, *state.alternates]
         last: FabstirError | None = None
+        # Every host once, and reconnect_attempts retries of a connection cut during
+        # session_init shared by all of them (not that many per host).
+        used = 0
+        spare = self.config.reconnect_attempts
+
+        def count() -> None:
+            nonlocal used
+            used += 1
+
         for host in hosts:
+            used = 0
             try:
-                state.transport = await self.open(state, host)
+                state.transport = await self.open(state, host, retries=spare, on_try=count)
             except (
                 ConnectionFailedError,
                 HostDisconnectedError,
@@ -104,6 +114,7 @@ class Connector:
             ) as exc:
                 self._record_failure(host, exc)
                 last = exc
+                spare -= max(0, used - 1)
                 continue
             session.host_url = host
             state.alternates = [h for h in hosts if h != host]
@@ -111,21 +122,32 @@ class Connector:
         assert last is not None
         raise last
 
-    async def open(self, state: SessionState, host_url: str) -> Transport:
+    async def open(
+        self,
+        state: SessionState,
+        host_url: str,
+        *,
+        retries: int | None = None,
+        on_try: Callable[[], None] | None = None,
+    ) -> Transport:
         """Open and initialise a socket to ``host_url`` for this session.
 
         Opening is idempotent, so a connection cut during the WebSocket handshake or before
-        ``session_init_ack`` (``HOST_DISCONNECTED``) is tried again, up to
-        ``reconnect_attempts`` more times with backoff, as any reconnect is. A host that
-        refuses the connection or never answers fails at once (discovery moves on)."""
+        ``session_init_ack`` (``HOST_DISCONNECTED``) is tried again, up to ``retries``
+        (default ``reconnect_attempts``) more times with backoff, as any reconnect is
+        (``on_try()`` before each try). A host that refuses the connection or never
+        answers fails at once (discovery moves on)."""
+        more = self.config.reconnect_attempts if retries is None else max(0, retries)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self.config.reconnect_attempts),
+            stop=stop_after_attempt(1 + more),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
             retry=retry_if_exception_type(HostDisconnectedError),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
+                if on_try is not None:
+                    on_try()
                 return await self._open_once(state, host_url)
         raise AssertionError("unreachable")  # pragma: no cover
 

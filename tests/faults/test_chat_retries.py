@@ -5,17 +5,20 @@ does not make the consumer see the start twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
 
 from langchain_fabstir import ChatFabstir, SessionConfig, SessionManager
 from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.errors import HostDisconnectedError
 from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
-from tests.faults.test_resilience import raw_host, send_answer
+from tests.faults.test_resilience import RawHost, raw_host, send_answer
 
 ANSWER = ["A ", "B ", "C ", "D ", "E "]
 
@@ -86,3 +89,33 @@ async def test_a_restarted_answer_is_not_delivered_twice(confirm: bool) -> None:
         chunks = [str(c.content) async for c in llm.astream("go")]
         await llm.aclose()
     assert "".join(chunks) == "A B C D E "
+
+
+@contextlib.asynccontextmanager
+async def init_dropping_host() -> AsyncIterator[RawHost]:
+    """Greets, then drops the socket when ``session_init`` comes (on every socket)."""
+    seen = RawHost()
+
+    async def handler(ws: ServerConnection) -> None:
+        seen.connections += 1
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(json.dumps({"type": "connected", "message": "hi", "features": []}))
+            await ws.recv()
+            await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        seen.url = f"http://127.0.0.1:{port}"
+        yield seen
+
+
+@pytest.mark.timeout(30)
+async def test_hosts_that_drop_during_session_init_share_one_budget() -> None:
+    async with within(20), init_dropping_host() as first, init_dropping_host() as second:
+        llm = ChatFabstir(host_url=[first.url, second.url], max_retries=2)
+        with pytest.raises(HostDisconnectedError):
+            await llm.ainvoke("hello")
+        await llm.aclose()
+    # Each host once, plus max_retries retries shared by both (not 1 + 2 per host).
+    assert first.connections + second.connections == 2 + 2
+    assert second.connections >= 1
