@@ -73,7 +73,9 @@ MIN_NATIVE_DEPOSIT = 10**14  # 0.0001 ETH, the contract's floor for ETH jobs
 
 def parse_amount(value: Decimal | str | int, what: str) -> Decimal:
     """An amount of money from the user: a ``Decimal``, ``str`` or ``int`` >= 0 (a ``float``
-    is refused: it cannot say 0.1 exactly)."""
+    is refused: it cannot say 0.1 exactly; a ``bool`` too: ``True`` is not 1 ETH)."""
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"{what} must be a Decimal, str or int (not a bool: money)")
     if isinstance(value, float):
         raise InvalidRequestError(f"{what} must be a Decimal, str or int (not a float: money)")
     try:
@@ -242,22 +244,34 @@ async def create_session_job(
 ) -> CreatedJob:
     """Create a session job with ``host`` for ``model``, paying ``deposit`` (whole tokens).
 
-    The price is exactly the host's on-chain price for the model and token (as the SDK does);
-    ``max_price_per_token`` (whole tokens per token) caps it: above it, ``PRICE_ABOVE_LIMIT``
-    and nothing is sent. The deposit must cover one proof interval at that price and the
-    contract's minimum (``DEPOSIT_LIMIT`` otherwise). For USDC the marketplace is approved for
-    exactly the deposit first. The job id comes from ``SessionJobCreatedForModel`` in the
-    receipt, and the job is read back and checked (depositor, host, deposit, price).
+    The price is exactly the host's on-chain price for the model and token (as the SDK does),
+    read again now: ``host.price`` (from discovery) may be stale, and a lowered price is paid
+    lowered. ``max_price_per_token`` (whole tokens per token) caps it: above it (also when
+    the host raised it since discovery), ``PRICE_ABOVE_LIMIT`` and nothing is sent. The
+    deposit must cover one proof interval at that price and the contract's minimum
+    (``DEPOSIT_LIMIT`` otherwise). For USDC the marketplace is approved for exactly the
+    deposit first, and the approval is withdrawn again when the create fails. The job id
+    comes from ``SessionJobCreatedForModel`` in the receipt, and the job is read back and
+    checked (depositor, host, deposit, price).
     """
     depositor = client.address
     if depositor is None:
         raise InvalidRequestError("paying for a session needs the user's key (private_key=)")
+    if max_price_per_token is not None:
+        parse_amount(max_price_per_token, "max_price_per_token")
     terms = terms or client.config.terms
     decimals = await token_decimals(client, token)
     amount = to_base_units(deposit, decimals, what="deposit")
     if amount <= 0:
         raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = host.price
+    price = int(
+        await client.call(
+            client.node_registry.functions.getModelPricing(
+                host.address, bytes.fromhex(model.id[2:]), token_address(client, token)
+            ),
+            f"reading host {host.address}'s price",
+        )
+    )
     if price is None or price <= 0:
         raise PriceLimitError(
             f"host {host.address} has no price for {model.name} in {token}",
@@ -325,7 +339,11 @@ async def create_session_job(
             terms.proof_interval,
             terms.proof_timeout_window_s,
         )
-        receipt = await client.transact(fn, "creating the session job")
+        try:
+            receipt = await client.transact(fn, "creating the session job")
+        except BaseException:
+            await _withdraw_approval(client)
+            raise
     events = market.events.SessionJobCreatedForModel().process_receipt(receipt, errors=_DISCARD)
     ours = [e for e in events if str(e["address"]).lower() == client.config.job_marketplace.lower()]
     if len(ours) != 1:
@@ -343,6 +361,19 @@ async def create_session_job(
         approve_tx_hash=approve_hash,
         job=job,
     )
+
+
+async def _withdraw_approval(client: ChainClient) -> None:
+    """Set the marketplace's USDC allowance back to 0 after a create that failed (an
+    approval left standing could be spent later without the user asking). Best effort:
+    a failure is logged, the create's own error is what the caller sees."""
+    try:
+        await client.transact(
+            client.usdc.functions.approve(client.config.job_marketplace, 0),
+            "withdrawing the USDC approval of a failed create",
+        )
+    except Exception as exc:
+        log.warning("the USDC approval of a failed create is still standing: %s", exc)
 
 
 def _discard() -> Any:

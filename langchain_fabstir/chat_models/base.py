@@ -52,13 +52,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from langchain_fabstir._sync import iterate_sync, run_sync
 from langchain_fabstir.callbacks import CHECKPOINT_EVENT, CHECKPOINTS_METADATA_KEY
@@ -81,10 +74,10 @@ from langchain_fabstir.chat_models.structured import (
     format_instructions,
     with_instructions,
 )
-from langchain_fabstir.errors import FabstirError, InvalidRequestError, RateLimitedError
+from langchain_fabstir.errors import FabstirError, InvalidRequestError
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
-from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT, fit_context
+from langchain_fabstir.sessions.recovery import fit_context
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.wire.tools import (
     forced_tool_names,
@@ -95,18 +88,13 @@ from langchain_fabstir.wire.tools import (
 
 __all__ = ["ChatFabstir"]
 
-_RETRY_AFTER_CAP = 30.0
-_CHAIN_POOL = "chain:"  # the session pool of paid sessions (the chain picks the host)
-_BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
-"""Exponential backoff with jitter (every tenacity >= 8.2 has these)."""
-
 
 class _LoopResources:
     """A SessionManager and its idle sessions, for one event loop."""
 
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
-        self.idle: dict[str, list[str]] = {}
+        self.idle: list[str] = []
 
 
 class ChatFabstir(BaseChatModel):
@@ -127,11 +115,11 @@ class ChatFabstir(BaseChatModel):
         seed: sampling seed, sent to hosts that announce the ``seed`` feature.
 
     Key init args — client params:
-        host_url: one host URL, or a list tried in order (failover before the first
-            token). Defaults to ``FABSTIR_HOST_URL``.
+        host_url: one host URL, or a list tried in order (failover, see "Retries").
+            Defaults to ``FABSTIR_HOST_URL``.
         timeout: seconds to wait for the first token.
         stream_chunk_timeout: seconds of silence allowed between chunks.
-        max_retries: retries of retryable failures before the first token.
+        max_retries: tries of one call in a row that bring no new token (see "Retries").
         job_id, chain_id: the on-chain job this conversation is paid by (optional).
         chain, deposit, payment_token, max_price_per_token: pay on chain instead (see
             "Paid sessions").
@@ -184,8 +172,8 @@ class ChatFabstir(BaseChatModel):
         ``"cancelled"``), ``host_url``, ``session_id``, ``request_id``; when they
         happened, ``fabstir_checkpoints`` (signed checkpoint proofs) and
         ``fabstir_resumes`` (each resume: ``mode`` ``"exact"`` or ``"continuation"``,
-        ``offset`` in tokens, and ``by: "chat_model"`` for a continuation on another
-        host). The chunk right after a resume carries ``fabstir_resumed``.
+        ``offset`` in tokens, ``host_url`` where it went on). The chunk right after a
+        resume carries ``fabstir_resumed``.
 
     Model profile:
         ``llm.profile`` (a ``ModelProfile``, read by LangChain's summarisation and
@@ -205,23 +193,42 @@ class ChatFabstir(BaseChatModel):
         ``ValueError`` that names the allowed keys (or the parameter to use instead).
 
     Retries:
-        One answer gets ``max_retries + 1`` attempts, on ``host_url``'s hosts in turn,
-        for failures with ``is_retryable`` (HOST_UNREACHABLE, HOST_DISCONNECTED,
-        RESPONSE_TIMEOUT, STREAM_CHUNK_TIMEOUT, RATE_LIMITED, PROTOCOL_ERROR), with
-        exponential backoff and jitter (a rate limit's ``retry_after`` is waited, at
-        most 30 s). Never retried: INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
-        MODEL_NOT_AVAILABLE, AUTH_FAILED.
+        The session layer owns every retry (:class:`~langchain_fabstir.sessions.recovery.
+        AnswerRecovery`); ``ChatFabstir`` asks for one answer and has no retry loop of
+        its own. One call has **one budget**, counted in tries: every socket opened or
+        tried for the answer after the first, and every time the prompt is sent again.
 
-        - Before any text reached you (and always while tool calls or structured
-          output are buffered): the request is sent again, from scratch.
-        - In the middle of an answer, the session first recovers by itself
-          (``session_config.reconnect_attempts`` reconnects to the same host, resuming
-          from the exact token on hosts that announce ``resume``, else asking the model
-          to continue). When that fails, the next attempt *continues* the answer on the
-          next host: the partial answer is sent back as the assistant's turn with a
-          request to go on, with the token budget that is left. You receive every
-          piece once; the first chunk after it carries ``fabstir_resumed``.
-        - ``Runnable.with_retry()`` retries only ``invoke``; the above covers streams.
+        - ``max_retries`` (default 2): tries in a row that bring no new token. It is the
+          ``reconnect_attempts`` of this model's sessions (a ``reconnect_attempts`` in
+          ``session_config`` is overridden). A host that drops every socket sees exactly
+          ``1 + max_retries`` sockets and prompts for one call, also across a list of
+          hosts.
+        - ``session_config.max_resumes`` (default 10): tries of one call in all, progress
+          or not: no call ever uses more than ``1 + max_resumes`` sockets and sends.
+
+        What is retried: a dropped socket, a stalled stream (STREAM_CHUNK_TIMEOUT),
+        garbage from the host (PROTOCOL_ERROR), a rate limit before any text whose
+        ``retry_after`` is at most ``session_config.max_retry_after`` (30 s; it is
+        waited). A reconnect goes to the same host first (resuming from the exact token
+        on hosts that announce ``resume``, else asking the model to continue: the partial
+        answer is sent back as the assistant's turn with the token budget that is left),
+        and after a try that brought nothing to the next host of ``host_url``. You
+        receive every piece once (text a host restates after a resume or continuation is
+        dropped); the first chunk after it carries ``fabstir_resumed``.
+
+        Never retried: a host that sent nothing within ``timeout`` of the prompt
+        (RESPONSE_TIMEOUT: it may still be working, and a prompt sent again could be
+        billed twice), a longer rate limit, INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
+        MODEL_NOT_AVAILABLE, AUTH_FAILED. The error is typed with ``is_retryable`` (and
+        ``details["attempts"]``): a caller may try again later, e.g.
+        ``Runnable.with_retry()`` (which retries ``invoke`` only).
+
+        Paid calls: a retry never pays. The job is bound to its host, so every try goes
+        to that host on the job already paid. When the host cannot serve within the
+        budget (or cannot be connected at all after paying), the call fails typed
+        (HOST_DISCONNECTED, HOST_UNREACHABLE, ...) and the job is ended by the user at
+        once, so the deposit comes back less the contract's early-end fee; a call
+        therefore risks at most one ``deposit``. The next call pays a new job.
 
     Rate limits and streaming switches (inherited from ``BaseChatModel``):
         ``rate_limiter=InMemoryRateLimiter(requests_per_second=...)`` is consulted once
@@ -369,8 +376,9 @@ class ChatFabstir(BaseChatModel):
     """Model id to request. ``None``: the model the host announces (or its default);
     hosts fall back to their default model for ids they do not serve."""
     host_url: str | list[str] | None = None
-    """Host base URL, or a list tried in order (failover, also in the middle of an
-    answer: see "Retries"). Defaults to ``FABSTIR_HOST_URL``."""
+    """Host base URL, or a list: one session, connected to the first that answers and
+    failing over to the others, also in the middle of an answer, within the call's one
+    retry budget (see "Retries"). Defaults to ``FABSTIR_HOST_URL``."""
     temperature: float | None = None
     """Sampling temperature, 0..2 (``None``: the host's default, 0.7 on real hosts)."""
     max_tokens: int | None = None
@@ -384,8 +392,10 @@ class ChatFabstir(BaseChatModel):
     stream_chunk_timeout: float | None = None
     """Seconds of silence allowed between two chunks (default 30 s)."""
     max_retries: int = 2
-    """Retries of one answer after a retryable failure, before or after its first token
-    (see "Retries" in the class docstring)."""
+    """Tries of one call in a row that bring no new token: the ``reconnect_attempts`` of
+    this model's sessions (see "Retries" in the class docstring; the total bound of a call
+    is ``session_config.max_resumes``). Earlier versions retried whole calls on top of the
+    sessions' own reconnects (a product of attempts, and a new paid job per retry)."""
     job_id: int | None = None
     """The on-chain job that pays for the conversation (optional off-chain)."""
     chain_id: int = 84532
@@ -426,7 +436,9 @@ class ChatFabstir(BaseChatModel):
     ``repo/file`` name or 0x id), paid with ``deposit``; needs ``private_key``. One paid
     session per conversation pool: calls reuse it while it is open. ``host_url`` is ignored."""
     deposit: Decimal | None = None
-    """With ``chain``: the most paid into each session job, in whole ``payment_token``."""
+    """With ``chain``: the most paid into each session job, in whole ``payment_token``
+    (a ``Decimal``, ``str`` or ``int``; never a ``bool``). One call risks at most this:
+    retries reuse the job (see "Retries")."""
     payment_token: Literal["ETH", "USDC"] = "ETH"
     """With ``chain``: pay in native ETH or in USDC (approved first)."""
     max_price_per_token: Decimal | None = None
@@ -470,6 +482,13 @@ class ChatFabstir(BaseChatModel):
     @classmethod
     def _check_model_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
         check_host_fields(value)
+        return value
+
+    @field_validator("deposit", "max_price_per_token", mode="before")
+    @classmethod
+    def _check_money(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # a bool is an int: True would be 1 ETH
+            raise ValueError("money must be a Decimal, str or int, not a bool")
         return value
 
     _resources: weakref.WeakKeyDictionary[Any, _LoopResources] = PrivateAttr(
@@ -574,8 +593,6 @@ class ChatFabstir(BaseChatModel):
     # --- sessions ----------------------------------------------------------------------
 
     def _hosts(self) -> list[str]:
-        if self.chain is not None:
-            return [_CHAIN_POOL]
         hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
         if not hosts:
             raise ValueError("ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL")
@@ -583,7 +600,8 @@ class ChatFabstir(BaseChatModel):
 
     def _config(self) -> SessionConfig:
         config = self.session_config or SessionConfig()
-        updates: dict[str, Any] = {"reconnect_attempts": config.reconnect_attempts}
+        # One set of retry settings: max_retries is the sessions' reconnect_attempts.
+        updates: dict[str, Any] = {"reconnect_attempts": self.max_retries}
         if self.encryption is not None:
             updates["encryption"] = self.encryption
         if self.timeout is not None:
@@ -611,9 +629,10 @@ class ChatFabstir(BaseChatModel):
             self._resources[loop] = res
         return res
 
-    async def _checkout(self, host_url: str) -> tuple[_LoopResources, str]:
+    async def _checkout(self) -> tuple[_LoopResources, str]:
+        """A pooled session (an idle one, else a new one: paid once, on chain)."""
         res = self._loop_resources()
-        idle = res.idle.setdefault(host_url, [])
+        idle = res.idle
         manager = res.manager
         while idle:
             sid = idle.pop()
@@ -622,7 +641,7 @@ class ChatFabstir(BaseChatModel):
             if any(s.id == sid and s.status == "active" for s in manager.sessions):
                 with contextlib.suppress(FabstirError):
                     await manager.end_session(sid)  # idle too long: a fresh one instead
-        if host_url == _CHAIN_POOL:
+        if self.chain is not None:
             if not self.model or self.deposit is None:
                 raise InvalidRequestError(
                     "ChatFabstir(chain=...) needs model= (its on-chain 'repo/file' name) and "
@@ -636,16 +655,16 @@ class ChatFabstir(BaseChatModel):
                 host_public_key=self.host_public_key,
             )
             return res, session.id
+        hosts = self._hosts()
         session = await res.manager.create_session(
-            host_url=host_url,
+            host_url=hosts[0],
+            fallback_hosts=hosts[1:],
             model=None,
             job_id=self.job_id,
             session_id=uuid.uuid4().hex,
             host_public_key=self.host_public_key,
         )
         return res, session.id
-
-    # --- messages ----------------------------------------------------------------------
 
     # --- the core stream ---------------------------------------------------------------
 
@@ -667,19 +686,20 @@ class ChatFabstir(BaseChatModel):
         return params
 
     @contextlib.asynccontextmanager
-    async def _attempt(
+    async def _answer(
         self,
-        host_url: str,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
     ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
-        """One try against one host: the ``(stream, text)`` pairs of the answer, from a
-        pooled session (returned to the pool if its socket is still good)."""
-        res, sid = await self._checkout(host_url)
+        """The ``(stream, text)`` pairs of one answer, from a pooled session; the session
+        layer owns every retry of it. The session goes back to the pool when its socket is
+        still good; otherwise it is ended (a paid one's job released: see "Retries")."""
+        res, sid = await self._checkout()
         manager = res.manager
-        healthy = False
+        keep = release = False
         try:
             transport = await manager.connect(sid)
+            host_url = transport.host_url
             features = transport.features
             context = list(protocol_messages[:-1])
             prompt = protocol_messages[-1]["content"] or " "
@@ -729,15 +749,21 @@ class ChatFabstir(BaseChatModel):
                 # The consumer stopped early (a stop sequence, a ``break``, a cancelled
                 # task): the stream has sent ``stream_cancel`` and the late frames of this
                 # answer are skipped by id, so an open socket stays usable.
-                healthy = manager.is_connected(sid)
+                keep = manager.is_connected(sid)
                 raise
-            healthy = True
+            keep = True
+        except FabstirError as exc:
+            # An error the host answered with (a bad request, a token limit) leaves the
+            # session usable; a host that could not serve within the retry budget ends it.
+            keep = not exc.is_retryable and manager.is_connected(sid)
+            release = not keep and self.chain is not None
+            raise
         finally:
-            if healthy:
-                res.idle.setdefault(host_url, []).append(sid)
+            if keep:
+                res.idle.append(sid)
             else:
                 with contextlib.suppress(Exception):
-                    await manager.end_session(sid)
+                    await manager.end_session(sid, release_job=release)
 
     async def _chunks(
         self,
@@ -753,9 +779,8 @@ class ChatFabstir(BaseChatModel):
         merging chunks concatenates) and go to ``dispatch`` (default: a
         ``fabstir_checkpoint`` custom event to the enclosing run, when there is one).
 
-        One answer, ``max_retries + 1`` attempts in all (see "Retries" in the class
-        docstring): an attempt that fails before any text reached the consumer starts
-        over on the next host; one that fails after goes on as a continuation there."""
+        One answer is one request to the session layer, which owns its retries (see
+        "Retries" in the class docstring); this only turns its text into chunks."""
         dispatch = dispatch or _dispatch_to_parent_run
         carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
         resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
@@ -763,107 +788,44 @@ class ChatFabstir(BaseChatModel):
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
         buffering = bool(params["tools"]) or params["response_format"] is not None
-        hosts = self._hosts()
-        attempts = self.max_retries + 1
-        attempt_no = 0
         last: PromptStream | None = None
-        current: PromptStream | None = None  # the stream of the attempt under way
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
-        generated_before = 0  # tokens of failed attempts that the answer keeps
-        continuations: list[dict[str, Any]] = []
         stopped = False
-
-        def delivered() -> bool:
-            """Whether part of the answer reached the consumer (or is kept for it)."""
-            return not buffering and bool(emitted or pending)
-
-        def retryable(exc: BaseException) -> bool:
-            return (
-                not stopped
-                and isinstance(exc, FabstirError)
-                and bool(getattr(exc, "is_retryable", False))
-            )
-
-        def wait(retry_state: Any) -> float:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            base = _BACKOFF(retry_state)
-            if isinstance(exc, RateLimitedError) and exc.retry_after:
-                return min(max(base, exc.retry_after), _RETRY_AFTER_CAP)
-            return base
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            retry=retry_if_exception(retryable),
-            wait=wait,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                host = hosts[attempt_no % len(hosts)]
-                attempt_no += 1
-                request_messages, request_params = protocol_messages, params
-                if current is not None:  # an earlier attempt broke
-                    if delivered():
-                        generated_before += current.chunks_received
-                    current = None
+        async with self._answer(protocol_messages, params) as pieces:
+            async for stream, text in pieces:
+                last = stream
+                if stream.chunk_proofs:
+                    for proof in stream.chunk_proofs:
+                        carry.append(proof.to_dict())
+                        await dispatch(carry[-1])
+                if stream.resume_note is not None:
+                    resumed, stream.resume_note = stream.resume_note, None
                 if buffering:
-                    emitted = []  # nothing reached the consumer: start over
-                elif emitted or pending:
-                    # Part of the answer reached the consumer: go on from there.
-                    partial = "".join(emitted) + pending
-                    request_messages = [
-                        *protocol_messages,
-                        {"role": "assistant", "content": partial},
-                        {"role": "user", "content": CONTINUE_PROMPT},
-                    ]
-                    request_params = dict(params)
-                    if params["max_tokens"] is not None:
-                        request_params["max_tokens"] = max(
-                            1, params["max_tokens"] - generated_before
-                        )
-                    note = {
-                        "mode": "continuation",
-                        "host_url": host,
-                        "offset": generated_before,
-                        "by": "chat_model",
-                    }
-                    continuations.append(note)
-                    resumed = note
-                async with self._attempt(host, request_messages, request_params) as pieces:
-                    async for stream, text in pieces:
-                        last = current = stream
-                        if stream.chunk_proofs:
-                            for proof in stream.chunk_proofs:
-                                carry.append(proof.to_dict())
-                                await dispatch(carry[-1])
-                        if stream.resume_note is not None:
-                            resumed, stream.resume_note = stream.resume_note, None
-                        if buffering:
-                            emitted.append(text)
-                            continue
-                        if stops:
-                            pending += text
-                            cut = find_stop(pending, stops)
-                            if cut is not None:
-                                text, stopped = pending[:cut], True
-                                pending = ""
-                            else:
-                                safe = len(pending) - held_back(pending, stops)
-                                text, pending = pending[:safe], pending[safe:]
-                        if text:
-                            emitted.append(text)
-                            if carry or resumed:
-                                yield with_metadata(text, carry, resumed)
-                                carry, resumed = [], None
-                            else:
-                                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                        if stopped:
-                            break
-                    if pending and not stopped:
-                        emitted.append(pending)
-                        text, pending = pending, ""
+                    emitted.append(text)
+                    continue
+                if stops:
+                    pending += text
+                    cut = find_stop(pending, stops)
+                    if cut is not None:
+                        text, stopped = pending[:cut], True
+                        pending = ""
+                    else:
+                        safe = len(pending) - held_back(pending, stops)
+                        text, pending = pending[:safe], pending[safe:]
+                if text:
+                    emitted.append(text)
+                    if carry or resumed:
+                        yield with_metadata(text, carry, resumed)
+                        carry, resumed = [], None
+                    else:
                         yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if stopped:
+                    break
+            if pending and not stopped:
+                emitted.append(pending)
+                text, pending = pending, ""
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         if last is None:
             return
         result = last.result
@@ -878,16 +840,18 @@ class ChatFabstir(BaseChatModel):
             await dispatch(carry[-1])
         if result.usage is not None and self._auto_profile and self.profile is not None:
             learn(self.profile, context_window=result.usage.context_window_size)
+        notes = list(result.metadata.get("resumes", []))
         if stream_usage:
             usage = usage_metadata(result, last.chunks_received)
-            if generated_before:
-                usage["output_tokens"] += generated_before
-                usage["total_tokens"] += generated_before
+            # A continuation is a new request: the host counts only its own tokens.
+            before = [n["offset"] for n in notes if n.get("mode") == "continuation"]
+            if before and (result.usage is not None or result.tokens_used):
+                usage["output_tokens"] += before[-1]
+                usage["total_tokens"] += before[-1]
             final.usage_metadata = usage
         final.response_metadata = self._response_metadata(result)
         if carry:
             final.response_metadata[CHECKPOINTS_METADATA_KEY] = carry
-        notes = [*result.metadata.get("resumes", []), *continuations]
         if notes:
             final.response_metadata["fabstir_resumes"] = notes
         yield ChatGenerationChunk(message=final, generation_info=generation_info(result))

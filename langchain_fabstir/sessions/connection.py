@@ -92,9 +92,19 @@ class Connector:
         session = state.session
         hosts = [session.host_url, *state.alternates]
         last: FabstirError | None = None
+        # Every host once, and reconnect_attempts retries of a connection cut during
+        # session_init shared by all of them (not that many per host).
+        used = 0
+        spare = self.config.reconnect_attempts
+
+        def count() -> None:
+            nonlocal used
+            used += 1
+
         for host in hosts:
+            used = 0
             try:
-                state.transport = await self.open(state, host)
+                state.transport = await self.open(state, host, retries=spare, on_try=count)
             except (
                 ConnectionFailedError,
                 HostDisconnectedError,
@@ -105,6 +115,7 @@ class Connector:
             ) as exc:
                 self._record_failure(host, exc)
                 last = exc
+                spare -= max(0, used - 1)
                 continue
             session.host_url = host
             state.alternates = [h for h in hosts if h != host]
@@ -112,21 +123,32 @@ class Connector:
         assert last is not None
         raise last
 
-    async def open(self, state: SessionState, host_url: str) -> Transport:
+    async def open(
+        self,
+        state: SessionState,
+        host_url: str,
+        *,
+        retries: int | None = None,
+        on_try: Callable[[], None] | None = None,
+    ) -> Transport:
         """Open and initialise a socket to ``host_url`` for this session.
 
         Opening is idempotent, so a connection cut during the WebSocket handshake or before
-        ``session_init_ack`` (``HOST_DISCONNECTED``) is tried again, up to
-        ``reconnect_attempts`` more times with backoff, as any reconnect is. A host that
-        refuses the connection or never answers fails at once (discovery moves on)."""
+        ``session_init_ack`` (``HOST_DISCONNECTED``) is tried again, up to ``retries``
+        (default ``reconnect_attempts``) more times with backoff, as any reconnect is
+        (``on_try()`` before each try). A host that refuses the connection or never
+        answers fails at once (discovery moves on)."""
+        more = self.config.reconnect_attempts if retries is None else max(0, retries)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self.config.reconnect_attempts),
+            stop=stop_after_attempt(1 + more),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
             retry=retry_if_exception_type(HostDisconnectedError),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
+                if on_try is not None:
+                    on_try()
                 return await self._open_once(state, host_url)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -338,23 +360,37 @@ class Connector:
             state.remember_socket(state.transport)
             state.transport = None
 
-    async def reconnect(self, state: SessionState, cause: BaseException) -> Transport:
-        """A new socket for a broken answer: the same host first, then alternates."""
+    async def reconnect(
+        self,
+        state: SessionState,
+        cause: BaseException,
+        attempts: int | None = None,
+        on_try: Callable[[], None] | None = None,
+        rotate: int = 0,
+    ) -> Transport:
+        """A new socket for a broken answer: the same host first, then alternates (a paid
+        session has none: its job is bound to its host). ``attempts`` tries at most
+        (default ``reconnect_attempts``), ``on_try()`` before each (the answer's budget,
+        see :class:`~langchain_fabstir.sessions.recovery.AnswerRecovery`); ``rotate``: how
+        many hosts of that order to try last (the ones that just brought nothing)."""
         session = state.session
         hosts = [session.host_url, *[h for h in state.alternates if h != session.host_url]]
+        shift = rotate % len(hosts)
+        hosts = hosts[shift:] + hosts[:shift]
 
         async def connect(host: str) -> Transport:
             return await self._open_once(state, host)  # reconnect() retries itself
 
+        tries = self.config.reconnect_attempts if attempts is None else attempts
         try:
             transport = await reconnect(
-                connect, hosts, self.config.reconnect_attempts, on_failure=self._record_failure
+                connect, hosts, tries, on_failure=self._record_failure, on_try=on_try
             )
         except FabstirError as exc:
-            attempts: Any = exc.details.get("attempts", "?")
+            tried: Any = exc.details.get("attempts", "?")
             raise HostDisconnectedError(
                 f"lost {session.host_url} mid-answer ({cause}) and could not reconnect after "
-                f"{attempts} attempts: {exc}",
+                f"{tried} attempts: {exc}",
                 host_url=session.host_url,
                 session_id=session.id,
                 details={"attempts": exc.details.get("attempts"), "cause": str(cause)},

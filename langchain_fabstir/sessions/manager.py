@@ -299,6 +299,7 @@ class SessionManager:
         deposit: Decimal | str | int | None = None,
         payment_token: Literal["ETH", "USDC"] = "ETH",
         max_price_per_token: Decimal | str | int | None = None,
+        fallback_hosts: Sequence[str] = (),
     ) -> Session:
         """Create a session and connect to its host (the seed's ``createSession``).
 
@@ -315,6 +316,10 @@ class SessionManager:
         limits: nothing is sent when no host fits. The session id is the job id, and the job
         is bound to its host (reconnects, never failover). ``host_url`` and ``job_id`` are not
         taken then: the chain picks the host and makes the job.
+
+        ``fallback_hosts``: hosts to go on with, in order, when ``host_url`` cannot be
+        connected or is lost mid-answer (failover within the answer's retry budget, see
+        :class:`~langchain_fabstir.sessions.recovery.AnswerRecovery`). Not for paid sessions.
         """
         paid: PaidChoice | None = None
         if self._payments is not None and job_id is None:
@@ -340,6 +345,10 @@ class SessionManager:
                 policy=policy,
                 encryption=self.config.encryption,
             )
+            if fallback_hosts:
+                raise InvalidRequestError(
+                    "a paid session's job is bound to its host: drop fallback_hosts="
+                )
             job_id, host_url = paid.job.job_id, paid.host.url
             if host_public_key is None:
                 host_public_key = paid.host_key
@@ -348,7 +357,7 @@ class SessionManager:
                 "deposit= needs a SessionManager with chain= (a paid session)"
             )
         url = host_url or self.default_host_url
-        alternates: list[str] = []
+        alternates: list[str] = [h for h in fallback_hosts if h != url] if url else []
         discovered: list[HostInfo] = []
         if not url and self.discovery is not None:
             candidates = await self.discovery.candidates(model=model, policy=policy)
@@ -554,7 +563,9 @@ class SessionManager:
                 payload,
                 self.config,
                 drop=lambda exc: self._connector.drop(state, failed=exc),
-                reconnect=lambda exc: self._connector.reconnect(state, exc),
+                reconnect=lambda exc, tries, on_try, rotate: self._connector.reconnect(
+                    state, exc, tries, on_try, rotate
+                ),
                 closing=lambda: self._closing,
             )
             try:
@@ -952,8 +963,13 @@ class SessionManager:
         ``features`` are what the host announced."""
         return await self._connector.connection(self._state(session_id))
 
-    async def end_session(self, session_id: str) -> SessionSummary:
-        """End the session, close its socket and summarise it (seed: ``endSession``)."""
+    async def end_session(self, session_id: str, *, release_job: bool = False) -> SessionSummary:
+        """End the session, close its socket and summarise it (seed: ``endSession``).
+
+        A paid session's host settles the job when its socket closes. ``release_job=True``
+        (for a host that could not serve): the user completes the job at once instead, so
+        the unused deposit comes back without waiting for the host (less the contract's
+        early-end fee); the host is paid only for tokens it has proven."""
         state = self._state(session_id)
         async with state.lock:
             await self._connector.drop(state)
@@ -961,6 +977,8 @@ class SessionManager:
             await self._persistence.persist(state, [])
         settled: Settlement | None = None
         job_id = state.session.job_id
+        if release_job and job_id is not None and self._payments is not None:
+            await self._payments.release(job_id)
         if job_id is not None and self._payments is not None:
             try:
                 settled = await self._payments.settlement(job_id)

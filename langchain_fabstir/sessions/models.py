@@ -51,9 +51,16 @@ class SessionConfig(BaseModel):
     compression_enabled: bool = True
     """Negotiate permessage-deflate on the WebSocket."""
     reconnect_attempts: int = Field(default=3, ge=0)
-    """Reconnections tried after a dropped socket before ``HOST_DISCONNECTED``."""
+    """The retry settings of an answer, documented once (see
+    :class:`~langchain_fabstir.sessions.recovery.AnswerRecovery`): one budget per answer,
+    counted in tries (every socket opened or tried after the first, every prompt sent
+    again). This one: tries in a row that bring no new token before the last failure is
+    raised (``HOST_DISCONNECTED``, ...): a host that drops every socket sees
+    ``1 + reconnect_attempts`` sockets. Also the retries of a connection cut during
+    ``session_init``. ``ChatFabstir`` sets it from its ``max_retries``."""
     max_resumes: int = Field(default=10, ge=0)
-    """Resumes of one answer (after drops that each made progress) before giving up."""
+    """The total bound of the same budget: tries of one answer in all, progress or not (an
+    answer never uses more than ``1 + max_resumes`` sockets and sends)."""
     session_timeout: float = Field(default=3600.0, gt=0)
     """An idle session past this raises ``SESSION_TIMEOUT`` on its next use."""
     open_timeout: float = Field(default=10.0, gt=0)

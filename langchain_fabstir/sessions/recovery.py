@@ -76,10 +76,12 @@ async def reconnect(
     attempts: int,
     *,
     on_failure: Callable[[str, BaseException], None] | None = None,
+    on_try: Callable[[], None] | None = None,
     initial_wait: float = 0.05,
     max_wait: float = 2.0,
 ) -> Transport:
-    """Open a socket to ``hosts[0]``, then the others in turn, ``attempts`` tries in all.
+    """Open a socket to ``hosts[0]``, then the others in turn, ``attempts`` tries in all
+    (``on_try`` is called before each: the answer's retry budget counts every socket).
 
     Raises the last failure (with ``details["attempts"]``) when every try failed.
     """
@@ -98,6 +100,8 @@ async def reconnect(
         async for attempt in retrying:
             with attempt:
                 tried += 1
+                if on_try is not None:
+                    on_try()
                 host = target()
                 try:
                     return await connect(host)
@@ -178,14 +182,30 @@ def continuation_payload(
 
 
 class AnswerRecovery:
-    """Keeps one answer going through failures (see :meth:`recover`).
+    """Keeps one answer going through failures (see :meth:`recover`): the one owner of
+    retries in the package (``ChatFabstir`` has no retry loop of its own).
+
+    **One retry budget per answer**, counted in *tries*: every socket opened (or tried)
+    for the answer after the first, and every time the prompt is sent again on the same
+    socket (after a rate limit, or to a host that lost the answer), is one try.
+
+    - ``config.reconnect_attempts``: tries in a row that brought no new token; then the
+      last failure is raised (typed, with ``details["attempts"]``). A host that drops
+      every socket therefore sees ``1 + reconnect_attempts`` sockets for one answer.
+    - ``config.max_resumes``: tries of one answer in all, progress or not: the total
+      bound (an answer never uses more than ``1 + max_resumes`` sockets and sends).
+
+    A paid session's job is bound to its host, so every try goes to that host and reuses
+    the job: a retry never pays.
 
     Args:
         payload: the prompt frame of the answer.
         config: the session settings (``reconnect_attempts``, ``max_resumes``,
             ``max_retry_after``, ``max_context_messages``).
         drop: closes the broken socket (and tells discovery why).
-        reconnect: a new socket after a failure (same host, then alternates).
+        reconnect: ``reconnect(cause, attempts, on_try, rotate)``: a new socket after a
+            failure (the same host, then alternates; ``rotate`` hosts skipped first), at
+            most ``attempts`` tries, ``on_try()`` before each.
         closing: whether the manager is closing (then nothing reconnects).
     """
 
@@ -195,7 +215,7 @@ class AnswerRecovery:
         config: SessionConfig,
         *,
         drop: Callable[[BaseException], Awaitable[None]],
-        reconnect: Callable[[BaseException], Awaitable[Transport]],
+        reconnect: Callable[[BaseException, int, Callable[[], None], int], Awaitable[Transport]],
         closing: Callable[[], bool],
     ) -> None:
         self.payload = payload
@@ -205,40 +225,63 @@ class AnswerRecovery:
         self._closing = closing
         self.segment_payload = payload  # the request being streamed now
         self.segment_start = 0  # tokens of the answer before it
-        self.rate_waits = 0
-        self.resumes = 0
-        self.stalled_drops = 0  # drops in a row with no new token in between
+        self.tries = 0  # tries of this answer after the first send (the budget's count)
+        self.stalled = 0  # tries since the last new token
         self.progress_mark = 0
         self.exact = True  # False once a host answered an exact resume by starting over
 
+    @property
+    def resumes(self) -> int:
+        """Tries so far (the name of earlier versions)."""
+        return self.tries
+
+    def _left(self) -> int:
+        config = self.config
+        return min(config.reconnect_attempts - self.stalled, config.max_resumes - self.tries)
+
+    def _count(self) -> None:
+        self.tries += 1
+        self.stalled += 1
+
+    def _give_up(self, exc: FabstirError) -> FabstirError:
+        exc.details["attempts"] = self.tries
+        return exc
+
     async def recover(self, stream: PromptStream, exc: FabstirError) -> None:
-        """Make a broken answer go on, or re-raise ``exc``.
+        """Make a broken answer go on, or re-raise ``exc`` (see the class docstring for the
+        budget every step below counts against).
 
         - rate limited before any text: wait as long as the host asked, if that is at most
           ``max_retry_after``, and send again (a longer wait is the caller's decision);
         - the host lost an answer it was asked to resume: continue it as any host would;
-        - the socket dropped, stalled or sent garbage mid-answer: reconnect (same host,
-          then alternates) and resume exactly where the client stopped (hosts with the
-          ``resume`` extension, which must confirm the offset with ``stream_resumed``: a host
-          that starts over instead is asked for a continuation from then on) or ask for a
-          continuation (any other host). Gives up
-          after ``reconnect_attempts`` drops in a row without a new token, or after
-          ``max_resumes`` resumes of one answer.
+        - the socket dropped, stalled or sent garbage: reconnect (same host, then
+          alternates; after a try that brought no token, the next host first) and resume
+          exactly where the client stopped (on the same host, if
+          it announced the ``resume`` extension; it must confirm the offset with
+          ``stream_resumed``: a host that starts over instead is asked for a continuation
+          from then on) or ask for a continuation (any other host), or send the prompt
+          again when nothing of it had arrived.
+
+        Never retried: a host that sent nothing within ``first_token_timeout`` of the
+        prompt (``RESPONSE_TIMEOUT``: it may still be working on it, and a prompt sent
+        again could be billed twice), and every error the host answered with (invalid
+        request, token limit, model not available).
         """
-        config = self.config
+        if stream.chunks_received > self.progress_mark:
+            self.stalled = 0
+            self.progress_mark = stream.chunks_received
         if isinstance(exc, RateLimitedError):
             wait = 1.0 if exc.retry_after is None else exc.retry_after
-            if (
-                stream.pieces
-                or wait > config.max_retry_after
-                or self.rate_waits >= config.reconnect_attempts
-            ):
-                raise exc
-            self.rate_waits += 1
+            if stream.pieces or wait > self.config.max_retry_after or self._left() <= 0:
+                raise self._give_up(exc)
+            self._count()
             await asyncio.sleep(wait)
             stream.reattach(stream.transport, self.payload)
             return
         if isinstance(exc, HostError) and exc.details.get("host_code") == "RESUME_NOT_FOUND":
+            if self._left() <= 0:
+                raise self._give_up(exc)
+            self._count()
             if stream.chunks_received == self.segment_start:
                 # Nothing of this request arrived: send it again as it was.
                 stream.reattach(stream.transport, self.segment_payload)
@@ -249,19 +292,18 @@ class AnswerRecovery:
             raise exc
         if exc.details.get("reason") == "resume_mismatch":
             self.exact = False  # this answer goes on by continuation from now on
-        if stream.chunks_received > self.progress_mark:
-            self.stalled_drops = 0
-        self.stalled_drops += 1
-        self.progress_mark = stream.chunks_received
-        self.resumes += 1
-        if self.stalled_drops > config.reconnect_attempts or self.resumes > config.max_resumes:
-            exc.details["attempts"] = self.resumes - 1
-            raise exc
+        if self._left() <= 0:
+            raise self._give_up(exc)
         broken = stream.transport
         await self._drop(exc)
-        transport = await self._reconnect(exc)
+        # After a try that brought nothing, go on with the next host first (if any).
+        try:
+            transport = await self._reconnect(exc, self._left(), self._count, self.stalled)
+        except FabstirError as failed:
+            self._give_up(failed)  # the answer's tries in all, not this reconnect's
+            raise
         received = stream.chunks_received - self.segment_start
-        if "resume" in transport.features and self.exact:
+        if "resume" in transport.features and self.exact and transport.host_url == broken.host_url:
             # Offsets count from the start of the request being resumed (the prompt, or
             # the latest continuation request).
             token = resume_token(broken, transport)

@@ -171,6 +171,7 @@ class PromptStream:
         self._waiting_since: float | None = None
         self._deadline = first_timeout
         self._timed_out = False
+        self._repeat: str | None = None  # delivered text a restarting host may restate
         self.resume_note: dict[str, Any] | None = None
         """Set when the answer was resumed; the consumer reads and clears it."""
         self.host_cosign = True
@@ -266,6 +267,11 @@ class PromptStream:
         first = True
         stale = False  # the previous frame was not part of this answer
         awaiting_ack = self._resume_offset is not None
+        # After a resume or continuation: text the consumer already has, which a host
+        # that starts the answer over restates (dropped, see reattach).
+        repeat, self._repeat = self._repeat, None
+        repeat_at, held_n = 0, 0
+        held: list[str] = []
         held_error: str | None = None  # an "Error: ..." chunk waiting for what follows
         failed = False
         pending: FabstirError | None = None
@@ -293,6 +299,23 @@ class PromptStream:
                         raise ProtocolError(f"bad stream_chunk content: {content!r}")
                     if not content:
                         continue  # (the final empty chunk does not release a held error)
+                    tokens = obj.get("tokens", 1)
+                    n = tokens if type(tokens) is int and tokens >= 0 else 1
+                    if repeat is not None:
+                        if repeat.startswith(content, repeat_at):
+                            repeat_at += len(content)  # still restating: hold it
+                            held.append(content)
+                            held_n += n
+                            if repeat_at < len(repeat):
+                                continue
+                            repeat = None  # the whole restatement: dropped
+                            continue
+                        rest = len(repeat) - repeat_at
+                        if content[:rest] == repeat[repeat_at:]:
+                            content = content[rest:]  # the restatement ends inside it
+                        else:  # not a restatement after all: deliver what was held
+                            content, n = "".join(held) + content, n + held_n
+                        repeat = None
                     if held_error is not None:
                         # It was text after all: more text followed it.
                         self._emit(held_error, 0)
@@ -301,8 +324,6 @@ class PromptStream:
                     if content.startswith("Error: "):
                         held_error = content
                         continue
-                    tokens = obj.get("tokens", 1)
-                    n = tokens if type(tokens) is int and tokens >= 0 else 1
                     self.tokens_received += n or 1
                     self.chars_received += len(content)
                     if (
@@ -391,6 +412,9 @@ class PromptStream:
         self.finished = False
         self.result.host_url = transport.host_url
         self._resume_offset = None
+        # A host may answer by starting over (also one that confirmed an exact resume):
+        # what the consumer already has is dropped when the new text restates it.
+        self._repeat = "".join(self.pieces) or None
         if mode == "exact":
             resume = (payload.get("request") or {}).get("resume") or {}
             offset = resume.get("offset")

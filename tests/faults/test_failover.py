@@ -88,10 +88,11 @@ async def test_sigkill_mid_answer_fails_over_to_the_second_host(
     modes = [note["mode"] for note in result.metadata["resumes"]]
     assert result.resumed >= 1 and modes[-1] == "continuation", result.metadata
     # The second host never saw the job: it continued the partial answer from scratch,
-    # with the budget that was left.
+    # with the budget that was left. (The echo engine restates the answer from its start:
+    # the restatement of what the consumer already had is dropped.)
     k = result.metadata["resumes"][-1]["offset"]
     assert k >= 20
-    assert numbers(result.text) == list(range(k)) + list(range(200 - k))
+    assert numbers(result.text) == list(range(max(k, 200 - k)))
     assert "".join(pieces) == result.text
     assert result.finish_reason == "length"
 
@@ -114,7 +115,8 @@ async def test_host_without_resume_gets_a_continuation_prompt() -> None:
         assert result.resumed == 1
         note = result.metadata["resumes"][0]
         assert (note["mode"], note["offset"]) == ("continuation", 50)
-        assert numbers(result.text) == list(range(50)) + list(range(150))
+        # The echo engine restates the first 50 tokens: dropped, the rest goes on.
+        assert numbers(result.text) == list(range(150))
         assert rig.host.resumes == 0
         again = rig.host.requests[-1]
         assert again.prompt == CONTINUE_PROMPT and again.resume is None

@@ -243,13 +243,11 @@ async def test_a_resume_that_restarts_the_answer_is_caught() -> None:
                 proxy.set_fault(CutAfterFrames(10), scope="current")  # 10 words, then cut
                 result = await m.prompt(s.id, "go", max_tokens=100)
     # The first socket was cut: the exact resume got the answer's start again, which the
-    # client refused; it went on by continuation (this host restarts that too, but the
-    # text the consumer saw never repeats the part it already had).
+    # client refused; it went on by continuation. This host restarts that too: the
+    # restatement of what the consumer already has is dropped, so every word comes once.
     notes = result.metadata["resumes"]
     assert notes[0]["mode"] == "exact" and notes[-1]["mode"] == "continuation"
-    seen_before_cut = "".join(words[:10])
-    assert result.text.startswith(seen_before_cut)
-    assert result.text.count("w0 ") == 2  # the start of the continuation, never the resume
+    assert result.text == "".join(words)
 
 
 # --- 6. a handshake cut is retried like any reconnect --------------------------------------

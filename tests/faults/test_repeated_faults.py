@@ -100,5 +100,6 @@ async def test_an_answer_the_host_no_longer_has_is_continued() -> None:
     assert [note["mode"] for note in result.metadata["resumes"]] == ["exact", "continuation"]
     k = result.metadata["resumes"][-1]["offset"]
     assert 0 < k <= 30
-    assert numbers(result.text) == list(range(k)) + list(range(200 - k))
+    # The echo engine restates the answer from its start: that part is dropped.
+    assert numbers(result.text) == list(range(max(k, 200 - k)))
     assert rig.host.resumes == 0 and rig.host.requests[-1].max_tokens == 200 - k
