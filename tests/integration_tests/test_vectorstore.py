@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -24,6 +26,8 @@ from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.embeddings import MiniLMEmbedder
 from tests.conftest import ThreadedHost
 
+ROOT = Path(__file__).resolve().parents[2]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 HOST_KEY = "0x" + "11" * 32
 CAT, KITTEN, TAX, RUST = (
     "The cat sat on the mat.",
@@ -107,12 +111,15 @@ async def test_host_enforces_node_limits_per_vector(rag_host: ReferenceHost) -> 
     """Frames sent raw, past the client's checks: the host rejects per vector as nodes do."""
     from websockets.asyncio.client import connect
 
+    async def recv(ws: object) -> str:
+        return str(await asyncio.wait_for(ws.recv(), 10))  # type: ignore[attr-defined]
+
     async with connect(rag_host.ws_url) as ws:
-        await ws.recv()  # connected
+        await recv(ws)  # connected
         await ws.send(json.dumps({"type": "session_init", "session_id": "raw", "chain_id": 1}))
-        await ws.recv()
+        await recv(ws)
         await ws.send(json.dumps({"type": "uploadVectors", "vectors": []}))
-        error = json.loads(await ws.recv())
+        error = json.loads(await recv(ws))
         assert error == {
             "type": "error",
             "error": "Invalid uploadVectors request: missing field `replace`",
@@ -128,17 +135,17 @@ async def test_host_enforces_node_limits_per_vector(rag_host: ReferenceHost) -> 
             ],
         }
         await ws.send(json.dumps(frame))
-        reply = json.loads(await ws.recv())
+        reply = json.loads(await recv(ws))
         assert reply["type"] == "uploadVectorsResponse" and reply["requestId"] == "b1"
         assert (reply["status"], reply["uploaded"], reply["rejected"]) == ("partial", 1, 2)
         assert reply["errors"][0].startswith("short: Invalid vector dimensions")
         await ws.send(json.dumps({"type": "searchVectors", "queryVector": _vec(1), "k": 1}))
-        found = json.loads(await ws.recv())
+        found = json.loads(await recv(ws))
         assert [r["id"] for r in found["results"]] == ["ok"] and found["totalVectors"] == 1
     async with connect(rag_host.ws_url) as ws:  # no init: the shared default session
-        await ws.recv()
+        await recv(ws)
         await ws.send(json.dumps({"type": "searchVectors", "queryVector": _vec(1), "k": 1}))
-        assert json.loads(await ws.recv()) == {
+        assert json.loads(await recv(ws)) == {
             "type": "error",
             "error": "Session default-rag-session not found. Upload vectors first.",
         }
@@ -284,3 +291,30 @@ async def test_hostile_replies_are_typed_errors(hostile: tuple[str, dict[str, ob
             await manager.search_vectors(s.id, _vec(0), timeout=0.3)
         with pytest.raises(ResponseTimeoutError):
             await asyncio.wait_for(manager.upload_vectors(s.id, one, timeout=0.3), 5)
+
+
+@pytest.mark.parametrize(
+    ("page", "section", "expected"),
+    [
+        ("docs/vectorstores/fabstir.mdx", None, CAT),
+        ("README.md", "## Vector store (host RAG)", True),
+    ],
+)
+def test_doc_snippets_run(
+    page: str,
+    section: str | None,
+    expected: object,
+    threaded_rag_host: ReferenceHost,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FABSTIR_HOST_URL", threaded_rag_host.url)
+    text = (ROOT / page).read_text("utf-8")
+    if section is not None:
+        start = text.index(f"\n{section}\n")
+        text = text[start : text.find("\n## ", start + 1)]
+    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
+    assert blocks
+    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    assert namespace["shown"] == expected
