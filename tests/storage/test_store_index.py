@@ -3,7 +3,9 @@ the reference host's ``/v1/embed`` with the real all-MiniLM-L6-v2, on 127.0.0.1.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from tests.conftest import ThreadedHost
 
 from .conftest import ThreadedPortal
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 NS = ("users", "ada", "memories")
 MEMORIES = {
     "tea": {"text": "Ada likes green tea in the morning.", "topic": "food"},
@@ -146,3 +150,19 @@ async def test_embed_function_and_dimension_checks(
         S5Store(portal_url=portal.url, seed_phrase=phrase, index={"embed": embed})  # type: ignore[typeddict-item]
     store.close()
     wrong.close()
+
+
+def test_readme_snippet_runs(
+    portal: ThreadedPortal, phrase: str, embed_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FABSTIR_HOST_URL", embed_url)
+    monkeypatch.setenv("FABSTIR_PORTAL_URL", portal.url)
+    monkeypatch.setenv("FABSTIR_S5_SEED_PHRASE", phrase)
+    text = README.read_text("utf-8")
+    start = text.index("\n## Semantic memory (S5Store index)\n")
+    section = text[start : text.find("\n## ", start + 1)]
+    blocks = [body for lang, body in FENCE.findall(section) if lang == "python"]
+    assert len(blocks) == 1
+    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
+    exec(compile(blocks[0], "README.md[semantic memory]", "exec"), namespace)
+    assert namespace["shown"] == "cat"
