@@ -364,13 +364,16 @@ class S5Store(BaseStore):
         self.root = root.strip("/")
         self.index_config: IndexConfig | None = None
         self.embeddings: Embeddings | None = None
-        self._fields: list[tuple[str, list[str]]] = []
+        self._fields: list[tuple[str, str | list[str]]] = []
         if index:
             if type(index.get("dims")) is not int or index["dims"] < 1:
                 raise ValueError("index needs 'dims': the length of the embedding vectors")
             self.index_config = index
             self.embeddings = ensure_embeddings(index.get("embed"))
-            self._fields = [(p, tokenize_path(p)) for p in (index.get("fields") or ["$"])]
+            self._fields = [
+                (p, p if p == "$" else tokenize_path(p))  # "$": the whole value, as LangGraph
+                for p in (index.get("fields") or ["$"])
+            ]
         self.ttl_config = ttl
         self.clock = clock
         self._owns_access = access is None

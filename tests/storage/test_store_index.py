@@ -166,3 +166,35 @@ def test_readme_snippet_runs(
     namespace: dict[str, object] = {"__name__": "fabstir_docs"}
     exec(compile(blocks[0], "README.md[semantic memory]", "exec"), namespace)
     assert namespace["shown"] == "cat"
+
+
+@pytest.mark.parametrize("fields", [["text"], ["text", "alt"], None])
+async def test_ranking_matches_langgraphs_inmemorystore(
+    portal: ThreadedPortal, phrase: str, embed_url: str, fields: list[str] | None
+) -> None:
+    """Parity with LangGraph's own InMemoryStore, same IndexConfig and items."""
+    from langgraph.store.memory import InMemoryStore
+
+    emb = FabstirEmbeddings(host_url=embed_url)
+    config: Any = {"embed": emb, "dims": 384}
+    if fields is not None:
+        config["fields"] = fields
+    ours = S5Store(
+        portal_url=portal.url,
+        seed_phrase=phrase,
+        index=config,
+        root=f"home/parity/{len(fields or [])}",
+    )
+    theirs = InMemoryStore(index=config)
+    ops = [PutOp(NS, k, v) for k, v in MEMORIES.items()]
+    ops.append(PutOp(NS, "two", {"text": "Ada bakes bread.", "alt": "Ada owns a parrot."}))
+    await ours.abatch(ops)
+    await theirs.abatch(ops)
+    for query in ["What does Ada drink?", "pets", "her profession", "baking"]:
+        for kwargs in ({}, {"limit": 2, "offset": 1}, {"filter": {"topic": "food"}}):
+            a = await ours.asearch(NS, query=query, **kwargs)  # type: ignore[arg-type]
+            b = await theirs.asearch(NS, query=query, **kwargs)  # type: ignore[arg-type]
+            assert [i.key for i in a] == [i.key for i in b], (query, kwargs)
+            for x, y in zip(a, b, strict=True):
+                assert x.score == pytest.approx(y.score, abs=1e-4)
+    await ours.aclose()
