@@ -12,7 +12,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 from langchain_fabstir._sync import background_loop, run_sync
-from langchain_fabstir.errors import InvalidRequestError, VectorStoreError
+from langchain_fabstir.errors import HostDisconnectedError, InvalidRequestError, VectorStoreError
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.vectors import MAX_K, VectorSearchResult
 
@@ -46,7 +46,8 @@ class FabstirVectorStore(VectorStore):
     frame to read or delete a vector, so :meth:`get_by_ids` answers from the copy, and
     :meth:`delete` uploads what is left with ``replace`` (O(n) per call). A node wipes a
     session's vectors on a plaintext re-init (a reconnect); when a search finds the host's
-    count differs from the copy, the store uploads the copy again and searches once more.
+    count differs from the copy (or the socket broke), the store uploads the copy again and
+    retries once.
 
     Args:
         embedding: the embeddings (default ``FabstirEmbeddings(host_url=host_url)``); they
@@ -99,6 +100,7 @@ class FabstirVectorStore(VectorStore):
         self._owned = manager is None
         self._docs: dict[str, tuple[list[float], Document]] = {}
         self._lock: asyncio.Lock | None = None
+        self._socket: object | None = None  # the socket the host's copy was sent on
 
     @property
     def embeddings(self) -> Embeddings:
@@ -121,6 +123,14 @@ class FabstirVectorStore(VectorStore):
             session = await self._manager.create_session()
             self._session_id = session.id
         return self._manager, self._session_id
+
+    async def _new_socket(self, manager: SessionManager, sid: str) -> bool:
+        """Whether the session's socket is another one than the copy was sent on (a
+        reconnect: on nodes its plaintext re-init wiped the session's vectors)."""
+        socket = await manager.connect(sid)
+        fresh = self._socket is not None and socket is not self._socket
+        self._socket = socket
+        return fresh
 
     def _guard(self) -> asyncio.Lock:
         if self._lock is None:
@@ -181,12 +191,31 @@ class FabstirVectorStore(VectorStore):
     async def _upload(self, items: list[tuple[list[float], Document]]) -> None:
         async with self._guard():
             manager, sid = await self._session()
-            result = await manager.upload_vectors(
-                sid,
-                [self._entry(v, d) for v, d in items],
-                allow_plaintext=self.allow_plaintext,
-                timeout=self.upload_timeout,
-            )
+            stale = await self._new_socket(manager, sid) and bool(self._docs)
+            try:
+                if stale:
+                    raise HostDisconnectedError("reconnected since the last upload")
+                result = await manager.upload_vectors(
+                    sid,
+                    [self._entry(v, d) for v, d in items],
+                    allow_plaintext=self.allow_plaintext,
+                    timeout=self.upload_timeout,
+                )
+                if await self._new_socket(manager, sid):
+                    raise HostDisconnectedError("reconnected during the upload")
+            except HostDisconnectedError:
+                # The socket broke: the next one's plaintext re-init wipes the session's
+                # vectors on nodes, so everything goes again, once (uploads are free).
+                before = dict(self._docs)
+                for vector, doc in items:
+                    assert doc.id is not None
+                    self._docs[doc.id] = (list(vector), doc)
+                try:
+                    await self._resync(manager, sid)
+                except BaseException:
+                    self._docs = before
+                    raise
+                return
             refused = {e.split(":", 1)[0] for e in result.errors}
             for vector, doc in items:
                 if doc.id not in refused:
@@ -201,6 +230,7 @@ class FabstirVectorStore(VectorStore):
 
     async def _resync(self, manager: SessionManager, sid: str) -> None:
         """Upload the store's copy again, replacing what the host holds."""
+        await self._new_socket(manager, sid)
         await manager.upload_vectors(
             sid,
             [self._entry(v, d) for v, d in self._docs.values()],
@@ -311,11 +341,15 @@ class FabstirVectorStore(VectorStore):
                     )
 
                 try:
+                    if await self._new_socket(manager, sid):
+                        raise HostDisconnectedError("reconnected since the last upload")
                     found = await search()
                     stale = found.total_vectors != len(self._docs)
                 except VectorStoreError as exc:
                     if "not found" not in exc.message.lower():
                         raise
+                    stale = True
+                except HostDisconnectedError:  # a new socket: its re-init wiped them
                     stale = True
                 if stale:  # the host lost the session's vectors (re-init, restart)
                     await self._resync(manager, sid)

@@ -159,10 +159,18 @@ async def test_plaintext_reinit_wipes_vectors_and_the_store_uploads_again(
         await store.aadd_texts([CAT, TAX, RUST])
         sid = store._session_id
         assert sid is not None and rag_host.vectors.count(sid) == 3
-        rag_host.vectors.reset(sid)  # what a plaintext re-init (a reconnect) does
+        # The host drops the socket; the next search reconnects with a plaintext
+        # session_init, which wipes the session's vectors (as nodes do): the store sees the
+        # count differ, uploads its copy again, and searches once more.
+        for conn in list(rag_host.connections):
+            await conn.ws.close()
         docs = await store.asimilarity_search("Where did the kitten sleep?", k=1)
         assert [d.page_content for d in docs] == [CAT]
         assert rag_host.vectors.count(sid) == 3
+        for conn in list(rag_host.connections):  # and again, before an upload
+            await conn.ws.close()
+        await store.aadd_texts([KITTEN])
+        assert rag_host.vectors.count(sid) == 4
     finally:
         await store.aclose()
 
@@ -226,6 +234,26 @@ def test_vectorstore_sync_api(threaded_rag_host: ReferenceHost) -> None:
 
 
 # --- hostile hosts ---------------------------------------------------------------------------
+
+
+async def test_store_reports_vectors_the_host_rejected(
+    rag_host: ReferenceHost, hostile: tuple[str, dict[str, object]]
+) -> None:
+    url, behaviour = hostile
+    behaviour["reply"] = {
+        "type": "uploadVectorsResponse",
+        "status": "partial",
+        "uploaded": 1,
+        "rejected": 1,
+        "errors": ["b: Maximum vectors limit reached (100000)"],
+    }
+    store = FabstirVectorStore(FabstirEmbeddings(host_url=rag_host.url), host_url=url)
+    try:
+        with pytest.raises(VectorStoreError, match="refused 1 of 2"):
+            await store.aadd_texts([CAT, TAX], ids=["a", "b"])
+        assert [d.id for d in await store.aget_by_ids(["a", "b"])] == ["a"]
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture
