@@ -55,7 +55,8 @@ class FabstirVectorStore(VectorStore):
         host_url: the host (default ``FABSTIR_HOST_URL``); the store opens its own
             :class:`~langchain_fabstir.SessionManager` and session there on first use.
         manager, session_id: use a session of your own manager instead (async methods then
-            run on your event loop; the sync ones on the package's background loop).
+            run on your event loop; the sync ones on the package's background loop). A
+            session idle past ``session_timeout`` is resumed (same job, a new socket).
         allow_plaintext: send the frames on an encrypted session anyway (see above).
         text_key: the metadata field holding each chunk's text (``"text"``, as the SDK).
         upload_timeout, search_timeout: seconds to wait for each reply (the SDK: 30 / 10).
@@ -122,6 +123,9 @@ class FabstirVectorStore(VectorStore):
         if self._session_id is None:
             session = await self._manager.create_session()
             self._session_id = session.id
+        elif not self._manager.is_reusable(self._session_id):
+            # Idle past session_timeout: resume it (a new socket; the copy goes again).
+            await self._manager.resume_session(self._session_id)
         return self._manager, self._session_id
 
     async def _new_socket(self, manager: SessionManager, sid: str) -> bool:

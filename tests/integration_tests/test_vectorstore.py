@@ -346,3 +346,26 @@ def test_doc_snippets_run(
     for number, block in enumerate(blocks, 1):
         exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
     assert namespace["shown"] == expected
+
+
+async def test_store_on_your_manager_survives_the_session_timeout(
+    rag_host: ReferenceHost,
+) -> None:
+    from langchain_fabstir import SessionConfig
+
+    now = [1000.0]
+    manager = SessionManager(
+        SessionConfig(session_timeout=60), host_url=rag_host.url, clock=lambda: now[0]
+    )
+    async with manager:
+        s = await manager.create_session()
+        store = FabstirVectorStore(
+            FabstirEmbeddings(host_url=rag_host.url), manager=manager, session_id=s.id
+        )
+        await store.aadd_texts([CAT, TAX])
+        now[0] += 3600  # idle for an hour: the session timed out
+        docs = await store.asimilarity_search("When are taxes due?", k=1)
+        assert [d.page_content for d in docs] == [TAX]
+        assert rag_host.vectors.count(s.id) == 2
+        await store.aclose()  # your manager and session are left alone
+        assert manager.get_session(s.id).status == "active"
