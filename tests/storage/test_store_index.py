@@ -17,6 +17,7 @@ from langchain_fabstir.errors import DimensionMismatchError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.embeddings import MiniLMEmbedder
 from langchain_fabstir.langgraph import S5Store
+from langchain_fabstir.storage.access import on_background
 from tests.conftest import ThreadedHost
 
 from .conftest import ThreadedPortal
@@ -121,6 +122,14 @@ async def test_vectors_are_kept_on_s5_beside_the_items(
     found = await reader.asearch(NS, query="What does Ada drink?", limit=1)
     assert found[0].key == "tea" and found[0].score is not None
     assert emb.texts == ["What does Ada drink?"]  # the items' vectors came from S5
+    # Sealed: neither the vectors' bytes (as the store packs them) nor the texts are anywhere
+    # on the portal in clear.
+    space = await on_background(reader._space(NS))
+    kept = space.items["tea"].vectors
+    assert kept is not None and kept.shape == (1, 384)
+    raw = kept.astype("<f4").tobytes()
+    blobs = [p.read_bytes() for p in portal.data_dir.rglob("*") if p.is_file()]
+    assert blobs and not any(raw[:32] in b or b"green tea" in b for b in blobs)
     # a compaction (TTL sweep rewrites the logs) keeps the vectors
     await reader.aput(NS, "tea", {"text": "Ada likes green tea in the morning.", "topic": "x"})
     await reader.asweep_ttl()
