@@ -637,9 +637,9 @@ class ReferenceHost:
         is kept only in part (:data:`RECORD_LIMIT`)."""
         self.cancel_seen = asyncio.Event()
         self._session_keys = SessionKeyLedger()
+        """Session keys of encrypted inits seen by this process (replays are refused)."""
         self.vectors = SessionVectors()
         """Host RAG: the vectors uploaded per session id (``uploadVectors``, section 6.5)."""
-        """Session keys of encrypted inits seen by this process (replays are refused)."""
 
     # --- lifecycle ------------------------------------------------------------------
 
