@@ -25,6 +25,7 @@ MODULES = [
     "openai_engine",
     "encryption",
     "embeddings",
+    "store_search",
 ]
 
 

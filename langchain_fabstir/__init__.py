@@ -6,6 +6,7 @@ The main entry points:
   history, checkpoints, resume, export and share), async-first.
 - :class:`ChatFabstir`: a LangChain chat model over Fabstir sessions.
 - :class:`FabstirEmbeddings`: LangChain embeddings over hosts' ``/v1/embed``.
+- :class:`FabstirVectorStore`: a vector store in a host's session memory (host RAG).
 - :class:`FabstirSearchRetriever` and :class:`FabstirImageGenerationTool`: web search
   (``/v1/search``) as a retriever and image generation (``/v1/images/generate``) as a tool.
 - :class:`S5ChatMessageHistory`, :class:`S5CheckpointSaver` and :class:`S5Store`: memory
@@ -62,6 +63,7 @@ __all__ = [
     "FabstirError",
     "FabstirImageGenerationTool",
     "FabstirSearchRetriever",
+    "FabstirVectorStore",
     "HostDisconnectedError",
     "Message",
     "ProtocolError",
@@ -90,6 +92,10 @@ def __getattr__(name: str) -> object:
         from langchain_fabstir.langgraph import S5CheckpointSaver
 
         return S5CheckpointSaver
+    if name == "FabstirVectorStore":
+        from langchain_fabstir.vectorstores import FabstirVectorStore
+
+        return FabstirVectorStore
     if name == "S5Store":
         from langchain_fabstir.langgraph import S5Store
 

@@ -78,6 +78,7 @@ __all__ = [
     "ModelNotAvailableError",
     "NoHostAvailableError",
     "NoHostForModelError",
+    "PlaintextFramesRefusedError",
     "PriceLimitError",
     "PromptBlockedError",
     "ProtocolError",
@@ -96,6 +97,7 @@ __all__ = [
     "TokenLimitExceededError",
     "TransactionRevertedError",
     "ValueTooDeepError",
+    "VectorStoreError",
     "WrongChainError",
 ]
 
@@ -285,6 +287,15 @@ class EmbeddingError(HostError):
     code = "EMBEDDING_FAILED"
 
 
+class VectorStoreError(HostError):
+    """A host refused or failed a host-RAG request (``uploadVectors``/``searchVectors``:
+    its bare ``error`` frame, or an upload answered ``status: "error"``). ``details`` has
+    the host's text and, for uploads, its per-vector ``errors``."""
+
+    code = "VECTOR_STORE_ERROR"
+    is_retryable = False
+
+
 class SearchError(HostError):
     """A host's web search failed (``POST /v1/search`` answered 500: its search provider
     failed). Retryable: another host, or a later try, may succeed."""
@@ -435,6 +446,14 @@ class EncryptionModeError(EncryptionError):
     encrypted one (a downgrade): refused, never shown."""
 
     code = "ENCRYPTION_MODE_MISMATCH"
+
+
+class PlaintextFramesRefusedError(EncryptionError):
+    """A request whose frames travel in clear (host RAG's ``uploadVectors`` and
+    ``searchVectors``: no encrypted variant exists) was refused on an encrypted session,
+    because the caller did not opt in (``allow_plaintext=True``). Nothing was sent."""
+
+    code = "PLAINTEXT_FRAMES_REFUSED"
 
 
 ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {

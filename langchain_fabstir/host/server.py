@@ -55,6 +55,7 @@ from langchain_fabstir.host.images import ImageRoute
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.host.search import SearchRoute
+from langchain_fabstir.host.vectors import SessionVectors
 from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.wire.encryption import (
     SessionCipher,
@@ -334,6 +335,7 @@ class _Connection:
             log.info("ignoring malformed frame: %s", exc)
             return
         if isinstance(frame, SessionInit):
+            self.host.vectors.reset(frame.session_id)  # as a node's plaintext re-init (6.5)
             self.session_id = frame.session_id
             self.job_id = frame.job_id
             self.chain_id = frame.chain_id
@@ -371,6 +373,9 @@ class _Connection:
             await self._encrypted_init(frame.model_extra or {})
         elif frame.type == "encrypted_message":
             await self._encrypted_message(seq, len(raw), frame.model_extra or {})
+        elif frame.type in ("uploadVectors", "searchVectors"):  # host RAG (host/vectors.py)
+            reply = self.host.vectors.handle(self.session_id, frame.type, frame.model_extra or {})
+            await self.send(json.dumps(reply, separators=(",", ":")))
         # stream_cancel while idle, unknown types: no answer, as on real hosts.
 
     async def _refuse(self, code: str, message: str, rid: Any = None, end: bool = False) -> None:
@@ -633,6 +638,8 @@ class ReferenceHost:
         self.cancel_seen = asyncio.Event()
         self._session_keys = SessionKeyLedger()
         """Session keys of encrypted inits seen by this process (replays are refused)."""
+        self.vectors = SessionVectors()
+        """Host RAG: the vectors uploaded per session id (``uploadVectors``, section 6.5)."""
 
     # --- lifecycle ------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from langchain_fabstir.errors import (
     CheckpointError,
     FabstirError,
     InvalidRequestError,
+    PlaintextFramesRefusedError,
     SessionNotFoundError,
     SessionTimeoutError,
 )
@@ -79,6 +80,11 @@ from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.sessions.transport import Transport
 from langchain_fabstir.sessions.trust import job_trust, trust_discovered
+from langchain_fabstir.sessions.vectors import (
+    VectorFrames,
+    VectorSearchResult,
+    VectorUploadResult,
+)
 from langchain_fabstir.storage.conversations import S5ConversationStore
 from langchain_fabstir.wire.encryption import RecoveryKey, parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
@@ -962,6 +968,90 @@ class SessionManager:
         """The session's socket, opened (and ``session_init`` said) if needed; its
         ``features`` are what the host announced."""
         return await self._connector.connection(self._state(session_id))
+
+    # --- host RAG (PROTOCOL.md 6.5) ----------------------------------------------------
+
+    async def _vector_socket(self, state: SessionState, allow_plaintext: bool) -> Transport:
+        transport = await self._connector.connection(state)
+        if transport.cipher is not None and not allow_plaintext:
+            raise PlaintextFramesRefusedError(
+                f"session {state.session.id} is end-to-end encrypted, but vectors, their "
+                "metadata and search queries travel in clear (hosts have no encrypted form "
+                "of uploadVectors/searchVectors): pass allow_plaintext=True to send them "
+                "anyway. Nothing was sent.",
+                session_id=state.session.id,
+                host_url=transport.host_url,
+            )
+        return transport
+
+    async def upload_vectors(
+        self,
+        session_id: str,
+        vectors: Sequence[dict[str, Any]],
+        replace: bool = False,
+        *,
+        allow_plaintext: bool = False,
+        timeout: float = 30.0,
+        max_frame_bytes: int = 2 * 1024 * 1024,
+    ) -> VectorUploadResult:
+        """Store vectors in the host's memory for this session (the SDK's ``uploadVectors``).
+
+        ``vectors``: ``{"id": str, "vector": [384 floats], "metadata": {...}}`` each (checked
+        here first: 384 finite values, metadata JSON <= 10,240 bytes, <= 100,000 in all); an
+        existing id is overwritten; ``replace=True`` clears the session's vectors first. They
+        go in frames of at most 1,000 vectors and ``max_frame_bytes``, ``replace`` only on the
+        first; each frame's reply is awaited up to ``timeout`` seconds.
+
+        What is private and what is not: the vectors live only in that host's memory, for
+        this session id (no chain, no S5, no other session sees them) until the host restarts
+        or a plaintext re-init of the session wipes them; but the frames have no encrypted
+        form, so the host and (without ``wss://``) the network read vectors and metadata in
+        clear. On an encrypted session they are refused (``PLAINTEXT_FRAMES_REFUSED``) unless
+        ``allow_plaintext=True``. Per-vector rejections by the host are in the result;
+        a batch the host refused entirely, or its error frame, is ``VECTOR_STORE_ERROR``.
+        """
+        frames = VectorFrames(max_frame_bytes=max_frame_bytes)
+        entries = [frames.entry(v.get("id"), v.get("vector"), v.get("metadata")) for v in vectors]
+        state = self._state(session_id, active=True)
+        total = VectorUploadResult()
+        if not entries and not replace:
+            return total
+        async with state.lock:
+            state.last_used = self._clock()
+            transport = await self._vector_socket(state, allow_plaintext)
+            for frame, rid, n in frames.upload_frames(entries, replace, new_request_id()):
+                reply = await transport.request(frame, "uploadVectorsResponse", rid, timeout)
+                part = frames.upload_reply(reply, n, transport.host_url)
+                total.uploaded += part.uploaded
+                total.rejected += part.rejected
+                total.errors.extend(part.errors)
+        return total
+
+    async def search_vectors(
+        self,
+        session_id: str,
+        query_vector: Sequence[float],
+        k: int = 5,
+        threshold: float = 0.2,
+        metadata_filter: dict[str, Any] | None = None,
+        *,
+        allow_plaintext: bool = False,
+        timeout: float = 10.0,
+    ) -> VectorSearchResult:
+        """The ``k`` (1..20) vectors of this session most similar to ``query_vector`` (cosine,
+        ``score >= threshold``, -1..1; -1: none), best first (the SDK's ``searchVectors``).
+        ``metadata_filter``: ``{"field": value}`` or ``{"field": {"$eq"|"$in": ...}}``;
+        with a filter, hosts rank every matching vector and ignore ``threshold``. The query
+        travels in clear, as the upload does (see :meth:`upload_vectors`).
+        ``result.total_vectors`` is how many vectors the host holds for the session."""
+        rid = new_request_id()
+        frame = VectorFrames.search_frame(query_vector, k, threshold, metadata_filter, rid)
+        state = self._state(session_id, active=True)
+        async with state.lock:
+            state.last_used = self._clock()
+            transport = await self._vector_socket(state, allow_plaintext)
+            reply = await transport.request(frame, "searchVectorsResponse", rid, timeout)
+        return VectorFrames.search_reply(reply, k, transport.host_url)
 
     async def end_session(self, session_id: str, *, release_job: bool = False) -> SessionSummary:
         """End the session, close its socket and summarise it (seed: ``endSession``).

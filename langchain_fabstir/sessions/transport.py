@@ -328,6 +328,46 @@ class Transport:
             exc.host_url = self.host_url
             raise
 
+    async def request(
+        self, frame: str, reply_type: str, request_id: str, timeout: float
+    ) -> dict[str, Any]:
+        """Send a plaintext request frame (host RAG: ``uploadVectors``, ``searchVectors``)
+        and return its reply: the first ``reply_type`` frame whose ``requestId`` is
+        ``request_id`` (or absent), or a bare ``error`` frame (no ``code``, ``id`` or
+        ``requestId``: nodes send RAG errors so, correlated by time). Other frames (stray
+        frames of earlier answers) are skipped. ``RESPONSE_TIMEOUT`` after ``timeout``
+        seconds for all of it; ``PROTOCOL_ERROR`` for a frame that is not JSON."""
+        await self.send(frame)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                async with _compat.timeout(remaining):
+                    raw = await self.recv_raw()
+            except asyncio.TimeoutError:
+                raise ResponseTimeoutError(
+                    f"no {reply_type} from {self.host_url} within {timeout}s",
+                    host_url=self.host_url,
+                ) from None
+            try:
+                obj = loads(raw)
+            except ProtocolError as exc:
+                exc.host_url = self.host_url
+                raise
+            if type(obj) is not dict:
+                continue
+            kind = obj.get("type")
+            if kind == reply_type and obj.get("requestId") in (None, request_id):
+                return obj
+            if kind == "error" and (
+                obj.get("requestId") == request_id
+                or not any(f in obj for f in ("code", "id", "requestId"))
+            ):
+                return obj
+
     def _disconnected(self, exc: ConnectionClosed) -> HostDisconnectedError:
         rcvd = exc.rcvd
         detail = f"code {rcvd.code} {rcvd.reason!r}" if rcvd is not None else "no close frame"

@@ -71,3 +71,13 @@ def test_checkpoints_example() -> None:
     assert re.search(r"^  Checkpoint 1 created at token 500$", out, re.M), out
     assert "Host signed: True" in out
     assert "Every conversation hash recomputed from the history: OK" in out
+
+
+def test_private_rag() -> None:
+    out = run_example("private_rag.py")
+    assert "Stored 4 chunks in the host's session memory" in out, out
+    retrieved = re.search(r"^Retrieved \((0\.\d+)\): (.+)$", out, re.M)
+    assert retrieved and "painted bright green" in retrieved.group(2), out
+    assert float(retrieved.group(1)) > 0.5
+    answer = re.search(r"^Answer: (.+)$", out, re.M)
+    assert answer and "green" in answer.group(1).lower(), out  # answered from the document

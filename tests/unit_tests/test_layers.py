@@ -49,6 +49,7 @@ INTEGRATIONS = {
     "embeddings",
     "retrievers",
     "tools",
+    "vectorstores",
     "_host_http",
 }
 
