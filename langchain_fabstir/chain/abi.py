@@ -258,9 +258,7 @@ JOB_MARKETPLACE_ABI: list[dict[str, Any]] = [
         [("uint256", "locked")],
     ),
     _fn("getTotalBalanceNative", [("address", "account")], [("uint256", "")]),
-    _fn(
-        "getTotalBalanceToken", [("address", "account"), ("address", "token")], [("uint256", "")]
-    ),
+    _fn("getTotalBalanceToken", [("address", "account"), ("address", "token")], [("uint256", "")]),
     _fn("tokenMaxDeposits", [("address", "token")], [("uint256", "")]),
     _fn("MIN_DEPOSIT", [], [("uint256", "")]),
     _fn(

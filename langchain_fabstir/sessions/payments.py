@@ -35,6 +35,7 @@ from langchain_fabstir.errors import (
     NoHostForModelError,
     PriceLimitError,
 )
+from langchain_fabstir.sessions.budget import SpendBudget, paid_create
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
@@ -69,6 +70,8 @@ class SessionPayments:
         private_key: SecretStr | None,
         *,
         probe_ttl: float = 30.0,
+        budget: SpendBudget | None = None,
+        payer: str | None = None,
     ) -> None:
         from langchain_fabstir.chain import require_web3
 
@@ -82,6 +85,8 @@ class SessionPayments:
             self.client = chain
             self._owns_client = False
         self.probe_ttl = probe_ttl
+        self.budget = budget
+        self.payer = payer  # a delegate's payer (sessions via createSessionForModelAsDelegate)
         self._discoveries: dict[tuple[str, str], tuple[HostDiscovery, ChainHostSource]] = {}
 
     @property
@@ -161,9 +166,12 @@ class SessionPayments:
         token: PaymentToken,
         max_price_per_token: Decimal | str | int | None,
         policy: SelectionPolicy | str,
+        from_deposit: bool = False,
     ) -> PaidChoice:
-        """Choose a host and create the job (the user's limits are hard limits)."""
-        from langchain_fabstir.chain.marketplace import create_session_job, parse_amount
+        """Choose a host and create the job (the user's limits are hard limits): from the
+        deposit balance with ``from_deposit``, for the payer when this key is a delegate,
+        counted against the budget before the transaction is sent."""
+        from langchain_fabstir.chain.marketplace import parse_amount
 
         parse_amount(deposit, "deposit")  # refuse bad money before any request
         if max_price_per_token is not None:
@@ -176,13 +184,16 @@ class SessionPayments:
             model, token=token, max_price_per_token=max_price_per_token, policy=policy
         )
         host = records[0]
-        job = await create_session_job(
+        job = await paid_create(
             self.client,
             host,
             record,
             deposit=deposit,
             token=token,
             max_price_per_token=max_price_per_token,
+            from_deposit=from_deposit,
+            budget=self.budget,
+            payer=self.payer,
         )
         log.info("paid session job %s with host %s (%s)", job.job_id, host.address, host.url)
         return PaidChoice(host=host, model=record, job=job)
