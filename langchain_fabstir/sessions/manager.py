@@ -87,6 +87,8 @@ if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
     from langchain_fabstir.chain.funds import DelegateStatus, DepositBalance
     from langchain_fabstir.chain.marketplace import Settlement
+    from langchain_fabstir.sessions.audit import JobAudit
+    from langchain_fabstir.wire.encryption import RecoveryKey
 
 __all__ = ["SessionManager"]
 
@@ -1057,6 +1059,51 @@ class SessionManager:
         base = to_base_units(value, decimals)
         await withdraw_funds(client, base, token)
         return from_base_units(base, decimals)
+
+    async def audit_job(
+        self,
+        job_id: int,
+        *,
+        portal: S5PortalClient | str,
+        recovery_key: RecoveryKey | None = None,
+        from_block: int | None = None,
+        block_range: int = 9000,
+    ) -> JobAudit:
+        """Audit a job from the chain alone: every ``ProofSubmitted`` (logs read
+        ``block_range`` blocks at a time from the job's creation block, or ``from_block``),
+        each proof's bytes fetched by ``proofCID`` from ``portal`` (a URL or client) and
+        checked against ``proofHash`` (SHA-256), each ``deltaCID`` fetched and verified
+        (host signature, session, chain of deltas; opened with ``recovery_key``, by default
+        the recovery key of this manager's session of the job), and the tokens claimed
+        against the settlement. See :class:`~langchain_fabstir.sessions.audit.JobAudit`.
+        Works for any job (another user's too): it needs no key, only the chain."""
+        from langchain_fabstir.sessions.audit import audit_job
+
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise InvalidRequestError(f"job_id must be a positive integer, got {job_id!r}")
+        if recovery_key is None:
+            state = self._sessions.get(str(job_id))
+            if state is not None and state.session.job_id == job_id:
+                recovery_key = state.session.recovery_key
+        client = self._chain().client
+        if isinstance(portal, str):
+            async with S5PortalClient(portal) as own:
+                return await audit_job(
+                    client,
+                    job_id,
+                    own,
+                    recovery_key=recovery_key,
+                    from_block=from_block,
+                    block_range=block_range,
+                )
+        return await audit_job(
+            client,
+            job_id,
+            portal,
+            recovery_key=recovery_key,
+            from_block=from_block,
+            block_range=block_range,
+        )
 
     # --- delegates ------------------------------------------------------------------
 
