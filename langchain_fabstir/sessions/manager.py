@@ -127,8 +127,9 @@ class SessionManager:
             ``chain`` extra (web3.py). ``user_address`` and ``chain_id`` follow from them.
         max_spend: ``{"ETH": Decimal, "USDC": Decimal}``, the most this manager commits in
             session deposits over its life (a token not named: nothing); a payment that
-            would cross it is ``BUDGET_EXCEEDED`` before anything is sent (see
-            :class:`~langchain_fabstir.sessions.budget.SpendBudget`).
+            would cross it is ``BUDGET_EXCEEDED`` before anything is sent. Or a
+            :class:`~langchain_fabstir.sessions.budget.SpendBudget`, shared by every manager
+            given it (one budget for several managers or event loops).
         spend_ledger: a file that keeps ``max_spend``'s count across restarts (and across
             processes sharing it); each payment is written to it atomically before its
             transaction is sent.
@@ -168,7 +169,7 @@ class SessionManager:
         storage: S5ConversationStore | None = None,
         chain: ChainConfig | ChainClient | None = None,
         clock: Callable[[], float] = time.monotonic,
-        max_spend: Mapping[str, Decimal | str | int] | None = None,
+        max_spend: Mapping[str, Decimal | str | int] | SpendBudget | None = None,
         spend_ledger: str | os.PathLike[str] | None = None,
         payer: str | None = None,
     ) -> None:
@@ -183,7 +184,12 @@ class SessionManager:
             raise InvalidRequestError("max_spend=, spend_ledger= and payer= need chain=")
         if spend_ledger is not None and max_spend is None:
             raise InvalidRequestError("spend_ledger= records a budget: give max_spend= too")
-        self.budget = SpendBudget(max_spend, spend_ledger) if max_spend is not None else None
+        if isinstance(max_spend, SpendBudget):
+            if spend_ledger is not None:
+                raise InvalidRequestError("a SpendBudget names its own ledger: drop spend_ledger=")
+            self.budget: SpendBudget | None = max_spend
+        else:
+            self.budget = SpendBudget(max_spend, spend_ledger) if max_spend is not None else None
         if chain is not None:
             self._payments = SessionPayments(
                 chain, self._private_key, budget=self.budget, payer=payer

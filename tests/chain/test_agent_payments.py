@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from langchain_fabstir import SessionManager
+from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
 from langchain_fabstir.errors import (
     BudgetExceededError,
@@ -198,7 +198,7 @@ async def test_a_delegate_pays_for_its_payer_within_the_allowance(
 _FIRST_PAYMENT = """
 import asyncio, json, sys
 from decimal import Decimal
-from langchain_fabstir import SessionManager
+from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
 
 async def main():
@@ -328,3 +328,33 @@ async def test_deposit_limits_are_read_and_enforced_before_sending(
         )
         assert session.job_id is not None
         assert chain.session(session.job_id)["deposit"] == 5_000_000
+
+
+# --- the same on ChatFabstir ------------------------------------------------------------
+
+
+async def test_chat_model_pays_from_the_deposit_within_one_budget_for_every_loop(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig
+) -> None:
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        await manager.deposit(Decimal("0.002"))
+    llm = ChatFabstir(
+        chain=market,
+        model=MODEL,
+        private_key=USER.private_key,
+        deposit=Decimal("0.001"),
+        from_deposit=True,
+        max_spend={"ETH": Decimal("0.0015")},
+    )
+    assert (await llm.ainvoke("first")).content == "Echo: first"
+    assert chain.deposit_balance(USER) == 10**15  # drawn from the balance, not the wallet
+
+    def another_loop() -> None:  # a new event loop gets its own session: a second payment
+        asyncio.run(llm.ainvoke("second"))
+
+    nonce = _nonce(chain)
+    with pytest.raises(BudgetExceededError):
+        await asyncio.to_thread(another_loop)
+    assert _nonce(chain) == nonce and chain.deposit_balance(USER) == 10**15
+    with pytest.raises(InvalidRequestError, match="float"):
+        ChatFabstir(chain=market, model=MODEL, max_spend={"ETH": 0.5})
