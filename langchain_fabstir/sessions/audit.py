@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from langchain_fabstir.s5.client import S5PortalClient
     from langchain_fabstir.wire.encryption import RecoveryKey
 
-__all__ = ["JobAudit", "ProofAudit", "audit_job"]
+__all__ = ["ChainRecovery", "JobAudit", "ProofAudit", "audit_job", "recover_from_chain"]
 
 #: The SDK reads logs 9,000 blocks at a time (RPC log-range limits, CHAIN.md 6.5).
 DEFAULT_BLOCK_RANGE = 9000
@@ -113,6 +113,76 @@ def _hex(value: Any) -> str:
     return "0x" + bytes(value).hex()
 
 
+class ChainRecovery(BaseModel):
+    """A conversation rebuilt from the chain's events and S5 alone (the host not needed):
+    the job's verified deltas, in order, and the messages they hold (``role``, ``content``,
+    ``timestamp``; an answer cut by the last checkpoint keeps ``metadata.partial``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: int
+    host: str
+    deltas: list[Any]
+    messages: list[dict[str, Any]]
+    token_count: int
+    audit: JobAudit
+
+    @property
+    def complete(self) -> bool:
+        return not (self.messages and self.messages[-1].get("metadata", {}).get("partial"))
+
+
+async def recover_from_chain(
+    client: ChainClient,
+    job_id: int,
+    portal: S5PortalClient,
+    *,
+    recovery_key: RecoveryKey | None = None,
+    from_block: int | None = None,
+    block_range: int = DEFAULT_BLOCK_RANGE,
+) -> ChainRecovery:
+    """Rebuild job ``job_id``'s conversation from its ``ProofSubmitted`` deltas. Every named
+    delta must verify (host signature, session, chain): else ``CHECKPOINT_FAILED`` naming
+    the proof (``DECRYPTION_KEY_REQUIRED`` for sealed deltas without ``recovery_key``)."""
+    from langchain_fabstir.checkpoints.host import rebuild_conversation
+    from langchain_fabstir.errors import CheckpointError, DecryptionKeyRequiredError
+
+    deltas: list[Any] = []
+    audit = await _audit(
+        client,
+        job_id,
+        portal,
+        recovery_key=recovery_key,
+        from_block=from_block,
+        block_range=block_range,
+        check_proofs=False,
+        deltas=deltas,
+    )
+    for proof, delta in zip(audit.proofs, deltas, strict=True):
+        if not proof.delta_cid:
+            continue
+        if proof.verdict == "delta_encrypted":
+            raise DecryptionKeyRequiredError(
+                f"job {job_id}: the deltas are encrypted; pass recovery_key= (the session's)",
+                details={"proof_index": proof.index},
+            )
+        if delta is None or not proof.delta_verified:
+            raise CheckpointError(
+                f"job {job_id}: proof {proof.index}'s delta cannot be used: "
+                + "; ".join(proof.problems),
+                details={"proof_index": proof.index, "reason": proof.verdict},
+            )
+    usable = [d for d in deltas if d is not None]
+    return ChainRecovery(
+        job_id=job_id,
+        host=audit.host,
+        deltas=usable,
+        messages=rebuild_conversation(usable),
+        token_count=usable[-1].end_token if usable else 0,
+        audit=audit,
+    )
+
+
 async def audit_job(
     client: ChainClient,
     job_id: int,
@@ -123,6 +193,27 @@ async def audit_job(
     block_range: int = DEFAULT_BLOCK_RANGE,
 ) -> JobAudit:
     """Audit job ``job_id`` (see the module docstring and :class:`JobAudit`)."""
+    return await _audit(
+        client,
+        job_id,
+        portal,
+        recovery_key=recovery_key,
+        from_block=from_block,
+        block_range=block_range,
+    )
+
+
+async def _audit(
+    client: ChainClient,
+    job_id: int,
+    portal: S5PortalClient,
+    *,
+    recovery_key: RecoveryKey | None,
+    from_block: int | None,
+    block_range: int,
+    check_proofs: bool = True,
+    deltas: list[Any] | None = None,
+) -> JobAudit:
     from web3 import Web3
 
     from langchain_fabstir.chain.marketplace import JobStatus, read_job
@@ -167,8 +258,12 @@ async def audit_job(
     previous: tuple[int, int] | None = None  # (checkpoint index, end token) of the last delta
     for n, (_name, event) in enumerate(e for e in found if e[0] == "ProofSubmitted"):
         args = event["args"]
-        audit, previous = await _audit_proof(n, event, args, job, portal, recovery_key, previous)
+        audit, previous, delta = await _audit_proof(
+            n, event, args, job, portal, recovery_key, previous, check_proofs
+        )
         proofs.append(audit)
+        if deltas is not None:
+            deltas.append(delta)
 
     claimed = sum(p.tokens_claimed for p in proofs)
     settled: int | None = None
@@ -213,7 +308,8 @@ async def _audit_proof(
     portal: S5PortalClient,
     recovery_key: RecoveryKey | None,
     previous: tuple[int, int] | None,
-) -> tuple[ProofAudit, tuple[int, int] | None]:
+    check_proof: bool = True,
+) -> tuple[ProofAudit, tuple[int, int] | None, Any]:
     from langchain_fabstir.checkpoints.host import verify_host_delta
     from langchain_fabstir.checkpoints.published import decrypt_host_delta
     from langchain_fabstir.s5.cid import CID
@@ -226,18 +322,20 @@ async def _audit_proof(
         problems.append(f"submitted by {host}, not the job's host {job.host}")
     verdict = "ok"
     proof_ok = False
-    try:
-        body = await portal.download(CID.coerce(proof_cid))
-    except (FabstirError, ValueError) as exc:
-        verdict = "proof_unavailable"
-        problems.append(f"proof bytes at {proof_cid[:80]!r} not fetched: {exc}")
-    else:
-        proof_ok = "0x" + hashlib.sha256(body).hexdigest() == proof_hash.lower()
-        if not proof_ok:
-            verdict = "proof_hash_mismatch"
-            problems.append(
-                f"sha256 of the {len(body)} bytes at {proof_cid} is not the proofHash on chain"
-            )
+    parsed: Any = None
+    if check_proof:
+        try:
+            body = await portal.download(CID.coerce(proof_cid))
+        except (FabstirError, ValueError) as exc:
+            verdict = "proof_unavailable"
+            problems.append(f"proof bytes at {proof_cid[:80]!r} not fetched: {exc}")
+        else:
+            proof_ok = "0x" + hashlib.sha256(body).hexdigest() == proof_hash.lower()
+            if not proof_ok:
+                verdict = "proof_hash_mismatch"
+                problems.append(
+                    f"sha256 of the {len(body)} bytes at {proof_cid} is not the proofHash on chain"
+                )
     delta_ok: bool | None = None
     token_range: tuple[int, int] | None = None
     hash_matches: bool | None = None
@@ -268,6 +366,7 @@ async def _audit_proof(
             except FabstirError as exc:
                 problems.append(f"delta {delta_cid}: {exc.message}")
             else:
+                parsed = delta
                 token_range = (delta.start_token, delta.end_token)
                 hash_matches = delta.proof_hash.lower() == proof_hash.lower()
                 expected = (0, 0) if previous is None else (previous[0] + 1, previous[1])
@@ -306,4 +405,5 @@ async def _audit_proof(
             problems=problems,
         ),
         previous,
+        parsed if delta_ok else None,
     )

@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
     from langchain_fabstir.chain.funds import DelegateStatus, DepositBalance
     from langchain_fabstir.chain.marketplace import Settlement
-    from langchain_fabstir.sessions.audit import JobAudit
+    from langchain_fabstir.sessions.audit import ChainRecovery, JobAudit
     from langchain_fabstir.wire.encryption import RecoveryKey
 
 __all__ = ["SessionManager"]
@@ -1085,31 +1085,60 @@ class SessionManager:
         Works for any job (another user's too): it needs no key, only the chain."""
         from langchain_fabstir.sessions.audit import audit_job
 
+        job_id, recovery_key = self._job_and_key(job_id, recovery_key)
+        client = self._chain().client
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(portal, str):
+                portal = await stack.enter_async_context(S5PortalClient(portal))
+            return await audit_job(
+                client,
+                job_id,
+                portal,
+                recovery_key=recovery_key,
+                from_block=from_block,
+                block_range=block_range,
+            )
+
+    async def recover_from_chain(
+        self,
+        job_id: int,
+        *,
+        portal: S5PortalClient | str,
+        recovery_key: RecoveryKey | None = None,
+        from_block: int | None = None,
+        block_range: int = 9000,
+    ) -> ChainRecovery:
+        """Rebuild a job's conversation (its checkpoint history) from the chain's
+        ``ProofSubmitted`` events and the deltas they name on S5, without the host (gone,
+        or lying): every delta verified as :meth:`audit_job` does. ``recovery_key`` opens
+        an encrypted session's deltas (default: this manager's session of the job). See
+        :class:`~langchain_fabstir.sessions.audit.ChainRecovery`."""
+        from langchain_fabstir.sessions.audit import recover_from_chain
+
+        job_id, recovery_key = self._job_and_key(job_id, recovery_key)
+        client = self._chain().client
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(portal, str):
+                portal = await stack.enter_async_context(S5PortalClient(portal))
+            return await recover_from_chain(
+                client,
+                job_id,
+                portal,
+                recovery_key=recovery_key,
+                from_block=from_block,
+                block_range=block_range,
+            )
+
+    def _job_and_key(
+        self, job_id: int, recovery_key: RecoveryKey | None
+    ) -> tuple[int, RecoveryKey | None]:
         if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
             raise InvalidRequestError(f"job_id must be a positive integer, got {job_id!r}")
         if recovery_key is None:
             state = self._sessions.get(str(job_id))
             if state is not None and state.session.job_id == job_id:
                 recovery_key = state.session.recovery_key
-        client = self._chain().client
-        if isinstance(portal, str):
-            async with S5PortalClient(portal) as own:
-                return await audit_job(
-                    client,
-                    job_id,
-                    own,
-                    recovery_key=recovery_key,
-                    from_block=from_block,
-                    block_range=block_range,
-                )
-        return await audit_job(
-            client,
-            job_id,
-            portal,
-            recovery_key=recovery_key,
-            from_block=from_block,
-            block_range=block_range,
-        )
+        return job_id, recovery_key
 
     # --- delegates ------------------------------------------------------------------
 

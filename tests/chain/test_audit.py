@@ -19,7 +19,7 @@ import pytest
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.chain import ChainConfig
-from langchain_fabstir.errors import InvalidRequestError
+from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import S5Identity, S5PortalClient
@@ -171,3 +171,29 @@ async def test_audit_points_at_the_tampered_proof_and_delta(
         assert audit.proofs[1].proof_verified is False
         assert "sha256" in audit.proofs[1].problems[0]
         assert "expects" in audit.proofs[2].problems[0]
+
+
+async def test_recover_from_chain_with_the_host_gone(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig, portal: LocalPortal
+) -> None:
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        s = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+        assert s.job_id is not None
+        await manager.prompt(s.id, "first question", max_tokens=1200)
+        await manager.prompt(s.id, "second question", max_tokens=150)
+        history = [(m.role, m.content) for m in await manager.get_conversation_history(s.id)]
+        entries = list(
+            (await manager.fetch_host_checkpoints(s.id, portal=portal.url)).index.checkpoints
+        )
+        key = s.recovery_key
+        await manager.end_session(s.id)
+    await _prove_like_a_node(chain, portal, s.job_id, entries)
+    await host.stop()
+
+    async with SessionManager(chain=market, private_key=USER.private_key) as fresh:
+        recovered = await fresh.recover_from_chain(s.job_id, portal=portal.url, recovery_key=key)
+        assert [(m["role"], m["content"]) for m in recovered.messages] == history
+        assert recovered.complete and recovered.token_count == 1350
+        assert len(recovered.deltas) == 3 and recovered.audit.clean
+        with pytest.raises(DecryptionKeyRequiredError):  # sealed, and no key given
+            await fresh.recover_from_chain(s.job_id, portal=portal.url)
