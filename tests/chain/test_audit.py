@@ -23,6 +23,7 @@ from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestE
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import S5Identity, S5PortalClient
+from tests.cli.conftest import run_cli
 from tests.localchain import HOST1, SMOLLM2_FILE, SMOLLM2_REPO, USER, LocalChain
 
 MODEL = f"{SMOLLM2_REPO}/{SMOLLM2_FILE}"
@@ -151,7 +152,11 @@ async def test_audit_of_an_honest_job_is_clean(
 
 
 async def test_audit_points_at_the_tampered_proof_and_delta(
-    chain: LocalChain, host: ReferenceHost, market: ChainConfig, portal: LocalPortal
+    chain: LocalChain,
+    host: ReferenceHost,
+    market: ChainConfig,
+    portal: LocalPortal,
+    chain_config_file: Path,
 ) -> None:
     async with SessionManager(chain=market, private_key=USER.private_key) as manager:
         job_id, key, entries = await _paid_session(manager, portal)
@@ -171,6 +176,22 @@ async def test_audit_points_at_the_tampered_proof_and_delta(
         assert audit.proofs[1].proof_verified is False
         assert "sha256" in audit.proofs[1].problems[0]
         assert "expects" in audit.proofs[2].problems[0]
+
+    # The same from the command line (no key, so the deltas stay sealed: the substituted
+    # proof is still found), exit status 1.
+    opts = ["--chain-config", str(chain_config_file), "--portal", portal.url]
+    done = await asyncio.to_thread(run_cli, "jobs", "audit", str(job_id), *opts, "--json")
+    assert done.returncode == 1, done.stderr
+    view = json.loads(done.stdout)
+    assert view["clean"] is False
+    assert [p["verdict"] for p in view["proofs"]] == [
+        "delta_encrypted",
+        "proof_hash_mismatch",
+        "delta_encrypted",
+    ]
+    text = await asyncio.to_thread(run_cli, "jobs", "audit", str(job_id), *opts)
+    assert f"job {job_id}: completed, 3 proof(s), SUSPECT proofs [1]" in text.stdout
+    assert "paid by     " + USER.address in text.stdout
 
 
 async def test_recover_from_chain_with_the_host_gone(
