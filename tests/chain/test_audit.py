@@ -1,8 +1,10 @@
 """``SessionManager.audit_job`` on the local chain: a reference host with an S5 store
-publishes its checkpoint deltas; proofs are submitted the way deployed nodes do (the proof
-bytes uploaded to S5, ``proofHash`` = their SHA-256, ``proofCID``, ``deltaCID`` = the
-published delta); the audit reads the events back in bounded block ranges and checks every
-byte. A dishonest host's substituted proof and doctored delta are pointed at."""
+publishes its checkpoint deltas and submits its proofs the way deployed nodes do
+(:class:`~langchain_fabstir.host.chain_proofs.NodeProofSubmitter`: the proof bytes to its S5
+path, ``proofHash`` = their SHA-256, ``proofCID``, ``deltaCID`` = the published delta); the
+audit reads the events back in bounded block ranges and checks every byte. A dishonest
+host's substituted proof and doctored delta (submitted by the test as that host) are
+pointed at."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.host.chain_proofs import NodeProofSubmitter
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import S5Identity, S5PortalClient
 from tests.cli.conftest import run_cli
@@ -121,12 +126,20 @@ async def _paid_session(manager: SessionManager, portal: LocalPortal) -> tuple[i
     return s.job_id, key, list(published.index.checkpoints)
 
 
+async def _host_settles(market: ChainConfig, host: ReferenceHost, job_id: int) -> list[Any]:
+    assert host.s5_checkpoints is not None
+    async with ChainClient(market, SecretStr(HOST1.private_key)) as client:
+        return await NodeProofSubmitter(client, host.s5_checkpoints).settle(job_id)
+
+
 async def test_audit_of_an_honest_job_is_clean(
     chain: LocalChain, host: ReferenceHost, market: ChainConfig, portal: LocalPortal
 ) -> None:
     async with SessionManager(chain=market, private_key=USER.private_key) as manager:
         job_id, key, entries = await _paid_session(manager, portal)
-        await _prove_like_a_node(chain, portal, job_id, entries)
+        sent = await _host_settles(market, host, job_id)
+        assert [p["deltaCID"] for p in sent] == [e.delta_cid for e in entries]
+        assert len({p["proofCID"] for p in sent}) == 3  # one path, a CID per version
 
         audit = await manager.audit_job(job_id, portal=portal.url, recovery_key=key, block_range=2)
         assert audit.clean and audit.suspect == []
@@ -203,12 +216,9 @@ async def test_recover_from_chain_with_the_host_gone(
         await manager.prompt(s.id, "first question", max_tokens=1200)
         await manager.prompt(s.id, "second question", max_tokens=150)
         history = [(m.role, m.content) for m in await manager.get_conversation_history(s.id)]
-        entries = list(
-            (await manager.fetch_host_checkpoints(s.id, portal=portal.url)).index.checkpoints
-        )
         key = s.recovery_key
         await manager.end_session(s.id)
-    await _prove_like_a_node(chain, portal, s.job_id, entries)
+    await _host_settles(market, host, s.job_id)
     await host.stop()
 
     async with SessionManager(chain=market, private_key=USER.private_key) as fresh:
