@@ -65,7 +65,8 @@ def _token(client: ChainClient, token: PaymentToken) -> str:
     return ZERO if token == "ETH" else token_address(client, token)
 
 
-def _address(value: str, what: str) -> str:
+def checked_address(value: str, what: str) -> str:
+    """``value`` as a checksum address, or ``INVALID_REQUEST`` naming ``what``."""
     from web3 import Web3
 
     if not isinstance(value, str) or not Web3.is_address(value):
@@ -290,7 +291,7 @@ async def create_session_as_delegate(
             "a delegate pays in USDC (the contract's delegated sessions are ERC-20 only); "
             'use payment_token="USDC"'
         )
-    payer = _address(payer, "payer")
+    payer = checked_address(payer, "payer")
     terms = terms or client.config.terms
     decimals = await token_decimals(client, token)
     amount = to_base_units(deposit, decimals, what="deposit")
@@ -401,8 +402,8 @@ async def delegate_status(
     and the payer's wallet balance in ``token``."""
     if token == "ETH":
         raise DelegateUsdcRequiredError("delegates pay in USDC; ETH has no allowance")
-    payer = _address(payer, "payer")
-    delegate = _address(delegate, "delegate")
+    payer = checked_address(payer, "payer")
+    delegate = checked_address(delegate, "delegate")
     decimals = await token_decimals(client, token)
     fns = client.job_marketplace.functions
     authorized = bool(
@@ -432,7 +433,7 @@ async def authorize_delegate(
     true)`` (the SDK's order). The allowance caps what every delegate together may spend."""
     if token == "ETH":
         raise DelegateUsdcRequiredError("delegates pay in USDC; an allowance is an ERC-20's")
-    delegate = _address(delegate, "delegate")
+    delegate = checked_address(delegate, "delegate")
     if client.address is not None and delegate.lower() == client.address.lower():
         raise InvalidRequestError("a delegate is another key than the payer's own")
     erc20 = client.token_contract(token_address(client, token))
@@ -451,7 +452,7 @@ async def revoke_delegate(client: ChainClient, delegate: str, token: PaymentToke
     ``DELEGATE_REVOKE_INCOMPLETE`` when a step failed (``details["step"]``: ``authorize``
     when nothing changed, ``allowance`` when the delegate is de-authorized but the allowance
     is still open); running it again completes it."""
-    delegate = _address(delegate, "delegate")
+    delegate = checked_address(delegate, "delegate")
     erc20 = client.token_contract(token_address(client, token))
     try:
         await client.transact(

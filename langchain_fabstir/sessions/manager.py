@@ -191,6 +191,10 @@ class SessionManager:
         else:
             self.budget = SpendBudget(max_spend, spend_ledger) if max_spend is not None else None
         if chain is not None:
+            if payer is not None:
+                from langchain_fabstir.chain.funds import checked_address
+
+                payer = checked_address(payer, "payer")
             self._payments = SessionPayments(
                 chain, self._private_key, budget=self.budget, payer=payer
             )

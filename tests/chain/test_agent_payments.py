@@ -358,3 +358,54 @@ async def test_chat_model_pays_from_the_deposit_within_one_budget_for_every_loop
     assert _nonce(chain) == nonce and chain.deposit_balance(USER) == 10**15
     with pytest.raises(InvalidRequestError, match="float"):
         ChatFabstir(chain=market, model=MODEL, max_spend={"ETH": 0.5})
+
+
+async def test_a_payment_whose_outcome_is_unknown_stays_in_the_ledger(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig, tmp_path: Path
+) -> None:
+    """The ledger is written before the transaction is sent: a payment sent but not seen
+    mined (here: mining stopped, the wait for the receipt gives up) is still counted, and a
+    new manager on the ledger knows it; the job then appears once mining resumes."""
+    from langchain_fabstir.chain import ChainClient
+    from langchain_fabstir.errors import ChainError
+
+    ledger = tmp_path / "spend.json"
+    budget = {"ETH": Decimal("0.0015")}
+    client = ChainClient(market, USER.private_key, receipt_timeout=1.0, poll_interval=0.1)
+    jobs_before = int(chain.market.functions.nextJobId().call())
+    await asyncio.to_thread(chain._rpc, "evm_setAutomine", [False])
+    try:
+        async with SessionManager(chain=client, max_spend=budget, spend_ledger=ledger) as m:
+            with pytest.raises(ChainError, match="not mined"):
+                await m.create_session(model=MODEL, deposit=Decimal("0.001"), connect=False)
+    finally:
+        await asyncio.to_thread(chain._rpc, "evm_setAutomine", [True])
+        await asyncio.to_thread(chain._rpc, "evm_mine", [])
+        await client.aclose()
+    assert int(chain.market.functions.nextJobId().call()) == jobs_before + 1  # it was paid
+    again = SpendBudget(budget, ledger)
+    assert again.spent("ETH") == Decimal("0.001")
+    with pytest.raises(BudgetExceededError):
+        again.reserve("ETH", Decimal("0.001"), what="a second job")
+
+
+async def test_a_revoke_that_cannot_finish_is_a_typed_error(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig
+) -> None:
+    from langchain_fabstir.errors import DelegateRevokeIncompleteError
+
+    payer, delegate = Account.create(), Account.create()
+    await asyncio.to_thread(chain.set_eth_balance, payer.address, 10**18)
+    async with SessionManager(chain=market, private_key=payer.key.hex()) as manager:
+        await manager.authorize_delegate(delegate.address, "2")
+        await asyncio.to_thread(chain.set_eth_balance, payer.address, 0)  # no gas left
+        with pytest.raises(DelegateRevokeIncompleteError) as half:
+            await manager.revoke_delegate(delegate.address)
+        assert half.value.code == "DELEGATE_REVOKE_INCOMPLETE"
+        assert half.value.details["step"] == "authorize"
+        status = await manager.delegate_status(delegate.address)
+        assert status.authorized and status.allowance == 2  # still open: said so, not hidden
+        await asyncio.to_thread(chain.set_eth_balance, payer.address, 10**18)
+        await manager.revoke_delegate(delegate.address)  # run again: done
+        status = await manager.delegate_status(delegate.address)
+        assert (status.authorized, status.allowance) == (False, 0)
