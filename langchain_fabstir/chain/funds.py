@@ -90,6 +90,9 @@ class DepositBalance(Decimal):
         self.free, self.locked, self.total, self.token = free, locked, total, token
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle keep the parts
+        return (DepositBalance, (self.free, self.locked, self.total, self.token))
+
     def __repr__(self) -> str:
         return (
             f"DepositBalance(free={self.free}, locked={self.locked}, total={self.total}, "

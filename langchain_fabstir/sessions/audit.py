@@ -252,6 +252,9 @@ async def _audit(
                 found.append((name, market.events[name]().process_log(log)))
         if sum(1 for n, _ in found if n == "ProofSubmitted") > MAX_PROOFS:
             raise InvalidRequestError(f"job {job_id} has more than {MAX_PROOFS} proofs")
+        if any(n in ("SessionCompleted", "SessionTimedOut") for n, _ in found):
+            latest = end  # settled: nothing of the job comes after (no scan to the chain head)
+            break
         block = end + 1
 
     proofs: list[ProofAudit] = []
