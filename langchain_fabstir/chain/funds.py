@@ -170,7 +170,8 @@ async def check_deposit_limits(client: ChainClient, token: PaymentToken, amount:
         )
 
 
-def _price(
+async def _price(
+    client: ChainClient,
     host: HostRecord,
     model: ModelRecord,
     token: PaymentToken,
@@ -179,8 +180,17 @@ def _price(
     max_price_per_token: Decimal | str | int | None,
     terms: SessionTerms,
 ) -> int:
-    price = host.price
-    if price is None or price <= 0:
+    """The host's price read now (``host.price`` from discovery may be stale), checked
+    against the user's limit and the proof interval."""
+    price = int(
+        await client.call(
+            client.node_registry.functions.getModelPricing(
+                host.address, bytes.fromhex(model.id[2:]), token_address(client, token)
+            ),
+            f"reading host {host.address}'s price",
+        )
+    )
+    if price <= 0:
         raise PriceLimitError(
             f"host {host.address} has no price for {model.name} in {token}",
             details={"host": host.address},
@@ -244,7 +254,7 @@ async def create_session_from_deposit(
     amount = to_base_units(deposit, decimals, what="deposit")
     if amount <= 0:
         raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = _price(host, model, token, decimals, amount, max_price_per_token, terms)
+    price = await _price(client, host, model, token, decimals, amount, max_price_per_token, terms)
     await check_deposit_limits(client, token, amount)
     free, _locked, _total = await read_balances(client, token)
     if free < amount:
@@ -300,7 +310,7 @@ async def create_session_as_delegate(
     amount = to_base_units(deposit, decimals, what="deposit")
     if amount <= 0:
         raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = _price(host, model, token, decimals, amount, max_price_per_token, terms)
+    price = await _price(client, host, model, token, decimals, amount, max_price_per_token, terms)
     await check_deposit_limits(client, token, amount)
     status = await delegate_status(client, payer, delegate, token)
     needed = from_base_units(amount, decimals)
