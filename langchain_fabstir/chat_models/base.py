@@ -561,6 +561,13 @@ class ChatFabstir(BaseChatModel):
             raise ValueError("ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL")
         return hosts
 
+    def _spend_budget(self) -> Any:
+        from langchain_fabstir.sessions.budget import SpendBudget
+
+        if self.max_spend is not None and self._budget is None:
+            self._budget = SpendBudget(self.max_spend, self.spend_ledger)
+        return self._budget
+
     def _config(self) -> SessionConfig:
         config = self.session_config or SessionConfig()
         updates: dict[str, Any] = {"reconnect_attempts": config.reconnect_attempts}
@@ -590,13 +597,6 @@ class ChatFabstir(BaseChatModel):
             res = _LoopResources(manager)
             self._resources[loop] = res
         return res
-
-    def _spend_budget(self) -> Any:
-        from langchain_fabstir.sessions.budget import SpendBudget
-
-        if self.max_spend is not None and self._budget is None:
-            self._budget = SpendBudget(self.max_spend, self.spend_ledger)
-        return self._budget
 
     async def _checkout(self, host_url: str) -> tuple[_LoopResources, str]:
         res = self._loop_resources()

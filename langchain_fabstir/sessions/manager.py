@@ -168,10 +168,10 @@ class SessionManager:
         discovery: HostDiscovery | None = None,
         storage: S5ConversationStore | None = None,
         chain: ChainConfig | ChainClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
         max_spend: Mapping[str, Decimal | str | int] | SpendBudget | None = None,
         spend_ledger: str | os.PathLike[str] | None = None,
         payer: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or SessionConfig()
         self._clock = clock
@@ -316,8 +316,8 @@ class SessionManager:
         host_public_key: str | None = None,
         deposit: Decimal | str | int | None = None,
         payment_token: Literal["ETH", "USDC"] = "ETH",
-        max_price_per_token: Decimal | str | int | None = None,
         from_deposit: bool = False,
+        max_price_per_token: Decimal | str | int | None = None,
     ) -> Session:
         """Create a session and connect to its host (the seed's ``createSession``).
 

@@ -35,7 +35,6 @@ from langchain_fabstir.errors import (
     NoHostForModelError,
     PriceLimitError,
 )
-from langchain_fabstir.sessions.budget import SpendBudget, paid_create
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
         ModelRecord,
         PaymentToken,
     )
+    from langchain_fabstir.sessions.budget import SpendBudget
 
 __all__ = ["PaidChoice", "SessionPayments"]
 
@@ -172,6 +172,7 @@ class SessionPayments:
         deposit balance with ``from_deposit``, for the payer when this key is a delegate,
         counted against the budget before the transaction is sent."""
         from langchain_fabstir.chain.marketplace import parse_amount
+        from langchain_fabstir.sessions.budget import paid_create
 
         parse_amount(deposit, "deposit")  # refuse bad money before any request
         if max_price_per_token is not None:
