@@ -366,11 +366,11 @@ class SessionManager:
                 )
             paid = await self._payments.pay(
                 model,
+                from_deposit=from_deposit,
                 deposit=deposit,
                 token=payment_token,
                 max_price_per_token=max_price_per_token,
                 policy=policy,
-                from_deposit=from_deposit,
             )
             job_id, host_url = paid.job.job_id, paid.host.url
             if host_public_key is None:
