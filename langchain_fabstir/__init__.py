@@ -31,7 +31,9 @@ from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.checkpoints import CheckpointProof, verify_checkpoints
 from langchain_fabstir.embeddings import FabstirEmbeddings
 from langchain_fabstir.errors import (
+    BudgetExceededError,
     CheckpointError,
+    DelegateError,
     FabstirError,
     HostDisconnectedError,
     ProtocolError,
@@ -42,6 +44,8 @@ from langchain_fabstir.errors import (
     TokenLimitExceededError,
 )
 from langchain_fabstir.retrievers import FabstirSearchRetriever
+from langchain_fabstir.sessions.audit import ChainRecovery, JobAudit, ProofAudit
+from langchain_fabstir.sessions.budget import SpendBudget
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import (
     Message,
@@ -55,9 +59,12 @@ from langchain_fabstir.tools import FabstirImageGenerationTool
 
 __all__ = [
     "AsyncFabstirCheckpointHandler",
+    "BudgetExceededError",
+    "ChainRecovery",
     "ChatFabstir",
     "CheckpointError",
     "CheckpointProof",
+    "DelegateError",
     "FabstirCheckpointHandler",
     "FabstirEmbeddings",
     "FabstirError",
@@ -65,7 +72,9 @@ __all__ = [
     "FabstirSearchRetriever",
     "FabstirVectorStore",
     "HostDisconnectedError",
+    "JobAudit",
     "Message",
+    "ProofAudit",
     "ProtocolError",
     "RateLimitedError",
     "ResponseTimeoutError",
@@ -79,6 +88,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionSummary",
     "SessionTimeoutError",
+    "SpendBudget",
     "StreamResult",
     "TokenLimitExceededError",
     "get_fabstir_checkpoint_callback",

@@ -46,6 +46,7 @@ __all__ = [
     "AnswerTooLargeError",
     "AnswerTruncatedError",
     "AuthenticationError",
+    "BudgetExceededError",
     "ChainError",
     "ChainUnavailableError",
     "CheckpointError",
@@ -54,6 +55,12 @@ __all__ = [
     "ConnectionFailedError",
     "DecryptionFailedError",
     "DecryptionKeyRequiredError",
+    "DelegateAllowanceInsufficientError",
+    "DelegateBalanceInsufficientError",
+    "DelegateError",
+    "DelegateNotAuthorizedError",
+    "DelegateRevokeIncompleteError",
+    "DelegateUsdcRequiredError",
     "DepositLimitError",
     "DiffusionUnavailableError",
     "DimensionMismatchError",
@@ -66,6 +73,7 @@ __all__ = [
     "HostError",
     "HostIdentityError",
     "ImageGenerationError",
+    "InsufficientDepositError",
     "InsufficientFundsError",
     "IntegrityError",
     "InvalidEncryptedPayloadError",
@@ -92,6 +100,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionTimeoutError",
     "ShareCodeError",
+    "SpendLedgerError",
     "StorageError",
     "StreamChunkTimeoutError",
     "TokenLimitExceededError",
@@ -529,6 +538,66 @@ class DepositLimitError(ChainError):
     accepts (below the minimum, or too small for one proof interval at the host's price)."""
 
     code = "DEPOSIT_LIMIT"
+
+
+class InsufficientDepositError(InsufficientFundsError):
+    """The in-contract deposit balance is smaller than the session's deposit
+    (``create_session(from_deposit=True)``). Nothing was sent: ``deposit()`` more first."""
+
+    code = "INSUFFICIENT_DEPOSIT"
+
+
+class BudgetExceededError(ChainError):
+    """Paying this deposit would take what this manager committed in the token past its
+    ``max_spend``. Nothing was sent; ``details`` has ``token``, ``spent``, ``limit`` and
+    ``amount`` (whole tokens, as strings)."""
+
+    code = "BUDGET_EXCEEDED"
+
+
+class SpendLedgerError(ChainError):
+    """The ``spend_ledger`` file cannot be read or written (corrupt, another format, no
+    permission). Nothing was sent: a budget that cannot remember a payment does not pay."""
+
+    code = "SPEND_LEDGER_INVALID"
+
+
+class DelegateError(ChainError):
+    """A delegated payment (a hot key creating sessions for a payer) cannot be made.
+    Nothing was sent."""
+
+    code = "DELEGATE_ERROR"
+
+
+class DelegateNotAuthorizedError(DelegateError):
+    """The payer has not authorized this key (``authorizeDelegate``), or revoked it."""
+
+    code = "DELEGATE_NOT_AUTHORIZED"
+
+
+class DelegateAllowanceInsufficientError(DelegateError):
+    """The payer's ERC-20 allowance to the marketplace is below the deposit."""
+
+    code = "DELEGATE_ALLOWANCE_INSUFFICIENT"
+
+
+class DelegateBalanceInsufficientError(DelegateError):
+    """The payer's wallet holds less of the token than the deposit."""
+
+    code = "DELEGATE_BALANCE_INSUFFICIENT"
+
+
+class DelegateUsdcRequiredError(DelegateError):
+    """Delegated sessions are paid in an ERC-20 (USDC), never in ETH."""
+
+    code = "DELEGATE_USDC_REQUIRED"
+
+
+class DelegateRevokeIncompleteError(DelegateError):
+    """The delegate was de-authorized but resetting the allowance to 0 failed (or the other
+    way round): ``details["step"]`` says which step is missing; run ``revoke_delegate`` again."""
+
+    code = "DELEGATE_REVOKE_INCOMPLETE"
 
 
 class NoHostForModelError(NoHostAvailableError):

@@ -17,6 +17,13 @@
 //   maxDuration; the host is paid for proven tokens only (no minimum fee).
 // - completeSessionJob (host or depositor) is allowed at any time while the job is active; the
 //   dispute window is informational (the host waits it before completing).
+// - CHAIN.md section 6: the deposit of every active session of a depositor (payer) is "locked";
+//   total = free (userDeposits*) + locked. A delegate authorized by a payer creates ERC-20
+//   sessions pulled from the payer's wallet through the payer's allowance ("NotDelegate",
+//   "ERC20Only"); the payer is the job's depositor (refunds go to the payer's balance) and the
+//   delegate may complete the job like the depositor. tokenMaxDeposits (0 = no maximum) caps
+//   ERC-20 session deposits ("Deposit above maximum"). Every proof is kept for
+//   getProofSubmission ("Bad index" past the last one).
 pragma solidity ^0.8.24;
 
 import {NodeRegistry} from "./NodeRegistry.sol";
@@ -55,6 +62,14 @@ contract JobMarketplace {
         string lastProofCID;
     }
 
+    struct ProofSubmission {
+        bytes32 proofHash;
+        uint256 tokensClaimed;
+        uint256 timestamp;
+        bool verified;
+        string deltaCID;
+    }
+
     struct CreateParams {
         address depositor;
         address host;
@@ -84,6 +99,16 @@ contract JobMarketplace {
     mapping(uint256 => bytes32) public sessionModel;
     // token => minimum deposit; 0 = token not accepted
     mapping(address => uint256) public tokenMinDeposits;
+    // token => maximum session deposit; 0 = no maximum
+    mapping(address => uint256) public tokenMaxDeposits;
+    // deposits of the account's active sessions (token 0x0 = ETH)
+    mapping(address => mapping(address => uint256)) private lockedBalances;
+    // payer => delegate => may create sessions paid by the payer
+    mapping(address => mapping(address => bool)) public isAuthorizedDelegate;
+    mapping(uint256 => address) public sessionDelegate;
+    mapping(uint256 => ProofSubmission[]) private proofSubmissions;
+    mapping(address => uint256[]) public userSessions;
+    mapping(address => uint256[]) public hostSessions;
     mapping(address => uint256) public userDepositsNative;
     mapping(address => mapping(address => uint256)) public userDepositsToken;
     // host => token (0x0 = ETH) => earnings not yet withdrawn
@@ -122,30 +147,81 @@ contract JobMarketplace {
     event DepositReceived(address indexed depositor, uint256 amount, address indexed token);
     event WithdrawalProcessed(address indexed depositor, uint256 amount, address indexed token);
     event EarningsWithdrawn(address indexed host, uint256 amount, address indexed token);
-    event TokenMinDepositUpdated(address indexed token, uint256 minDeposit);
+    event TokenAccepted(address indexed token, uint256 minDeposit, uint256 maxDeposit);
+    event TokenMinDepositUpdated(
+        address indexed token, uint256 oldMinDeposit, uint256 newMinDeposit
+    );
+    event TokenMaxDepositUpdated(
+        address indexed token, uint256 oldMaxDeposit, uint256 newMaxDeposit
+    );
+    event DelegateAuthorized(address indexed depositor, address indexed delegate, bool authorized);
+    event SessionCreatedByDelegate(
+        uint256 indexed sessionId,
+        address indexed payer,
+        address indexed delegate,
+        address host,
+        bytes32 modelId,
+        uint256 amount
+    );
+    event SessionCompletedBy(
+        uint256 indexed jobId,
+        address indexed completedBy,
+        uint256 tokensUsed,
+        uint256 paymentAmount,
+        uint256 refundAmount
+    );
 
     modifier onlyOwner() {
         require(msg.sender == owner, "Only owner");
         _;
     }
 
-    /// `stableToken` (USDC) is accepted with a minimum deposit of 500000 (0.50 USDC).
+    /// `stableToken` (USDC) is accepted with a minimum session deposit of 500000 (0.50 USDC)
+    /// and a maximum of 1000e6 (1,000 USDC).
     constructor(NodeRegistry registry, address stableToken) {
         owner = msg.sender;
         nodeRegistry = registry;
         if (stableToken != address(0)) {
             tokenMinDeposits[stableToken] = 500000;
-            emit TokenMinDepositUpdated(stableToken, 500000);
+            tokenMaxDeposits[stableToken] = 1000e6;
+            emit TokenAccepted(stableToken, 500000, 1000e6);
         }
     }
 
     // ---- admin (tests) ----
 
+    function addAcceptedToken(address token, uint256 minDeposit, uint256 maxDeposit)
+        external
+        onlyOwner
+    {
+        require(token != address(0), "Invalid token");
+        require(minDeposit > 0, "Invalid minimum");
+        require(maxDeposit == 0 || maxDeposit >= minDeposit, "Invalid maximum");
+        tokenMinDeposits[token] = minDeposit;
+        tokenMaxDeposits[token] = maxDeposit;
+        emit TokenAccepted(token, minDeposit, maxDeposit);
+    }
+
     /// Accept a token with this minimum deposit (0 = no longer accepted).
     function setTokenMinDeposit(address token, uint256 minDeposit) external onlyOwner {
+        updateTokenMinDeposit(token, minDeposit);
+    }
+
+    function updateTokenMinDeposit(address token, uint256 minDeposit) public onlyOwner {
         require(token != address(0), "Invalid token");
+        emit TokenMinDepositUpdated(token, tokenMinDeposits[token], minDeposit);
         tokenMinDeposits[token] = minDeposit;
-        emit TokenMinDepositUpdated(token, minDeposit);
+    }
+
+    /// 0 = no maximum.
+    function updateTokenMaxDeposit(address token, uint256 maxDeposit) external onlyOwner {
+        require(token != address(0), "Invalid token");
+        emit TokenMaxDepositUpdated(token, tokenMaxDeposits[token], maxDeposit);
+        tokenMaxDeposits[token] = maxDeposit;
+    }
+
+    function acceptedTokens(address token) external view returns (bool) {
+        return tokenMinDeposits[token] > 0;
     }
 
     function setDisputeWindow(uint256 seconds_) external onlyOwner {
@@ -254,6 +330,60 @@ contract JobMarketplace {
         emit SessionJobCreatedForModel(jobId, msg.sender, host, modelId, deposit);
     }
 
+    // ---- delegation ----
+
+    /// The payer lets `delegate` create ERC-20 sessions paid from the payer's wallet (through
+    /// the payer's allowance to this contract), or stops it.
+    function authorizeDelegate(address delegate, bool authorized) external {
+        require(delegate != address(0) && delegate != msg.sender, "BadDelegateParams");
+        isAuthorizedDelegate[msg.sender][delegate] = authorized;
+        emit DelegateAuthorized(msg.sender, delegate, authorized);
+    }
+
+    function isDelegateAuthorized(address depositor, address delegate)
+        external
+        view
+        returns (bool)
+    {
+        return isAuthorizedDelegate[depositor][delegate];
+    }
+
+    function createSessionForModelAsDelegate(
+        address payer,
+        bytes32 modelId,
+        address host,
+        address paymentToken,
+        uint256 amount,
+        uint256 pricePerToken,
+        uint256 maxDuration,
+        uint256 proofInterval,
+        uint256 proofTimeoutWindow
+    ) external returns (uint256 jobId) {
+        require(payer != address(0), "BadDelegateParams");
+        require(isAuthorizedDelegate[payer][msg.sender], "NotDelegate");
+        require(paymentToken != address(0), "ERC20Only");
+        jobId = _create(
+            CreateParams(
+                payer,
+                host,
+                modelId,
+                paymentToken,
+                amount,
+                pricePerToken,
+                maxDuration,
+                proofInterval,
+                proofTimeoutWindow
+            )
+        );
+        sessionDelegate[jobId] = msg.sender;
+        require(
+            IERC20Minimal(paymentToken).transferFrom(payer, address(this), amount),
+            "Token transfer failed"
+        );
+        emit SessionCreatedByDelegate(jobId, payer, msg.sender, host, modelId, amount);
+        emit SessionJobCreatedForModel(jobId, payer, host, modelId, amount);
+    }
+
     function _create(CreateParams memory p) private returns (uint256 jobId) {
         require(_registered(p.host), "Host not registered");
         require(nodeRegistry.isActiveNode(p.host), "Host not active");
@@ -267,6 +397,8 @@ contract JobMarketplace {
             uint256 minimum = tokenMinDeposits[p.token];
             require(minimum > 0, "Token not accepted");
             require(p.deposit >= minimum, "Deposit below minimum");
+            uint256 maximum = tokenMaxDeposits[p.token];
+            require(maximum == 0 || p.deposit <= maximum, "Deposit above maximum");
         }
         require(p.pricePerToken > 0, "Price must be positive");
         require(
@@ -300,6 +432,9 @@ contract JobMarketplace {
         s.proofTimeoutWindow = p.proofTimeoutWindow;
         s.status = SessionStatus.Active;
         sessionModel[jobId] = p.modelId;
+        lockedBalances[p.depositor][p.token] += p.deposit;
+        userSessions[p.depositor].push(jobId);
+        hostSessions[p.host].push(jobId);
     }
 
     function _registered(address host) private view returns (bool) {
@@ -327,20 +462,46 @@ contract JobMarketplace {
         s.lastProofTime = block.timestamp;
         s.lastProofHash = proofHash;
         s.lastProofCID = proofCID;
+        proofSubmissions[jobId].push(
+            ProofSubmission(proofHash, tokensClaimed, block.timestamp, false, deltaCID)
+        );
         emit ProofSubmitted(jobId, msg.sender, tokensClaimed, proofHash, proofCID, deltaCID);
     }
 
-    /// The host or the depositor ends the session and settles it.
+    /// A proof of the session, 0-based in submission order ("Bad index" past the last).
+    function getProofSubmission(uint256 sessionId, uint256 proofIndex)
+        external
+        view
+        returns (
+            bytes32 proofHash,
+            uint256 tokensClaimed,
+            uint256 timestamp,
+            bool verified,
+            string memory deltaCID
+        )
+    {
+        ProofSubmission[] storage all = proofSubmissions[sessionId];
+        require(proofIndex < all.length, "Bad index");
+        ProofSubmission storage p = all[proofIndex];
+        return (p.proofHash, p.tokensClaimed, p.timestamp, p.verified, p.deltaCID);
+    }
+
+    /// The host, the depositor or the delegate that created it ends the session and settles it.
     function completeSessionJob(uint256 jobId, string calldata conversationCID) external {
         SessionJob storage s = sessionJobs[jobId];
         require(s.id != 0, "Job not found");
-        require(msg.sender == s.host || msg.sender == s.depositor, "Only host or depositor");
+        require(
+            msg.sender == s.host || msg.sender == s.depositor
+                || (msg.sender == sessionDelegate[jobId] && msg.sender != address(0)),
+            "Only host or depositor"
+        );
         require(s.status == SessionStatus.Active, "Session not active");
         s.status = SessionStatus.Completed;
         s.conversationCID = conversationCID;
         uint256 charged = s.tokensUsed == 0 ? minTokensFee : s.tokensUsed;
         (uint256 earned, uint256 refund) = _settle(s, charged);
         emit SessionCompleted(jobId, s.tokensUsed, earned, refund);
+        emit SessionCompletedBy(jobId, msg.sender, s.tokensUsed, s.deposit - refund, refund);
     }
 
     /// Anyone, once block.timestamp > startTime + maxDuration; pays proven tokens only.
@@ -365,6 +526,7 @@ contract JobMarketplace {
         refund = s.deposit - cost;
         s.withdrawnByHost = earned;
         s.refundedToUser = refund;
+        lockedBalances[s.depositor][s.paymentToken] -= s.deposit;
         hostEarnings[s.host][s.paymentToken] += earned;
         treasuryEarnings[s.paymentToken] += fee;
         if (refund > 0) {
@@ -402,6 +564,45 @@ contract JobMarketplace {
         return token == address(0)
             ? userDepositsNative[depositor]
             : userDepositsToken[depositor][token];
+    }
+
+    function getDepositBalances(address account, address[] calldata tokens)
+        external
+        view
+        returns (uint256[] memory balances)
+    {
+        balances = new uint256[](tokens.length);
+        for (uint256 i = 0; i < tokens.length; i++) {
+            balances[i] = tokens[i] == address(0)
+                ? userDepositsNative[account]
+                : userDepositsToken[account][tokens[i]];
+        }
+    }
+
+    /// Deposits of the account's active sessions.
+    function getLockedBalanceNative(address account) external view returns (uint256 locked) {
+        return lockedBalances[account][address(0)];
+    }
+
+    function getLockedBalanceToken(address account, address token)
+        external
+        view
+        returns (uint256 locked)
+    {
+        return lockedBalances[account][token];
+    }
+
+    /// Free (withdrawable) + locked.
+    function getTotalBalanceNative(address account) external view returns (uint256) {
+        return userDepositsNative[account] + lockedBalances[account][address(0)];
+    }
+
+    function getTotalBalanceToken(address account, address token)
+        external
+        view
+        returns (uint256)
+    {
+        return userDepositsToken[account][token] + lockedBalances[account][token];
     }
 
     function withdrawNative(uint256 amount) external {

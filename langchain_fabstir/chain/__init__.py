@@ -32,6 +32,7 @@ from langchain_fabstir.chain.config import (
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
+    from langchain_fabstir.chain.funds import DelegateStatus, DepositBalance
     from langchain_fabstir.chain.marketplace import (
         CreatedJob,
         JobStatus,
@@ -64,6 +65,8 @@ __all__ = [
     "ChainConfig",
     "ChainHostSource",
     "CreatedJob",
+    "DelegateStatus",
+    "DepositBalance",
     "HostRecord",
     "JobStatus",
     "ModelRecord",
@@ -95,6 +98,8 @@ _LAZY = {
     "model_id": "registry",
     "resolve_model": "registry",
     "CreatedJob": "marketplace",
+    "DelegateStatus": "funds",
+    "DepositBalance": "funds",
     "JobStatus": "marketplace",
     "SessionJob": "marketplace",
     "Settlement": "marketplace",

@@ -215,6 +215,63 @@ JOB_MARKETPLACE_ABI: list[dict[str, Any]] = [
     ),
     _fn("withdrawNative", [("uint256", "amount")], mutability="nonpayable"),
     _fn("withdrawToken", [("address", "token"), ("uint256", "amount")], mutability="nonpayable"),
+    # CHAIN.md section 6: the deposit balance, delegation, deposit limits, proofs.
+    _fn(
+        "createSessionFromDepositForModel",
+        [
+            ("bytes32", "modelId"),
+            ("address", "host"),
+            ("address", "paymentToken"),
+            ("uint256", "deposit"),
+            *_SESSION_TERMS,
+        ],
+        [("uint256", "sessionId")],
+        mutability="nonpayable",
+    ),
+    _fn(
+        "createSessionForModelAsDelegate",
+        [
+            ("address", "payer"),
+            ("bytes32", "modelId"),
+            ("address", "host"),
+            ("address", "paymentToken"),
+            ("uint256", "amount"),
+            *_SESSION_TERMS,
+        ],
+        [("uint256", "sessionId")],
+        mutability="nonpayable",
+    ),
+    _fn(
+        "authorizeDelegate",
+        [("address", "delegate"), ("bool", "authorized")],
+        mutability="nonpayable",
+    ),
+    _fn(
+        "isDelegateAuthorized",
+        [("address", "depositor"), ("address", "delegate")],
+        [("bool", "")],
+    ),
+    _fn("getLockedBalanceNative", [("address", "account")], [("uint256", "locked")]),
+    _fn(
+        "getLockedBalanceToken",
+        [("address", "account"), ("address", "token")],
+        [("uint256", "locked")],
+    ),
+    _fn("getTotalBalanceNative", [("address", "account")], [("uint256", "")]),
+    _fn("getTotalBalanceToken", [("address", "account"), ("address", "token")], [("uint256", "")]),
+    _fn("tokenMaxDeposits", [("address", "token")], [("uint256", "")]),
+    _fn("MIN_DEPOSIT", [], [("uint256", "")]),
+    _fn(
+        "getProofSubmission",
+        [("uint256", "sessionId"), ("uint256", "proofIndex")],
+        [
+            ("bytes32", "proofHash"),
+            ("uint256", "tokensClaimed"),
+            ("uint256", "timestamp"),
+            ("bool", "verified"),
+            ("string", "deltaCID"),
+        ],
+    ),
     _event(
         "SessionJobCreated",
         [
@@ -270,6 +327,55 @@ JOB_MARKETPLACE_ABI: list[dict[str, Any]] = [
             ("uint256", "amount", False),
             ("address", "token", True),
         ],
+    ),
+]
+
+JOB_MARKETPLACE_ABI += [
+    _event(
+        "SessionCreatedByDepositor",
+        [
+            ("uint256", "sessionId", True),
+            ("address", "depositor", True),
+            ("address", "host", True),
+            ("uint256", "deposit", False),
+        ],
+    ),
+    _event(
+        "SessionCreatedByDelegate",
+        [
+            ("uint256", "sessionId", True),
+            ("address", "payer", True),
+            ("address", "delegate", True),
+            ("address", "host", False),
+            ("bytes32", "modelId", False),
+            ("uint256", "amount", False),
+        ],
+    ),
+    _event(
+        "DelegateAuthorized",
+        [
+            ("address", "depositor", True),
+            ("address", "delegate", True),
+            ("bool", "authorized", False),
+        ],
+    ),
+    _event(
+        "SessionCompletedBy",
+        [
+            ("uint256", "jobId", True),
+            ("address", "completedBy", True),
+            ("uint256", "tokensUsed", False),
+            ("uint256", "paymentAmount", False),
+            ("uint256", "refundAmount", False),
+        ],
+    ),
+    _event(
+        "DepositReceived",
+        [("address", "depositor", True), ("uint256", "amount", False), ("address", "token", True)],
+    ),
+    _event(
+        "WithdrawalProcessed",
+        [("address", "depositor", True), ("uint256", "amount", False), ("address", "token", True)],
     ),
 ]
 

@@ -443,6 +443,27 @@ class ChatFabstir(BaseChatModel):
     """With ``chain``: pay in native ETH or in USDC (approved first)."""
     max_price_per_token: Decimal | None = None
     """With ``chain``: the most paid per token (whole tokens); pricier hosts are skipped."""
+    from_deposit: bool = False
+    """With ``chain``: pay each session from the pre-funded deposit balance
+    (``SessionManager.deposit``) instead of the wallet; refunds go back into it."""
+    max_spend: dict[str, Decimal] | None = None
+    """With ``chain``: the most this model commits in session deposits over its life, per
+    token (``{"USDC": Decimal("5")}``; a token not named: nothing), across every call, event
+    loop and retry; ``BUDGET_EXCEEDED`` before anything is sent beyond it."""
+    spend_ledger: str | None = None
+    """With ``max_spend``: a file keeping its count across restarts of the process."""
+    payer: str | None = None
+    """With ``chain``: ``private_key`` is a delegate's and sessions are paid by this address
+    (USDC, through the allowance it gave with ``SessionManager.authorize_delegate``)."""
+
+    @field_validator("max_spend", mode="before")
+    @classmethod
+    def _check_max_spend(cls, value: Any) -> Any:
+        from langchain_fabstir.sessions.budget import SpendBudget
+
+        if value is not None:
+            SpendBudget(value)  # refuses floats, bools, unknown tokens
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -495,6 +516,7 @@ class ChatFabstir(BaseChatModel):
         default_factory=weakref.WeakKeyDictionary
     )
     _auto_profile: bool = PrivateAttr(default=False)
+    _budget: Any = PrivateAttr(default=None)  # one SpendBudget for every loop's manager
 
     def __init__(self, **kwargs: Any) -> None:
         import os
@@ -598,6 +620,13 @@ class ChatFabstir(BaseChatModel):
             raise ValueError("ChatFabstir needs a host: pass host_url=... or set FABSTIR_HOST_URL")
         return hosts
 
+    def _spend_budget(self) -> Any:
+        from langchain_fabstir.sessions.budget import SpendBudget
+
+        if self.max_spend is not None and self._budget is None:
+            self._budget = SpendBudget(self.max_spend, self.spend_ledger)
+        return self._budget
+
     def _config(self) -> SessionConfig:
         config = self.session_config or SessionConfig()
         # One set of retry settings: max_retries is the sessions' reconnect_attempts.
@@ -624,6 +653,8 @@ class ChatFabstir(BaseChatModel):
                 chain_id=self.chain_id,
                 private_key=self.private_key,
                 chain=self.chain,
+                max_spend=self._spend_budget(),
+                payer=self.payer,
             )
             res = _LoopResources(manager)
             self._resources[loop] = res
@@ -653,6 +684,7 @@ class ChatFabstir(BaseChatModel):
                 payment_token=self.payment_token,
                 max_price_per_token=self.max_price_per_token,
                 host_public_key=self.host_public_key,
+                from_deposit=self.from_deposit,
             )
             return res, session.id
         hosts = self._hosts()

@@ -3,16 +3,21 @@
     fabstir jobs show 42 --chain-config chain.json          # where job 42 stands
     fabstir jobs watch 42 --max-wait 600 --key-file eth.key # until it is settled
     fabstir jobs withdraw --payment-token USDC --key-file eth.key
+    fabstir jobs audit 42 --portal http://127.0.0.1:5522      # check its proofs on S5
 
 ``show`` reads a job: its state (active, completed, timed out), host, deposit, price, the
 tokens the host proved, what they cost, the refund, and the deadline after which you may
 settle it yourself. ``watch`` polls the job until it is settled; once the chain's clock
 passes the deadline and the host has not settled, it settles the job with your key
 (completes it, or times it out). ``withdraw`` moves the refunds credited to your deposit
-balance in the contract back to your wallet. The chain is named as for ``fabstir chat``:
-``--chain-config PATH`` (or ``FABSTIR_CHAIN_CONFIG``) or ``--network base-sepolia``, with
-``--rpc-url`` (or ``FABSTIR_RPC_URL``); your key comes from ``--key-file`` or
-``FABSTIR_PRIVATE_KEY``.
+balance in the contract back to your wallet. ``audit`` reads every proof the host submitted
+for the job, fetches the proof bytes and the checkpoint delta each names from an S5 portal
+and checks them (SHA-256 of the bytes against the on-chain ``proofHash``, the delta's host
+signature and place in the chain, the tokens claimed against the settlement); it exits 1
+when a proof is suspect (an encrypted session's deltas stay sealed: no key here). The chain
+is named as for ``fabstir chat``: ``--chain-config PATH`` (or ``FABSTIR_CHAIN_CONFIG``) or
+``--network base-sepolia``, with ``--rpc-url`` (or ``FABSTIR_RPC_URL``); your key comes from
+``--key-file`` or ``FABSTIR_PRIVATE_KEY``.
 """
 
 from __future__ import annotations
@@ -195,6 +200,35 @@ async def jobs_withdraw(args: argparse.Namespace) -> int:
     return 0
 
 
+async def jobs_audit(args: argparse.Namespace) -> int:
+    from langchain_fabstir.s5.client import S5PortalClient
+    from langchain_fabstir.sessions.audit import audit_job
+
+    async with (
+        _client(args, key_needed=None) as client,
+        S5PortalClient(args.portal) as portal,
+    ):
+        audit = await audit_job(client, args.job_id, portal, block_range=args.block_range)
+    if args.json:
+        print(json.dumps({**audit.model_dump(mode="json"), "clean": audit.clean}))
+    else:
+
+        def say(line: str) -> None:  # CIDs and problems come from the chain and S5
+            sys.stdout.write(terminal_text(line) + "\n")
+
+        verdict = "clean" if audit.clean else f"SUSPECT proofs {audit.suspect}"
+        say(f"job {audit.job_id}: {audit.state}, {len(audit.proofs)} proof(s), {verdict}")
+        say(f"  host        {audit.host}")
+        say(f"  paid by     {audit.depositor}")
+        settled = "not settled" if audit.tokens_settled is None else audit.tokens_settled
+        say(f"  tokens      claimed {audit.tokens_claimed}, settled {settled}")
+        for p in audit.proofs:
+            say(f"  proof {p.index}  {p.verdict:<20} {p.tokens_claimed} tokens  {p.proof_cid}")
+            for problem in p.problems:
+                say(f"      {problem}")
+    return 0 if audit.clean else 1
+
+
 def add_jobs_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser(
         "jobs",
@@ -213,9 +247,24 @@ def add_jobs_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     withdraw = what.add_parser(
         "withdraw", parents=[common], help="withdraw the refunds credited to your deposit balance"
     )
-    for p in (show, watch):
+    audit = what.add_parser(
+        "audit",
+        parents=[common],
+        help="check a job's proofs on chain against their bytes and deltas on S5",
+    )
+    audit.add_argument(
+        "--portal", required=True, metavar="URL", help="the S5 portal holding the proofs"
+    )
+    audit.add_argument(
+        "--block-range",
+        type=int,
+        default=9000,
+        metavar="N",
+        help="blocks per log request (default 9000, what RPCs allow)",
+    )
+    for p in (show, watch, audit):
         p.add_argument("job_id", type=_job_id, metavar="JOB_ID", help="the session job's id")
-    for p in (show, watch, withdraw):
+    for p in (show, watch, withdraw, audit):
         add_chain_options(p)
         p.add_argument(
             "--key-file",
@@ -247,3 +296,4 @@ def add_jobs_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(run_async=jobs_show)
     watch.set_defaults(run_async=jobs_watch)
     withdraw.set_defaults(run_async=jobs_withdraw)
+    audit.set_defaults(run_async=jobs_audit)

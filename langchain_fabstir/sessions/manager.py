@@ -43,7 +43,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,6 +63,7 @@ from langchain_fabstir.errors import (
     SessionTimeoutError,
 )
 from langchain_fabstir.s5.client import S5PortalClient
+from langchain_fabstir.sessions.budget import SpendBudget
 from langchain_fabstir.sessions.connection import Connector
 from langchain_fabstir.sessions.models import (
     Message,
@@ -91,7 +92,10 @@ from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
+    from langchain_fabstir.chain.funds import DelegateStatus, DepositBalance
     from langchain_fabstir.chain.marketplace import Settlement
+    from langchain_fabstir.sessions.audit import ChainRecovery, JobAudit
+    from langchain_fabstir.wire.encryption import RecoveryKey
 
 __all__ = ["SessionManager"]
 
@@ -141,6 +145,17 @@ class SessionManager:
             per session. To use the key the TypeScript SDK uses for the same user (so either
             opens the other's deltas): ``recovery_key=sdk_encryption_key(sdk_seed_phrase(key))``
             (:mod:`langchain_fabstir.s5.sdk`).
+        max_spend: ``{"ETH": Decimal, "USDC": Decimal}``, the most this manager commits in
+            session deposits over its life (a token not named: nothing); a payment that
+            would cross it is ``BUDGET_EXCEEDED`` before anything is sent. Or a
+            :class:`~langchain_fabstir.sessions.budget.SpendBudget`, shared by every manager
+            given it (one budget for several managers or event loops).
+        spend_ledger: a file that keeps ``max_spend``'s count across restarts (and across
+            processes sharing it); each payment is written to it atomically before its
+            transaction is sent.
+        payer: with ``private_key`` a delegate's key, the payer's address: sessions are
+            created with ``createSessionForModelAsDelegate`` and paid from the payer's USDC
+            through the allowance the payer gave with :meth:`authorize_delegate`.
 
     Paid sessions, end to end (the examples' ``paid_session.py`` runs this)::
 
@@ -173,6 +188,9 @@ class SessionManager:
         discovery: HostDiscovery | None = None,
         storage: S5ConversationStore | None = None,
         chain: ChainConfig | ChainClient | None = None,
+        max_spend: Mapping[str, Decimal | str | int] | SpendBudget | None = None,
+        spend_ledger: str | os.PathLike[str] | None = None,
+        payer: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         recovery_key: RecoveryKey | SecretStr | str | None = None,
     ) -> None:
@@ -183,8 +201,24 @@ class SessionManager:
             key if isinstance(key, SecretStr) else SecretStr(key) if key else None
         )
         self._payments: SessionPayments | None = None
+        if chain is None and (max_spend is not None or spend_ledger is not None or payer):
+            raise InvalidRequestError("max_spend=, spend_ledger= and payer= need chain=")
+        if spend_ledger is not None and max_spend is None:
+            raise InvalidRequestError("spend_ledger= records a budget: give max_spend= too")
+        if isinstance(max_spend, SpendBudget):
+            if spend_ledger is not None:
+                raise InvalidRequestError("a SpendBudget names its own ledger: drop spend_ledger=")
+            self.budget: SpendBudget | None = max_spend
+        else:
+            self.budget = SpendBudget(max_spend, spend_ledger) if max_spend is not None else None
         if chain is not None:
-            self._payments = SessionPayments(chain, self._private_key)
+            if payer is not None:
+                from langchain_fabstir.chain.funds import checked_address
+
+                payer = checked_address(payer, "payer")
+            self._payments = SessionPayments(
+                chain, self._private_key, budget=self.budget, payer=payer
+            )
             user_address = user_address or self._payments.address
             chain_id = self._payments.client.config.chain_id
         self.default_host_url = host_url or os.environ.get("FABSTIR_HOST_URL")
@@ -304,6 +338,7 @@ class SessionManager:
         host_public_key: str | None = None,
         deposit: Decimal | str | int | None = None,
         payment_token: Literal["ETH", "USDC"] = "ETH",
+        from_deposit: bool = False,
         max_price_per_token: Decimal | str | int | None = None,
         fallback_hosts: Sequence[str] = (),
     ) -> Session:
@@ -326,7 +361,20 @@ class SessionManager:
         ``fallback_hosts``: hosts to go on with, in order, when ``host_url`` cannot be
         connected or is lost mid-answer (failover within the answer's retry budget, see
         :class:`~langchain_fabstir.sessions.recovery.AnswerRecovery`). Not for paid sessions.
+
+        With ``from_deposit=True`` the deposit is drawn from the pre-funded balance
+        (:meth:`deposit`; ``createSessionFromDepositForModel``) instead of the wallet, and
+        its refund goes back there. A manager made with ``payer=`` (a delegate's key) creates
+        the job for the payer (``createSessionForModelAsDelegate``, USDC only). With
+        ``max_spend=`` the deposit is counted first: ``BUDGET_EXCEEDED`` and nothing sent
+        when it would cross the budget.
         """
+        if from_deposit is not False and (from_deposit is not True or self._payments is None):
+            raise InvalidRequestError("from_deposit=True needs a SessionManager with chain=")
+        if from_deposit and self._payments is not None and self._payments.payer is not None:
+            raise InvalidRequestError(
+                "a delegate's sessions are paid from the payer's wallet, not a deposit balance"
+            )
         paid: PaidChoice | None = None
         if self._payments is not None and job_id is None:
             if host_url is not None:
@@ -343,18 +391,19 @@ class SessionManager:
                     "a paid session needs deposit= (the most you pay into the job, in "
                     f"{payment_token}); unused deposit is refunded after settlement"
                 )
+            if fallback_hosts:  # refused before anything is paid
+                raise InvalidRequestError(
+                    "a paid session's job is bound to its host: drop fallback_hosts="
+                )
             paid = await self._payments.pay(
                 model,
+                from_deposit=from_deposit,
                 deposit=deposit,
                 token=payment_token,
                 max_price_per_token=max_price_per_token,
                 policy=policy,
                 encryption=self.config.encryption,
             )
-            if fallback_hosts:
-                raise InvalidRequestError(
-                    "a paid session's job is bound to its host: drop fallback_hosts="
-                )
             job_id, host_url = paid.job.job_id, paid.host.url
             if host_public_key is None:
                 host_public_key = paid.host_key
@@ -1113,17 +1162,174 @@ class SessionManager:
         watcher = SettlementWatcher(self._chain().client, poll_interval=poll_interval)
         return await watcher.wait(job_id, max_wait=max_wait)
 
-    async def deposit_balance(self, token: Literal["ETH", "USDC"] = "ETH") -> Decimal:
-        """The user's in-contract balance (where refunds are credited), in whole tokens."""
+    async def deposit_balance(self, token: Literal["ETH", "USDC"] = "ETH") -> DepositBalance:
+        """The user's in-contract balance (deposits and refunds), in whole tokens: a
+        :class:`~langchain_fabstir.chain.funds.DepositBalance`, a ``Decimal`` equal to the
+        free balance (what sessions ``from_deposit`` draw from and :meth:`withdraw` takes),
+        with ``.free``, ``.locked`` (deposits of active sessions) and ``.total``."""
+        from langchain_fabstir.chain.funds import DepositBalance, read_balances
+        from langchain_fabstir.chain.marketplace import from_base_units, token_decimals
+
+        client = self._chain().client
+        free, locked, total = await read_balances(client, token)
+        decimals = await token_decimals(client, token)
+        return DepositBalance(
+            from_base_units(free, decimals),
+            from_base_units(locked, decimals),
+            from_base_units(total, decimals),
+            token,
+        )
+
+    async def deposit(
+        self, amount: Decimal | str | int, payment_token: Literal["ETH", "USDC"] = "ETH"
+    ) -> DepositBalance:
+        """Pre-fund the in-contract balance with ``amount`` whole tokens from the wallet
+        (``depositNative``; USDC: ``approve`` then ``depositToken``); sessions then pay with
+        ``create_session(..., from_deposit=True)``. Returns the balance after. Not counted
+        by ``max_spend`` (the money stays the user's until a session takes it)."""
+        from langchain_fabstir.chain.funds import deposit_funds
+        from langchain_fabstir.chain.marketplace import to_base_units, token_decimals
+
+        value = _money(amount, "amount")
+        client = self._chain().client
+        await deposit_funds(
+            client, to_base_units(value, await token_decimals(client, payment_token)), payment_token
+        )
+        return await self.deposit_balance(payment_token)
+
+    async def withdraw(
+        self, amount: Decimal | str | int, token: Literal["ETH", "USDC"] = "ETH"
+    ) -> Decimal:
+        """Take ``amount`` whole tokens of the free deposit balance back to the wallet
+        (``INSUFFICIENT_DEPOSIT``, nothing sent, when the free balance is smaller)."""
+        from langchain_fabstir.chain.funds import withdraw_funds
         from langchain_fabstir.chain.marketplace import (
-            deposit_balance,
             from_base_units,
+            to_base_units,
             token_decimals,
         )
 
+        value = _money(amount, "amount")
         client = self._chain().client
-        raw = await deposit_balance(client, token)
-        return from_base_units(raw, await token_decimals(client, token))
+        decimals = await token_decimals(client, token)
+        base = to_base_units(value, decimals)
+        await withdraw_funds(client, base, token)
+        return from_base_units(base, decimals)
+
+    async def audit_job(
+        self,
+        job_id: int,
+        *,
+        portal: S5PortalClient | str,
+        recovery_key: RecoveryKey | None = None,
+        from_block: int | None = None,
+        block_range: int = 9000,
+    ) -> JobAudit:
+        """Audit a job from the chain alone: every ``ProofSubmitted`` (logs read
+        ``block_range`` blocks at a time from the job's creation block, or ``from_block``),
+        each proof's bytes fetched by ``proofCID`` from ``portal`` (a URL or client) and
+        checked against ``proofHash`` (SHA-256), each ``deltaCID`` fetched and verified
+        (host signature, session, chain of deltas; opened with ``recovery_key``, by default
+        the recovery key of this manager's session of the job), and the tokens claimed
+        against the settlement. See :class:`~langchain_fabstir.sessions.audit.JobAudit`.
+        Works for any job (another user's too): it needs no key, only the chain."""
+        from langchain_fabstir.sessions.audit import audit_job
+
+        job_id, recovery_key = self._job_and_key(job_id, recovery_key)
+        client = self._chain().client
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(portal, str):
+                portal = await stack.enter_async_context(S5PortalClient(portal))
+            return await audit_job(
+                client,
+                job_id,
+                portal,
+                recovery_key=recovery_key,
+                from_block=from_block,
+                block_range=block_range,
+            )
+
+    async def recover_from_chain(
+        self,
+        job_id: int,
+        *,
+        portal: S5PortalClient | str,
+        recovery_key: RecoveryKey | None = None,
+        from_block: int | None = None,
+        block_range: int = 9000,
+    ) -> ChainRecovery:
+        """Rebuild a job's conversation (its checkpoint history) from the chain's
+        ``ProofSubmitted`` events and the deltas they name on S5, without the host (gone,
+        or lying): every delta verified as :meth:`audit_job` does. ``recovery_key`` opens
+        an encrypted session's deltas (default: this manager's session of the job). See
+        :class:`~langchain_fabstir.sessions.audit.ChainRecovery`."""
+        from langchain_fabstir.sessions.audit import recover_from_chain
+
+        job_id, recovery_key = self._job_and_key(job_id, recovery_key)
+        client = self._chain().client
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(portal, str):
+                portal = await stack.enter_async_context(S5PortalClient(portal))
+            return await recover_from_chain(
+                client,
+                job_id,
+                portal,
+                recovery_key=recovery_key,
+                from_block=from_block,
+                block_range=block_range,
+            )
+
+    def _job_and_key(
+        self, job_id: int, recovery_key: RecoveryKey | None
+    ) -> tuple[int, RecoveryKey | None]:
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise InvalidRequestError(f"job_id must be a positive integer, got {job_id!r}")
+        if recovery_key is None:
+            state = self._sessions.get(str(job_id))
+            if state is not None and state.session.job_id == job_id:
+                recovery_key = state.session.recovery_key
+        return job_id, recovery_key
+
+    # --- delegates ------------------------------------------------------------------
+
+    async def authorize_delegate(
+        self,
+        address: str,
+        allowance: Decimal | str | int,
+        token: Literal["USDC"] = "USDC",
+    ) -> DelegateStatus:
+        """As the payer: let the key ``address`` create sessions paid from this wallet, up
+        to ``allowance`` whole tokens in all (``approve(marketplace, allowance)`` then
+        ``authorizeDelegate(address, true)``). The allowance is the marketplace's: direct
+        USDC sessions of this wallet also use (and reset) it."""
+        from langchain_fabstir.chain.funds import authorize_delegate
+        from langchain_fabstir.chain.marketplace import to_base_units, token_decimals
+
+        value = _money(allowance, "allowance")
+        client = self._chain().client
+        base = to_base_units(value, await token_decimals(client, token))
+        await authorize_delegate(client, address, base, token)
+        return await self.delegate_status(address, token)
+
+    async def revoke_delegate(self, address: str, token: Literal["USDC"] = "USDC") -> None:
+        """As the payer: ``authorizeDelegate(address, false)`` then ``approve(marketplace,
+        0)``; ``DELEGATE_REVOKE_INCOMPLETE`` when one step failed (run it again)."""
+        from langchain_fabstir.chain.funds import revoke_delegate
+
+        await revoke_delegate(self._chain().client, address, token)
+
+    async def delegate_status(
+        self, address: str, token: Literal["USDC"] = "USDC"
+    ) -> DelegateStatus:
+        """Whether ``address`` may pay for this manager's payer (this wallet, or ``payer=``
+        on a delegate's manager), with the allowance left and the payer's balance."""
+        from langchain_fabstir.chain.funds import delegate_status
+
+        payments = self._chain()
+        payer = payments.payer or payments.address
+        if payer is None:
+            raise InvalidRequestError("delegate_status needs the payer: private_key= or payer=")
+        return await delegate_status(payments.client, payer, address, token)
 
     async def withdraw_refund(self, token: Literal["ETH", "USDC"] = "ETH") -> Decimal:
         """Withdraw every refund credited to the user's in-contract balance to the wallet;
@@ -1137,6 +1343,15 @@ class SessionManager:
         client = self._chain().client
         taken = await withdraw_refund(client, token)
         return from_base_units(taken, await token_decimals(client, token))
+
+
+def _money(value: Any, what: str) -> Decimal:
+    from langchain_fabstir.sessions.budget import _money as money
+
+    amount = money(value, what)
+    if amount <= 0:
+        raise InvalidRequestError(f"{what} must be > 0, got {value!r}")
+    return amount
 
 
 def _first_not_none(*values: Any) -> Any:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         ModelRecord,
         PaymentToken,
     )
+    from langchain_fabstir.sessions.budget import SpendBudget
 
 __all__ = ["PaidChoice", "SessionPayments"]
 
@@ -73,6 +74,8 @@ class SessionPayments:
         private_key: SecretStr | None,
         *,
         probe_ttl: float = 30.0,
+        budget: SpendBudget | None = None,
+        payer: str | None = None,
     ) -> None:
         from langchain_fabstir.chain import require_web3
 
@@ -86,6 +89,8 @@ class SessionPayments:
             self.client = chain
             self._owns_client = False
         self.probe_ttl = probe_ttl
+        self.budget = budget
+        self.payer = payer  # a delegate's payer (sessions via createSessionForModelAsDelegate)
         self._discoveries: dict[tuple[str, str], tuple[HostDiscovery, ChainHostSource]] = {}
 
     @property
@@ -166,11 +171,15 @@ class SessionPayments:
         max_price_per_token: Decimal | str | int | None,
         policy: SelectionPolicy | str,
         encryption: Literal["auto", "required", "off"] = "auto",
+        from_deposit: bool = False,
     ) -> PaidChoice:
         """Choose a host and create the job (the user's limits are hard limits). The host
         must be who its record says before anything is paid (see
-        :func:`~langchain_fabstir.sessions.trust.trusted_paid_host`)."""
-        from langchain_fabstir.chain.marketplace import create_session_job, parse_amount
+        :func:`~langchain_fabstir.sessions.trust.trusted_paid_host`). The job is paid from
+        the deposit balance with ``from_deposit``, for the payer when this key is a delegate,
+        and counted against the budget before the transaction is sent."""
+        from langchain_fabstir.chain.marketplace import parse_amount
+        from langchain_fabstir.sessions.budget import paid_create
 
         parse_amount(deposit, "deposit")  # refuse bad money before any request
         if max_price_per_token is not None:
@@ -184,13 +193,16 @@ class SessionPayments:
         )
         probed = {h.url: h.features for h in self.discovery(model, token)[0].hosts}
         host, host_key = await trusted_paid_host(records, probed, mode=encryption)
-        job = await create_session_job(
+        job = await paid_create(
             self.client,
             host,
             record,
             deposit=deposit,
             token=token,
             max_price_per_token=max_price_per_token,
+            from_deposit=from_deposit,
+            budget=self.budget,
+            payer=self.payer,
         )
         log.info("paid session job %s with host %s (%s)", job.job_id, host.address, host.url)
         return PaidChoice(host=host, model=record, job=job, host_key=host_key)

@@ -1,0 +1,230 @@
+"""``SessionManager.audit_job`` on the local chain: a reference host with an S5 store
+publishes its checkpoint deltas and submits its proofs the way deployed nodes do
+(:class:`~langchain_fabstir.host.chain_proofs.NodeProofSubmitter`: the proof bytes to its S5
+path, ``proofHash`` = their SHA-256, ``proofCID``, ``deltaCID`` = the published delta); the
+audit reads the events back in bounded block ranges and checks every byte. A dishonest
+host's substituted proof and doctored delta (submitted by the test as that host) are
+pointed at."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from langchain_fabstir import SessionManager
+from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.chain.client import ChainClient
+from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestError
+from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.host.chain_proofs import NodeProofSubmitter
+from langchain_fabstir.portal import LocalPortal
+from langchain_fabstir.s5 import S5Identity, S5PortalClient
+from tests.cli.conftest import run_cli
+from tests.localchain import HOST1, SMOLLM2_FILE, SMOLLM2_REPO, USER, LocalChain
+
+MODEL = f"{SMOLLM2_REPO}/{SMOLLM2_FILE}"
+PHRASE = (
+    "sign weight spy quality sudden minute pizza great fear "
+    "adapt nobody evident control alive crime"
+)
+WORDS = [f"zebra{i} " for i in range(37)]
+
+
+@pytest.fixture
+async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
+    async with LocalPortal(tmp_path / "portal", port=0) as p:
+        yield p
+
+
+@pytest.fixture
+async def host(portal: LocalPortal) -> AsyncIterator[ReferenceHost]:
+    async with ReferenceHost(
+        EchoEngine(WORDS, fill=True),
+        host_key=HOST1.private_key,
+        rate_limit_per_minute=None,
+        portal_url=portal.url,
+        s5_seed_phrase=PHRASE,
+    ) as h:
+        yield h
+
+
+@pytest.fixture
+def market(chain: LocalChain, host: ReferenceHost, smollm2: bytes) -> ChainConfig:
+    chain.register_reference_host(host, [smollm2], price_native=10**12)
+    return ChainConfig.from_mapping(chain.config())
+
+
+async def _upload(portal: LocalPortal, data: bytes) -> str:
+    identity = S5Identity.from_phrase(PHRASE)  # the host's own S5 account
+    async with S5PortalClient(portal.url) as client:
+        await client.ensure_account(identity.portal_account_key_pair())
+        return str(await client.upload(data))
+
+
+def _node_proof(job_id: int, tokens: int) -> bytes:
+    """The JSON proof a node built without the STARK feature submits (CHAIN.md 6.5)."""
+    return json.dumps(
+        {
+            "timestamp": int(time.time()),
+            "tokensUsed": tokens,
+            "hostAddress": HOST1.address,
+            "jobId": job_id,
+            "mock": True,
+            "hasRealContentHashes": False,
+        }
+    ).encode()
+
+
+async def _prove_like_a_node(
+    chain: LocalChain,
+    portal: LocalPortal,
+    job_id: int,
+    entries: list[Any],
+    *,
+    substitute: int | None = None,
+    doctored_delta: dict[int, str] | None = None,
+) -> None:
+    """Per checkpoint: proof bytes to S5, sha256 as proofHash, its delta's CID; then
+    complete. ``substitute``: that proof's CID names other bytes than the hash commits to.
+    ``doctored_delta``: that proof names another delta CID."""
+    for n, entry in enumerate(entries):
+        start, end = entry.token_range
+        proof = _node_proof(job_id, end - start)
+        cid = await _upload(portal, proof)
+        if n == substitute:
+            cid = await _upload(portal, proof.replace(b'"mock": true', b'"mock": false'))
+        delta_cid = (doctored_delta or {}).get(n, entry.delta_cid)
+        await asyncio.to_thread(
+            chain.submit_proof,
+            job_id,
+            end - start,
+            proof_hash=hashlib.sha256(proof).digest(),
+            proof_cid=cid,
+            delta_cid=delta_cid,
+        )
+    await asyncio.to_thread(chain.complete, job_id)
+
+
+async def _paid_session(manager: SessionManager, portal: LocalPortal) -> tuple[int, Any, list]:
+    s = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+    assert s.job_id is not None and s.encrypted
+    await manager.prompt(s.id, "first question", max_tokens=1200)
+    await manager.prompt(s.id, "second question", max_tokens=150)
+    published = await manager.fetch_host_checkpoints(s.id, portal=portal.url)
+    assert len(published.index.checkpoints) == 3
+    key = s.recovery_key
+    await manager.end_session(s.id)
+    return s.job_id, key, list(published.index.checkpoints)
+
+
+async def _host_settles(market: ChainConfig, host: ReferenceHost, job_id: int) -> list[Any]:
+    assert host.s5_checkpoints is not None
+    async with ChainClient(market, SecretStr(HOST1.private_key)) as client:
+        return await NodeProofSubmitter(client, host.s5_checkpoints).settle(job_id)
+
+
+async def test_audit_of_an_honest_job_is_clean(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig, portal: LocalPortal
+) -> None:
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        job_id, key, entries = await _paid_session(manager, portal)
+        sent = await _host_settles(market, host, job_id)
+        assert [p["deltaCID"] for p in sent] == [e.delta_cid for e in entries]
+        assert len({p["proofCID"] for p in sent}) == 3  # one path, a CID per version
+
+        audit = await manager.audit_job(job_id, portal=portal.url, recovery_key=key, block_range=2)
+        assert audit.clean and audit.suspect == []
+        assert [p.verdict for p in audit.proofs] == ["ok", "ok", "ok"]
+        assert all(p.proof_verified and p.delta_verified for p in audit.proofs)
+        ranges = [tuple(e.token_range) for e in entries]
+        assert [p.delta_token_range for p in audit.proofs] == ranges
+        assert audit.tokens_claimed == 1350 == audit.tokens_settled
+        assert audit.settlement_event == "SessionCompleted" and audit.settlement_matches
+        assert audit.state == "completed" and audit.host == HOST1.address
+
+        # The manager that ran the session opens its deltas with the session's key itself.
+        again = await manager.audit_job(job_id, portal=portal.url)
+        assert [p.verdict for p in again.proofs] == ["ok", "ok", "ok"]
+
+    # Anyone can audit, with no key: the proofs are checked, the deltas stay sealed.
+    async with SessionManager(chain=market, private_key="") as stranger:
+        blind = await stranger.audit_job(job_id, portal=portal.url)
+        assert [p.verdict for p in blind.proofs] == ["delta_encrypted"] * 3
+        assert blind.clean and all(p.proof_verified for p in blind.proofs)
+        with pytest.raises(InvalidRequestError):
+            await stranger.audit_job(True, portal=portal.url)  # type: ignore[arg-type]
+
+
+async def test_audit_points_at_the_tampered_proof_and_delta(
+    chain: LocalChain,
+    host: ReferenceHost,
+    market: ChainConfig,
+    portal: LocalPortal,
+    chain_config_file: Path,
+) -> None:
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        job_id, key, entries = await _paid_session(manager, portal)
+        # Proof 1's CID names other bytes; proof 2 names a delta of another checkpoint.
+        await _prove_like_a_node(
+            chain,
+            portal,
+            job_id,
+            entries,
+            substitute=1,
+            doctored_delta={2: entries[0].delta_cid},
+        )
+        audit = await manager.audit_job(job_id, portal=portal.url, recovery_key=key)
+        assert not audit.clean and audit.suspect == [1, 2]
+        verdicts = [p.verdict for p in audit.proofs]
+        assert verdicts == ["ok", "proof_hash_mismatch", "delta_invalid"]
+        assert audit.proofs[1].proof_verified is False
+        assert "sha256" in audit.proofs[1].problems[0]
+        assert "expects" in audit.proofs[2].problems[0]
+
+    # The same from the command line (no key, so the deltas stay sealed: the substituted
+    # proof is still found), exit status 1.
+    opts = ["--chain-config", str(chain_config_file), "--portal", portal.url]
+    done = await asyncio.to_thread(run_cli, "jobs", "audit", str(job_id), *opts, "--json")
+    assert done.returncode == 1, done.stderr
+    view = json.loads(done.stdout)
+    assert view["clean"] is False
+    assert [p["verdict"] for p in view["proofs"]] == [
+        "delta_encrypted",
+        "proof_hash_mismatch",
+        "delta_encrypted",
+    ]
+    text = await asyncio.to_thread(run_cli, "jobs", "audit", str(job_id), *opts)
+    assert f"job {job_id}: completed, 3 proof(s), SUSPECT proofs [1]" in text.stdout
+    assert "paid by     " + USER.address in text.stdout
+
+
+async def test_recover_from_chain_with_the_host_gone(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig, portal: LocalPortal
+) -> None:
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        s = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+        assert s.job_id is not None
+        await manager.prompt(s.id, "first question", max_tokens=1200)
+        await manager.prompt(s.id, "second question", max_tokens=150)
+        history = [(m.role, m.content) for m in await manager.get_conversation_history(s.id)]
+        key = s.recovery_key
+        await manager.end_session(s.id)
+    await _host_settles(market, host, s.job_id)
+    await host.stop()
+
+    async with SessionManager(chain=market, private_key=USER.private_key) as fresh:
+        recovered = await fresh.recover_from_chain(s.job_id, portal=portal.url, recovery_key=key)
+        assert [(m["role"], m["content"]) for m in recovered.messages] == history
+        assert recovered.complete and recovered.token_count == 1350
+        assert len(recovered.deltas) == 3 and recovered.audit.clean
+        with pytest.raises(DecryptionKeyRequiredError):  # sealed, and no key given
+            await fresh.recover_from_chain(s.job_id, portal=portal.url)
