@@ -398,8 +398,7 @@ def system_prompt(value: str | None) -> str | None:
 
 
 async def chat_command(args: argparse.Namespace) -> int:
-    from eth_account import Account
-
+    from langchain_fabstir.checkpoints.signing import address_of
     from langchain_fabstir.sessions import SessionConfig, SessionManager
     from langchain_fabstir.storage.conversations import S5ConversationStore
 
@@ -426,7 +425,7 @@ async def chat_command(args: argparse.Namespace) -> int:
     system_prompt(args.system)  # a missing @file is an error before connecting
     storage = None
     if s5_options(args.portal_url, seed, command="fabstir chat"):
-        address = Account.from_key(key.get_secret_value()).address if key else "local"
+        address = address_of(key) if key else "local"
         storage = S5ConversationStore(
             portal_url=args.portal_url, seed_phrase=seed, user_address=address
         )
@@ -440,7 +439,7 @@ async def chat_command(args: argparse.Namespace) -> int:
         config,
         host_url=None if chain is not None else args.host_url,
         private_key=key,
-        user_address=Account.from_key(key.get_secret_value()).address if key else None,
+        user_address=address_of(key) if key else None,
         storage=storage,
         chain=chain,
     )

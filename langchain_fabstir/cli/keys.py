@@ -45,8 +45,7 @@ def default_keys_dir() -> Path:
 def public_parts(directory: Path) -> dict[str, Any]:
     """The address of ``eth.key`` and the S5 public identity of ``s5.seed`` (each ``None``
     when its file does not exist)."""
-    from eth_account import Account
-
+    from langchain_fabstir.checkpoints.signing import address_of
     from langchain_fabstir.s5 import S5Identity
 
     seed_path, eth_path = directory / SEED_FILE, directory / ETH_FILE
@@ -54,7 +53,7 @@ def public_parts(directory: Path) -> dict[str, Any]:
     if eth_path.exists():
         key = read_host_key(str(eth_path), strict=False)
         assert key is not None
-        out["address"] = Account.from_key(key.get_secret_value()).address
+        out["address"] = address_of(key)
     if seed_path.exists():
         seed = read_seed(str(seed_path), strict=False)
         assert seed is not None
@@ -91,7 +90,7 @@ def private_dir(directory: Path) -> str | None:
 
 
 def keys_new(args: argparse.Namespace) -> int:
-    from eth_account import Account
+    from coincurve import PrivateKey
 
     from langchain_fabstir.s5 import generate_phrase
 
@@ -103,8 +102,7 @@ def keys_new(args: argparse.Namespace) -> int:
     try:
         changed = private_dir(directory)
         phrase = generate_phrase()
-        account = Account.create()
-        key_hex = "0x" + bytes(account.key).hex()
+        key_hex = "0x" + PrivateKey().secret.hex()  # 32 bytes from the OS's CSPRNG
         write_private(seed_path, phrase + "\n")
         write_private(eth_path, key_hex + "\n")
     except FileExistsError as exc:  # made by someone else meanwhile
