@@ -51,6 +51,11 @@ from langchain_fabstir.host.engines import (
     EngineError,
     EngineRateLimited,
 )
+from langchain_fabstir.host.history import (
+    HistoryStore,
+    extract_latest_user_message,
+    strip_chat_template_markers,
+)
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.s5.fs import S5FileSystem
@@ -79,7 +84,13 @@ from langchain_fabstir.wire.frames import (
 )
 from langchain_fabstir.wire.tools import envelope_schema, tool_instructions
 
-__all__ = ["CONTEXT_MESSAGES", "HOST_FEATURES", "ReferenceHost", "run_host"]
+__all__ = [
+    "CONTEXT_MESSAGES",
+    "ENCRYPTED_CONTEXT_FEATURE",
+    "HOST_FEATURES",
+    "ReferenceHost",
+    "run_host",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +113,11 @@ With a host key the host also announces ``checkpoints``, ``encryption`` and
 chunk included) sealed under the session key (AAD ``encrypted_response_chunks``), so that
 a client can tell an answer whose last chunks were dropped on the way. Clients of deployed
 nodes ignore the extra field."""
+
+ENCRYPTED_CONTEXT_FEATURE = "encrypted_context"
+"""The extension of a lenient host (``ReferenceHost(lenient=True)``): a
+``conversation_context`` inside the decrypted ``encrypted_message`` replaces the history
+the host keeps for the session. Deployed nodes ignore it (``PROTOCOL.md`` 6.1)."""
 
 MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless
@@ -199,7 +215,6 @@ class _Connection:
         self.model_name: str | None = None
         self.client_address: str | None = None
         self.recovery_public_key: str | None = None  # S5 deltas are sealed to it (4.5)
-        self.history: deque[dict[str, str]] = deque(maxlen=CONTEXT_MESSAGES)
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
         self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
@@ -333,6 +348,8 @@ class _Connection:
             return
         if isinstance(frame, SessionInit):
             self.session_id = frame.session_id
+            if frame.session_id is not None:  # a node replaces the entry: history wiped
+                self.host.histories.reset(str(frame.session_id))
             self.job_id = frame.job_id
             self.chain_id = frame.chain_id
             previous = (frame.model_extra or {}).get("resume_token")
@@ -423,6 +440,8 @@ class _Connection:
             await self._refuse_init("SESSION_KEY_REUSED", msg, extra)
             return
         self.session_id = session_id
+        if session_id is not None:  # created only if absent: a re-init keeps the history
+            self.host.histories.ensure(session_id)
         self.job_id = job
         chain = extra.get("chain_id", extra.get("chainId"))
         self.chain_id = int(chain) if isinstance(chain, int) else self.chain_id
@@ -455,9 +474,14 @@ class _Connection:
         await self.ws.close(code=1008, message=b"encrypted_session_init refused")
 
     async def _encrypted_message(self, seq: int, size: int, extra: dict[str, Any]) -> None:
-        """``encrypted_message`` (section 4.2): the prompt under the session key. The host
-        keeps the conversation; a ``conversation_context`` inside the ciphertext (a client
-        back on a new socket, or whose history changed) replaces it."""
+        """``encrypted_message`` (section 4.2): the prompt under the session key, read as a
+        deployed node reads it (section 6.1): the host's own history of the session id as
+        context, the prompt cut after the previous answer
+        (:func:`~langchain_fabstir.host.history.extract_latest_user_message`), no
+        system-prompt field, and the turn stored after a non-empty answer (also a
+        cancelled one). A ``conversation_context`` inside the ciphertext is ignored, unless
+        the host is lenient (the ``encrypted_context`` extension): then it replaces the
+        session's history."""
         rid = extra.get("id") if isinstance(extra.get("id"), str) else None
         if self.cipher is None:
             msg = "no session key on this connection: send encrypted_session_init first"
@@ -478,18 +502,26 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        histories = self.host.histories
         context = body.get("conversation_context")
-        if isinstance(context, list):
-            self.history.clear()
-            self.history.extend(
-                {"role": str(m.get("role")), "content": str(m.get("content"))}
-                for m in context[-CONTEXT_MESSAGES:]
-                if isinstance(m, dict)
+        if self.host.lenient and isinstance(context, list) and self.session_id is not None:
+            histories.replace(
+                self.session_id,
+                [
+                    {"role": str(m.get("role")), "content": str(m.get("content"))}
+                    for m in context[-CONTEXT_MESSAGES:]
+                    if isinstance(m, dict)
+                ],
             )
+            history = histories.context(self.session_id)
+        else:
+            history = histories.context(self.session_id)
+            if isinstance(body.get("prompt"), str):
+                body["prompt"] = extract_latest_user_message(body["prompt"], history)
         fields = {k: v for k, v in body.items() if k not in ("conversation_context", "stream")}
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
-        fields["conversation_context"] = list(self.history)
+        fields["conversation_context"] = history
         fields["session_id"] = self.session_id
         fields["job_id"] = self.job_id
         try:
@@ -505,9 +537,9 @@ class _Connection:
         self.frame_size = size
         self.answer_parts = []
         await self.host.run_prompt(self, request, rid)
-        if request.resume is None and self.answer_parts:
-            self.history.append({"role": "user", "content": request.prompt})
-            self.history.append({"role": "assistant", "content": "".join(self.answer_parts)})
+        answer = "".join(self.answer_parts)
+        if request.resume is None and answer:
+            histories.add_turn(self.session_id, request.prompt, answer)
         self.answer_parts = []
 
 
@@ -542,6 +574,10 @@ class ReferenceHost:
             ``"auto"`` (all-MiniLM-L6-v2 from its wheel, loaded at the first request, as
             deployed nodes serve it), an ``Embedder``, or ``None`` (503, a node without
             embedding models).
+        lenient: beyond a deployed node, honour a ``conversation_context`` inside an
+            ``encrypted_message`` (announced as the ``encrypted_context`` feature).
+            Default ``False``: encrypted sessions keep their conversation exactly as a
+            node does (``PROTOCOL.md`` 6.1, see ``host/history.py``).
     """
 
     def __init__(
@@ -563,8 +599,15 @@ class ReferenceHost:
         checkpoint_min_tokens: int = 100,
         public_url: str | None = None,
         embedder: Embedder | Literal["auto"] | None = "auto",
+        lenient: bool = False,
     ) -> None:
         self.engine = engine
+        self.lenient = lenient
+        self.histories = HistoryStore()
+        """Encrypted mode: the history per session id, process-wide, as a node keeps it."""
+        self.model_inputs: deque[list[dict[str, str]]] = deque(maxlen=64)
+        """What the model saw for the latest requests (role and content of each message,
+        newest last): for tests and inspection."""
         self.embed_route = EmbedRoute(embedder)
         """``POST /v1/embed`` (its ``requests`` counts the requests embedded)."""
         self.public_url = public_url.rstrip("/") if public_url else None
@@ -622,6 +665,8 @@ class ReferenceHost:
 
     def features(self) -> list[str]:
         keyed = ["checkpoints", "encryption", "chunk_count"] if self._host_key else []
+        if self._host_key and self.lenient:
+            keyed.append(ENCRYPTED_CONTEXT_FEATURE)
         features = list(HOST_FEATURES) + keyed
         engine_features = getattr(self.engine, "host_features", None)
         return engine_features(features) if engine_features is not None else features
@@ -701,9 +746,12 @@ class ReferenceHost:
         return ws
 
     def _messages(self, request: InferenceRequest) -> list[dict[str, str]]:
+        # As a node: the last 10 context messages, roles kept, chat-template markers
+        # stripped from each and from the prompt.
         context = request.conversation_context[-CONTEXT_MESSAGES:]
-        messages = [{"role": m.role, "content": m.content} for m in context]
-        messages.append({"role": "user", "content": request.prompt})
+        strip = strip_chat_template_markers
+        messages = [{"role": m.role, "content": strip(m.content)} for m in context]
+        messages.append({"role": "user", "content": strip(request.prompt)})
         if request.tools and request.tool_choice != "none":
             # The model must see the tools it may call (as a chat template would show
             # them); decoding is then constrained to the envelope.
@@ -762,6 +810,7 @@ class ReferenceHost:
             msg = f"Validation error for tools: {exc}"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
+        self.model_inputs.append(messages)
         prompt_tokens = self.engine.count_prompt_tokens(messages)
         window = self.engine.context_window
         if prompt_tokens + 1 > window:
@@ -1101,6 +1150,7 @@ class ReferenceHost:
             return web.json_response(
                 {"error_type": "rate_limited", "message": "Rate limit exceeded"}, status=429
             )
+        self.model_inputs.append(messages)
         gen = self.engine.generate(
             messages,
             max_tokens=req.max_tokens,

@@ -356,6 +356,9 @@ class SessionManager:
             system_prompt=system_prompt,
             conversation_id=sid,
         )
+        # A session id chosen here is new to every node (encrypted mode: its node session
+        # starts empty); one the caller chose may have a history on a node already.
+        session._node_fresh = session_id is None
         state = SessionState(session)
         state.alternates = alternates
         if host_public_key is not None:

@@ -146,6 +146,7 @@ class Session(BaseModel):
     encrypted: bool = False
     """Whether the session's socket runs in encrypted mode (section 4)."""
     _recovery_key: RecoveryKey | None = PrivateAttr(default=None)
+    _node_fresh: bool = PrivateAttr(default=False)
 
     @property
     def recovery_key(self) -> RecoveryKey | None:
@@ -162,6 +163,12 @@ class Session(BaseModel):
         the public key only.
         """
         return self._recovery_key
+
+    def _claim_node_session(self) -> bool:
+        """True once, at the first encrypted init of a session created in this process:
+        no node holds a conversation under its id yet (``sessions/conversation.py``)."""
+        fresh, self._node_fresh = self._node_fresh, False
+        return fresh
 
     def _bind_recovery_key(self, make: Callable[[], RecoveryKey]) -> RecoveryKey:
         """The session's recovery key, made by ``make`` the first time (connection.py)."""
