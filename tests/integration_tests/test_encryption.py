@@ -32,8 +32,8 @@ from langchain_fabstir.errors import (
     EncryptionUnavailableError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.sessions.conversation import turn_prompt
 from langchain_fabstir.sessions import SessionConfig, SessionManager
+from langchain_fabstir.sessions.conversation import turn_prompt
 
 HOST_KEY = "0x" + "5a" * 32
 USER_KEY = "0x" + "6b" * 32
