@@ -688,6 +688,7 @@ class ReferenceHost:
         app = web.Application(client_max_size=self.max_frame_size)
         app.router.add_get("/v1/ws", self._ws)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/health", self._health)
         app.router.add_get("/v1/version", self._version)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/inference", self._inference)

@@ -58,6 +58,7 @@ from langchain_fabstir.errors import (
     CheckpointError,
     FabstirError,
     InvalidRequestError,
+    ModelNotAvailableError,
     SessionNotFoundError,
     SessionTimeoutError,
 )
@@ -491,6 +492,7 @@ class SessionManager:
                 "checkpoint", {"interval": self.config.checkpoint_interval, "scope": scope}
             )
             payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
+            self._check_model(session, transport, payload["request"])
             started = False
 
             def feed(text: str, n: int) -> CheckpointProof | None:
@@ -556,6 +558,28 @@ class SessionManager:
                 recorded = self._account(state, stream.result, user_msg, stream, record)
                 if recorded:
                     await self._persistence.persist(state, recorded)
+
+    def _check_model(self, session: Session, transport: Transport, request: dict[str, Any]) -> None:
+        """Refuse a model the host does not list (``MODEL_NOT_AVAILABLE``), or, with
+        ``allow_model_fallback``, ask for the host's first model and report that one:
+        a host serves an unknown model name with its default model, silently."""
+        listed = transport.greeting.models
+        model = request.get("model")
+        if not listed or model in listed or model == "default":
+            return
+        if not self.config.allow_model_fallback:
+            raise ModelNotAvailableError(
+                f"host {transport.host_url} does not serve model {model!r} (it lists "
+                f"{', '.join(map(repr, listed[:10]))}); pick one of those, or set "
+                "SessionConfig(allow_model_fallback=True) to accept the host's default",
+                host_url=transport.host_url,
+                session_id=session.id,
+                details={"model": model, "models": listed[:10]},
+            )
+        log.warning("host %s does not serve %r: %r serves", transport.host_url, model, listed[0])
+        request["model"] = listed[0]
+        if session.model == model:
+            session.model = listed[0]
 
     async def _settle(
         self, state: SessionState, stream: PromptStream, proof: CheckpointProof

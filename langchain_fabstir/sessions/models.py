@@ -90,6 +90,11 @@ class SessionConfig(BaseModel):
     the host with a matching ``host_address``, or recovered from ``/v1/auth/challenge``);
     ``"required"``: never send a prompt in clear (``ENCRYPTION_UNAVAILABLE`` instead);
     ``"off"``: plaintext. A session that ran encrypted never falls back to plaintext."""
+    allow_model_fallback: bool = False
+    """A model the host does not list (in its greeting) is refused with
+    ``MODEL_NOT_AVAILABLE`` before any prompt is sent; ``True``: the host's first listed
+    model serves instead, and that is the model reported (``StreamResult.model``,
+    ``session.model``). Hosts that list no models (deployed nodes) are not checked."""
     default_max_tokens: int = Field(default=500, ge=1)
     default_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
 

@@ -189,3 +189,52 @@ async def test_real_model_tools_and_structured_output_encrypted(
         joke = await llm.with_structured_output(Joke).ainvoke("Tell a joke about cats.")
         assert isinstance(joke, Joke)
         assert host.requests[-1].response_format is not None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_long_history_keeps_its_system_message_within_the_window(mode: str) -> None:
+    """Plaintext: the node reads the last 10 context messages, system ones count; the
+    client sends the system message, then the newest others. Encrypted: the same
+    conversation, inlined for a fresh node session."""
+    async with make_host(mode) as host:
+        history: list[Any] = [SystemMessage("zz-sys")]
+        for i in range(8):
+            history += [HumanMessage(f"zz-q{i}"), AIMessage(f"zz-a{i}")]
+        await ChatFabstir(host_url=host.url).ainvoke([*history, HumanMessage("zz-last")])
+        assert "zz-sys" in seen(host) and "zz-last" in seen(host) and "zz-a7" in seen(host)
+        if mode == "plaintext":
+            context = host.requests[-1].conversation_context
+            assert len(context) == 10 and context[0].role == "system"
+
+
+async def test_an_unknown_model_is_refused_unless_the_fallback_is_allowed() -> None:
+    from langchain_core.exceptions import ModelNotFoundError
+
+    from langchain_fabstir.errors import ModelNotAvailableError
+
+    async with make_host("node") as host:
+        with pytest.raises(ModelNotFoundError) as caught:
+            await ChatFabstir(host_url=host.url, model="no-such-model").ainvoke("hi")
+        assert isinstance(caught.value, ModelNotAvailableError)
+        assert "no-such-model" in str(caught.value) and "'echo'" in str(caught.value)
+        assert not host.model_inputs  # nothing was sent
+        lenient = ChatFabstir(
+            host_url=host.url,
+            model="no-such-model",
+            session_config=SessionConfig(allow_model_fallback=True),
+        )
+        msg = await lenient.ainvoke("hi")
+        assert msg.response_metadata["model_name"] == "echo"  # what served
+        async with SessionManager(host_url=host.url) as manager:
+            session = await manager.create_session(model="nope")
+            with pytest.raises(ModelNotAvailableError):
+                await manager.prompt(session.id, "hi")
+
+
+async def test_the_reference_host_serves_v1_health() -> None:
+    import httpx
+
+    async with make_host("node") as host, httpx.AsyncClient() as client:
+        for path in ("/health", "/v1/health"):
+            reply = await client.get(host.url + path)
+            assert reply.status_code == 200 and reply.json()["status"] == "healthy"
