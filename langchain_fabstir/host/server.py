@@ -4,9 +4,11 @@ It behaves like a deployed host (``docs/PROTOCOL.md``): the ``connected`` greeti
 ``session_init_ack`` echoing ``id``, ``prompt`` and ``inference``, one ``stream_chunk``
 per token, the final empty chunk, ``stream_end`` with ``usage``, both error shapes each
 followed by ``stream_end`` reason ``error``, ``stream_cancel``, a shared prompt rate
-limit, and no memory of the conversation beyond the ``conversation_context`` of each
-prompt (last 10 messages). A request that does not deserialize gets no answer at all,
-exactly as on real hosts.
+limit, and in plaintext mode no memory of the conversation beyond the
+``conversation_context`` of each prompt (last 10 messages). In encrypted mode it keeps
+the history per session id as a node does (``host/history.py``; ``lenient=True`` is the
+one way to make it read a ``conversation_context`` there). A request that does not
+deserialize gets no answer at all, exactly as on real hosts.
 
 This project's extensions are announced in ``connected.features`` and
 ``/v1/version.features``; a client uses them only when announced.
@@ -778,6 +780,12 @@ class ReferenceHost:
                 raise
             raise _InvalidTools(str(exc)[:300]) from exc
 
+    def _log_model_input(self, messages: list[dict[str, str]]) -> None:
+        """Keep what the model saw (a large input only in part: :data:`RECORD_LIMIT`)."""
+        if sum(len(m["content"]) for m in messages) > RECORD_LIMIT:
+            messages = _shrink(messages, [RECORD_LIMIT // 2])
+        self.model_inputs.append(messages)
+
     async def _error(self, conn: _Connection, frame: ErrorFrame, rid: str | None) -> None:
         await conn.send(encode_frame(frame))
         await conn.send(encode_frame(StreamEnd(reason="error", tokens_used=0, id=rid)))
@@ -811,7 +819,7 @@ class ReferenceHost:
             msg = f"Validation error for tools: {exc}"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
-        self.model_inputs.append(messages)
+        self._log_model_input(messages)
         prompt_tokens = self.engine.count_prompt_tokens(messages)
         window = self.engine.context_window
         if prompt_tokens + 1 > window:
@@ -1033,7 +1041,9 @@ class ReferenceHost:
 
         Scope ``session``: one tracker per session id, started from the first prompt's
         ``conversation_context``, then each prompt and answer. Scope ``request``: the
-        request's context, prompt and answer only.
+        request's context, prompt and answer only. An encrypted client says what its
+        conversation is in the spec (``session``, ``prompt``, ``context``): the prompt
+        text a node reads carries more than the message (``sessions/conversation.py``).
         """
         spec = request.checkpoint
         if not self._host_key or not isinstance(spec, dict):
@@ -1043,6 +1053,19 @@ class ReferenceHost:
             return None
         session_id = request.session_id or conn.session_id or "anonymous"
         context = [{"role": m.role, "content": m.content} for m in request.conversation_context]
+        prompt = request.prompt
+        if conn.cipher is not None:
+            told = spec.get("context")
+            if isinstance(spec.get("session"), str):
+                session_id = spec["session"]
+            if isinstance(spec.get("prompt"), str):
+                prompt = spec["prompt"]
+            if isinstance(told, list):
+                context = [
+                    {"role": str(m.get("role")), "content": str(m.get("content"))}
+                    for m in told[-CONTEXT_MESSAGES:]
+                    if isinstance(m, dict)
+                ]
         # Session state belongs to the socket (token) that began it: a stranger who
         # claims the same session id gets a tracker of its own.
         key = (conn.token, session_id)
@@ -1057,7 +1080,7 @@ class ReferenceHost:
                 while len(self._trackers) > 1024:
                     self._trackers.popitem(last=False)
         tracker.checkpoint_interval = interval
-        tracker.add_message("user", request.prompt)
+        tracker.add_message("user", prompt)
         tracker.add_message("assistant")
         return tracker
 
@@ -1151,7 +1174,7 @@ class ReferenceHost:
             return web.json_response(
                 {"error_type": "rate_limited", "message": "Rate limit exceeded"}, status=429
             )
-        self.model_inputs.append(messages)
+        self._log_model_input(messages)
         gen = self.engine.generate(
             messages,
             max_tokens=req.max_tokens,

@@ -152,6 +152,18 @@ def plan_turn(context: Messages, message: str, held: Messages | None) -> TurnPla
       that answer occurs in what would be sent (a short answer such as ``OK``), a fresh
       node session too, so that nothing is cut.
 
+    What a node does to the conversation (``PROTOCOL.md`` 6.1), so nobody is surprised:
+    roles are flattened (system messages and inlined turns become text of one user
+    message; chat-template markers in any message are deleted); the model sees the
+    node's last 10 stored messages (5 exchanges) before the new one, so a turn older
+    than that is gone unless the conversation is inlined again (instructions are not:
+    they ride with every message); the node adds its own default system message
+    (Harmony: date, "Reasoning: medium"). Every fresh node session is a new session id
+    under the same job (tokens bill to the job; the session's S5 checkpoints of a
+    deployed node are published under the first id it saw); a node keeps at most 1000
+    session ids per process, after which new ids get no history (a continued
+    conversation would then lose its turns; an inlined one would not).
+
     >>> u, a = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}
     >>> plan_turn([u, a], "Bye", held=[u, a])
     TurnPlan(new_node_session=False, prompt='Bye', inlined=False)

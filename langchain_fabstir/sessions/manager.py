@@ -1,9 +1,12 @@
 """``SessionManager``: the seed's Session Manager API, async-first and Pythonic.
 
-A session is a conversation with one host. Real hosts keep no history, so every prompt
-carries the conversation as ``conversation_context``; the manager keeps the history,
-counts tokens, enforces timeouts and maps every failure to a typed error with a stable
-code (see :mod:`langchain_fabstir.errors`).
+A session is a conversation with one host. The manager keeps the history and carries it
+the way the host reads it: as ``conversation_context`` in plaintext mode (the system
+messages, then the newest others, 10 in all), and in encrypted mode, where a node keeps
+its own history per session id and has no system-prompt field, as prompt text
+(:mod:`langchain_fabstir.sessions.conversation`). It counts tokens, enforces timeouts
+and maps every failure to a typed error with a stable code (see
+:mod:`langchain_fabstir.errors`).
 
 Quick start, against a reference host running locally::
 

@@ -151,6 +151,16 @@ class Transport:
         for name in ("session_id", "job_id", "request_id", "chain_id"):
             request.pop(name, None)
         prompt = str(request.get("prompt", ""))
+        checkpoint = request.get("checkpoint")
+        if isinstance(checkpoint, dict) and request.get("resume") is None:
+            # The checkpoints extension hashes the conversation as the client sees it,
+            # whatever text carries it to the model (see plan_turn): say what it is.
+            request["checkpoint"] = {
+                **checkpoint,
+                "session": session_id,
+                "prompt": prompt,
+                "context": context,
+            }
         if request.get("resume") is not None:
             context = []  # the answer goes on; the node session's history is unknown
             self.held = None
