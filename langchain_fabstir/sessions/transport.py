@@ -152,21 +152,17 @@ class Transport:
             request.pop(name, None)
         prompt = str(request.get("prompt", ""))
         checkpoint = request.get("checkpoint")
-        if isinstance(checkpoint, dict) and request.get("resume") is None:
-            # The checkpoints extension hashes the conversation as the client sees it,
-            # whatever text carries it to the model (see plan_turn): say what it is.
-            request["checkpoint"] = {
-                **checkpoint,
-                "session": session_id,
-                "prompt": prompt,
-                "context": context,
-            }
+        # The checkpoints extension hashes the conversation as the client sees it,
+        # whatever text carries it to the model (see plan_turn): say what it is (the
+        # context only when the host may not hold it).
+        told: dict[str, Any] = {"session": session_id, "prompt": prompt}
         if request.get("resume") is not None:
             context = []  # the answer goes on; the node session's history is unknown
             self.held = None
+            told = {}
         elif ENCRYPTED_CONTEXT_FEATURE in self.greeting.features:
             if context != self.held:
-                request["conversation_context"] = context
+                request["conversation_context"] = told["context"] = context
         else:
             plan = plan_turn(context, prompt, self.held)
             if plan.new_node_session and self._renew is not None:
@@ -174,6 +170,10 @@ class Transport:
                 assert self.cipher is not None
                 cipher = self.cipher
             request["prompt"] = plan.prompt
+            if plan.inlined:
+                told["context"] = context
+        if isinstance(checkpoint, dict) and told:
+            request["checkpoint"] = {**checkpoint, **told}
         resuming = request.get("resume") is not None
         self._asked = [] if resuming else [*context, {"role": "user", "content": prompt}]
         self._answer = []
