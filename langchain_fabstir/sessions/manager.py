@@ -563,13 +563,14 @@ class SessionManager:
                     await self._persistence.persist(state, recorded)
 
     def _check_model(self, session: Session, transport: Transport, request: dict[str, Any]) -> None:
-        """Refuse a model the host does not list (``MODEL_NOT_AVAILABLE``), or, with
+        """Refuse a model the host does not list (``MODEL_NOT_AVAILABLE``; sessions
+        without a job: a job's model was checked on chain), or, with
         ``allow_model_fallback``, ask for the host's first model and report that one:
         a host serves an unknown model name with its default model, silently."""
         listed = transport.greeting.models
         model = request.get("model")
-        if not listed or model in listed or model == "default":
-            return
+        if not listed or model in listed or model == "default" or session.job_id is not None:
+            return  # (a session job's model is the one its host registered on chain)
         if not self.config.allow_model_fallback:
             raise ModelNotAvailableError(
                 f"host {transport.host_url} does not serve model {model!r} (it lists "

@@ -94,7 +94,8 @@ class SessionConfig(BaseModel):
     """A model the host does not list (in its greeting) is refused with
     ``MODEL_NOT_AVAILABLE`` before any prompt is sent; ``True``: the host's first listed
     model serves instead, and that is the model reported (``StreamResult.model``,
-    ``session.model``). Hosts that list no models (deployed nodes) are not checked."""
+    ``session.model``). Hosts that list no models (deployed nodes) and sessions with a
+    job (whose model the host registered on chain) are not checked."""
     default_max_tokens: int = Field(default=500, ge=1)
     default_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
 
