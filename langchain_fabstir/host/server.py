@@ -4,9 +4,11 @@ It behaves like a deployed host (``docs/PROTOCOL.md``): the ``connected`` greeti
 ``session_init_ack`` echoing ``id``, ``prompt`` and ``inference``, one ``stream_chunk``
 per token, the final empty chunk, ``stream_end`` with ``usage``, both error shapes each
 followed by ``stream_end`` reason ``error``, ``stream_cancel``, a shared prompt rate
-limit, and no memory of the conversation beyond the ``conversation_context`` of each
-prompt (last 10 messages). A request that does not deserialize gets no answer at all,
-exactly as on real hosts.
+limit, and in plaintext mode no memory of the conversation beyond the
+``conversation_context`` of each prompt (last 10 messages). In encrypted mode it keeps
+the history per session id as a node does (``host/history.py``; ``lenient=True`` is the
+one way to make it read a ``conversation_context`` there). A request that does not
+deserialize gets no answer at all, exactly as on real hosts.
 
 This project's extensions are announced in ``connected.features`` and
 ``/v1/version.features``; a client uses them only when announced.
@@ -51,6 +53,11 @@ from langchain_fabstir.host.engines import (
     EngineError,
     EngineRateLimited,
 )
+from langchain_fabstir.host.history import (
+    HistoryStore,
+    extract_latest_user_message,
+    strip_chat_template_markers,
+)
 from langchain_fabstir.host.images import ImageRoute
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
@@ -82,7 +89,13 @@ from langchain_fabstir.wire.frames import (
 )
 from langchain_fabstir.wire.tools import envelope_schema, tool_instructions
 
-__all__ = ["CONTEXT_MESSAGES", "HOST_FEATURES", "ReferenceHost", "run_host"]
+__all__ = [
+    "CONTEXT_MESSAGES",
+    "ENCRYPTED_CONTEXT_FEATURE",
+    "HOST_FEATURES",
+    "ReferenceHost",
+    "run_host",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +118,11 @@ With a host key the host also announces ``checkpoints``, ``encryption`` and
 chunk included) sealed under the session key (AAD ``encrypted_response_chunks``), so that
 a client can tell an answer whose last chunks were dropped on the way. Clients of deployed
 nodes ignore the extra field."""
+
+ENCRYPTED_CONTEXT_FEATURE = "encrypted_context"
+"""The extension of a lenient host (``ReferenceHost(lenient=True)``): a
+``conversation_context`` inside the decrypted ``encrypted_message`` replaces the history
+the host keeps for the session. Deployed nodes ignore it (``PROTOCOL.md`` 6.1)."""
 
 MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless
@@ -202,7 +220,6 @@ class _Connection:
         self.model_name: str | None = None
         self.client_address: str | None = None
         self.recovery_public_key: str | None = None  # S5 deltas are sealed to it (4.5)
-        self.history: deque[dict[str, str]] = deque(maxlen=CONTEXT_MESSAGES)
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
         self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
@@ -337,6 +354,8 @@ class _Connection:
         if isinstance(frame, SessionInit):
             self.host.vectors.reset(frame.session_id)  # as a node's plaintext re-init (6.5)
             self.session_id = frame.session_id
+            if frame.session_id is not None:  # a node replaces the entry: history wiped
+                self.host.histories.reset(str(frame.session_id))
             self.job_id = frame.job_id
             self.chain_id = frame.chain_id
             previous = (frame.model_extra or {}).get("resume_token")
@@ -430,6 +449,8 @@ class _Connection:
             await self._refuse_init("SESSION_KEY_REUSED", msg, extra)
             return
         self.session_id = session_id
+        if session_id is not None:  # created only if absent: a re-init keeps the history
+            self.host.histories.ensure(session_id)
         self.job_id = job
         chain = extra.get("chain_id", extra.get("chainId"))
         self.chain_id = int(chain) if isinstance(chain, int) else self.chain_id
@@ -462,9 +483,14 @@ class _Connection:
         await self.ws.close(code=1008, message=b"encrypted_session_init refused")
 
     async def _encrypted_message(self, seq: int, size: int, extra: dict[str, Any]) -> None:
-        """``encrypted_message`` (section 4.2): the prompt under the session key. The host
-        keeps the conversation; a ``conversation_context`` inside the ciphertext (a client
-        back on a new socket, or whose history changed) replaces it."""
+        """``encrypted_message`` (section 4.2): the prompt under the session key, read as a
+        deployed node reads it (section 6.1): the host's own history of the session id as
+        context, the prompt cut after the previous answer
+        (:func:`~langchain_fabstir.host.history.extract_latest_user_message`), no
+        system-prompt field, and the turn stored after a non-empty answer (also a
+        cancelled one). A ``conversation_context`` inside the ciphertext is ignored, unless
+        the host is lenient (the ``encrypted_context`` extension): then it replaces the
+        session's history."""
         rid = extra.get("id") if isinstance(extra.get("id"), str) else None
         if self.cipher is None:
             msg = "no session key on this connection: send encrypted_session_init first"
@@ -485,18 +511,26 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        histories = self.host.histories
         context = body.get("conversation_context")
-        if isinstance(context, list):
-            self.history.clear()
-            self.history.extend(
-                {"role": str(m.get("role")), "content": str(m.get("content"))}
-                for m in context[-CONTEXT_MESSAGES:]
-                if isinstance(m, dict)
+        if self.host.lenient and isinstance(context, list) and self.session_id is not None:
+            histories.replace(
+                self.session_id,
+                [
+                    {"role": str(m.get("role")), "content": str(m.get("content"))}
+                    for m in context[-CONTEXT_MESSAGES:]
+                    if isinstance(m, dict)
+                ],
             )
+            history = histories.context(self.session_id)
+        else:
+            history = histories.context(self.session_id)
+            if isinstance(body.get("prompt"), str):
+                body["prompt"] = extract_latest_user_message(body["prompt"], history)
         fields = {k: v for k, v in body.items() if k not in ("conversation_context", "stream")}
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
-        fields["conversation_context"] = list(self.history)
+        fields["conversation_context"] = history
         fields["session_id"] = self.session_id
         fields["job_id"] = self.job_id
         try:
@@ -512,9 +546,9 @@ class _Connection:
         self.frame_size = size
         self.answer_parts = []
         await self.host.run_prompt(self, request, rid)
-        if request.resume is None and self.answer_parts:
-            self.history.append({"role": "user", "content": request.prompt})
-            self.history.append({"role": "assistant", "content": "".join(self.answer_parts)})
+        answer = "".join(self.answer_parts)
+        if request.resume is None and answer:
+            histories.add_turn(self.session_id, request.prompt, answer)
         self.answer_parts = []
 
 
@@ -560,6 +594,10 @@ class ReferenceHost:
         diffusion_upstream: an OpenAI-compatible images API for ``POST
             /v1/images/generate`` (see ``host/images.py``); ``None``: 503, as a node
             without a diffusion sidecar.
+        lenient: beyond a deployed node, honour a ``conversation_context`` inside an
+            ``encrypted_message`` (announced as the ``encrypted_context`` feature).
+            Default ``False``: encrypted sessions keep their conversation exactly as a
+            node does (``PROTOCOL.md`` 6.1, see ``host/history.py``).
     """
 
     def __init__(
@@ -585,8 +623,15 @@ class ReferenceHost:
         embedder: Embedder | Literal["auto"] | None = "auto",
         search_upstream: str | None = None,
         diffusion_upstream: str | None = None,
+        lenient: bool = False,
     ) -> None:
         self.engine = engine
+        self.lenient = lenient
+        self.histories = HistoryStore()
+        """Encrypted mode: the history per session id, process-wide, as a node keeps it."""
+        self.model_inputs: deque[list[dict[str, str]]] = deque(maxlen=64)
+        """What the model saw for the latest requests (role and content of each message,
+        newest last): for tests and inspection."""
         self.embed_route = EmbedRoute(embedder)
         """``POST /v1/embed`` (its ``requests`` counts the requests embedded)."""
         self.search_route = SearchRoute(search_upstream)
@@ -654,6 +699,8 @@ class ReferenceHost:
 
     def features(self) -> list[str]:
         keyed = ["checkpoints", "encryption", "chunk_count"] if self._host_key else []
+        if self._host_key and self.lenient:
+            keyed.append(ENCRYPTED_CONTEXT_FEATURE)
         features = list(HOST_FEATURES) + keyed
         engine_features = getattr(self.engine, "host_features", None)
         return engine_features(features) if engine_features is not None else features
@@ -675,6 +722,7 @@ class ReferenceHost:
         app = web.Application(client_max_size=self.max_frame_size)
         app.router.add_get("/v1/ws", self._ws)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/health", self._health)
         app.router.add_get("/v1/version", self._version)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/inference", self._inference)
@@ -752,9 +800,12 @@ class ReferenceHost:
             del self._trackers[key]
 
     def _messages(self, request: InferenceRequest) -> list[dict[str, str]]:
+        # As a node: the last 10 context messages, roles kept, chat-template markers
+        # stripped from each and from the prompt.
         context = request.conversation_context[-CONTEXT_MESSAGES:]
-        messages = [{"role": m.role, "content": m.content} for m in context]
-        messages.append({"role": "user", "content": request.prompt})
+        strip = strip_chat_template_markers
+        messages = [{"role": m.role, "content": strip(m.content)} for m in context]
+        messages.append({"role": "user", "content": strip(request.prompt)})
         if request.tools and request.tool_choice != "none":
             # The model must see the tools it may call (as a chat template would show
             # them); decoding is then constrained to the envelope.
@@ -779,6 +830,12 @@ class ReferenceHost:
             if not request.tools:
                 raise
             raise _InvalidTools(str(exc)[:300]) from exc
+
+    def _log_model_input(self, messages: list[dict[str, str]]) -> None:
+        """Keep what the model saw (a large input only in part: :data:`RECORD_LIMIT`)."""
+        if sum(len(m["content"]) for m in messages) > RECORD_LIMIT:
+            messages = _shrink(messages, [RECORD_LIMIT // 2])
+        self.model_inputs.append(messages)
 
     async def _error(self, conn: _Connection, frame: ErrorFrame, rid: str | None) -> None:
         await conn.send(encode_frame(frame))
@@ -813,6 +870,7 @@ class ReferenceHost:
             msg = f"Validation error for tools: {exc}"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
+        self._log_model_input(messages)
         prompt_tokens = self.engine.count_prompt_tokens(messages)
         window = self.engine.context_window
         if prompt_tokens + 1 > window:
@@ -1039,7 +1097,9 @@ class ReferenceHost:
 
         Scope ``session``: one tracker per session id, started from the first prompt's
         ``conversation_context``, then each prompt and answer. Scope ``request``: the
-        request's context, prompt and answer only.
+        request's context, prompt and answer only. An encrypted client says what its
+        conversation is in the spec (``session``, ``prompt``, ``context``): the prompt
+        text a node reads carries more than the message (``sessions/conversation.py``).
         """
         spec = request.checkpoint
         if not self._host_key or not isinstance(spec, dict):
@@ -1049,6 +1109,19 @@ class ReferenceHost:
             return None
         session_id = request.session_id or conn.session_id or "anonymous"
         context = [{"role": m.role, "content": m.content} for m in request.conversation_context]
+        prompt = request.prompt
+        if conn.cipher is not None:
+            told = spec.get("context")
+            if isinstance(spec.get("session"), str):
+                session_id = spec["session"]
+            if isinstance(spec.get("prompt"), str):
+                prompt = spec["prompt"]
+            if isinstance(told, list):
+                context = [
+                    {"role": str(m.get("role")), "content": str(m.get("content"))}
+                    for m in told[-CONTEXT_MESSAGES:]
+                    if isinstance(m, dict)
+                ]
         # Session state belongs to the socket (token) that began it: a stranger who
         # claims the same session id gets a tracker of its own.
         key = (conn.token, session_id)
@@ -1063,7 +1136,7 @@ class ReferenceHost:
                 while len(self._trackers) > 1024:
                     self._trackers.popitem(last=False)
         tracker.checkpoint_interval = interval
-        tracker.add_message("user", request.prompt)
+        tracker.add_message("user", prompt)
         tracker.add_message("assistant")
         return tracker
 
@@ -1157,6 +1230,7 @@ class ReferenceHost:
             return web.json_response(
                 {"error_type": "rate_limited", "message": "Rate limit exceeded"}, status=429
             )
+        self._log_model_input(messages)
         gen = self.engine.generate(
             messages,
             max_tokens=req.max_tokens,

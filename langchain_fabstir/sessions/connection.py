@@ -37,6 +37,7 @@ from langchain_fabstir.errors import (
     ProtocolError,
     ResponseTimeoutError,
 )
+from langchain_fabstir.sessions.conversation import new_node_session_id
 from langchain_fabstir.sessions.models import Session, SessionConfig
 from langchain_fabstir.sessions.recovery import reconnect
 from langchain_fabstir.sessions.state import SessionState, new_request_id
@@ -221,7 +222,10 @@ class Connector:
             key, trusted = await self._host_key(trust, transport)
         # never a downgrade: required, an encrypted session, or a key from a trusted source
         must = mode == "required" or session.encrypted or (trusted and mode != "off")
-        if key is not None and await self._encrypted_init(transport, session, key, previous_token):
+        carry = state.node_session(transport.host_url)  # (same host: its history is kept)
+        if key is not None and await self._encrypted_init(
+            transport, session, key, previous_token, carry=carry
+        ):
             session.encrypted = True
             return
         if must:
@@ -277,9 +281,24 @@ class Connector:
         return None, False
 
     async def _encrypted_init(
-        self, transport: Transport, session: Session, host_key: str, previous_token: str | None
+        self,
+        transport: Transport,
+        session: Session,
+        host_key: str,
+        previous_token: str | None,
+        node_session_id: str | None = None,
+        carry: tuple[str, list[dict[str, str]] | None] | None = None,
     ) -> bool:
-        """``encrypted_session_init`` and its ack (False: ``ENCRYPTION_NOT_SUPPORTED``)."""
+        """``encrypted_session_init`` and its ack (False: ``ENCRYPTION_NOT_SUPPORTED``).
+
+        ``node_session_id``: a fresh node session on this socket for another
+        conversation (``sessions/conversation.py``; same job, same keys); default the
+        node session of the session's last socket to this host (``carry``: its id and
+        the conversation it held), else the session's id."""
+        if node_session_id is None and carry is not None:
+            node_session_id, held = carry
+        else:
+            held = None
         # One key per session signs every init and is its recoveryPublicKey (the host
         # seals the session's S5 checkpoint deltas to it): the manager's recovery_key
         # (e.g. the SDK's key), else the user's key, else a key made for the session.
@@ -305,7 +324,7 @@ class Connector:
         frame: dict[str, Any] = {
             "type": "encrypted_session_init",
             "chain_id": session.chain_id,
-            "session_id": session.id,
+            "session_id": node_session_id or session.id,
             "job_id": job,
             "payload": sealed.payload,
         }
@@ -330,7 +349,20 @@ class Connector:
                         host_url=transport.host_url,
                         session_id=session.id,
                     )
-                transport.encrypt(SessionCipher(sealed.session_key))
+                fresh = session._claim_node_session() if node_session_id is None else carry is None
+
+                async def renew() -> bool:
+                    sid = new_node_session_id(session.id)
+                    return await self._encrypted_init(transport, session, host_key, None, sid)
+
+                transport.encrypt(
+                    SessionCipher(sealed.session_key),
+                    node_session_id=node_session_id or session.id,
+                    fresh=fresh,
+                    renew=renew,
+                )
+                if carry is not None and held is not None:
+                    transport.held = held
                 return True
         raise AssertionError("unreachable: _replies ends only by raising")  # pragma: no cover
 

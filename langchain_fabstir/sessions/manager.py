@@ -1,9 +1,12 @@
 """``SessionManager``: the seed's Session Manager API, async-first and Pythonic.
 
-A session is a conversation with one host. Real hosts keep no history, so every prompt
-carries the conversation as ``conversation_context``; the manager keeps the history,
-counts tokens, enforces timeouts and maps every failure to a typed error with a stable
-code (see :mod:`langchain_fabstir.errors`).
+A session is a conversation with one host. The manager keeps the history and carries it
+the way the host reads it: as ``conversation_context`` in plaintext mode (the system
+messages, then the newest others, 10 in all), and in encrypted mode, where a node keeps
+its own history per session id and has no system-prompt field, as prompt text
+(:mod:`langchain_fabstir.sessions.conversation`). It counts tokens, enforces timeouts
+and maps every failure to a typed error with a stable code (see
+:mod:`langchain_fabstir.errors`).
 
 Quick start, against a reference host running locally::
 
@@ -58,6 +61,7 @@ from langchain_fabstir.errors import (
     CheckpointError,
     FabstirError,
     InvalidRequestError,
+    ModelNotAvailableError,
     PlaintextFramesRefusedError,
     SessionNotFoundError,
     SessionTimeoutError,
@@ -439,6 +443,9 @@ class SessionManager:
             system_prompt=system_prompt,
             conversation_id=sid,
         )
+        # A session id chosen here is new to every node (encrypted mode: its node session
+        # starts empty); one the caller chose may have a history on a node already.
+        session._node_fresh = session_id is None
         state = SessionState(session)
         state.alternates = alternates
         if host_public_key is not None:  # trusted: encryption is then required
@@ -588,6 +595,7 @@ class SessionManager:
                 "checkpoint", {"interval": self.config.checkpoint_interval, "scope": scope}
             )
             payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
+            self._check_model(session, transport, payload["request"])
             started = False
 
             def feed(text: str, n: int) -> CheckpointProof | None:
@@ -655,6 +663,29 @@ class SessionManager:
                 recorded = self._account(state, stream.result, user_msg, stream, record)
                 if recorded:
                     await self._persistence.persist(state, recorded)
+
+    def _check_model(self, session: Session, transport: Transport, request: dict[str, Any]) -> None:
+        """Refuse a model the host does not list (``MODEL_NOT_AVAILABLE``; sessions
+        without a job: a job's model was checked on chain), or, with
+        ``allow_model_fallback``, ask for the host's first model and report that one:
+        a host serves an unknown model name with its default model, silently."""
+        listed = transport.greeting.models
+        model = request.get("model")
+        if not listed or model in listed or model == "default" or session.job_id is not None:
+            return  # (a session job's model is the one its host registered on chain)
+        if not self.config.allow_model_fallback:
+            raise ModelNotAvailableError(
+                f"host {transport.host_url} does not serve model {model!r} (it lists "
+                f"{', '.join(map(repr, listed[:10]))}); pick one of those, or set "
+                "SessionConfig(allow_model_fallback=True) to accept the host's default",
+                host_url=transport.host_url,
+                session_id=session.id,
+                details={"model": model, "models": listed[:10]},
+            )
+        log.warning("host %s does not serve %r: %r serves", transport.host_url, model, listed[0])
+        request["model"] = listed[0]
+        if session.model == model:
+            session.model = listed[0]
 
     async def _settle(
         self, state: SessionState, stream: PromptStream, proof: CheckpointProof

@@ -102,6 +102,12 @@ class SessionConfig(BaseModel):
     ``"auto"`` too, and a session that ran encrypted never falls back to plaintext. The
     host must hold the key of the address the session trusts (``HOST_IDENTITY_MISMATCH``
     otherwise; see :mod:`langchain_fabstir.sessions.trust`)."""
+    allow_model_fallback: bool = False
+    """A model the host does not list (in its greeting) is refused with
+    ``MODEL_NOT_AVAILABLE`` before any prompt is sent; ``True``: the host's first listed
+    model serves instead, and that is the model reported (``StreamResult.model``,
+    ``session.model``). Hosts that list no models (deployed nodes) and sessions with a
+    job (whose model the host registered on chain) are not checked."""
     default_max_tokens: int = Field(default=500, ge=1)
     default_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
 
@@ -158,6 +164,7 @@ class Session(BaseModel):
     encrypted: bool = False
     """Whether the session's socket runs in encrypted mode (section 4)."""
     _recovery_key: RecoveryKey | None = PrivateAttr(default=None)
+    _node_fresh: bool = PrivateAttr(default=False)
 
     @property
     def recovery_key(self) -> RecoveryKey | None:
@@ -176,6 +183,12 @@ class Session(BaseModel):
         the public key only.
         """
         return self._recovery_key
+
+    def _claim_node_session(self) -> bool:
+        """True once, at the first encrypted init of a session created in this process:
+        no node holds a conversation under its id yet (``sessions/conversation.py``)."""
+        fresh, self._node_fresh = self._node_fresh, False
+        return fresh
 
     def _bind_recovery_key(self, make: Callable[[], RecoveryKey]) -> RecoveryKey:
         """The session's recovery key, made by ``make`` the first time (connection.py)."""

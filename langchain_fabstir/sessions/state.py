@@ -39,6 +39,9 @@ class SessionState:
         """Host public keys from a trusted source (the caller, the chain), by host URL."""
         self.host_addresses: dict[str, str] = {}
         """The address the host at a URL must hold the key of (a paid job's host)."""
+        self.node_carry: tuple[str, str, list[dict[str, str]] | None] | None = None
+        """Encrypted mode: ``(host_url, node session id, conversation held)`` of the
+        session's last socket (see :meth:`node_session`)."""
         self.handover: tuple[str, str] | None = None
         """``(host_url, resume_token)`` of the session's last socket: presented to the same
         host at the next ``session_init`` so that it hands the new socket what the old one
@@ -50,8 +53,19 @@ class SessionState:
             key=self.host_keys.get(host_url), address=self.host_addresses.get(host_url)
         )
 
+    def node_session(self, host_url: str) -> tuple[str, list[dict[str, str]] | None] | None:
+        """Encrypted mode: the node session id the session's last socket to ``host_url``
+        used, and the conversation it held (a node keeps a session id's history across
+        sockets), for a new socket to the same host."""
+        if self.node_carry is not None and self.node_carry[0] == host_url:
+            return self.node_carry[1], self.node_carry[2]
+        return None
+
     def remember_socket(self, transport: Transport) -> None:
-        """Keep what a new socket to the same host needs from this one (its token)."""
+        """Keep what a new socket to the same host needs from this one (its token, its
+        node session)."""
+        if transport.node_session_id is not None:
+            self.node_carry = (transport.host_url, transport.node_session_id, transport.held)
         token = (transport.greeting.model_extra or {}).get("resume_token")
         if isinstance(token, str):
             self.handover = (transport.host_url, token)

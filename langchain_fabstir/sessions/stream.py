@@ -505,7 +505,8 @@ class PromptStream:
         """The consumer stopped early: ask the host to stop generating (best effort)."""
         if self.transport.closed:
             return
-        frame = StreamCancel(session_id=self.session_id or None, reason="user_cancelled")
+        sid = self.transport.node_session_id or self.session_id  # (the node's session)
+        frame = StreamCancel(session_id=sid or None, reason="user_cancelled")
         with contextlib.suppress(Exception):
             async with _compat.timeout(2.0):
                 await asyncio.shield(self.transport.send(frame))

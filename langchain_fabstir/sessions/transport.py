@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from langchain_fabstir.errors import (
     ProtocolError,
     ResponseTimeoutError,
 )
+from langchain_fabstir.sessions.conversation import ENCRYPTED_CONTEXT_FEATURE, plan_turn
 from langchain_fabstir.wire.encryption import SessionCipher
 from langchain_fabstir.wire.frames import Connected, _Frame, encode_frame, loads, parse_frame
 
@@ -85,8 +87,11 @@ class Transport:
         """The session key once an ``encrypted_session_init`` was acked (see
         :meth:`encrypt`); ``None``: a plaintext socket."""
         self.held: list[dict[str, str]] | None = None
-        """Encrypted mode: the conversation the host holds for this socket, as far as the
-        client knows (``None``: unknown)."""
+        """Encrypted mode: the conversation the host holds for this socket's node session,
+        as far as the client knows (``None``: unknown)."""
+        self.node_session_id: str | None = None
+        """Encrypted mode: the session id of the latest ``encrypted_session_init``."""
+        self._renew: Callable[[], Awaitable[object]] | None = None
         self._asked: list[dict[str, str]] = []
         self._answer: list[str] = []
         self._rid: Any = None  # the id of the prompt being answered
@@ -101,20 +106,41 @@ class Transport:
 
     # --- encrypted mode (PROTOCOL.md section 4) --------------------------------------
 
-    def encrypt(self, cipher: SessionCipher) -> None:
+    def encrypt(
+        self,
+        cipher: SessionCipher,
+        *,
+        node_session_id: str | None = None,
+        fresh: bool = True,
+        renew: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         """From now on prompts go out as ``encrypted_message`` and answers come in as
-        ``encrypted_chunk`` under ``cipher``; answer text in clear is refused. The host of
-        a fresh session key holds no conversation yet."""
+        ``encrypted_chunk`` under ``cipher``; answer text in clear is refused.
+
+        ``node_session_id``: the session id the init named; ``fresh``: never used
+        before, so the node holds no conversation for it (else what it holds is
+        unknown: a node keeps a session id's history across sockets); ``renew``: opens
+        a fresh node session on this socket (calls ``encrypt`` again), for a
+        conversation the current one does not hold (see ``sessions/conversation.py``)."""
         self.cipher = cipher
-        self.held = []
+        self.held = [] if fresh else None
+        if node_session_id is not None:
+            self.node_session_id = node_session_id
+        if renew is not None:
+            self._renew = renew
 
     async def send_prompt(self, payload: dict[str, Any]) -> None:
         """Send a ``prompt`` frame (a dict from ``prompt_payload``), sealed in encrypted
-        mode. The host keeps the conversation there, so the history goes along (inside
-        the ciphertext) only when the host's copy is not known to equal it: on a new socket
-        (a reconnect, a failover: a new session key, perhaps a new host), after an answer
-        that did not complete, or when the caller's history changed. Otherwise only the
-        new prompt is sent."""
+        mode, where the host keeps the conversation per node session id.
+
+        A deployed node ignores ``conversation_context`` inside the ciphertext and has no
+        system-prompt field, so the conversation reaches it as prompt text
+        (:func:`~langchain_fabstir.sessions.conversation.plan_turn`): the new message
+        with the instructions in front while the node session holds this conversation,
+        else a fresh node session (a new ``encrypted_session_init`` on this socket) with
+        the conversation inlined. A host that announced ``encrypted_context`` gets the
+        history as ``conversation_context`` instead, whenever its copy is not known to
+        equal it."""
         cipher = self.cipher
         if cipher is None:
             await self.send(json.dumps(payload, separators=(",", ":")))
@@ -124,16 +150,39 @@ class Transport:
         context = request.pop("conversation_context", None) or []
         for name in ("session_id", "job_id", "request_id", "chain_id"):
             request.pop(name, None)
-        if context != self.held:
-            request["conversation_context"] = context
-        self._asked = [*context, {"role": "user", "content": str(request.get("prompt", ""))}]
+        prompt = str(request.get("prompt", ""))
+        checkpoint = request.get("checkpoint")
+        # The checkpoints extension hashes the conversation as the client sees it,
+        # whatever text carries it to the model (see plan_turn): say what it is (the
+        # context only when the host may not hold it).
+        told: dict[str, Any] = {"session": session_id, "prompt": prompt}
+        if request.get("resume") is not None:
+            context = []  # the answer goes on; the node session's history is unknown
+            self.held = None
+            told = {}
+        elif ENCRYPTED_CONTEXT_FEATURE in self.greeting.features:
+            if context != self.held:
+                request["conversation_context"] = told["context"] = context
+        else:
+            plan = plan_turn(context, prompt, self.held)
+            if plan.new_node_session and self._renew is not None:
+                await self._renew()  # a new node session id and key on this socket
+                assert self.cipher is not None
+                cipher = self.cipher
+            request["prompt"] = plan.prompt
+            if plan.inlined:
+                told["context"] = context
+        if isinstance(checkpoint, dict) and told:
+            request["checkpoint"] = {**checkpoint, **told}
+        resuming = request.get("resume") is not None
+        self._asked = [] if resuming else [*context, {"role": "user", "content": prompt}]
         self._answer = []
         self.held = None  # known again when the answer completes
         cipher.expect_chunk(0)
         self._rid, self._final = payload.get("id"), None
         frame: dict[str, Any] = {
             "type": "encrypted_message",
-            "session_id": session_id,
+            "session_id": self.node_session_id or session_id,
             "id": payload.get("id"),
             "payload": cipher.seal_message(json.dumps(request, separators=(",", ":"))),
         }
@@ -206,9 +255,9 @@ class Transport:
                         host_url=self.host_url,
                     )
                 obj = dict(obj, finish_reason=self._final)  # the sealed one
-                if self._asked:
-                    answer = {"role": "assistant", "content": "".join(self._answer)}
-                    self.held = [*self._asked, answer]
+                text = "".join(self._answer)
+                if self._asked and text:  # (a node stores no turn for an empty answer)
+                    self.held = [*self._asked, {"role": "assistant", "content": text}]
             self._asked, self._answer = [], []
         return obj
 

@@ -366,3 +366,31 @@ async def test_reverts_carry_the_contracts_reason_and_send_nothing(
             await read_job(stranger, 10_000)
     assert int(chain.w3.eth.get_transaction_count(STRANGER.address)) == sent
     assert chain.session(session.job_id)["status"] == 0
+
+
+async def test_other_conversations_of_a_paid_job_run_in_node_sessions_of_that_job(
+    chain: LocalChain, hosts: tuple[ReferenceHost, ReferenceHost], market: ChainConfig
+) -> None:
+    """A node keeps history per session id: a conversation the job's node session does
+    not hold gets a fresh node session id on the same socket, under the same paid job
+    (the node bills the job named in the init); no new job is paid."""
+    _, cheap_host = hosts
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        session = await manager.create_session(
+            model=MODEL,
+            deposit=Decimal("0.001"),
+            payment_token="ETH",
+            max_price_per_token=Decimal("0.000000002"),
+            policy="cheapest",
+        )
+        block = await asyncio.to_thread(lambda: chain.w3.eth.block_number)
+        await manager.prompt(session.id, "zz-first conversation")
+        async for _ in manager.open_stream(session.id, "zz-other", context=[], record=False):
+            pass
+        first, other = list(cheap_host.requests)[-2:]
+        assert first.session_id == session.id and other.session_id != session.id
+        assert other.session_id is not None and other.session_id.startswith(session.id + "~")
+        assert first.job_id == other.job_id == session.job_id
+        assert "zz-first" not in "".join(m["content"] for m in cheap_host.model_inputs[-1])
+        assert _jobs_created(chain, block) == 1  # the session's own job, no other
+        await manager.end_session(session.id)

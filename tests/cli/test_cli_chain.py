@@ -160,7 +160,8 @@ async def test_paid_chat_pays_the_cheapest_host_and_shows_cost_and_job(
     job_id = int(started.group(1))
     assert started.group(2) == HOST2.address and started.group(3) == cheap.url
     assert started.group(4).startswith("0.000001 ETH per 1,000 tokens, deposit 0.001 ETH")
-    assert "Echo: hello chain" in out
+    # (encrypted: the chat's system prompt rides in front of the message, as on a node)
+    assert "Echo: [Instructions" in out and "\nhello chain\n" in out
     assert [r.job_id for r in cheap.requests] == [job_id]  # the job id on the socket
 
     ended = re.search(rf"session {job_id} ended: (\d+) tokens", out)

@@ -22,7 +22,10 @@ _HOST: dict[str, str] = {}
 def llama_reference_host(llama_engine: LlamaEngine) -> Iterator[str]:
     """One reference host for the module, on its own thread: the standard suite calls
     the sync API, which must not share a loop with the host it talks to."""
-    th = ThreadedHost(ReferenceHost(llama_engine, rate_limit_per_minute=None))
+    # Encrypted (the default path), against the node-faithful host.
+    th = ThreadedHost(
+        ReferenceHost(llama_engine, rate_limit_per_minute=None, host_key="0x" + "5a" * 32)
+    )
     _HOST["url"] = th.host.url
     yield th.host.url
     th.stop()
