@@ -3,30 +3,27 @@ search) of Fabstir hosts."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import httpx
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForRetrieverRun,
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from langchain_fabstir._host_http import (
     UNAVAILABLE,
+    HostRoutes,
     NodeAnswer,
     call_hosts,
     common_error,
     error_message,
     other_error,
     post_json,
-    resolve_hosts,
 )
 from langchain_fabstir._sync import run_sync
-from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     FabstirError,
     InvalidRequestError,
@@ -43,7 +40,7 @@ MAX_RESULTS = 20
 """Most results one search may return (``numResults`` 1..20)."""
 
 
-class FabstirSearchRetriever(BaseRetriever):
+class FabstirSearchRetriever(HostRoutes, BaseRetriever):
     """Web search through Fabstir hosts (``POST /v1/search``) as a LangChain retriever.
 
     Each result becomes ``Document(page_content=snippet, metadata={"title", "url",
@@ -88,11 +85,6 @@ class FabstirSearchRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    host_url: str | list[str] | None = Field(
-        default=None,
-        description="Host base URL, or a list tried in order (failover). Defaults to "
-        "FABSTIR_HOST_URL.",
-    )
     k: int = Field(default=10, ge=1, le=MAX_RESULTS, description="Results per search (1..20).")
     chain_id: int = Field(
         default=84532, ge=0, description="chainId sent to the host (84532: Base Sepolia)."
@@ -110,24 +102,6 @@ class FabstirSearchRetriever(BaseRetriever):
         ge=1024,
         description="Largest answer read for one search (20 results are a few KB).",
     )
-    discovery: HostDiscovery | None = Field(
-        default=None,
-        exclude=True,
-        description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
-    )
-
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs.get("host_url") is None and os.environ.get("FABSTIR_HOST_URL"):
-            kwargs["host_url"] = os.environ["FABSTIR_HOST_URL"]
-        super().__init__(**kwargs)
-
-    @model_validator(mode="after")
-    def _check_hosts(self) -> FabstirSearchRetriever:
-        urls = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
-        if any(not isinstance(u, str) or not u.strip() for u in urls):
-            raise ValueError("host_url must be a URL or a list of URLs")
-        return self
-
     # --- BaseRetriever ----------------------------------------------------------------
 
     def _get_relevant_documents(
@@ -148,9 +122,7 @@ class FabstirSearchRetriever(BaseRetriever):
             raise InvalidRequestError(f"k must be 1..{MAX_RESULTS} (nodes return at most 20)")
         _check_query(query)
         body = {"query": query, "numResults": count, "chainId": self.chain_id}
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            hosts = await resolve_hosts(self.host_url, self.discovery, "FabstirSearchRetriever")
+        async with self._connect(self.timeout) as (client, hosts):
 
             async def one(host: str) -> list[Document]:
                 answer = await post_json(
