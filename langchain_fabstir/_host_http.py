@@ -99,7 +99,8 @@ class NodeAnswer:
 class HostRoutes(BaseModel):
     """The hosts of a client of a host's HTTP routes (embeddings, search, images):
     ``host_url`` (default ``FABSTIR_HOST_URL``) and ``discovery``; :meth:`_connect` opens
-    the HTTP client and resolves the hosts to try."""
+    the HTTP client and resolves the hosts to try, :meth:`_post` sends a request with
+    failover. A subclass gives ``timeout`` (seconds a request) and ``max_retries``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -113,6 +114,9 @@ class HostRoutes(BaseModel):
         exclude=True,
         description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
     )
+
+    timeout: float
+    max_retries: int
 
     @model_validator(mode="before")
     @classmethod
@@ -136,6 +140,35 @@ class HostRoutes(BaseModel):
         the base URLs to try, in order."""
         async with client(request_timeout(timeout)) as http:
             yield http, await resolve_hosts(self.host_url, self.discovery, type(self).__name__)
+
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        hosts: list[str],
+        path: str,
+        body: dict[str, Any],
+        *,
+        max_bytes: int,
+        refused: Callable[[NodeAnswer, str], FabstirError],
+        parse: Callable[[NodeAnswer, str], T],
+        what: str = "",
+        state: dict[str, int] | None = None,
+    ) -> T:
+        """POST ``body`` to ``path`` of the first host, failing over (:func:`call_hosts`);
+        a 200 answer goes to ``parse(answer, host)``, another to ``refused(answer, host)``
+        (the error raised)."""
+
+        async def one(host: str) -> T:
+            answer = await post_json(
+                client, host, path, body, max_bytes=max_bytes, timeout=self.timeout, what=what
+            )
+            if answer.status != 200:
+                raise refused(answer, host)
+            return parse(answer, host)
+
+        return await call_hosts(
+            hosts, one, max_retries=self.max_retries, discovery=self.discovery, state=state
+        )
 
 
 async def resolve_hosts(

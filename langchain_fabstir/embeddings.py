@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
 from collections.abc import Sequence
 
-import httpx
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, Field
 
 from langchain_fabstir._host_http import (
     HostRoutes,
     NodeAnswer,
-    call_hosts,
     common_error,
     error_message,
     other_error,
-    post_json,
 )
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.errors import (
@@ -151,7 +149,19 @@ class FabstirEmbeddings(HostRoutes, Embeddings):
             state = {"next": 0}  # the host to start the next batch on (moves on failure)
             vectors: list[list[float]] = []
             for batch in batches:
-                vectors.extend(await self._embed_batch(client, hosts, batch, state))
+                vectors.extend(
+                    await self._post(
+                        client,
+                        hosts,
+                        "/v1/embed",
+                        {"texts": batch, "model": self.model, "chainId": self.chain_id},
+                        max_bytes=self._response_cap(batch),
+                        refused=lambda answer, host: _status_error(answer, host, self.model),
+                        parse=functools.partial(self._parse, batch),
+                        what=f" for {len(batch)} texts",
+                        state=state,
+                    )
+                )
         return vectors
 
     async def aembed_query(self, text: str) -> list[float]:
@@ -174,21 +184,6 @@ class FabstirEmbeddings(HostRoutes, Embeddings):
         batches.append(current)
         return batches
 
-    async def _embed_batch(
-        self,
-        client: httpx.AsyncClient,
-        hosts: list[str],
-        texts: list[str],
-        state: dict[str, int],
-    ) -> list[list[float]]:
-        return await call_hosts(
-            hosts,
-            lambda host: self._post(client, host, texts),
-            max_retries=self.max_retries,
-            discovery=self.discovery,
-            state=state,
-        )
-
     # --- one request ------------------------------------------------------------------
 
     def _response_cap(self, texts: list[str]) -> int:
@@ -199,24 +194,7 @@ class FabstirEmbeddings(HostRoutes, Embeddings):
         # ~26 characters per float, the texts echoed back (escaped: up to 6x), framing.
         return 64 * 1024 + len(texts) * (dims * 32 + 1024) + 6 * text_bytes
 
-    async def _post(
-        self, client: httpx.AsyncClient, host: str, texts: list[str]
-    ) -> list[list[float]]:
-        body = {"texts": texts, "model": self.model, "chainId": self.chain_id}
-        answer = await post_json(
-            client,
-            host,
-            "/v1/embed",
-            body,
-            max_bytes=self._response_cap(texts),
-            timeout=self.timeout,
-            what=f" for {len(texts)} texts",
-        )
-        if answer.status != 200:
-            raise _status_error(answer, host, self.model)
-        return self._parse(answer, texts, host)
-
-    def _parse(self, answer: NodeAnswer, texts: list[str], host: str) -> list[list[float]]:
+    def _parse(self, texts: list[str], answer: NodeAnswer, host: str) -> list[list[float]]:
         url = answer.url
         data = answer.json(host)
         items = data.get("embeddings") if isinstance(data, dict) else None

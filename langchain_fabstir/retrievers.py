@@ -17,11 +17,9 @@ from langchain_fabstir._host_http import (
     UNAVAILABLE,
     HostRoutes,
     NodeAnswer,
-    call_hosts,
     common_error,
     error_message,
     other_error,
-    post_json,
 )
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.errors import (
@@ -123,22 +121,14 @@ class FabstirSearchRetriever(HostRoutes, BaseRetriever):
         _check_query(query)
         body = {"query": query, "numResults": count, "chainId": self.chain_id}
         async with self._connect(self.timeout) as (client, hosts):
-
-            async def one(host: str) -> list[Document]:
-                answer = await post_json(
-                    client,
-                    host,
-                    "/v1/search",
-                    body,
-                    max_bytes=self.max_response_bytes,
-                    timeout=self.timeout,
-                )
-                if answer.status != 200:
-                    raise _search_error(answer, host)
-                return _documents(answer, host, count)
-
-            return await call_hosts(
-                hosts, one, max_retries=self.max_retries, discovery=self.discovery
+            return await self._post(
+                client,
+                hosts,
+                "/v1/search",
+                body,
+                max_bytes=self.max_response_bytes,
+                refused=_search_error,
+                parse=lambda answer, host: _documents(answer, host, count),
             )
 
 

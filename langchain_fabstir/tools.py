@@ -19,11 +19,9 @@ from langchain_fabstir._host_http import (
     UNAVAILABLE,
     HostRoutes,
     NodeAnswer,
-    call_hosts,
     common_error,
     error_message,
     other_error,
-    post_json,
 )
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.errors import (
@@ -232,17 +230,14 @@ class FabstirImageGenerationTool(HostRoutes, BaseTool):
         # The base64 of the largest image accepted, and the metadata around it.
         cap = (self.max_image_bytes + 2) // 3 * 4 + 64 * 1024
         async with self._connect(self.timeout) as (client, hosts):
-
-            async def one(host: str) -> tuple[bytes, dict[str, Any]]:
-                answer = await post_json(
-                    client, host, "/v1/images/generate", body, max_bytes=cap, timeout=self.timeout
-                )
-                if answer.status != 200:
-                    raise _image_error(answer, host)
-                return self._parse(answer, host)
-
-            image, metadata = await call_hosts(
-                hosts, one, max_retries=self.max_retries, discovery=self.discovery
+            image, metadata = await self._post(
+                client,
+                hosts,
+                "/v1/images/generate",
+                body,
+                max_bytes=cap,
+                refused=_image_error,
+                parse=self._parse,
             )
         if self.output_dir is not None:  # file I/O off the event loop
             return await asyncio.to_thread(self._output, image, metadata)
