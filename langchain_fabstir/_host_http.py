@@ -47,6 +47,7 @@ __all__ = [
     "other_error",
     "post_json",
     "resolve_hosts",
+    "service_error",
 ]
 
 T = TypeVar("T")
@@ -272,6 +273,32 @@ def other_error(answer: NodeAnswer, host: str) -> HostError:
         host_url=host,
         details={"status": answer.status},
     )
+
+
+def service_error(
+    answer: NodeAnswer,
+    host: str,
+    *,
+    service: str,
+    unavailable: type[HostError],
+    failed: type[HostError],
+) -> FabstirError:
+    """The typed error of a non-200 answer of a route offering ``service``: a shared
+    refusal (:func:`common_error`); 404 (no such route) or 503 (service not loaded):
+    ``unavailable`` marked ``kind="unavailable"``; 500: ``failed``; else :func:`other_error`."""
+    common = common_error(answer, host)
+    if common is not None:
+        return common
+    message = error_message(answer)
+    details: dict[str, Any] = {"status": answer.status}
+    if answer.status in (404, 503):
+        text = message if answer.status == 503 else f"no {service} here (404: {message})"
+        return unavailable(
+            f"{answer.url}: {text}", host_url=host, details={**details, "kind": UNAVAILABLE}
+        )
+    if answer.status == 500:
+        return failed(f"{answer.url}: {message}", host_url=host, details=details)
+    return other_error(answer, host)
 
 
 async def call_hosts(

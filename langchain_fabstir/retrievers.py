@@ -14,12 +14,9 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
 from langchain_fabstir._host_http import (
-    UNAVAILABLE,
     HostRoutes,
     NodeAnswer,
-    common_error,
-    error_message,
-    other_error,
+    service_error,
 )
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.errors import (
@@ -147,19 +144,9 @@ def _check_query(query: Any) -> None:
 
 
 def _search_error(answer: NodeAnswer, host: str) -> FabstirError:
-    common = common_error(answer, host)
-    if common is not None:
-        return common
-    message = error_message(answer)
-    details: dict[str, Any] = {"status": answer.status}
-    if answer.status in (404, 503):
-        text = message if answer.status == 503 else f"no web search here (404: {message})"
-        return SearchUnavailableError(
-            f"{answer.url}: {text}", host_url=host, details={**details, "kind": UNAVAILABLE}
-        )
-    if answer.status == 500:
-        return SearchError(f"{answer.url}: {message}", host_url=host, details=details)
-    return other_error(answer, host)
+    return service_error(
+        answer, host, service="web search", unavailable=SearchUnavailableError, failed=SearchError
+    )
 
 
 def _documents(answer: NodeAnswer, host: str, count: int) -> list[Document]:

@@ -16,12 +16,10 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_fabstir._host_http import (
-    UNAVAILABLE,
     HostRoutes,
     NodeAnswer,
-    common_error,
     error_message,
-    other_error,
+    service_error,
 )
 from langchain_fabstir._sync import run_sync
 from langchain_fabstir.errors import (
@@ -327,14 +325,10 @@ def _image_error(answer: NodeAnswer, host: str) -> FabstirError:
             host_url=host,
             details=details,
         )
-    common = common_error(answer, host)
-    if common is not None:
-        return common
-    if answer.status in (404, 503):
-        text = message if answer.status == 503 else f"no image generation here (404: {message})"
-        return DiffusionUnavailableError(
-            f"{answer.url}: {text}", host_url=host, details={**details, "kind": UNAVAILABLE}
-        )
-    if answer.status == 500:
-        return ImageGenerationError(f"{answer.url}: {message}", host_url=host, details=details)
-    return other_error(answer, host)
+    return service_error(
+        answer,
+        host,
+        service="image generation",
+        unavailable=DiffusionUnavailableError,
+        failed=ImageGenerationError,
+    )
