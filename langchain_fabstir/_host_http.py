@@ -6,11 +6,14 @@ the node's ``{"error": ...}`` answers turned into typed errors.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -20,6 +23,7 @@ from tenacity import (
     wait_random,
 )
 
+from langchain_fabstir._http import ReplyTooLarge, client, read_capped, request_timeout
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
@@ -35,6 +39,7 @@ from langchain_fabstir.errors import (
 
 __all__ = [
     "UNAVAILABLE",
+    "HostRoutes",
     "NodeAnswer",
     "call_hosts",
     "common_error",
@@ -42,6 +47,7 @@ __all__ = [
     "other_error",
     "post_json",
     "resolve_hosts",
+    "service_error",
 ]
 
 T = TypeVar("T")
@@ -91,6 +97,81 @@ class NodeAnswer:
         return None
 
 
+class HostRoutes(BaseModel):
+    """The hosts of a client of a host's HTTP routes (embeddings, search, images):
+    ``host_url`` (default ``FABSTIR_HOST_URL``) and ``discovery``; :meth:`_connect` opens
+    the HTTP client and resolves the hosts to try, :meth:`_post` sends a request with
+    failover. A subclass gives ``timeout`` (seconds a request) and ``max_retries``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    host_url: str | list[str] | None = Field(
+        default=None,
+        description="Host base URL, or a list tried in order (failover). Defaults to "
+        "FABSTIR_HOST_URL.",
+    )
+    discovery: HostDiscovery | None = Field(
+        default=None,
+        exclude=True,
+        description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
+    )
+
+    timeout: float
+    max_retries: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_from_env(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("host_url") is None:
+            env = os.environ.get("FABSTIR_HOST_URL")
+            if env:
+                return {**data, "host_url": env}
+        return data
+
+    @model_validator(mode="after")
+    def _check_hosts(self) -> Any:
+        urls = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
+        if any(not isinstance(u, str) or not u.strip() for u in urls):
+            raise ValueError("host_url must be a URL or a list of URLs")
+        return self
+
+    @asynccontextmanager
+    async def _connect(self, timeout: float) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
+        """An HTTP client with ``timeout`` seconds a request (10 s at most to connect) and
+        the base URLs to try, in order."""
+        async with client(request_timeout(timeout)) as http:
+            yield http, await resolve_hosts(self.host_url, self.discovery, type(self).__name__)
+
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        hosts: list[str],
+        path: str,
+        body: dict[str, Any],
+        *,
+        max_bytes: int,
+        refused: Callable[[NodeAnswer, str], FabstirError],
+        parse: Callable[[NodeAnswer, str], T],
+        what: str = "",
+        state: dict[str, int] | None = None,
+    ) -> T:
+        """POST ``body`` to ``path`` of the first host, failing over (:func:`call_hosts`);
+        a 200 answer goes to ``parse(answer, host)``, another to ``refused(answer, host)``
+        (the error raised)."""
+
+        async def one(host: str) -> T:
+            answer = await post_json(
+                client, host, path, body, max_bytes=max_bytes, timeout=self.timeout, what=what
+            )
+            if answer.status != 200:
+                raise refused(answer, host)
+            return parse(answer, host)
+
+        return await call_hosts(
+            hosts, one, max_retries=self.max_retries, discovery=self.discovery, state=state
+        )
+
+
 async def resolve_hosts(
     host_url: str | list[str] | None, discovery: HostDiscovery | None, who: str
 ) -> list[str]:
@@ -117,29 +198,27 @@ async def post_json(
     *,
     max_bytes: int,
     timeout: float,
+    what: str = "",
 ) -> NodeAnswer:
     """POST ``body`` to ``{host}{path}``; read at most ``max_bytes`` of a 200 answer
-    (:class:`ProtocolError` beyond) and 64 KB of an error's; transport failures typed."""
+    (:class:`ProtocolError` beyond, its message naming ``what`` was sent) and 64 KB of an
+    error's; transport failures typed."""
     url = f"{host}{path}"
     try:
         async with client.stream("POST", url, json=body) as response:
             status = response.status_code
-            limit = max_bytes if status == 200 else _MAX_ERROR_BYTES
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    if status != 200:
-                        break  # an error's excerpt is enough
-                    raise ProtocolError(
-                        f"{url} sent more than {limit} bytes (a broken or hostile host); "
-                        "stopped reading",
-                        host_url=host,
-                        details={"limit": limit},
-                    )
-                chunks.append(chunk)
             retry_after = response.headers.get("retry-after")
+            if status == 200:
+                raw = await read_capped(response, max_bytes)
+            else:  # an error's excerpt is enough
+                raw = await read_capped(response, _MAX_ERROR_BYTES, truncate=True)
+    except ReplyTooLarge as exc:
+        raise ProtocolError(
+            f"{url} sent more than {exc.limit} bytes{what} (a broken or hostile host); "
+            "stopped reading",
+            host_url=host,
+            details={"limit": exc.limit},
+        ) from None
     except httpx.TimeoutException as exc:
         raise ResponseTimeoutError(
             f"{url} did not answer within {timeout} s", host_url=host
@@ -152,7 +231,7 @@ async def post_json(
         raise HostDisconnectedError(
             f"{url} failed mid-request: {type(exc).__name__}: {exc}", host_url=host
         ) from exc
-    return NodeAnswer(url, status, b"".join(chunks), retry_after)
+    return NodeAnswer(url, status, raw, retry_after)
 
 
 def error_message(answer: NodeAnswer) -> str:
@@ -196,21 +275,49 @@ def other_error(answer: NodeAnswer, host: str) -> HostError:
     )
 
 
+def service_error(
+    answer: NodeAnswer,
+    host: str,
+    *,
+    service: str,
+    unavailable: type[HostError],
+    failed: type[HostError],
+) -> FabstirError:
+    """The typed error of a non-200 answer of a route offering ``service``: a shared
+    refusal (:func:`common_error`); 404 (no such route) or 503 (service not loaded):
+    ``unavailable`` marked ``kind="unavailable"``; 500: ``failed``; else :func:`other_error`."""
+    common = common_error(answer, host)
+    if common is not None:
+        return common
+    message = error_message(answer)
+    details: dict[str, Any] = {"status": answer.status}
+    if answer.status in (404, 503):
+        text = message if answer.status == 503 else f"no {service} here (404: {message})"
+        return unavailable(
+            f"{answer.url}: {text}", host_url=host, details={**details, "kind": UNAVAILABLE}
+        )
+    if answer.status == 500:
+        return failed(f"{answer.url}: {message}", host_url=host, details=details)
+    return other_error(answer, host)
+
+
 async def call_hosts(
     hosts: list[str],
     call: Callable[[str], Awaitable[T]],
     *,
     max_retries: int,
     discovery: HostDiscovery | None = None,
+    state: dict[str, int] | None = None,
 ) -> T:
     """``call(host)`` on the first host, moving to the next one after each retryable
     failure, at most ``max_retries`` more times (tenacity). No wait before a host not
     tried yet; backoff (or the host's ``retry_after``, capped at 30 s) before a host
     tried already. A host lacking the service (``details["kind"] == "unavailable"``) is
     not asked again, and is not reported to ``discovery``'s circuit breakers (it is
-    healthy, it just does not offer this)."""
+    healthy, it just does not offer this). ``state["next"]`` (the index of the host to
+    start on) carries the position over between calls that share ``state``."""
     tried: list[str] = []
-    state = {"next": 0}
+    state = {"next": 0} if state is None else state
 
     def upcoming() -> str:
         return hosts[state["next"] % len(hosts)]

@@ -1,4 +1,5 @@
-"""Reading an HTTP reply from a peer with bounds on its size and on its time as a whole.
+"""The HTTP client every part of the package uses (:func:`client`), and reading a reply
+from a peer with bounds on its size and on its time as a whole.
 
 httpx bounds each read (``Timeout.read``), not a reply: a peer that trickles a byte
 every second never trips a 30 s read timeout and can hold a request for as long as the
@@ -17,14 +18,61 @@ JSON status) that trickles fails within about one read timeout.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from langchain_fabstir._compat import timeout as deadline_after
 
-__all__ = ["MIN_TRANSFER_RATE", "ReplyTooLarge", "read_capped", "whole_reply_deadline"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MIN_TRANSFER_RATE",
+    "ReplyTooLarge",
+    "client",
+    "read_capped",
+    "request_timeout",
+    "whole_reply_deadline",
+]
+
+DEFAULT_TIMEOUT = httpx.Timeout(5.0)
+"""httpx's own default: what a client made without a timeout gets (requests that need
+another pass theirs)."""
 
 MIN_TRANSFER_RATE = 64 * 1024
 """Bytes a second a peer must at least keep up, on average, once it has begun a reply."""
+
+
+def request_timeout(seconds: float, *, connect: float = 10.0) -> httpx.Timeout:
+    """``seconds`` for each phase of a request, connecting at most ``connect`` of them."""
+    return httpx.Timeout(seconds, connect=min(seconds, connect))
+
+
+def client(
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    *,
+    headers: dict[str, str] | None = None,
+    limits: httpx.Limits | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    base_url: str = "",
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` with the package's settings, in one place.
+
+    No redirects are followed (a peer cannot send a request elsewhere) and bodies are
+    asked for uncompressed (``Accept-Encoding: identity``): every body read from a peer is
+    read with :func:`read_capped`, and a cap on decompressed bytes would let a small
+    compressed chunk expand far past it in one step. ``timeout`` (seconds or an
+    ``httpx.Timeout``), ``headers`` (added to those), ``limits`` (httpx's defaults
+    otherwise), ``transport`` and ``base_url`` are the caller's.
+    """
+    settings: dict[str, Any] = {} if limits is None else {"limits": limits}
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Accept-Encoding": "identity", **(headers or {})},
+        timeout=timeout,
+        transport=transport,
+        follow_redirects=False,
+        **settings,
+    )
 
 
 class ReplyTooLarge(ValueError):

@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
-import os
 from collections.abc import Sequence
-from typing import Any
 
-import httpx
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from pydantic import ConfigDict, Field
 
-from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir._host_http import (
+    HostRoutes,
+    NodeAnswer,
+    common_error,
+    error_message,
+    other_error,
+)
 from langchain_fabstir._sync import run_sync
-from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
-    ConnectionFailedError,
     DimensionMismatchError,
     EmbeddingError,
     FabstirError,
-    HostDisconnectedError,
-    HostError,
     InvalidRequestError,
     ModelNotAvailableError,
     ProtocolError,
-    RateLimitedError,
-    ResponseTimeoutError,
 )
 
 __all__ = ["MAX_BATCH", "MAX_TEXT_BYTES", "FabstirEmbeddings"]
@@ -45,13 +35,10 @@ MAX_BATCH = 96
 MAX_TEXT_BYTES = 8192
 """Longest text a node embeds, in UTF-8 bytes."""
 _MAX_REQUEST_BYTES = 1024 * 1024  # nodes accept 2 MB JSON bodies: stay well under
-_MAX_ERROR_BYTES = 64 * 1024
-_RETRY_AFTER_CAP = 30.0
 _NUMBER_TYPES = frozenset({float, int})
-_BACKOFF = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1)
 
 
-class FabstirEmbeddings(BaseModel, Embeddings):
+class FabstirEmbeddings(HostRoutes, Embeddings):
     """LangChain embeddings from Fabstir hosts (``POST /v1/embed``, all-MiniLM-L6-v2).
 
     Deployed nodes embed with all-MiniLM-L6-v2 (384 dimensions) and do not charge for it.
@@ -102,11 +89,6 @@ class FabstirEmbeddings(BaseModel, Embeddings):
         populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=()
     )
 
-    host_url: str | list[str] | None = Field(
-        default=None,
-        description="Host base URL, or a list tried in order (failover). Defaults to "
-        "FABSTIR_HOST_URL.",
-    )
     model: str = Field(
         default="all-MiniLM-L6-v2",
         description="Embedding model id sent to the host ('default': the host's default).",
@@ -146,24 +128,6 @@ class FabstirEmbeddings(BaseModel, Embeddings):
         description="Largest answer read for one request; default: what the request's "
         "texts and dimensions can explain, with a wide margin.",
     )
-    discovery: HostDiscovery | None = Field(
-        default=None,
-        exclude=True,
-        description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
-    )
-
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs.get("host_url") is None and os.environ.get("FABSTIR_HOST_URL"):
-            kwargs["host_url"] = os.environ["FABSTIR_HOST_URL"]
-        super().__init__(**kwargs)
-
-    @model_validator(mode="after")
-    def _check_hosts(self) -> FabstirEmbeddings:
-        urls = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
-        if any(not isinstance(u, str) or not u.strip() for u in urls):
-            raise ValueError("host_url must be a URL or a list of URLs")
-        return self
-
     # --- the Embeddings interface -----------------------------------------------------
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -181,13 +145,23 @@ class FabstirEmbeddings(BaseModel, Embeddings):
             return []
         _check_texts(texts)
         batches = self._batches(texts)
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            hosts = await self._hosts()
+        async with self._connect(self.timeout) as (client, hosts):
             state = {"next": 0}  # the host to start the next batch on (moves on failure)
             vectors: list[list[float]] = []
             for batch in batches:
-                vectors.extend(await self._embed_batch(client, hosts, batch, state))
+                vectors.extend(
+                    await self._post(
+                        client,
+                        hosts,
+                        "/v1/embed",
+                        {"texts": batch, "model": self.model, "chainId": self.chain_id},
+                        max_bytes=self._response_cap(batch),
+                        refused=lambda answer, host: _status_error(answer, host, self.model),
+                        parse=functools.partial(self._parse, batch),
+                        what=f" for {len(batch)} texts",
+                        state=state,
+                    )
+                )
         return vectors
 
     async def aembed_query(self, text: str) -> list[float]:
@@ -195,21 +169,6 @@ class FabstirEmbeddings(BaseModel, Embeddings):
         return (await self.aembed_documents([text]))[0]
 
     # --- hosts and batches ------------------------------------------------------------
-
-    async def _hosts(self) -> list[str]:
-        if self.discovery is not None:
-            found = await self.discovery.candidates(model=None, host_url=self.host_url)
-            if not found:
-                # select() raises NoHostAvailableError with the reason for every host.
-                found = [await self.discovery.select(model=None, host_url=self.host_url)]
-            return [h.url for h in found]
-        hosts = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
-        if not hosts:
-            raise InvalidRequestError(
-                "FabstirEmbeddings needs a host: pass host_url=..., discovery=..., or set "
-                "FABSTIR_HOST_URL"
-            )
-        return [h.rstrip("/") for h in hosts]
 
     def _batches(self, texts: list[str]) -> list[list[str]]:
         batches: list[list[str]] = []
@@ -225,49 +184,6 @@ class FabstirEmbeddings(BaseModel, Embeddings):
         batches.append(current)
         return batches
 
-    async def _embed_batch(
-        self,
-        client: httpx.AsyncClient,
-        hosts: list[str],
-        texts: list[str],
-        state: dict[str, int],
-    ) -> list[list[float]]:
-        tried: list[str] = []
-
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, FabstirError) and exc.is_retryable
-
-        def wait(retry_state: RetryCallState) -> float:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            if isinstance(exc, RateLimitedError) and exc.retry_after:
-                return min(max(_BACKOFF(retry_state), exc.retry_after), _RETRY_AFTER_CAP)
-            if hosts[state["next"] % len(hosts)] not in tried:
-                return 0.0  # failing over to a host not tried yet: no need to wait
-            return float(_BACKOFF(retry_state))
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            retry=retry_if_exception(retryable),
-            wait=wait,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                host = hosts[state["next"] % len(hosts)]
-                tried.append(host)
-                try:
-                    vectors = await self._post(client, host, texts)
-                except FabstirError as exc:
-                    if exc.is_retryable:
-                        state["next"] += 1
-                        if self.discovery is not None:
-                            self.discovery.record_failure(host, exc)
-                    raise
-                if self.discovery is not None:
-                    self.discovery.record_success(host)
-                return vectors
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
-
     # --- one request ------------------------------------------------------------------
 
     def _response_cap(self, texts: list[str]) -> int:
@@ -278,57 +194,9 @@ class FabstirEmbeddings(BaseModel, Embeddings):
         # ~26 characters per float, the texts echoed back (escaped: up to 6x), framing.
         return 64 * 1024 + len(texts) * (dims * 32 + 1024) + 6 * text_bytes
 
-    async def _post(
-        self, client: httpx.AsyncClient, host: str, texts: list[str]
-    ) -> list[list[float]]:
-        url = f"{host}/v1/embed"
-        body = {"texts": texts, "model": self.model, "chainId": self.chain_id}
-        cap = self._response_cap(texts)
-        try:
-            async with client.stream("POST", url, json=body) as response:
-                status = response.status_code
-                limit = cap if status == 200 else _MAX_ERROR_BYTES
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        if status != 200:
-                            break  # an error's excerpt is enough
-                        raise ProtocolError(
-                            f"{url} sent more than {limit} bytes for {len(texts)} texts "
-                            "(a broken or hostile host); stopped reading",
-                            host_url=host,
-                            details={"limit": limit},
-                        )
-                    chunks.append(chunk)
-                retry_after = response.headers.get("retry-after")
-        except httpx.TimeoutException as exc:
-            raise ResponseTimeoutError(
-                f"{url} did not answer within {self.timeout} s", host_url=host
-            ) from exc
-        except httpx.ConnectError as exc:
-            raise ConnectionFailedError(
-                f"cannot reach {url}: {exc or type(exc).__name__}", host_url=host
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise HostDisconnectedError(
-                f"{url} failed mid-request: {type(exc).__name__}: {exc}", host_url=host
-            ) from exc
-        raw = b"".join(chunks)
-        if status != 200:
-            raise _status_error(status, raw, host, url, retry_after, self.model)
-        return self._parse(raw, texts, host, url)
-
-    def _parse(self, raw: bytes, texts: list[str], host: str, url: str) -> list[list[float]]:
-        try:
-            data = loads_untrusted(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProtocolError(
-                f"{url} answered with something that is not JSON ({exc})",
-                host_url=host,
-                details={"excerpt": raw[:120].decode("utf-8", "replace")},
-            ) from exc
+    def _parse(self, texts: list[str], answer: NodeAnswer, host: str) -> list[list[float]]:
+        url = answer.url
+        data = answer.json(host)
         items = data.get("embeddings") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise ProtocolError(f"{url} answered without an 'embeddings' list", host_url=host)
@@ -396,21 +264,13 @@ def _check_texts(texts: Sequence[str]) -> None:
             )
 
 
-def _status_error(
-    status: int, raw: bytes, host: str, url: str, retry_after: str | None, model: str
-) -> FabstirError:
+def _status_error(answer: NodeAnswer, host: str, model: str) -> FabstirError:
     """The typed error of a non-200 answer (JSON ``{"error": ...}`` or axum's plain text)."""
-    text = raw[:_MAX_ERROR_BYTES].decode("utf-8", "replace")
-    message = text
-    try:
-        data = loads_untrusted(raw)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        message = data["error"]
-    elif isinstance(data, dict) and isinstance(data.get("message"), str):
-        message = data["message"]
-    message = " ".join(message.split())[:500] or f"HTTP {status}"
+    common = common_error(answer, host)
+    if common is not None:
+        return common
+    message = error_message(answer)
+    url, status = answer.url, answer.status
     details = {"status": status}
     if status == 404:
         if "not found" in message.lower() and "model" in message.lower():
@@ -420,19 +280,6 @@ def _status_error(
         return EmbeddingError(
             f"{url} does not serve embeddings (404: {message})", host_url=host, details=details
         )
-    if status in (400, 413, 415, 422):
-        return InvalidRequestError(
-            f"{url} refused the request: {message}", host_url=host, details=details
-        )
-    if status == 429:
-        wait: float | None = None
-        try:
-            wait = float(retry_after) if retry_after else None
-        except ValueError:
-            wait = None
-        return RateLimitedError(
-            f"{url}: {message}", host_url=host, retry_after=wait, details=details
-        )
     if status in (500, 503):
         return EmbeddingError(f"{url}: {message}", host_url=host, details=details)
-    return HostError(f"{url} answered HTTP {status}: {message}", host_url=host, details=details)
+    return other_error(answer, host)

@@ -3,30 +3,22 @@ search) of Fabstir hosts."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import httpx
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForRetrieverRun,
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from langchain_fabstir._host_http import (
-    UNAVAILABLE,
+    HostRoutes,
     NodeAnswer,
-    call_hosts,
-    common_error,
-    error_message,
-    other_error,
-    post_json,
-    resolve_hosts,
+    service_error,
 )
 from langchain_fabstir._sync import run_sync
-from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     FabstirError,
     InvalidRequestError,
@@ -43,7 +35,7 @@ MAX_RESULTS = 20
 """Most results one search may return (``numResults`` 1..20)."""
 
 
-class FabstirSearchRetriever(BaseRetriever):
+class FabstirSearchRetriever(HostRoutes, BaseRetriever):
     """Web search through Fabstir hosts (``POST /v1/search``) as a LangChain retriever.
 
     Each result becomes ``Document(page_content=snippet, metadata={"title", "url",
@@ -88,11 +80,6 @@ class FabstirSearchRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    host_url: str | list[str] | None = Field(
-        default=None,
-        description="Host base URL, or a list tried in order (failover). Defaults to "
-        "FABSTIR_HOST_URL.",
-    )
     k: int = Field(default=10, ge=1, le=MAX_RESULTS, description="Results per search (1..20).")
     chain_id: int = Field(
         default=84532, ge=0, description="chainId sent to the host (84532: Base Sepolia)."
@@ -110,24 +97,6 @@ class FabstirSearchRetriever(BaseRetriever):
         ge=1024,
         description="Largest answer read for one search (20 results are a few KB).",
     )
-    discovery: HostDiscovery | None = Field(
-        default=None,
-        exclude=True,
-        description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
-    )
-
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs.get("host_url") is None and os.environ.get("FABSTIR_HOST_URL"):
-            kwargs["host_url"] = os.environ["FABSTIR_HOST_URL"]
-        super().__init__(**kwargs)
-
-    @model_validator(mode="after")
-    def _check_hosts(self) -> FabstirSearchRetriever:
-        urls = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
-        if any(not isinstance(u, str) or not u.strip() for u in urls):
-            raise ValueError("host_url must be a URL or a list of URLs")
-        return self
-
     # --- BaseRetriever ----------------------------------------------------------------
 
     def _get_relevant_documents(
@@ -148,25 +117,15 @@ class FabstirSearchRetriever(BaseRetriever):
             raise InvalidRequestError(f"k must be 1..{MAX_RESULTS} (nodes return at most 20)")
         _check_query(query)
         body = {"query": query, "numResults": count, "chainId": self.chain_id}
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            hosts = await resolve_hosts(self.host_url, self.discovery, "FabstirSearchRetriever")
-
-            async def one(host: str) -> list[Document]:
-                answer = await post_json(
-                    client,
-                    host,
-                    "/v1/search",
-                    body,
-                    max_bytes=self.max_response_bytes,
-                    timeout=self.timeout,
-                )
-                if answer.status != 200:
-                    raise _search_error(answer, host)
-                return _documents(answer, host, count)
-
-            return await call_hosts(
-                hosts, one, max_retries=self.max_retries, discovery=self.discovery
+        async with self._connect(self.timeout) as (client, hosts):
+            return await self._post(
+                client,
+                hosts,
+                "/v1/search",
+                body,
+                max_bytes=self.max_response_bytes,
+                refused=_search_error,
+                parse=lambda answer, host: _documents(answer, host, count),
             )
 
 
@@ -185,19 +144,9 @@ def _check_query(query: Any) -> None:
 
 
 def _search_error(answer: NodeAnswer, host: str) -> FabstirError:
-    common = common_error(answer, host)
-    if common is not None:
-        return common
-    message = error_message(answer)
-    details: dict[str, Any] = {"status": answer.status}
-    if answer.status in (404, 503):
-        text = message if answer.status == 503 else f"no web search here (404: {message})"
-        return SearchUnavailableError(
-            f"{answer.url}: {text}", host_url=host, details={**details, "kind": UNAVAILABLE}
-        )
-    if answer.status == 500:
-        return SearchError(f"{answer.url}: {message}", host_url=host, details=details)
-    return other_error(answer, host)
+    return service_error(
+        answer, host, service="web search", unavailable=SearchUnavailableError, failed=SearchError
+    )
 
 
 def _documents(answer: NodeAnswer, host: str, count: int) -> list[Document]:

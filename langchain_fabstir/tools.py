@@ -7,28 +7,21 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import os
 import struct
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_fabstir._host_http import (
-    UNAVAILABLE,
+    HostRoutes,
     NodeAnswer,
-    call_hosts,
-    common_error,
     error_message,
-    other_error,
-    post_json,
-    resolve_hosts,
+    service_error,
 )
 from langchain_fabstir._sync import run_sync
-from langchain_fabstir.discovery import HostDiscovery
 from langchain_fabstir.errors import (
     DiffusionUnavailableError,
     FabstirError,
@@ -87,7 +80,7 @@ class ImageGenerationInput(BaseModel):
     )
 
 
-class FabstirImageGenerationTool(BaseTool):
+class FabstirImageGenerationTool(HostRoutes, BaseTool):
     """Generate an image from a text prompt on a Fabstir host (``POST /v1/images/generate``).
 
     The host runs the prompt through its keyword safety check and its diffusion sidecar
@@ -151,11 +144,6 @@ class FabstirImageGenerationTool(BaseTool):
     args_schema: type[BaseModel] = ImageGenerationInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
 
-    host_url: str | list[str] | None = Field(
-        default=None,
-        description="Host base URL, or a list tried in order (failover). Defaults to "
-        "FABSTIR_HOST_URL.",
-    )
     model: str | None = Field(default=None, description="Diffusion model id (default: the host's).")
     size: ImageSize = Field(default="1024x1024", description="Size when the call names none.")
     steps: int = Field(default=4, ge=1, le=100, description="Diffusion steps (1..100).")
@@ -180,24 +168,6 @@ class FabstirImageGenerationTool(BaseTool):
     max_image_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest image accepted, in bytes."
     )
-    discovery: HostDiscovery | None = Field(
-        default=None,
-        exclude=True,
-        description="Where hosts come from (a HostDiscovery); host_url then restricts it.",
-    )
-
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs.get("host_url") is None and os.environ.get("FABSTIR_HOST_URL"):
-            kwargs["host_url"] = os.environ["FABSTIR_HOST_URL"]
-        super().__init__(**kwargs)
-
-    @model_validator(mode="after")
-    def _check_hosts(self) -> FabstirImageGenerationTool:
-        urls = [self.host_url] if isinstance(self.host_url, str) else list(self.host_url or [])
-        if any(not isinstance(u, str) or not u.strip() for u in urls):
-            raise ValueError("host_url must be a URL or a list of URLs")
-        return self
-
     # --- BaseTool ---------------------------------------------------------------------
 
     def _run(
@@ -257,20 +227,15 @@ class FabstirImageGenerationTool(BaseTool):
                 body[key] = value
         # The base64 of the largest image accepted, and the metadata around it.
         cap = (self.max_image_bytes + 2) // 3 * 4 + 64 * 1024
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            hosts = await resolve_hosts(self.host_url, self.discovery, "FabstirImageGenerationTool")
-
-            async def one(host: str) -> tuple[bytes, dict[str, Any]]:
-                answer = await post_json(
-                    client, host, "/v1/images/generate", body, max_bytes=cap, timeout=self.timeout
-                )
-                if answer.status != 200:
-                    raise _image_error(answer, host)
-                return self._parse(answer, host)
-
-            image, metadata = await call_hosts(
-                hosts, one, max_retries=self.max_retries, discovery=self.discovery
+        async with self._connect(self.timeout) as (client, hosts):
+            image, metadata = await self._post(
+                client,
+                hosts,
+                "/v1/images/generate",
+                body,
+                max_bytes=cap,
+                refused=_image_error,
+                parse=self._parse,
             )
         if self.output_dir is not None:  # file I/O off the event loop
             return await asyncio.to_thread(self._output, image, metadata)
@@ -360,14 +325,10 @@ def _image_error(answer: NodeAnswer, host: str) -> FabstirError:
             host_url=host,
             details=details,
         )
-    common = common_error(answer, host)
-    if common is not None:
-        return common
-    if answer.status in (404, 503):
-        text = message if answer.status == 503 else f"no image generation here (404: {message})"
-        return DiffusionUnavailableError(
-            f"{answer.url}: {text}", host_url=host, details={**details, "kind": UNAVAILABLE}
-        )
-    if answer.status == 500:
-        return ImageGenerationError(f"{answer.url}: {message}", host_url=host, details=details)
-    return other_error(answer, host)
+    return service_error(
+        answer,
+        host,
+        service="image generation",
+        unavailable=DiffusionUnavailableError,
+        failed=ImageGenerationError,
+    )

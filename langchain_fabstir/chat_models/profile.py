@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 from langchain_core.language_models import ModelProfile
 
+from langchain_fabstir import _http
 from langchain_fabstir.discovery import normalize_host_url
 from langchain_fabstir.discovery._http import FetchError, get_json
 from langchain_fabstir.errors import ConnectionFailedError, ProtocolError
@@ -103,7 +104,7 @@ async def fetch_profile(
     base = normalize_host_url(host_url)
     limits = httpx.Timeout(timeout)
     owned = client is None
-    http = client or httpx.AsyncClient()
+    http = client or _http.client()
     try:
         try:
             version = await get_json(http, base + "/v1/version", timeout=limits, max_bytes=256_000)

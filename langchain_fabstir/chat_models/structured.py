@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from langchain_core.exceptions import OutputParserException
@@ -78,18 +79,18 @@ def answer_problem(text: str) -> str | None:
     return None
 
 
-def _checked(result: list[Generation], partial: bool) -> bool:
-    """Whether the answer may be parsed; raises (or, when ``partial``, says no) if not."""
+def _parse_bounded(parse: Callable[..., Any], result: list[Generation], partial: bool) -> Any:
+    """``parse(result, partial=partial)`` of an answer checked first: too deep or too large
+    JSON is an ``OutputParserException`` (``None`` while streaming), never a crash."""
     problem = answer_problem(result[0].text) if result else None
-    if problem is None:
-        return True
-    if partial:
-        return False
-    raise OutputParserException(f"Invalid json output: {problem}", llm_output=problem)
-
-
-def _too_deep(exc: RecursionError) -> OutputParserException:
-    return OutputParserException("Invalid json output: it nests too deep to decode")
+    if problem is not None:
+        if partial:
+            return None
+        raise OutputParserException(f"Invalid json output: {problem}", llm_output=problem)
+    try:
+        return parse(result, partial=partial)
+    except RecursionError:
+        raise OutputParserException("Invalid json output: it nests too deep to decode") from None
 
 
 class BoundedJsonOutputParser(JsonOutputParser):
@@ -97,21 +98,11 @@ class BoundedJsonOutputParser(JsonOutputParser):
     ``OutputParserException`` (``None`` while streaming), never a crash."""
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
-        if not _checked(result, partial):
-            return None
-        try:
-            return super().parse_result(result, partial=partial)
-        except RecursionError as exc:
-            raise _too_deep(exc) from None
+        return _parse_bounded(super().parse_result, result, partial)
 
 
 class BoundedPydanticOutputParser(PydanticOutputParser[TBaseModel]):
     """``PydanticOutputParser`` for a host's answer, bounded as :class:`BoundedJsonOutputParser`."""
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
-        if not _checked(result, partial):
-            return None
-        try:
-            return super().parse_result(result, partial=partial)
-        except RecursionError as exc:
-            raise _too_deep(exc) from None
+        return _parse_bounded(super().parse_result, result, partial)

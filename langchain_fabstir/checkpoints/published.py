@@ -76,6 +76,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from langchain_fabstir import _http
 from langchain_fabstir._compat import timeout as deadline_after
 from langchain_fabstir._eth import keccak256 as keccak
 from langchain_fabstir._http import ReplyTooLarge, read_capped, whole_reply_deadline
@@ -471,7 +472,7 @@ async def fetch_host_checkpoints(
             another key, changed, or malformed (``details["checkpoint_index"]`` says which).
     """
     own_http = http_client is None
-    http = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+    http = http_client or _http.client(timeout)
     try:
         raw_index = await _get_index(http, host_url, session_id)
     finally:

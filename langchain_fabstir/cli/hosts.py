@@ -95,9 +95,10 @@ class RegistrySource:
     async def load(self) -> list[HostInfo]:
         import httpx
 
+        from langchain_fabstir._http import client as http_client
         from langchain_fabstir.discovery import load_registry
 
-        async with httpx.AsyncClient() as client:
+        async with http_client() as client:
             return await load_registry(
                 self.location, client=client, timeout=httpx.Timeout(self.timeout)
             )

@@ -11,6 +11,7 @@ from types import TracebackType
 
 import httpx
 
+from langchain_fabstir._http import client as http_client
 from langchain_fabstir.discovery.breaker import CircuitBreaker
 from langchain_fabstir.discovery.hosts import (
     HostInfo,
@@ -147,7 +148,7 @@ class HostDiscovery:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._settings.timeout)
+            self._client = http_client(self._settings.timeout)
         return self._client
 
     # --- state ------------------------------------------------------------------------

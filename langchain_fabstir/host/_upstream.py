@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
+import httpx
 
 from langchain_fabstir._compat import timeout as deadline
+from langchain_fabstir._http import ReplyTooLarge, client, read_capped
 
 __all__ = ["UpstreamError", "call_upstream"]
 
@@ -37,31 +38,18 @@ async def call_upstream(
     seconds in all, or the answer is larger than ``max_bytes``.
     """
     try:
-        async with deadline(timeout):
-            async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as session:
-                async with session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json_body,
-                    headers=headers,
-                    allow_redirects=False,
-                ) as response:
-                    if (response.content_length or 0) > max_bytes:
-                        raise UpstreamError(
-                            f"the answer is {response.content_length} bytes (limit {max_bytes})"
-                        )
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.content.iter_chunked(64 * 1024):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise UpstreamError(f"the answer is larger than {max_bytes} bytes")
-                        chunks.append(chunk)
-                    return response.status, response.reason or "", b"".join(chunks)
-    except (TimeoutError, asyncio.TimeoutError) as exc:  # the same class from 3.11
+        async with deadline(timeout), client(timeout) as http:
+            async with http.stream(
+                method, url, params=params, json=json_body, headers=headers
+            ) as response:
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) > max_bytes:
+                    raise UpstreamError(f"the answer is {length} bytes (limit {max_bytes})")
+                body = await read_capped(response, max_bytes)
+                return response.status_code, response.reason_phrase, body
+    except ReplyTooLarge:
+        raise UpstreamError(f"the answer is larger than {max_bytes} bytes") from None
+    except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as exc:
         raise UpstreamError(f"no answer within {timeout:g} s") from exc
-    except aiohttp.ClientError as exc:
+    except httpx.HTTPError as exc:
         raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc

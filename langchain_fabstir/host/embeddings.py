@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiohttp import web
 
-from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir.host._routes import error as _error
+from langchain_fabstir.host._routes import read_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -270,10 +271,6 @@ class MiniLMEmbedder:
 # --- the route ------------------------------------------------------------------------
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 def _invalid(field: str, message: str) -> web.Response:
     # The node wraps its ValidationError's text once more: the prefix is doubled.
     return _error(400, f"Validation error: Validation error for {field}: {message}")
@@ -306,22 +303,9 @@ class EmbedRoute:
         return self._embedder if not isinstance(self._embedder, str) else None
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return web.Response(
-                status=415, text="Expected request with `Content-Type: application/json`"
-            )
-        try:
-            body = loads_untrusted(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return web.Response(
-                status=400, text=f"Failed to parse the request body as JSON: {str(exc)[:200]}"
-            )
-        problem = _shape_problem(body)
-        if problem is not None:
-            return web.Response(
-                status=422,
-                text=f"Failed to deserialize the JSON body into the target type: {problem}",
-            )
+        body = await read_json(request, _shape_problem)
+        if isinstance(body, web.Response):
+            return body
         texts: list[str] = body["texts"]
         model: str = body.get("model", DEFAULT_EMBEDDING_MODEL)
         chain_id: int = body.get("chainId", 84532)

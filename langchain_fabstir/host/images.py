@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir.host._routes import error as _error
+from langchain_fabstir.host._routes import read_json
 from langchain_fabstir.host._upstream import UpstreamError, call_upstream
 
 __all__ = [
@@ -58,10 +60,6 @@ def generation_units(size: str, steps: int) -> tuple[float, float]:
     width, height = (int(n) for n in size.split("x"))
     megapixels = width * height / 1_048_576
     return megapixels * steps / 20.0, megapixels
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class ImageRoute:
@@ -108,22 +106,9 @@ class ImageRoute:
         """How many images were generated (tests read this)."""
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return web.Response(
-                status=415, text="Expected request with `Content-Type: application/json`"
-            )
-        try:
-            body = loads_untrusted(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return web.Response(
-                status=400, text=f"Failed to parse the request body as JSON: {str(exc)[:200]}"
-            )
-        problem = _shape_problem(body)
-        if problem is not None:
-            return web.Response(
-                status=422,
-                text=f"Failed to deserialize the JSON body into the target type: {problem}",
-            )
+        body = await read_json(request, _shape_problem)
+        if isinstance(body, web.Response):
+            return body
         prompt: str = body["prompt"]
         if not prompt.strip():
             return _error(400, "prompt must not be empty")

@@ -44,7 +44,7 @@ import httpx
 from pydantic import SecretStr
 
 from langchain_fabstir._compat import timeout as deadline_after
-from langchain_fabstir._http import read_capped
+from langchain_fabstir._http import client, read_capped
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.host.engines import (
     EngineContextOverflow,
@@ -158,11 +158,12 @@ class _Slots:
         self.semaphore = asyncio.Semaphore(engine.max_concurrent)
         self.active = 0
         self.models_lock = asyncio.Lock()
-        # No compression: the event stream is read raw, a line at a time, with a bound.
-        headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+        # No compression (the client's default): the event stream is read raw, a line at
+        # a time, with a bound.
+        headers = {"Accept": "text/event-stream"}
         if engine.api_key is not None:
             headers["Authorization"] = f"Bearer {engine.api_key.get_secret_value()}"
-        self.client = httpx.AsyncClient(
+        self.client = client(
             base_url=engine.base_url,
             headers=headers,
             timeout=httpx.Timeout(

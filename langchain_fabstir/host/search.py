@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir.host._routes import error as _error
+from langchain_fabstir.host._routes import read_json
 from langchain_fabstir.host._upstream import UpstreamError, call_upstream
 
 __all__ = ["MAX_QUERY_BYTES", "MAX_RESULTS", "SearchRoute"]
@@ -28,10 +30,6 @@ MAX_RESULTS = 20
 
 _CHAIN_NAMES = {84532: "Base Sepolia", 5611: "opBNB Testnet"}
 _U64 = 2**64
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class SearchRoute:
@@ -118,22 +116,9 @@ class SearchRoute:
     # --- the route --------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return web.Response(
-                status=415, text="Expected request with `Content-Type: application/json`"
-            )
-        try:
-            body = loads_untrusted(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return web.Response(
-                status=400, text=f"Failed to parse the request body as JSON: {str(exc)[:200]}"
-            )
-        problem = _shape_problem(body)
-        if problem is not None:
-            return web.Response(
-                status=422,
-                text=f"Failed to deserialize the JSON body into the target type: {problem}",
-            )
+        body = await read_json(request, _shape_problem)
+        if isinstance(body, web.Response):
+            return body
         query: str = body["query"]
         count: int = body.get("numResults", 10)
         chain_id: int = body.get("chainId", 84532)

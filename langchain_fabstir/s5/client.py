@@ -47,6 +47,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from langchain_fabstir import _http
 from langchain_fabstir._compat import timeout as deadline_after
 from langchain_fabstir._http import (
     MIN_TRANSFER_RATE,
@@ -155,9 +156,7 @@ class S5PortalClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_download_bytes = max_download_bytes
-        self._http = httpx.AsyncClient(
-            timeout=timeout or DEFAULT_TIMEOUT, transport=transport, follow_redirects=False
-        )
+        self._http = _http.client(timeout or DEFAULT_TIMEOUT, transport=transport)
 
     # --- lifecycle ----------------------------------------------------------------
 

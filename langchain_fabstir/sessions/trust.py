@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 
+from langchain_fabstir import _http
 from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import (
     EncryptionError,
@@ -83,17 +84,12 @@ async def challenge_key(host_url: str, *, timeout: float) -> str | None:
 
     async def ask() -> bytes | None:
         async with (
-            httpx.AsyncClient(timeout=timeout) as client,
+            _http.client(timeout) as client,
             client.stream("POST", url, json={"challenge": challenge.hex()}) as reply,
         ):
             if reply.status_code != 200:
                 return None
-            raw = b""
-            async for chunk in reply.aiter_bytes():
-                raw += chunk
-                if len(raw) > MAX_CHALLENGE_REPLY:
-                    return None
-            return raw
+            return await _http.read_capped(reply, MAX_CHALLENGE_REPLY)
 
     try:
         raw = await asyncio.wait_for(ask(), timeout)
