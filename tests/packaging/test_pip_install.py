@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from langchain_fabstir._extras import EXTRAS
+
 pytestmark = [pytest.mark.slow, pytest.mark.packaging, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +107,7 @@ def test_the_wheel_and_sdist_carry_the_license_and_metadata(dist: Path) -> None:
     assert "Typing :: Typed" in classifiers and any("Development Status" in c for c in classifiers)
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
     assert {"Homepage", "Repository", "Issues", "Changelog"} <= set(urls)
-    assert set(meta.get_all("Provides-Extra") or []) == {"host", "llama", "langgraph", "chain"}
+    assert set(meta.get_all("Provides-Extra") or []) == set(EXTRAS)  # every documented extra
     assert "langchain_fabstir/py.typed" in names
     assert not any("examples/" in n or n.startswith("tests/") for n in names)
     (sdist,) = dist.glob("*.tar.gz")
