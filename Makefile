@@ -51,8 +51,9 @@ spell: install
 # Everything CI needs: the lock is current (install fails otherwise), lint, types, then the whole suite (unit,
 # integration with the real model, faults, storage). pytest exits 5 when it collected
 # no test: that must fail, not pass silently.
+# Two workers (pytest-xdist), one per core: most tests wait on sockets and timers.
 test: lint typecheck
-	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # The inner loop: unit tests and doctests only, every network socket off, 30 s a test.
