@@ -131,6 +131,7 @@ def _print_view(view: dict[str, Any]) -> None:
     t = view["payment_token"]
     by = f" (by the {view['settled_by']})" if view["settled_by"] else ""
     print(f"job {view['job_id']}: {view['state']}{by}")
+    print(f"  paid by     {view['depositor']}")
     print(f"  host        {view['host']}")
     print(f"  deposit     {view['deposit']} {t}")
     print(f"  price       {view['price_per_1k_tokens']} {t} per 1,000 tokens")

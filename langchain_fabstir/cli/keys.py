@@ -11,6 +11,9 @@ refused: whoever can write to the directory could swap the key files.
 - ``eth.key``: a new Ethereum (secp256k1) private key, hex: a user's wallet key, or a
   host's key (``fabstir host --host-key-file``).
 
+``keys delegate --payer 0x...`` writes ``delegate.key``, a new key for an agent that pays
+through a payer's allowance (CHAIN.md 6.3), and prints what the payer and the agent run.
+
 Neither secret is printed unless ``--show`` is given; ``keys show`` prints only the
 public parts: the Ethereum address and the S5 portal account's public key, and warns
 about a file others may read (the commands that use the keys, ``chat --key-file``,
@@ -34,6 +37,7 @@ __all__ = ["ETH_FILE", "SEED_FILE", "add_keys_parser", "default_keys_dir", "publ
 
 SEED_FILE = "s5.seed"
 ETH_FILE = "eth.key"
+DELEGATE_FILE = "delegate.key"
 
 
 def default_keys_dir() -> Path:
@@ -126,6 +130,44 @@ def keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_delegate(args: argparse.Namespace) -> int:
+    """A new key for an agent paying for ``--payer`` as its delegate (0600, never replaced)."""
+    from coincurve import PrivateKey
+
+    from langchain_fabstir._eth import is_address, to_checksum_address
+    from langchain_fabstir.checkpoints.signing import address_of
+
+    if not is_address(args.payer):
+        raise CliError(f"--payer: not an address: {args.payer!r}")
+    payer = to_checksum_address(args.payer)
+    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    path = directory / DELEGATE_FILE
+    if path.exists():
+        raise CliError(f"{path} exists: not replacing a key (use another --dir)")
+    try:
+        changed = private_dir(directory)
+        key_hex = "0x" + PrivateKey().secret.hex()  # 32 bytes from the OS's CSPRNG
+        write_private(path, key_hex + "\n")
+    except FileExistsError as exc:
+        raise CliError(f"{exc.filename} exists: not replacing a key") from exc
+    except OSError as exc:
+        raise CliError(f"cannot write the key in {directory}: {exc.strerror}") from exc
+    if changed:
+        print(f"warning: {changed}", file=sys.stderr)
+    address = address_of(key_hex)
+    if args.json:
+        print(json.dumps({"delegate_key_file": str(path), "delegate": address, "payer": payer}))
+        return 0
+    print(f"wrote {path} (mode 0600)")
+    print(f"delegate       {address}")
+    print(f"payer          {payer}")
+    print("the payer authorizes it (USDC, approve + authorizeDelegate):")
+    print(f'  await manager.authorize_delegate("{address}", allowance=Decimal("10"))')
+    print("the agent pays with it:")
+    print(f'  SessionManager(chain=..., private_key=<{path}>, payer="{payer}")')
+    return 0
+
+
 def keys_show(args: argparse.Namespace) -> int:
     directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
     parts = public_parts(directory)
@@ -160,6 +202,17 @@ def add_keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "new", parents=[common], help="write a new S5 seed phrase and Ethereum key (0600)"
     )
     show = what.add_parser("show", parents=[common], help="print the public parts")
+    delegate = what.add_parser(
+        "delegate",
+        parents=[common],
+        help="write a new key (delegate.key, 0600) for an agent paying for --payer",
+    )
+    delegate.add_argument("--payer", required=True, help="the address that pays (0x...)")
+    delegate.add_argument(
+        "--dir", help="where to write delegate.key ($FABSTIR_HOME, else ~/.fabstir)"
+    )
+    delegate.add_argument("--json", action="store_true", help="print JSON")
+    delegate.set_defaults(run_sync=keys_delegate)
     new.add_argument(
         "--dir",
         help="where to write the key files ($FABSTIR_HOME, else ~/.fabstir): made with mode "

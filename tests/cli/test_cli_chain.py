@@ -327,6 +327,7 @@ def test_jobs_show_watch_withdraw_after_the_host_settles(
     text = run_cli("jobs", "show", str(job_id), *opts)
     assert text.returncode == 0 and f"job {job_id}: completed" in text.stdout
     assert "1500 tokens = 0.0000015 ETH" in text.stdout
+    assert f"paid by     {USER.address}" in text.stdout  # who paid: the job's depositor
 
     assert chain.deposit_balance(USER) == refund
     env = child_env(FABSTIR_PRIVATE_KEY=USER.private_key)

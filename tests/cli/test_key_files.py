@@ -88,3 +88,28 @@ def test_keys_new_tightens_a_directory_others_may_write_and_refuses_a_shared_one
     assert main(["keys", "new", "--dir", str(fresh)]) == 0
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
     assert "tightened" not in capsys.readouterr().err
+
+
+def test_keys_delegate_writes_a_private_key_for_the_payer_and_never_replaces_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from langchain_fabstir.checkpoints import address_of
+
+    payer = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"
+    directory = tmp_path / "agent"
+    assert main(["keys", "delegate", "--payer", payer, "--dir", str(directory), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    path = directory / "delegate.key"
+    assert out["delegate_key_file"] == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    key = path.read_text().strip()
+    assert out["delegate"] == address_of(key) and key not in json.dumps(out)
+    assert out["payer"] == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # checksummed
+    assert main(["keys", "delegate", "--payer", payer, "--dir", str(directory)]) == 1
+    assert "exists: not replacing a key" in _err_line(capsys)
+    assert path.read_text().strip() == key
+    assert main(["keys", "delegate", "--payer", "0x12", "--dir", str(tmp_path / "b")]) == 1
+    assert "--payer: not an address" in _err_line(capsys)
