@@ -72,7 +72,7 @@ def test_what_a_node_makes_of_the_plans() -> None:
         model_sees = [strip_chat_template_markers(m["content"]) for m in history]
         model_sees.append(strip_chat_template_markers(effective))
         assert "Answer in French." in model_sees[-1] and f"question {i}" in model_sees[-1]
-        answer = f"reponse {i}"
+        answer = f"réponse {i}"
         store.add_turn("n", effective, answer)
         conversation += [_u(f"question {i}"), _a(answer)]
         held = list(conversation)
