@@ -16,9 +16,10 @@ import json
 import math
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: a host without the RAG frames needs no numpy
 
 __all__ = [
     "DEFAULT_RAG_SESSION",
@@ -57,6 +58,8 @@ class _Store:
             return f"{vid}: Metadata too large: {size} bytes (max {MAX_METADATA_BYTES})"
         if vid not in self.items and len(self.items) >= MAX_VECTORS:
             return f"{vid}: Maximum vectors limit reached ({MAX_VECTORS})"
+        import numpy as np
+
         array = np.asarray(vector, dtype=np.float32)
         norm = float(np.linalg.norm(array))
         self.items[vid] = (array / norm if norm > 0 else array, metadata)
@@ -64,6 +67,8 @@ class _Store:
         return None
 
     def matrix(self) -> tuple[list[str], np.ndarray]:
+        import numpy as np
+
         if self._matrix is None:
             ids = list(self.items)
             rows = [self.items[i][0] for i in ids]
@@ -184,6 +189,8 @@ class SessionVectors:
                 f"Search vectors failed: query vector must have {VECTOR_DIMS} finite values, "
                 f"got {len(query)}"
             )
+        import numpy as np
+
         ids, matrix = store.matrix()
         q = np.asarray(query, dtype=np.float32)
         norm = float(np.linalg.norm(q))

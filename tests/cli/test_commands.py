@@ -132,7 +132,8 @@ def test_hosts_without_any_source_says_how_to_give_one() -> None:
 
 
 async def test_the_request_model_picks_the_engine_unknown_names_the_default() -> None:
-    from langchain_fabstir.sessions import SessionManager
+    from langchain_fabstir.errors import ModelNotAvailableError
+    from langchain_fabstir.sessions import SessionConfig, SessionManager
 
     router = ModelRouter([EchoEngine(["one"], model_id="m1"), EchoEngine(["two"], model_id="m2")])
     async with ReferenceHost(router, rate_limit_per_minute=None) as host:
@@ -141,9 +142,20 @@ async def test_the_request_model_picks_the_engine_unknown_names_the_default() ->
                 assert [m["id"] for m in (await reply.json())["models"]] == ["m1", "m2"]
         async with SessionManager(host_url=host.url) as manager:
             answers = []
-            for model in ("m2", "m1", "nobody-has-it"):
+            for model in ("m2", "m1"):
                 s = await manager.create_session(model=model)
                 answers.append((await manager.prompt(s.id, "hi")).text)
+            # A name the host does not list is refused before any prompt is sent...
+            s = await manager.create_session(model="nobody-has-it")
+            with pytest.raises(ModelNotAvailableError):
+                await manager.prompt(s.id, "hi")
+        # ...unless the user accepts the host's default, which is then what is reported.
+        fallback = SessionConfig(allow_model_fallback=True)
+        async with SessionManager(fallback, host_url=host.url) as manager:
+            s = await manager.create_session(model="nobody-has-it")
+            result = await manager.prompt(s.id, "hi")
+            answers.append(result.text)
+            assert result.model == "m1"
     assert answers == ["two", "one", "one"]
 
 
