@@ -18,11 +18,10 @@ from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.chain.config import SessionTerms
 from langchain_fabstir.chain.marketplace import (
     MIN_NATIVE_DEPOSIT,
-    PRICE_PRECISION,
     CreatedJob,
     _check_job,
     from_base_units,
-    price_limit,
+    price_at_payment,
     read_job,
     to_base_units,
     token_decimals,
@@ -40,7 +39,6 @@ from langchain_fabstir.errors import (
     InsufficientDepositError,
     InsufficientFundsError,
     InvalidRequestError,
-    PriceLimitError,
 )
 
 __all__ = [
@@ -170,51 +168,6 @@ async def check_deposit_limits(client: ChainClient, token: PaymentToken, amount:
         )
 
 
-async def _price(
-    client: ChainClient,
-    host: HostRecord,
-    model: ModelRecord,
-    token: PaymentToken,
-    decimals: int,
-    amount: int,
-    max_price_per_token: Decimal | str | int | None,
-    terms: SessionTerms,
-) -> int:
-    """The host's price read now (``host.price`` from discovery may be stale), checked
-    against the user's limit and the proof interval."""
-    price = int(
-        await client.call(
-            client.node_registry.functions.getModelPricing(
-                host.address, bytes.fromhex(model.id[2:]), token_address(client, token)
-            ),
-            f"reading host {host.address}'s price",
-        )
-    )
-    if price <= 0:
-        raise PriceLimitError(
-            f"host {host.address} has no price for {model.name} in {token}",
-            details={"host": host.address},
-        )
-    if max_price_per_token is not None:
-        limit = price_limit(max_price_per_token, decimals)
-        if price > limit:
-            raise PriceLimitError(
-                f"host {host.address} asks {from_base_units(price, decimals) / PRICE_PRECISION} "
-                f"{token} per token, above your max_price_per_token {max_price_per_token}; "
-                "nothing was paid",
-                details={"host": host.address, "price": price, "limit": limit},
-            )
-    if amount * PRICE_PRECISION // price < terms.proof_interval:
-        needed = -(-terms.proof_interval * price // PRICE_PRECISION)
-        raise DepositLimitError(
-            f"deposit {from_base_units(amount, decimals)} {token} buys fewer than "
-            f"{terms.proof_interval} tokens (one proof interval) at this host's price; deposit "
-            f"at least {from_base_units(needed, decimals)}",
-            details={"needed": needed},
-        )
-    return price
-
-
 def _job_id(client: ChainClient, receipt: Any, first: str) -> int:
     from langchain_fabstir.chain._web3 import DISCARD
 
@@ -254,7 +207,9 @@ async def create_session_from_deposit(
     amount = to_base_units(deposit, decimals, what="deposit")
     if amount <= 0:
         raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = await _price(client, host, model, token, decimals, amount, max_price_per_token, terms)
+    price = await price_at_payment(
+        client, host, model, token, decimals, amount, max_price_per_token, terms
+    )
     await check_deposit_limits(client, token, amount)
     free, _locked, _total = await read_balances(client, token)
     if free < amount:
@@ -310,7 +265,9 @@ async def create_session_as_delegate(
     amount = to_base_units(deposit, decimals, what="deposit")
     if amount <= 0:
         raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = await _price(client, host, model, token, decimals, amount, max_price_per_token, terms)
+    price = await price_at_payment(
+        client, host, model, token, decimals, amount, max_price_per_token, terms
+    )
     await check_deposit_limits(client, token, amount)
     status = await delegate_status(client, payer, delegate, token)
     needed = from_base_units(amount, decimals)

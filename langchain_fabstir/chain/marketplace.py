@@ -232,6 +232,51 @@ def _check_job(job: SessionJob, *, depositor: str, host: str, deposit: int, pric
         )
 
 
+async def price_at_payment(
+    client: ChainClient,
+    host: HostRecord,
+    model: ModelRecord,
+    token: PaymentToken,
+    decimals: int,
+    amount: int,
+    max_price_per_token: Decimal | str | int | None,
+    terms: SessionTerms,
+) -> int:
+    """The host's price read now (``host.price`` from discovery may be stale), checked
+    against the user's limit and the proof interval."""
+    price = int(
+        await client.call(
+            client.node_registry.functions.getModelPricing(
+                host.address, bytes.fromhex(model.id[2:]), token_address(client, token)
+            ),
+            f"reading host {host.address}'s price",
+        )
+    )
+    if price <= 0:
+        raise PriceLimitError(
+            f"host {host.address} has no price for {model.name} in {token}",
+            details={"host": host.address},
+        )
+    if max_price_per_token is not None:
+        limit = price_limit(max_price_per_token, decimals)
+        if price > limit:
+            raise PriceLimitError(
+                f"host {host.address} asks {from_base_units(price, decimals) / PRICE_PRECISION} "
+                f"{token} per token, above your max_price_per_token {max_price_per_token}; "
+                "nothing was paid",
+                details={"host": host.address, "price": price, "limit": limit},
+            )
+    if amount * PRICE_PRECISION // price < terms.proof_interval:
+        needed = -(-terms.proof_interval * price // PRICE_PRECISION)
+        raise DepositLimitError(
+            f"deposit {from_base_units(amount, decimals)} {token} buys fewer than "
+            f"{terms.proof_interval} tokens (one proof interval) at this host's price; deposit "
+            f"at least {from_base_units(needed, decimals)}",
+            details={"needed": needed},
+        )
+    return price
+
+
 async def create_session_job(
     client: ChainClient,
     host: HostRecord,
@@ -264,35 +309,9 @@ async def create_session_job(
     amount = to_base_units(deposit, decimals, what="deposit")
     if amount <= 0:
         raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = int(
-        await client.call(
-            client.node_registry.functions.getModelPricing(
-                host.address, bytes.fromhex(model.id[2:]), token_address(client, token)
-            ),
-            f"reading host {host.address}'s price",
-        )
+    price = await price_at_payment(
+        client, host, model, token, decimals, amount, max_price_per_token, terms
     )
-    if price is None or price <= 0:
-        raise PriceLimitError(
-            f"host {host.address} has no price for {model.name} in {token}",
-            details={"host": host.address},
-        )
-    if max_price_per_token is not None:
-        limit = price_limit(max_price_per_token, decimals)
-        if price > limit:
-            raise PriceLimitError(
-                f"host {host.address} asks {from_base_units(price, decimals) / PRICE_PRECISION} "
-                f"{token} per token, above your max_price_per_token {max_price_per_token}; "
-                "nothing was paid",
-                details={"host": host.address, "price": price, "limit": limit},
-            )
-    if amount * PRICE_PRECISION // price < terms.proof_interval:
-        needed = -(-terms.proof_interval * price // PRICE_PRECISION)
-        raise DepositLimitError(
-            f"deposit {deposit} {token} buys fewer than {terms.proof_interval} tokens (one proof "
-            f"interval) at this host's price; deposit at least {from_base_units(needed, decimals)}",
-            details={"needed": needed},
-        )
     market = client.job_marketplace
     if token == "ETH":
         if amount < MIN_NATIVE_DEPOSIT:
