@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from langchain_fabstir.cli._common import CliError
+from langchain_fabstir.cli._common import CliError, terminal_text
 
 __all__ = ["QUESTIONS", "add_demo_parser", "run_conversation", "run_demo"]
 
@@ -51,12 +51,15 @@ async def run_conversation(
             max_tokens=max_tokens,
             temperature=0.2,
         )
-        print(f"Session {session.id} connected to {session.host_url} ({session.model})")
+        # host text (the model's name, its answers) reaches the terminal without escapes
+        print(
+            terminal_text(f"Session {session.id} connected to {session.host_url} ({session.model})")
+        )
         for question in questions:
             print(f"\nUser: {question}")
             print("Assistant: ", end="", flush=True)
             async for token in manager.stream_prompt(session.id, question):
-                print(token, end="", flush=True)
+                print(terminal_text(token), end="", flush=True)
             print()
         summary = await manager.end_session(session.id)
         print(f"\nSession ended. Total tokens: {summary.final_token_count}")
