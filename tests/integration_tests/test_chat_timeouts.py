@@ -4,10 +4,15 @@ frame; and every field is described."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
+import websockets
 from langchain_core.exceptions import ModelTimeoutError
+from websockets.asyncio.server import ServerConnection, serve
 
 from langchain_fabstir import ChatFabstir
 from langchain_fabstir._compat import timeout as bounded
@@ -83,3 +88,72 @@ def test_timeouts_map_to_the_session_config() -> None:
     assert default.answer_timeout == 900 and default.first_token_timeout == 60
     with pytest.raises(ValueError):
         ChatFabstir(host_url="http://127.0.0.1:1", timeout=0)
+
+
+@contextlib.asynccontextmanager
+async def flaky_host(rate_limit_first: bool) -> AsyncIterator[tuple[str, list[str]]]:
+    """A hand-written host. ``rate_limit_first``: the first prompt is refused with a 5 s
+    rate limit, else answered. Otherwise: the first socket sends one token and is closed,
+    and every later socket never greets (a reconnect that hangs)."""
+    prompts: list[str] = []
+    sockets = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal sockets
+        sockets += 1
+        if sockets > 1 and not rate_limit_first:
+            await ws.wait_closed()  # never greets: until the client or the server closes
+            return
+        await ws.send(json.dumps({"type": "connected", "message": "hi", "features": []}))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "session_init":
+                    ack = {"type": "session_init_ack", "status": "success", "id": msg.get("id")}
+                    await ws.send(json.dumps(ack))
+                elif msg["type"] == "prompt":
+                    prompts.append(msg["request"]["prompt"])
+                    rid = msg["id"]
+                    if rate_limit_first and len(prompts) == 1:
+                        error = "Rate limit exceeded, retry after 5 seconds"
+                        await ws.send(json.dumps({"type": "error", "error": error}))
+                        end = {"type": "stream_end", "reason": "error", "id": rid}
+                        await ws.send(json.dumps(end))
+                        continue
+                    frame = {"type": "stream_chunk", "content": "part ", "tokens": 1, "id": rid}
+                    await ws.send(json.dumps(frame))
+                    if not rate_limit_first:
+                        await ws.close()
+                        return
+                    await ws.send(
+                        json.dumps({"type": "stream_end", "reason": "complete", "id": rid})
+                    )
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"http://127.0.0.1:{port}", prompts
+
+
+async def test_timeout_bounds_a_reconnect_that_hangs() -> None:
+    async with flaky_host(rate_limit_first=False) as (url, prompts):
+        llm = ChatFabstir(host_url=url, timeout=1.5)
+        started = time.monotonic()
+        with pytest.raises(ResponseTimeoutError) as info:
+            async with bounded(20):
+                await llm.ainvoke("go")
+        elapsed = time.monotonic() - started
+    assert type(info.value) is ResponseTimeoutError
+    assert elapsed < 3, elapsed  # not the 10 s open_timeout of each reconnect
+    assert prompts == ["go"]
+
+
+async def test_timeout_does_not_wait_a_rate_limit_past_it() -> None:
+    async with flaky_host(rate_limit_first=True) as (url, prompts):
+        llm = ChatFabstir(host_url=url, timeout=1)
+        started = time.monotonic()
+        with pytest.raises(ResponseTimeoutError):
+            async with bounded(20):
+                await llm.ainvoke("go")
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.5, elapsed  # the host asked for 5 s, more than the call has
+    assert prompts == ["go"]
