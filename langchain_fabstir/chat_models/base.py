@@ -117,7 +117,10 @@ class ChatFabstir(BaseChatModel):
     Key init args — client params:
         host_url: one host URL, or a list tried in order (failover, see "Retries").
             Defaults to ``FABSTIR_HOST_URL``.
-        timeout: seconds to wait for the first token.
+        timeout: total deadline of one call in seconds (the whole answer, reconnects
+            included), as in langchain-openai: ``RESPONSE_TIMEOUT`` when it passes.
+        first_token_timeout: seconds from the prompt to the host's first frame (does
+            not bound a slow answer that has started).
         stream_chunk_timeout: seconds of silence allowed between chunks.
         max_retries: tries of one call in a row that bring no new token (see "Retries").
         job_id, chain_id: the on-chain job this conversation is paid by (optional).
@@ -216,7 +219,8 @@ class ChatFabstir(BaseChatModel):
         receive every piece once (text a host restates after a resume or continuation is
         dropped); the first chunk after it carries ``fabstir_resumed``.
 
-        Never retried: a host that sent nothing within ``timeout`` of the prompt
+        Never retried: a call past its ``timeout`` (the total deadline), a host that
+        sent nothing within ``first_token_timeout`` of the prompt
         (RESPONSE_TIMEOUT: it may still be working, and a prompt sent again could be
         billed twice), a longer rate limit, INVALID_REQUEST, TOKEN_LIMIT_EXCEEDED,
         MODEL_NOT_AVAILABLE, AUTH_FAILED. The error is typed with ``is_retryable`` (and
@@ -369,7 +373,10 @@ class ChatFabstir(BaseChatModel):
     """
 
     model_config = ConfigDict(
-        populate_by_name=True, arbitrary_types_allowed=True, hide_input_in_errors=True
+        populate_by_name=True,
+        arbitrary_types_allowed=True,
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
     )
 
     model: str | None = Field(default=None, alias="model_name")
@@ -387,10 +394,23 @@ class ChatFabstir(BaseChatModel):
     """Stop sequences, enforced on the client (the host is told to stop)."""
     seed: int | None = None
     """Sampling seed, sent to hosts that announce the ``seed`` extension."""
-    timeout: float | None = None
-    """Seconds to wait for the first token (default: the session config's 60 s)."""
-    stream_chunk_timeout: float | None = None
-    """Seconds of silence allowed between two chunks (default 30 s)."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Total deadline of one call, in seconds, as in langchain-openai: the whole answer,
+    from sending the prompt to its last token, reconnects and resumes included. When it
+    passes the call fails with ``RESPONSE_TIMEOUT`` (``ResponseTimeoutError``, never
+    retried): ``invoke`` returns nothing (the text so far is in the error's
+    ``details["partial_text"]``), ``stream`` keeps the chunks it already yielded. It is the
+    sessions' ``answer_timeout`` (``None``: ``session_config``'s, default 900 s). Connecting
+    is bounded separately (``session_config.open_timeout``/``ack_timeout``). Earlier, this
+    field was the first-token timeout: that is ``first_token_timeout`` now."""
+    first_token_timeout: float | None = Field(default=None, gt=0)
+    """Seconds from sending the prompt to the host's first frame (``RESPONSE_TIMEOUT``, not
+    retried: the host may still be working). It does not bound a slow answer that has
+    started (``timeout`` does). ``None``: ``session_config``'s, default 60 s."""
+    stream_chunk_timeout: float | None = Field(default=None, gt=0)
+    """Seconds of silence allowed between two chunks of an answer that has started
+    (``STREAM_CHUNK_TIMEOUT``, retried: see "Retries"). ``None``: ``session_config``'s
+    ``chunk_timeout``, default 30 s."""
     max_retries: int = 2
     """Tries of one call in a row that bring no new token: the ``reconnect_attempts`` of
     this model's sessions (see "Retries" in the class docstring; the total bound of a call
@@ -634,7 +654,9 @@ class ChatFabstir(BaseChatModel):
         if self.encryption is not None:
             updates["encryption"] = self.encryption
         if self.timeout is not None:
-            updates["first_token_timeout"] = self.timeout
+            updates["answer_timeout"] = self.timeout
+        if self.first_token_timeout is not None:
+            updates["first_token_timeout"] = self.first_token_timeout
         if self.stream_chunk_timeout is not None:
             updates["chunk_timeout"] = self.stream_chunk_timeout
         return config.model_copy(update=updates)
@@ -1184,3 +1206,32 @@ async def _dispatch_to_parent_run(proof: dict[str, Any]) -> None:
     node); a bare ``astream()`` has none, and the chunk metadata is the channel then."""
     with contextlib.suppress(RuntimeError):
         await adispatch_custom_event(CHECKPOINT_EVENT, proof)
+
+
+# Fields ChatFabstir inherits from LangChain carry no description of their own: give them
+# one, so ``ChatFabstir.model_fields`` and IDEs describe every field (the model's own
+# fields take theirs from their docstrings, ``use_attribute_docstrings``).
+_INHERITED_FIELD_DESCRIPTIONS = {
+    "name": "Name of this model in traces (LangChain's; default: the class name).",
+    "cache": "LangChain's response cache: True for the global cache, False for none, or a "
+    "BaseCache (None: the global cache when one is set).",
+    "verbose": "Whether LangChain prints the text of each run (default: its global setting).",
+    "callbacks": "Callback handlers run for every call of this model (LangChain's).",
+    "tags": "Tags added to the trace of every call (LangChain's).",
+    "metadata": "Metadata added to the trace of every call (LangChain's).",
+    "custom_get_token_ids": "A function that splits text into token ids for "
+    "get_num_tokens (LangChain's; default: a GPT-2 tokenizer).",
+    "rate_limiter": "A LangChain rate limiter, consulted once per request (invoke, stream, "
+    "each batch item).",
+    "disable_streaming": "True: stream yields one chunk, the whole answer; "
+    '"tool_calling": only when tools are bound (LangChain\'s).',
+    "output_version": 'Format of the content of the AIMessage LangChain writes ("v0" or '
+    '"v1"; default from LC_OUTPUT_VERSION).',
+    "profile": "What the model can do (a ModelProfile), filled from what the host "
+    "announces; a profile you pass is never changed.",
+}
+for _name, _description in _INHERITED_FIELD_DESCRIPTIONS.items():
+    _field = ChatFabstir.model_fields.get(_name)
+    if _field is not None and not _field.description:
+        _field.description = _description
+ChatFabstir.model_rebuild(force=True)

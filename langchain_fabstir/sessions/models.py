@@ -74,7 +74,10 @@ class SessionConfig(BaseModel):
     answer do not count as activity)."""
     answer_timeout: float | None = Field(default=900.0, gt=0)
     """The whole answer, from sending the prompt to its end, resumes included: a host
-    that keeps streaming forever ends here with ``RESPONSE_TIMEOUT`` (``None``: no limit)."""
+    that keeps streaming forever ends here with ``RESPONSE_TIMEOUT`` (``None``: no limit).
+    It bounds the answer's recovery too: a reconnect is cut at the deadline, and a rate
+    limit that asks for a longer wait than is left is not waited. ``ChatFabstir`` sets it
+    from its ``timeout``."""
     max_answer_chars: int = Field(default=4_000_000, ge=1)
     """Characters one answer may have; a host that sends more is stopped
     (``ANSWER_TOO_LARGE``). Bounds the client's memory per answer."""

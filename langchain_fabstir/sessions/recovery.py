@@ -28,6 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
     ConnectionFailedError,
     FabstirError,
@@ -270,10 +271,17 @@ class AnswerRecovery:
         if stream.chunks_received > self.progress_mark:
             self.stalled = 0
             self.progress_mark = stream.chunks_received
+        # The answer's deadline (answer_timeout) bounds its recovery too: no wait or
+        # reconnect goes past it.
+        time_left = stream.answer_time_left()
+        if time_left is not None and time_left <= 0:
+            raise stream.answer_timeout_error() from exc
         if isinstance(exc, RateLimitedError):
             wait = 1.0 if exc.retry_after is None else exc.retry_after
             if stream.pieces or wait > self.config.max_retry_after or self._left() <= 0:
                 raise self._give_up(exc)
+            if time_left is not None and wait >= time_left:
+                raise stream.answer_timeout_error() from exc
             self._count()
             await asyncio.sleep(wait)
             stream.reattach(stream.transport, self.payload)
@@ -298,10 +306,15 @@ class AnswerRecovery:
         await self._drop(exc)
         # After a try that brought nothing, go on with the next host first (if any).
         try:
-            transport = await self._reconnect(exc, self._left(), self._count, self.stalled)
+            async with _compat.timeout(time_left):
+                transport = await self._reconnect(exc, self._left(), self._count, self.stalled)
         except FabstirError as failed:
             self._give_up(failed)  # the answer's tries in all, not this reconnect's
             raise
+        except TimeoutError:
+            if time_left is None:
+                raise
+            raise stream.answer_timeout_error() from exc
         received = stream.chunks_received - self.segment_start
         if "resume" in transport.features and self.exact and transport.host_url == broken.host_url:
             # Offsets count from the start of the request being resumed (the prompt, or

@@ -248,6 +248,17 @@ class PromptStream:
             self._waiting_since = None
         return self.transport.decode(raw)  # (opens encrypted frames, see transport.py)
 
+    def answer_time_left(self) -> float | None:
+        """Seconds left before the answer's deadline (``answer_timeout``; ``None``: no
+        deadline, or the answer has not started)."""
+        if self._answer_deadline is None:
+            return None
+        return self._answer_deadline - self._loop.time()
+
+    def answer_timeout_error(self) -> ResponseTimeoutError:
+        """The error of an answer past its deadline (``RESPONSE_TIMEOUT``)."""
+        return self._answer_timeout_error()
+
     def _answer_timeout_error(self) -> ResponseTimeoutError:
         return ResponseTimeoutError(
             f"the answer from {self.transport.host_url} did not end within "
