@@ -38,6 +38,7 @@ from langchain_fabstir.cli._common import (
     add_chain_options,
     chain_config,
     decimal_amount,
+    help_text,
     money,
     read_host_key,
     read_secret_file,
@@ -473,7 +474,7 @@ def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "chat",
         parents=[common],
         help="chat with a host from the terminal",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chat.add_argument(

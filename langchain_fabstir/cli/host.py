@@ -77,7 +77,7 @@ def _engine(args: argparse.Namespace) -> Any:
                     str(path) if path is not None else None,
                     n_ctx=args.ctx or 8192,
                     n_parallel=args.max_concurrent or 2,
-                    seed=args.seed,
+                    seed=args.sampling_seed,
                     threads=args.threads,
                 )
             except EngineError:
@@ -219,6 +219,23 @@ def positive_float(text: str) -> float:
     return value
 
 
+class _DeprecatedSeed(argparse.Action):
+    """``--seed N``: the old name of ``--sampling-seed``, still accepted, with a warning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            "fabstir host: --seed is deprecated, use --sampling-seed (the S5 seed is --seed-file)",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
 def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     host = sub.add_parser(
         "host",
@@ -288,7 +305,20 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="context window in tokens (llama: 8192; openai: what the upstream says, else 32768)",
     )
-    host.add_argument("--seed", type=int, default=42, help="llama: sampling seed (42)")
+    host.add_argument(
+        "--sampling-seed",
+        type=int,
+        default=42,
+        metavar="N",
+        help="llama: the random seed of token sampling (42); not the S5 seed (--seed-file)",
+    )
+    host.add_argument(
+        "--seed",
+        dest="sampling_seed",
+        type=int,
+        action=_DeprecatedSeed,
+        help=argparse.SUPPRESS,
+    )
     host.add_argument("--threads", type=int, default=2, help="llama: CPU threads (2)")
     host.add_argument(
         "--rate-limit",
