@@ -132,6 +132,24 @@ def _listen_error(exc: OSError, bind: str, port: int) -> CliError:
     return CliError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}")
 
 
+async def _check_upstream(engine: Any) -> None:
+    """An OpenAI engine's upstream answers HTTP (any status), else a one-line failure: a
+    host saying READY in front of nothing would fail every chat."""
+    import httpx
+
+    url = f"{engine.base_url}/v1/models"
+    timeout = httpx.Timeout(engine.connect_timeout, connect=engine.connect_timeout)
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            async with client.stream("GET", url):
+                pass
+    except httpx.HTTPError as exc:
+        raise CliError(
+            f"the upstream {engine.base_url} cannot be reached ({type(exc).__name__}: "
+            f"{exc or 'no answer'}): start it, or give the right --upstream"
+        ) from exc
+
+
 async def serve_host(args: argparse.Namespace) -> None:
     from langchain_fabstir.host import ReferenceHost
 
@@ -158,7 +176,13 @@ async def serve_host(args: argparse.Namespace) -> None:
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
+            await _check_upstream(engine)
             await refresh()
+            if not engine.models():
+                raise CliError(
+                    f"the upstream {engine.base_url} lists no model (GET /v1/models): name "
+                    "one with --model"
+                )
         try:
             await host.start()
         except OSError as exc:
