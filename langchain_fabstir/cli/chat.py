@@ -401,7 +401,12 @@ class _Chat:
         from langchain_fabstir.errors import FabstirError
 
         loop = asyncio.get_running_loop()
-        await self.start()  # Ctrl-C while connecting: KeyboardInterrupt (main: exit 130)
+        try:
+            await self.start()  # Ctrl-C while connecting: KeyboardInterrupt (main: exit 130)
+        except FabstirError as exc:
+            if getattr(exc, "code", None) != "ENCRYPTION_UNAVAILABLE":
+                raise
+            raise CliError(_for_the_terminal(exc)) from exc
         loop.add_signal_handler(signal.SIGINT, self.on_sigint)
         try:
             lines = _Lines(sys.stdin)
@@ -430,10 +435,23 @@ class _Chat:
                         await self.ask(line)
                 except FabstirError as exc:  # the session goes on: say it, one line
                     self.say()
-                    print(f"fabstir chat: {terminal_text(str(exc))}", file=sys.stderr, flush=True)
+                    text = terminal_text(_for_the_terminal(exc))
+                    print(f"fabstir chat: {text}", file=sys.stderr, flush=True)
             await self.end()
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+
+
+def _for_the_terminal(exc: Exception) -> str:
+    """A library error's message, with the CLI's flags where it names a Python argument."""
+    text = str(exc)
+    if getattr(exc, "code", None) == "ENCRYPTION_UNAVAILABLE":
+        head = text.split(", so no prompt was sent", 1)[0]
+        return (
+            f"{head}, so no prompt was sent. Use a host started with a host key (fabstir "
+            "host --host-key-file PATH), or leave out --encrypted to talk in clear."
+        )
+    return text
 
 
 def system_prompt(value: str | None) -> str | None:

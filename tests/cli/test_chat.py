@@ -156,3 +156,12 @@ def test_counts_are_singular_for_one() -> None:
         "1 checkpoint",
         "2 checkpoints",
     ]
+
+
+def test_encrypted_against_a_keyless_host_names_the_cli_flags(slow_host: ThreadedHost) -> None:
+    done = run_cli("chat", "--host-url", slow_host.host.url, "--encrypted", stdin="hello\n")
+    assert "Traceback" not in done.stderr
+    assert "ENCRYPTION_UNAVAILABLE" in done.stderr, done.stderr
+    assert "create_session" not in done.stderr and "host_public_key" not in done.stderr
+    assert "--host-key-file" in done.stderr and "--encrypted" in done.stderr
+    assert not slow_host.host.requests  # no prompt was sent
