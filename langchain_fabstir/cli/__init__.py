@@ -37,7 +37,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from langchain_fabstir.cli._common import CliError, terminal_text
+from langchain_fabstir.cli._common import CliError, help_text, terminal_text
 from langchain_fabstir.cli.chat import add_chat_parser
 from langchain_fabstir.cli.demo import add_demo_parser, run_demo
 from langchain_fabstir.cli.host import add_host_parser, add_portal_parser, serve_host, serve_portal
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="fabstir",
-        description=(__doc__ or "").splitlines()[0],
+        description=help_text((__doc__ or "").splitlines()[0]),
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import stat
+import textwrap
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "add_chain_options",
     "chain_config",
     "decimal_amount",
+    "help_text",
     "money",
     "read_host_key",
     "read_secret_file",
@@ -41,6 +43,53 @@ class CliError(Exception):
         super().__init__(f"[{code}] {message}" if code else message)
         self.exit_code = exit_code
         self.code = code
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`~?([^`]+)`")
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` text for the terminal: Sphinx roles
+    (:class:`~a.b.C` -> ``C``, :func:, :meth:, :mod:, :data:, :attr:, :exc:, :obj:) become
+    the name, double backticks are dropped."""
+    text = doc or ""
+
+    def name(match: re.Match[str]) -> str:
+        target = match.group(1)
+        return target.rsplit(".", 1)[-1] if match.group(0).count("~") else target
+
+    text = _ROLE.sub(name, text).replace("``", "")
+    return "\n\n".join(_reflow(par) for par in text.strip().split("\n\n"))
+
+
+def _reflow(paragraph: str, width: int = 88) -> str:
+    """One paragraph re-wrapped (the roles removed shortened its lines); a bulleted list
+    keeps one item a line, code (indented or ``>>>``) is kept as it is."""
+    lines = paragraph.splitlines()
+    if not lines or lines[0].startswith((" ", ">>>")):
+        return paragraph
+    items: list[str] = []
+    for line in lines:
+        if line.startswith(("- ", "* ")) or not items or not line.startswith("  "):
+            if (
+                items
+                and not line.startswith(("- ", "* "))
+                and not items[-1].startswith(("- ", "* "))
+            ):
+                items[-1] += " " + line.strip()
+                continue
+            items.append(line.strip())
+        else:
+            items[-1] += " " + line.strip()
+    return "\n".join(
+        textwrap.fill(
+            item,
+            width,
+            break_on_hyphens=False,
+            subsequent_indent="  " if item[:2] in ("- ", "* ") else "",
+        )
+        for item in items
+    )
 
 
 UNPROTECTED_KEY_FILE = "UNPROTECTED_KEY_FILE"

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -38,6 +39,7 @@ from langchain_fabstir.cli._common import (
     add_chain_options,
     chain_config,
     decimal_amount,
+    help_text,
     money,
     read_host_key,
     read_secret_file,
@@ -63,6 +65,11 @@ COMMANDS = {
 
 MAX_LINE = 1024 * 1024
 """The longest input line kept (bytes); more is refused."""
+
+
+def _count(n: int, word: str) -> str:
+    """``1 checkpoint``, ``2 checkpoints``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class _Lines:
@@ -231,7 +238,7 @@ class _Chat:
         self.price = None
         line = (
             f"session {s.id} ended: {summary.final_token_count} tokens, "
-            f"{len(summary.checkpoint_proofs)} checkpoints"
+            f"{_count(len(summary.checkpoint_proofs), 'checkpoint')}"
         )
         if summary.job_id is not None:
             state = (summary.settlement or {}).get("state", "unknown (the chain did not answer)")
@@ -240,19 +247,43 @@ class _Chat:
                 f"follow it with: fabstir jobs watch {summary.job_id})"
             )
         if self.manager.storage is not None:
-            line += f"; kept on S5, resume with: fabstir chat --resume {s.id}"
+            line += f"; kept on S5, resume with: {self.resume_command(s.id, s.host_url)}"
         self.say(line)
+
+    def resume_command(self, sid: str, host_url: str) -> str:
+        """The whole command that resumes ``sid``: the host, the portal, and the files and
+        chain this chat was started with (paths and names only, never a secret: a seed or
+        key given in the environment stays there, and the RPC URL may hold an API key)."""
+        a = self.args
+        words = ["fabstir", "chat", "--host-url", host_url]
+        for flag, value in (
+            ("--model", a.model),
+            ("--portal-url", a.portal_url),
+            ("--seed-file", a.seed_file),
+            ("--key-file", a.key_file),
+            ("--chain-config", getattr(a, "chain_config", None)),
+            ("--network", getattr(a, "network", None)),
+            ("--payment-token", None if a.payment_token == "ETH" else a.payment_token),
+        ):
+            if value:
+                words += [flag, str(value)]
+        if a.encrypted:
+            words.append("--encrypted")
+        words += ["--resume", sid]
+        return terminal_text(shlex.join(words))
 
     # --- one answer -------------------------------------------------------------------
 
     async def ask(self, text: str) -> None:
         assert self.session is not None
         sid = self.session.id
-        started = time.monotonic()
         first: list[float] = []
         last: list[Any] = []
+        ended: list[float] = []
+        received = 0
 
         async def stream() -> None:
+            nonlocal received
             async with contextlib.aclosing(self.manager.open_stream(sid, text)) as pieces:
                 async for s, piece in pieces:
                     if not first:
@@ -261,6 +292,8 @@ class _Chat:
                         last.append(s)
                     self.out.write(terminal_text(piece))  # host text: no escapes, no CR
                     self.out.flush()
+                    received += 1
+            ended.append(time.monotonic())
 
         self.answer = asyncio.create_task(stream())
         self.interrupted = stopped = False
@@ -276,20 +309,32 @@ class _Chat:
         if stopped:
             self.say("[stopped]", dim=True)
         result = last[0].result if last else None
-        self.say(self.status(result, started, first[0] if first else None), dim=True)
+        end = ended[0] if ended else time.monotonic()
+        self.say(self.status(result, first[0] if first else None, end, received), dim=True)
 
-    def status(self, result: Any, started: float, first: float | None) -> str:
+    def status(self, result: Any, first: float | None, end: float, pieces: int) -> str:
+        """The line after an answer. The rate is measured from the first token to the last
+        (the wait for the first token is the host's prompt processing, not its speed); a
+        stopped answer has no final counts from the host: ``~N`` is the pieces received."""
         s = self.session
         assert s is not None
-        tokens_in = result.input_tokens if result is not None else 0
-        tokens_out = result.output_tokens if result is not None else 0
+        tokens_in: Any = (result.input_tokens if result is not None else 0) or "-"
+        tokens_out: Any = result.output_tokens if result is not None else 0
         if result is not None and not tokens_out:
             tokens_out = result.tokens_used
-        elapsed = time.monotonic() - (first or started)
-        rate = f"{tokens_out / elapsed:.1f} tok/s" if tokens_out and elapsed > 0 else "- tok/s"
+        streamed = tokens_out
+        if not tokens_out and pieces:  # stopped: the host sent no final counts
+            streamed, tokens_out = pieces, f"~{pieces}"
+        elapsed = end - first if first is not None else 0.0
+        rate = (
+            f"{(streamed - 1) / elapsed:.1f} tok/s"
+            if streamed > 1 and elapsed > 0.01
+            else "- tok/s"
+        )
         cost = self.cost()
+        checkpoints = _count(s.checkpoint_count, "checkpoint")
         return (
-            f"[{tokens_in} in, {tokens_out} out, {rate}, {s.checkpoint_count} checkpoints, "
+            f"[{tokens_in} in, {tokens_out} out, {rate}, {checkpoints}, "
             f"{'encrypted' if s.encrypted else 'not encrypted'}, {s.host_url}"
             + (f", cost {cost}" if cost is not None else "")
             + "]"
@@ -336,7 +381,8 @@ class _Chat:
                 self.say(f"saved to {rest}")
             elif self.manager.storage is not None:
                 cid = await self.manager.save_to_s5(sid, export)
-                self.say(f"saved on S5: {cid} (resume with: fabstir chat --resume {sid})")
+                resume = self.resume_command(sid, self.session.host_url)
+                self.say(f"saved on S5: {cid} (resume with: {resume})")
             else:
                 self.say("/save FILE, or start with --portal-url and a seed to keep it on S5")
         elif name == "/share":
@@ -355,7 +401,12 @@ class _Chat:
         from langchain_fabstir.errors import FabstirError
 
         loop = asyncio.get_running_loop()
-        await self.start()  # Ctrl-C while connecting: KeyboardInterrupt (main: exit 130)
+        try:
+            await self.start()  # Ctrl-C while connecting: KeyboardInterrupt (main: exit 130)
+        except FabstirError as exc:
+            if getattr(exc, "code", None) != "ENCRYPTION_UNAVAILABLE":
+                raise
+            raise CliError(_for_the_terminal(exc)) from exc
         loop.add_signal_handler(signal.SIGINT, self.on_sigint)
         try:
             lines = _Lines(sys.stdin)
@@ -384,10 +435,23 @@ class _Chat:
                         await self.ask(line)
                 except FabstirError as exc:  # the session goes on: say it, one line
                     self.say()
-                    print(f"fabstir chat: {terminal_text(str(exc))}", file=sys.stderr, flush=True)
+                    text = terminal_text(_for_the_terminal(exc))
+                    print(f"fabstir chat: {text}", file=sys.stderr, flush=True)
             await self.end()
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+
+
+def _for_the_terminal(exc: Exception) -> str:
+    """A library error's message, with the CLI's flags where it names a Python argument."""
+    text = str(exc)
+    if getattr(exc, "code", None) == "ENCRYPTION_UNAVAILABLE":
+        head = text.split(", so no prompt was sent", 1)[0]
+        return (
+            f"{head}, so no prompt was sent. Use a host started with a host key (fabstir "
+            "host --host-key-file PATH), or leave out --encrypted to talk in clear."
+        )
+    return text
 
 
 def system_prompt(value: str | None) -> str | None:
@@ -473,7 +537,7 @@ def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "chat",
         parents=[common],
         help="chat with a host from the terminal",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chat.add_argument(

@@ -77,7 +77,7 @@ def _engine(args: argparse.Namespace) -> Any:
                     str(path) if path is not None else None,
                     n_ctx=args.ctx or 8192,
                     n_parallel=args.max_concurrent or 2,
-                    seed=args.seed,
+                    seed=args.sampling_seed,
                     threads=args.threads,
                 )
             except EngineError:
@@ -132,6 +132,24 @@ def _listen_error(exc: OSError, bind: str, port: int) -> CliError:
     return CliError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}")
 
 
+async def _check_upstream(engine: Any) -> None:
+    """An OpenAI engine's upstream answers HTTP (any status), else a one-line failure: a
+    host saying READY in front of nothing would fail every chat."""
+    import httpx
+
+    url = f"{engine.base_url}/v1/models"
+    timeout = httpx.Timeout(engine.connect_timeout, connect=engine.connect_timeout)
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            async with client.stream("GET", url):
+                pass
+    except httpx.HTTPError as exc:
+        raise CliError(
+            f"the upstream {engine.base_url} cannot be reached ({type(exc).__name__}: "
+            f"{exc or 'no answer'}): start it, or give the right --upstream"
+        ) from exc
+
+
 async def serve_host(args: argparse.Namespace) -> None:
     from langchain_fabstir.host import ReferenceHost
 
@@ -158,7 +176,13 @@ async def serve_host(args: argparse.Namespace) -> None:
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
+            await _check_upstream(engine)
             await refresh()
+            if not engine.models():
+                raise CliError(
+                    f"the upstream {engine.base_url} lists no model (GET /v1/models): name "
+                    "one with --model"
+                )
         try:
             await host.start()
         except OSError as exc:
@@ -217,6 +241,23 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
+
+
+class _DeprecatedSeed(argparse.Action):
+    """``--seed N``: the old name of ``--sampling-seed``, still accepted, with a warning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            "fabstir host: --seed is deprecated, use --sampling-seed (the S5 seed is --seed-file)",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
 
 
 def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -288,7 +329,20 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="context window in tokens (llama: 8192; openai: what the upstream says, else 32768)",
     )
-    host.add_argument("--seed", type=int, default=42, help="llama: sampling seed (42)")
+    host.add_argument(
+        "--sampling-seed",
+        type=int,
+        default=42,
+        metavar="N",
+        help="llama: the random seed of token sampling (42); not the S5 seed (--seed-file)",
+    )
+    host.add_argument(
+        "--seed",
+        dest="sampling_seed",
+        type=int,
+        action=_DeprecatedSeed,
+        help=argparse.SUPPRESS,
+    )
     host.add_argument("--threads", type=int, default=2, help="llama: CPU threads (2)")
     host.add_argument(
         "--rate-limit",

@@ -29,6 +29,7 @@ from langchain_fabstir.cli._common import (
     CliError,
     add_chain_options,
     chain_config,
+    help_text,
     money,
     terminal_text,
 )
@@ -273,14 +274,19 @@ def add_hosts_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "hosts",
         parents=[common],
         help="list and probe the hosts of every configured source",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hosts.add_argument("--host", action="append", metavar="URL", help="a host URL, repeatable")
     hosts.add_argument(
         "--registry",
         metavar="FILE|URL",
-        help="a host registry: a JSON file or an http(s) URL",
+        help="a host registry: a JSON file or an http(s) URL holding an array of hosts, "
+        'each a URL string or an object {"url": ..., "address": "0x...", '
+        '"models": ["id", ...], "price": PRICE_PER_1K_TOKENS} (only url is '
+        'required), or {"hosts": [...]} holding that array; e.g. '
+        '["http://127.0.0.1:8080", {"url": "https://h.example.org", '
+        '"price": 0.2}]',
     )
     hosts.add_argument(
         "--model",

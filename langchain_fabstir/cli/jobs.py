@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from langchain_fabstir.cli._common import (
     add_chain_options,
     chain_config,
+    help_text,
     money,
     read_host_key,
     terminal_text,
@@ -235,7 +236,7 @@ def add_jobs_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "jobs",
         parents=[common],
         help="show, watch and settle your session jobs on chain; withdraw refunds",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = jobs.add_subparsers(dest="jobs_command", required=True)

@@ -31,7 +31,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from langchain_fabstir.cli._common import CliError, read_host_key, read_seed, write_private
+from langchain_fabstir.cli._common import (
+    CliError,
+    help_text,
+    read_host_key,
+    read_seed,
+    write_private,
+)
 
 __all__ = ["ETH_FILE", "SEED_FILE", "add_keys_parser", "default_keys_dir", "public_parts"]
 
@@ -194,7 +200,7 @@ def add_keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "keys",
         parents=[common],
         help="make or show an S5 seed phrase and an Ethereum key",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = keys.add_subparsers(dest="keys_command", required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from tests.cli.conftest import Terminal, child_env, run_cli, wait_event
@@ -27,7 +28,8 @@ def test_ctrl_c_stops_the_answer_then_the_chat_goes_on_and_ctrl_d_ends_it(
         out = term.expect("you> ", timeout=30)  # back at the prompt, the session alive
         assert "[stopped]" in out
         assert "w399" not in out
-        assert re.search(r"\[\d+ in, \d+ out, .*not encrypted, http://127\.0\.0\.1", out)
+        # no final counts from the host: the pieces received, not "0 out"
+        assert re.search(r"\[- in, ~[1-9]\d* out, .*not encrypted, http://127\.0\.0\.1", out)
 
         term.send(b"second question\r")
         out = term.expect("you> ", timeout=30)
@@ -95,7 +97,7 @@ def test_a_conversation_kept_on_s5_is_resumed(
     s5 += ["--key-file", str(keys_dir / "eth.key")]
     first = run_cli("chat", "--host-url", slow_host.host.url, *s5, stdin="remember apples\n")
     assert first.returncode == 0, first.stderr
-    found = re.search(r"fabstir chat --resume (\w+)", first.stdout)
+    found = re.search(r"--resume (\w+)", first.stdout)
     assert found, first.stdout
     second = run_cli(
         "chat",
@@ -115,6 +117,27 @@ def test_a_conversation_kept_on_s5_is_resumed(
     assert "remember apples" in context
 
 
+def test_the_printed_resume_command_resumes_as_printed(
+    slow_host: ThreadedHost, portal: ThreadedPortal, keys_dir: Path
+) -> None:
+    """The closing hint is a whole command (host, portal, seed and key files), no secret."""
+    s5 = ["--portal-url", portal.url, "--seed-file", str(keys_dir / "s5.seed")]
+    s5 += ["--key-file", str(keys_dir / "eth.key")]
+    first = run_cli("chat", "--host-url", slow_host.host.url, *s5, stdin="remember apples\n")
+    assert first.returncode == 0, first.stderr
+    found = re.search(r"resume with: (fabstir chat .*)$", first.stdout, re.MULTILINE)
+    assert found, first.stdout
+    printed = found.group(1)
+    for secret in ("s5.seed", "eth.key"):
+        assert (keys_dir / secret).read_text().strip() not in printed
+    words = shlex.split(printed)
+    assert words[:2] == ["fabstir", "chat"]
+    second = run_cli(*words[1:], stdin="/history\n")
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stdout
+    assert "assistant: Echo: remember apples" in second.stdout
+
+
 def test_an_overlong_input_line_is_dropped_whole(slow_host: ThreadedHost) -> None:
     """Memory stays bounded: a line over 1 MiB is refused, none of it sent as a prompt."""
     result = run_cli(
@@ -123,3 +146,22 @@ def test_an_overlong_input_line_is_dropped_whole(slow_host: ThreadedHost) -> Non
     assert result.returncode == 0, result.stderr
     assert "input line too long, ignored" in result.stderr
     assert [r.prompt for r in slow_host.host.requests] == ["short"]
+
+
+def test_counts_are_singular_for_one() -> None:
+    from langchain_fabstir.cli.chat import _count
+
+    assert [_count(n, "checkpoint") for n in (0, 1, 2)] == [
+        "0 checkpoints",
+        "1 checkpoint",
+        "2 checkpoints",
+    ]
+
+
+def test_encrypted_against_a_keyless_host_names_the_cli_flags(slow_host: ThreadedHost) -> None:
+    done = run_cli("chat", "--host-url", slow_host.host.url, "--encrypted", stdin="hello\n")
+    assert "Traceback" not in done.stderr
+    assert "ENCRYPTION_UNAVAILABLE" in done.stderr, done.stderr
+    assert "create_session" not in done.stderr and "host_public_key" not in done.stderr
+    assert "--host-key-file" in done.stderr and "--encrypted" in done.stderr
+    assert not slow_host.host.requests  # no prompt was sent
