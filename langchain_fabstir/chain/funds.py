@@ -21,9 +21,8 @@ from langchain_fabstir.chain.marketplace import (
     CreatedJob,
     _check_job,
     from_base_units,
-    price_at_payment,
+    priced_deposit,
     read_job,
-    to_base_units,
     token_decimals,
 )
 from langchain_fabstir.chain.registry import HostRecord, ModelRecord, PaymentToken, token_address
@@ -202,13 +201,14 @@ async def create_session_from_deposit(
     depositor = client.address
     if depositor is None:
         raise InvalidRequestError("paying for a session needs the user's key (private_key=)")
-    terms = terms or client.config.terms
-    decimals = await token_decimals(client, token)
-    amount = to_base_units(deposit, decimals, what="deposit")
-    if amount <= 0:
-        raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = await price_at_payment(
-        client, host, model, token, decimals, amount, max_price_per_token, terms
+    terms, decimals, amount, price = await priced_deposit(
+        client,
+        host,
+        model,
+        deposit=deposit,
+        token=token,
+        max_price_per_token=max_price_per_token,
+        terms=terms,
     )
     await check_deposit_limits(client, token, amount)
     free, _locked, _total = await read_balances(client, token)
@@ -260,13 +260,14 @@ async def create_session_as_delegate(
             'use payment_token="USDC"'
         )
     payer = checked_address(payer, "payer")
-    terms = terms or client.config.terms
-    decimals = await token_decimals(client, token)
-    amount = to_base_units(deposit, decimals, what="deposit")
-    if amount <= 0:
-        raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = await price_at_payment(
-        client, host, model, token, decimals, amount, max_price_per_token, terms
+    terms, decimals, amount, price = await priced_deposit(
+        client,
+        host,
+        model,
+        deposit=deposit,
+        token=token,
+        max_price_per_token=max_price_per_token,
+        terms=terms,
     )
     await check_deposit_limits(client, token, amount)
     status = await delegate_status(client, payer, delegate, token)

@@ -277,6 +277,32 @@ async def price_at_payment(
     return price
 
 
+async def priced_deposit(
+    client: ChainClient,
+    host: HostRecord,
+    model: ModelRecord,
+    *,
+    deposit: Decimal | str | int,
+    token: PaymentToken,
+    max_price_per_token: Decimal | str | int | None,
+    terms: SessionTerms | None,
+) -> tuple[SessionTerms, int, int, int]:
+    """What every way of creating a job checks first: ``(terms, decimals, amount, price)``,
+    the deposit in base units (``DEPOSIT_LIMIT`` when zero) and the host's price read now
+    (:func:`price_at_payment`)."""
+    if max_price_per_token is not None:
+        parse_amount(max_price_per_token, "max_price_per_token")
+    terms = terms or client.config.terms
+    decimals = await token_decimals(client, token)
+    amount = to_base_units(deposit, decimals, what="deposit")
+    if amount <= 0:
+        raise DepositLimitError(f"deposit {deposit} {token} is zero")
+    price = await price_at_payment(
+        client, host, model, token, decimals, amount, max_price_per_token, terms
+    )
+    return terms, decimals, amount, price
+
+
 async def create_session_job(
     client: ChainClient,
     host: HostRecord,
@@ -302,15 +328,14 @@ async def create_session_job(
     depositor = client.address
     if depositor is None:
         raise InvalidRequestError("paying for a session needs the user's key (private_key=)")
-    if max_price_per_token is not None:
-        parse_amount(max_price_per_token, "max_price_per_token")
-    terms = terms or client.config.terms
-    decimals = await token_decimals(client, token)
-    amount = to_base_units(deposit, decimals, what="deposit")
-    if amount <= 0:
-        raise DepositLimitError(f"deposit {deposit} {token} is zero")
-    price = await price_at_payment(
-        client, host, model, token, decimals, amount, max_price_per_token, terms
+    terms, decimals, amount, price = await priced_deposit(
+        client,
+        host,
+        model,
+        deposit=deposit,
+        token=token,
+        max_price_per_token=max_price_per_token,
+        terms=terms,
     )
     market = client.job_marketplace
     if token == "ETH":
