@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import SecretStr
 
@@ -101,7 +101,10 @@ if TYPE_CHECKING:
     from langchain_fabstir.sessions.audit import ChainRecovery, JobAudit
     from langchain_fabstir.wire.encryption import RecoveryKey
 
+
 __all__ = ["SessionManager"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -1266,19 +1269,9 @@ class SessionManager:
         Works for any job (another user's too): it needs no key, only the chain."""
         from langchain_fabstir.sessions.audit import audit_job
 
-        job_id, recovery_key = self._job_and_key(job_id, recovery_key)
-        client = self._chain().client
-        async with contextlib.AsyncExitStack() as stack:
-            if isinstance(portal, str):
-                portal = await stack.enter_async_context(S5PortalClient(portal))
-            return await audit_job(
-                client,
-                job_id,
-                portal,
-                recovery_key=recovery_key,
-                from_block=from_block,
-                block_range=block_range,
-            )
+        return await self._from_chain(
+            audit_job, job_id, portal, recovery_key, from_block, block_range
+        )
 
     async def recover_from_chain(
         self,
@@ -1296,12 +1289,27 @@ class SessionManager:
         :class:`~langchain_fabstir.sessions.audit.ChainRecovery`."""
         from langchain_fabstir.sessions.audit import recover_from_chain
 
+        return await self._from_chain(
+            recover_from_chain, job_id, portal, recovery_key, from_block, block_range
+        )
+
+    async def _from_chain(
+        self,
+        read: Callable[..., Awaitable[_T]],
+        job_id: int,
+        portal: S5PortalClient | str,
+        recovery_key: RecoveryKey | None,
+        from_block: int | None,
+        block_range: int,
+    ) -> _T:
+        """``read(client, job_id, portal, ...)`` with a portal client opened for the call
+        when ``portal`` is a URL (:meth:`audit_job`, :meth:`recover_from_chain`)."""
         job_id, recovery_key = self._job_and_key(job_id, recovery_key)
         client = self._chain().client
         async with contextlib.AsyncExitStack() as stack:
             if isinstance(portal, str):
                 portal = await stack.enter_async_context(S5PortalClient(portal))
-            return await recover_from_chain(
+            return await read(
                 client,
                 job_id,
                 portal,
