@@ -34,6 +34,7 @@ from langchain_fabstir.errors import (
     FabstirError,
     HostDisconnectedError,
     HostIdentityError,
+    ModelNotAvailableError,
     ProtocolError,
     ResponseTimeoutError,
 )
@@ -51,11 +52,54 @@ from langchain_fabstir.sessions.trust import (
 from langchain_fabstir.wire.encryption import RecoveryKey, SessionCipher, seal_session_init
 from langchain_fabstir.wire.frames import ErrorFrame, SessionInit, SessionInitAck
 
-__all__ = ["Connector"]
+__all__ = ["Connector", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[..., Awaitable[None]]
+
+
+def resolve_model(
+    model: str | None,
+    listed: list[str],
+    *,
+    allow_fallback: bool,
+    host_url: str,
+    session: Session,
+) -> str | None:
+    """The model that will serve a request for ``model`` on a host listing ``listed``.
+
+    A host serves a model name it does not know with its default model, silently, so a
+    name the host does not list is refused (``MODEL_NOT_AVAILABLE``), or, with
+    ``allow_fallback``, replaced by the host's first model, which is then reported.
+    Nothing is checked when the host lists nothing (deployed nodes send no list: a
+    job's model is checked on chain), for ``"default"``, or for a session of a job.
+
+    >>> s = Session(id="s", host_url="ws://h", model="")
+    >>> resolve_model("b", ["a", "b"], allow_fallback=False, host_url="ws://h", session=s)
+    'b'
+    >>> resolve_model("x", ["a"], allow_fallback=True, host_url="ws://h", session=s)
+    'a'
+    >>> resolve_model("x", ["a"], allow_fallback=False, host_url="ws://h", session=s)
+    Traceback (most recent call last):
+    ...
+    langchain_fabstir.errors.ModelNotAvailableError: [MODEL_NOT_AVAILABLE] host ws://h ...
+    """
+    if not listed or not model or model in listed or model == "default":
+        return model
+    if session.job_id is not None:
+        return model  # (a session job's model is the one its host registered on chain)
+    if not allow_fallback:
+        raise ModelNotAvailableError(
+            f"host {host_url} does not serve model {model!r} (it lists "
+            f"{', '.join(map(repr, listed[:10]))}); pick one of those, or set "
+            "SessionConfig(allow_model_fallback=True) to accept the host's default",
+            host_url=host_url,
+            session_id=session.id,
+            details={"model": model, "models": listed[:10]},
+        )
+    log.warning("host %s does not serve %r: %r serves", host_url, model, listed[0])
+    return listed[0]
 
 
 class Connector:
@@ -172,8 +216,23 @@ class Connector:
             await transport.close()
             raise
         state.remember_socket(transport)
-        if not session.model and transport.greeting.models:
-            session.model = transport.greeting.models[0]
+        listed = transport.greeting.models
+        if not session.model and listed:
+            session.model = listed[0]
+        try:  # a model the host does not list is refused now, not at the first prompt
+            session.model = (
+                resolve_model(
+                    session.model,
+                    listed,
+                    allow_fallback=self.config.allow_model_fallback,
+                    host_url=host_url,
+                    session=session,
+                )
+                or ""
+            )
+        except ModelNotAvailableError:
+            await transport.close()
+            raise
         if self.discovery is not None:
             self.discovery.record_success(host_url)
         return transport

@@ -61,14 +61,13 @@ from langchain_fabstir.errors import (
     CheckpointError,
     FabstirError,
     InvalidRequestError,
-    ModelNotAvailableError,
     PlaintextFramesRefusedError,
     SessionNotFoundError,
     SessionTimeoutError,
 )
 from langchain_fabstir.s5.client import S5PortalClient
 from langchain_fabstir.sessions.budget import SpendBudget
-from langchain_fabstir.sessions.connection import Connector
+from langchain_fabstir.sessions.connection import Connector, resolve_model
 from langchain_fabstir.sessions.models import (
     Message,
     Session,
@@ -668,27 +667,20 @@ class SessionManager:
                     await self._persistence.persist(state, recorded)
 
     def _check_model(self, session: Session, transport: Transport, request: dict[str, Any]) -> None:
-        """Refuse a model the host does not list (``MODEL_NOT_AVAILABLE``; sessions
-        without a job: a job's model was checked on chain), or, with
-        ``allow_model_fallback``, ask for the host's first model and report that one:
-        a host serves an unknown model name with its default model, silently."""
-        listed = transport.greeting.models
+        """The model a prompt asks for, checked against what its host lists
+        (:func:`~langchain_fabstir.sessions.connection.resolve_model`)."""
         model = request.get("model")
-        if not listed or model in listed or model == "default" or session.job_id is not None:
-            return  # (a session job's model is the one its host registered on chain)
-        if not self.config.allow_model_fallback:
-            raise ModelNotAvailableError(
-                f"host {transport.host_url} does not serve model {model!r} (it lists "
-                f"{', '.join(map(repr, listed[:10]))}); pick one of those, or set "
-                "SessionConfig(allow_model_fallback=True) to accept the host's default",
-                host_url=transport.host_url,
-                session_id=session.id,
-                details={"model": model, "models": listed[:10]},
-            )
-        log.warning("host %s does not serve %r: %r serves", transport.host_url, model, listed[0])
-        request["model"] = listed[0]
-        if session.model == model:
-            session.model = listed[0]
+        served = resolve_model(
+            model,
+            transport.greeting.models,
+            allow_fallback=self.config.allow_model_fallback,
+            host_url=transport.host_url,
+            session=session,
+        )
+        if served != model:
+            request["model"] = served
+            if session.model == model:
+                session.model = served
 
     async def _settle(
         self, state: SessionState, stream: PromptStream, proof: CheckpointProof

@@ -165,3 +165,14 @@ def test_encrypted_against_a_keyless_host_names_the_cli_flags(slow_host: Threade
     assert "create_session" not in done.stderr and "host_public_key" not in done.stderr
     assert "--host-key-file" in done.stderr and "--encrypted" in done.stderr
     assert not slow_host.host.requests  # no prompt was sent
+
+
+def test_the_banner_names_the_model_that_serves(slow_host: ThreadedHost) -> None:
+    url = slow_host.host.url
+    unknown = run_cli("chat", "--host-url", url, "--model", "no-such-model", stdin="hi\n")
+    assert unknown.returncode != 0
+    assert "MODEL_NOT_AVAILABLE" in unknown.stderr and "'echo'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and "no-such-model" not in unknown.stdout
+    default = run_cli("chat", "--host-url", url, stdin="hi\n")
+    assert default.returncode == 0, default.stderr
+    assert "(model echo," in default.stdout  # the host's default, by its name

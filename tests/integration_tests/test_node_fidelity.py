@@ -226,9 +226,17 @@ async def test_an_unknown_model_is_refused_unless_the_fallback_is_allowed() -> N
         msg = await lenient.ainvoke("hi")
         assert msg.response_metadata["model_name"] == "echo"  # what served
         async with SessionManager(host_url=host.url) as manager:
+            with pytest.raises(ModelNotAvailableError):  # refused when it connects
+                await manager.create_session(model="nope")
+            assert not manager.sessions
+            later = await manager.create_session(model="nope", connect=False)
+            with pytest.raises(ModelNotAvailableError):  # or at the first prompt
+                await manager.prompt(later.id, "hi")
+        async with SessionManager(
+            host_url=host.url, config=SessionConfig(allow_model_fallback=True)
+        ) as manager:
             session = await manager.create_session(model="nope")
-            with pytest.raises(ModelNotAvailableError):
-                await manager.prompt(session.id, "hi")
+            assert session.model == "echo"  # what serves, before any prompt
 
 
 async def test_the_reference_host_serves_v1_health() -> None:
