@@ -679,7 +679,7 @@ class SessionManager:
         )
         if served != model:
             request["model"] = served
-            if session.model == model:
+            if session.model == model and served is not None:
                 session.model = served
 
     async def _settle(
