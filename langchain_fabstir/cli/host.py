@@ -16,6 +16,8 @@ from pydantic import SecretStr
 
 from langchain_fabstir.cli._common import (
     CliError,
+    add_chain_options,
+    chain_config,
     read_host_key,
     read_seed,
     s5_options,
@@ -108,6 +110,8 @@ def _summary(host: Any, engine: Any) -> str:
     ]
     if host.s5_checkpoints is not None:
         parts.append("checkpoints published on S5")
+    if host.chain is not None:
+        parts.append(f"proofs and settlement on chain {host.chain.client.config.chain_id}")
     return "; ".join(parts)
 
 
@@ -160,6 +164,12 @@ async def serve_host(args: argparse.Namespace) -> None:
             "publishing checkpoints on S5 needs a host key: --host-key-file PATH or "
             "FABSTIR_HOST_KEY (`fabstir keys new` makes one)"
         )
+    chain = chain_config(args)
+    if chain is not None and (key is None or not args.portal_url or seed is None):
+        raise CliError(
+            "proving sessions on chain needs a host key (--host-key-file or "
+            "FABSTIR_HOST_KEY) and an S5 store for the proofs (--portal-url and --seed-file)"
+        )
     engine = _engine(args)
     try:
         host = ReferenceHost(
@@ -173,6 +183,8 @@ async def serve_host(args: argparse.Namespace) -> None:
             public_url=args.public_url,
             search_upstream=args.search_upstream,
             diffusion_upstream=args.diffusion_upstream,
+            chain=chain,
+            settle_delay=args.settle_delay,
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -386,6 +398,15 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an OpenAI-compatible images API for POST /v1/images/generate (the host "
         "calls URL/v1/images/generations with response_format b64_json); without it "
         "the route answers 503, as a node without a diffusion sidecar",
+    )
+    add_chain_options(host)
+    host.add_argument(
+        "--settle-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with a chain: seconds between a job's last socket closing and the host "
+        "completing it (default: the contract's dispute window plus 5, as nodes wait)",
     )
 
 

@@ -46,6 +46,7 @@ from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._version import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import EncryptionError, ProtocolError
+from langchain_fabstir.host.chain_proofs import HostChain
 from langchain_fabstir.host.embeddings import Embedder, EmbedRoute
 from langchain_fabstir.host.engines import (
     Engine,
@@ -223,6 +224,7 @@ class _Connection:
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
         self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
+        self.jobs: list[int] = []  # on-chain jobs this socket bound (settled at its close)
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
@@ -358,6 +360,7 @@ class _Connection:
                 self.host.histories.reset(str(frame.session_id))
             self.job_id = frame.job_id
             self.chain_id = frame.chain_id
+            self.host._bind_job(self, frame.job_id)
             previous = (frame.model_extra or {}).get("resume_token")
             if isinstance(previous, str):
                 # A client back on a new socket: what its old socket owned is its now.
@@ -452,6 +455,7 @@ class _Connection:
         if session_id is not None:  # created only if absent: a re-init keeps the history
             self.host.histories.ensure(session_id)
         self.job_id = job
+        self.host._bind_job(self, job)
         chain = extra.get("chain_id", extra.get("chainId"))
         self.chain_id = int(chain) if isinstance(chain, int) else self.chain_id
         model = data.get("modelName")
@@ -598,6 +602,14 @@ class ReferenceHost:
             ``encrypted_message`` (announced as the ``encrypted_context`` feature).
             Default ``False``: encrypted sessions keep their conversation exactly as a
             node does (``PROTOCOL.md`` 6.1, see ``host/history.py``).
+        chain: a :class:`~langchain_fabstir.chain.ChainConfig`. With it (and ``host_key``
+            and an S5 store) the host proves its paid sessions on chain and settles them
+            as deployed nodes do: a proof per published checkpoint, the rest when the
+            job's last socket closes, then ``completeSessionJob`` after the dispute
+            window (:class:`~langchain_fabstir.host.chain_proofs.HostChain`, at
+            :attr:`chain`). The host key's account pays the gas.
+        settle_delay: seconds between a job's last socket closing and its completion;
+            default: the contract's ``disputeWindow()`` plus 5 s, as nodes wait.
     """
 
     def __init__(
@@ -624,6 +636,8 @@ class ReferenceHost:
         search_upstream: str | None = None,
         diffusion_upstream: str | None = None,
         lenient: bool = False,
+        chain: Any = None,
+        settle_delay: float | None = None,
     ) -> None:
         self.engine = engine
         self.lenient = lenient
@@ -655,6 +669,21 @@ class ReferenceHost:
             interval=checkpoint_interval,
             min_final_tokens=checkpoint_min_tokens,
         )
+        self.chain: HostChain | None = None
+        """With ``chain``: the host's proofs and settlements on chain (``host/chain_proofs.py``)."""
+        if chain is not None:
+            if host_key is None or self.s5_checkpoints is None:
+                raise ValueError(
+                    "proofs on chain need a host key and an S5 store (host_key=..., "
+                    "portal_url=... and s5_seed_phrase=..., or s5_fs=...)"
+                )
+            from langchain_fabstir.chain.client import ChainClient
+
+            self.chain = HostChain(
+                ChainClient(chain, SecretStr(host_key)),
+                self.s5_checkpoints,
+                settle_delay=settle_delay,
+            )
         # Session-scope checkpoint trackers and resumable answers, by (owner token, id).
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
@@ -755,6 +784,8 @@ class ReferenceHost:
             self._runner = None
         if self.s5_checkpoints is not None:  # write the checkpoints already cut
             await self.s5_checkpoints.aclose()
+        if self.chain is not None:  # (their proofs too; settlements still waiting stop)
+            await self.chain.aclose()
 
     async def __aenter__(self) -> ReferenceHost:
         return await self.start()
@@ -780,6 +811,9 @@ class ReferenceHost:
             pass
         finally:
             self.connections.discard(conn)
+            if self.chain is not None:  # as a node: the socket closed, the job settles
+                for job_id in conn.jobs:
+                    self.chain.unbind(job_id)
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
@@ -790,6 +824,16 @@ class ReferenceHost:
                     self.resume_grace, self._release_owner, conn.token
                 )
         return ws
+
+    def _bind_job(self, conn: _Connection, job_id: int | None) -> None:
+        """A socket names an on-chain job: its checkpoints are proven for that job."""
+        if self.chain is None or job_id is None:
+            return
+        session_id = conn.session_id
+        again = job_id in conn.jobs  # a re-init on the same socket
+        self.chain.bind(str(session_id) if session_id is not None else None, job_id, not again)
+        if not again:
+            conn.jobs.append(job_id)
 
     def _release_owner(self, token: str) -> None:
         """Forget the session checkpoint state of a socket gone for ``resume_grace``
