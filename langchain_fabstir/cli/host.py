@@ -185,6 +185,7 @@ async def serve_host(args: argparse.Namespace) -> None:
             diffusion_upstream=args.diffusion_upstream,
             chain=chain,
             settle_delay=args.settle_delay,
+            auto_image_routing=False if args.no_auto_image_routing else None,
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -398,6 +399,13 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an OpenAI-compatible images API for POST /v1/images/generate (the host "
         "calls URL/v1/images/generations with response_format b64_json); without it "
         "the route answers 503, as a node without a diffusion sidecar",
+    )
+    host.add_argument(
+        "--no-auto-image-routing",
+        action="store_true",
+        help="with --diffusion-upstream: do not answer encrypted prompts asking for an "
+        'image ("draw a cat") with a generated image, as nodes do by default '
+        "(their AUTO_IMAGE_ROUTING=false)",
     )
     add_chain_options(host)
     host.add_argument(

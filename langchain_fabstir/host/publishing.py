@@ -489,6 +489,21 @@ class S5CheckpointWriter:
         if self.on_checkpoint is not None:
             self.on_checkpoint(log.session_id, entry)
 
+    def add_tokens(self, session_id: str | None, tokens: int) -> None:
+        """Bill ``tokens`` that are not text (an image: PROTOCOL.md 6.3) into the session's
+        count; a checkpoint is cut as at the end of an answer (its delta adds no message:
+        nodes store nothing of an image in the conversation)."""
+        if not valid_session_id(session_id) or tokens <= 0:
+            return
+        assert session_id is not None
+        log = self._sessions.get(session_id)
+        if log is None:
+            log = self._sessions[session_id] = _SessionLog(session_id, next_cut=self.interval)
+            self._evict()
+        log.tokens += tokens
+        if not log.answers and log.tokens - log.cut_at >= self.min_final_tokens:
+            self._cut(log)
+
     def end_session(self, session_id: str, *, force: bool = False) -> None:
         """The session's socket closed: cut a checkpoint of its unproven tokens when
         there are at least ``min_final_tokens`` (any, with ``force``)."""

@@ -59,7 +59,13 @@ from langchain_fabstir.host.history import (
     extract_latest_user_message,
     strip_chat_template_markers,
 )
-from langchain_fabstir.host.images import ImageRoute
+from langchain_fabstir.host.images import (
+    IMAGE_RESPONSE_AAD,
+    ImageRoute,
+    SocketImages,
+    extract_last_user_query,
+    wants_image,
+)
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.host.search import SearchRoute
@@ -73,6 +79,7 @@ from langchain_fabstir.wire.encryption import (
     open_session_init,
     parse_private_key,
     parse_public_key,
+    xchacha_encrypt,
 )
 from langchain_fabstir.wire.frames import (
     Connected,
@@ -479,6 +486,28 @@ class _Connection:
         }
         await self.send(encode_frame(ack))
 
+    async def _image_reply(self, body: dict[str, Any], rid: str | None) -> None:
+        """Answer an image request as a node does (PROTOCOL.md 6.3): ONE
+        ``encrypted_response`` (AAD ``encrypted_image_response``) holding the result or
+        error JSON; no chunks, no ``stream_end``; the image's tokens billed into the job."""
+        assert self.cipher is not None
+        reply, tokens = await self.host.socket_images.answer(str(self.session_id or ""), body)
+        if tokens and self.host.s5_checkpoints is not None:
+            self.host.s5_checkpoints.add_tokens(self.session_id, tokens)
+        self.host.image_tokens_billed += tokens
+        plaintext = json.dumps(reply, separators=(",", ":")).encode()
+        nonce = secrets.token_bytes(24)
+        sealed = xchacha_encrypt(self.cipher.key, nonce, plaintext, IMAGE_RESPONSE_AAD)
+        frame: dict[str, Any] = {"type": "encrypted_response", "session_id": self.session_id}
+        if rid is not None:
+            frame["id"] = rid
+        frame["payload"] = {
+            "ciphertextHex": sealed.hex(),
+            "nonceHex": nonce.hex(),
+            "aadHex": IMAGE_RESPONSE_AAD.hex(),
+        }
+        await self.send(json.dumps(frame, separators=(",", ":")))
+
     async def _refuse_init(self, code: str, message: str, extra: dict[str, Any]) -> None:
         """Refuse an ``encrypted_session_init`` that decrypted (or nearly) but cannot be
         used, and close the socket: a typed error frame, never a traceback."""
@@ -515,6 +544,10 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        image = self.host._image_request(self, body)
+        if image is not None:  # an image action, or a prompt a node routes to one (6.3)
+            await self._image_reply(image, rid)
+            return
         histories = self.host.histories
         context = body.get("conversation_context")
         if self.host.lenient and isinstance(context, list) and self.session_id is not None:
@@ -531,7 +564,8 @@ class _Connection:
             history = histories.context(self.session_id)
             if isinstance(body.get("prompt"), str):
                 body["prompt"] = extract_latest_user_message(body["prompt"], history)
-        fields = {k: v for k, v in body.items() if k not in ("conversation_context", "stream")}
+        drop = ("conversation_context", "stream", "action")  # (an unknown action is ignored)
+        fields = {k: v for k, v in body.items() if k not in drop}
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
         fields["conversation_context"] = history
@@ -610,6 +644,11 @@ class ReferenceHost:
             :attr:`chain`). The host key's account pays the gas.
         settle_delay: seconds between a job's last socket closing and its completion;
             default: the contract's ``disputeWindow()`` plus 5 s, as nodes wait.
+        auto_image_routing: answer an encrypted prompt that asks for an image ("draw a
+            cat", :func:`~langchain_fabstir.host.images.wants_image` of its last user
+            query) with a generated image, as nodes do (PROTOCOL.md 6.3); default: on
+            when ``diffusion_upstream`` is given (the node's ``AUTO_IMAGE_ROUTING``).
+            ``action: "image_generation"`` is always served (an error without a sidecar).
     """
 
     def __init__(
@@ -638,6 +677,7 @@ class ReferenceHost:
         lenient: bool = False,
         chain: Any = None,
         settle_delay: float | None = None,
+        auto_image_routing: bool | None = None,
     ) -> None:
         self.engine = engine
         self.lenient = lenient
@@ -652,6 +692,13 @@ class ReferenceHost:
         """``POST /v1/search`` (its ``upstream_calls`` counts the searches sent on)."""
         self.image_route = ImageRoute(diffusion_upstream)
         """``POST /v1/images/generate`` (its ``generated`` counts the images)."""
+        self.socket_images = SocketImages(self.image_route)
+        """``action: "image_generation"`` on encrypted sessions (PROTOCOL.md 6.3)."""
+        self.auto_image_routing = (
+            diffusion_upstream is not None if auto_image_routing is None else auto_image_routing
+        )
+        self.image_tokens_billed = 0
+        """Tokens billed for images generated over sockets (all sessions together)."""
         self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
@@ -834,6 +881,23 @@ class ReferenceHost:
         self.chain.bind(str(session_id) if session_id is not None else None, job_id, not again)
         if not again:
             conn.jobs.append(job_id)
+
+    def _image_request(self, conn: _Connection, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The image request in a decrypted message: its own (``action:
+        "image_generation"``), or, with auto routing, ``{"prompt": <last user query>}``
+        when that query asks for an image; ``None`` for a normal prompt."""
+        if body.get("action") == "image_generation":
+            return body
+        prompt = body.get("prompt")
+        if not (self.auto_image_routing and self.image_route.upstream and isinstance(prompt, str)):
+            return None
+        query = extract_last_user_query(prompt)
+        if not wants_image(query):
+            return None
+        request: dict[str, Any] = {"prompt": query}
+        if conn.chain_id is not None and 0 <= conn.chain_id < 2**64:
+            request["chainId"] = conn.chain_id
+        return request
 
     def _release_owner(self, token: str) -> None:
         """Forget the session checkpoint state of a socket gone for ``resume_grace``
