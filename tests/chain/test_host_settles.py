@@ -1,0 +1,164 @@
+"""The reference host settles its paid sessions by itself, as deployed nodes do (CHAIN.md 4):
+a short session pays the padded first proof, the host waits the contract's dispute window
+before completing, a client that comes back in that wait keeps its job open, and a chain
+that does not answer never holds up the token stream (typed errors, logged). Real anvil,
+real portal, real host, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from langchain_fabstir import SessionManager
+from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.errors import ChainUnavailableError
+from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.portal import LocalPortal
+from langchain_fabstir.s5 import S5PortalClient, generate_phrase
+from langchain_fabstir.s5.cid import CID
+from tests.localchain import (
+    DEPLOYER,
+    HOST1,
+    SMOLLM2_FILE,
+    SMOLLM2_REPO,
+    STATUS_ACTIVE,
+    STATUS_COMPLETED,
+    USER,
+    LocalChain,
+)
+
+MODEL = f"{SMOLLM2_REPO}/{SMOLLM2_FILE}"
+
+
+@pytest.fixture
+async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
+    async with LocalPortal(tmp_path / "portal", port=0) as p:
+        yield p
+
+
+@pytest.fixture
+def market(chain: LocalChain) -> ChainConfig:
+    return ChainConfig.from_mapping(chain.config())
+
+
+def _host(portal: LocalPortal, market: ChainConfig, **kw: Any) -> ReferenceHost:
+    return ReferenceHost(
+        EchoEngine(),
+        host_key=HOST1.private_key,
+        rate_limit_per_minute=None,
+        portal_url=portal.url,
+        s5_seed_phrase=generate_phrase(),
+        chain=market,
+        **kw,
+    )
+
+
+async def test_a_short_session_pays_the_padded_first_proof_after_the_dispute_window(
+    chain: LocalChain, portal: LocalPortal, market: ChainConfig, smollm2: bytes
+) -> None:
+    await asyncio.to_thread(
+        chain.send, chain.market.functions.setDisputeWindow(1), DEPLOYER
+    )  # (30 s on the local contract; nodes wait it plus 5 s)
+    async with _host(portal, market) as host:
+        assert host.chain is not None
+        host.chain.settle_margin = 0.5
+        chain.register_reference_host(host, [smollm2], price_native=10**12)
+        async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+            s = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+            assert s.job_id is not None
+            answer = await manager.prompt(s.id, "a few words only")
+            assert answer.text == "Echo: a few words only"
+            loop = asyncio.get_running_loop()
+            closed = loop.time()
+            await manager.end_session(s.id)
+            tx = await asyncio.wait_for(host.chain.wait_settled(s.job_id), 30)
+            assert loop.time() - closed >= 1.5  # the dispute window (1 s) plus the margin
+        job = chain.session(s.job_id)
+        assert job["status"] == STATUS_COMPLETED and job["tokensUsed"] == 1000  # padded
+        assert tx
+        (proof,) = host.chain.proofs(s.job_id)
+        assert proof["tokens"] == 1000 and proof["deltaCID"]
+        # The proof bytes are at the proofCID; their sha256 is the proofHash on chain.
+        async with S5PortalClient(portal.url) as s5:
+            body = await s5.download(CID.coerce(proof["proofCID"]))
+        assert "0x" + hashlib.sha256(body).hexdigest() == proof["proofHash"]
+        assert job["lastProofHash"] == bytes.fromhex(proof["proofHash"][2:])
+        assert job["lastProofCID"] == proof["proofCID"]
+
+
+async def test_a_client_back_within_the_dispute_window_keeps_its_job(
+    chain: LocalChain,
+    portal: LocalPortal,
+    market: ChainConfig,
+    smollm2: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with _host(portal, market, settle_delay=600) as host:
+        assert host.chain is not None
+        chain.register_reference_host(host, [smollm2], price_native=10**12)
+        async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+            s = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+            assert s.job_id is not None
+            await manager.prompt(s.id, "before the drop")
+            job = host.chain._jobs[s.job_id]
+            unbound = asyncio.Event()  # a spy: the host saw the socket close
+            unbind = host.chain.unbind
+
+            def spy(job_id: int) -> None:
+                unbind(job_id)
+                unbound.set()
+
+            monkeypatch.setattr(host.chain, "unbind", spy)
+            for conn in list(host.connections):  # the socket drops
+                await conn.ws.close()
+            await asyncio.wait_for(unbound.wait(), 10)
+            assert job.settle is not None and job.sockets == 0  # the host began settling
+            # The client comes back on a new socket, on the job it paid for.
+            again = await manager.prompt(s.id, "after the drop")
+            assert again.text == "Echo: after the drop"
+            assert job.settle is None and job.sockets == 1  # settlement called off
+            assert chain.session(s.job_id)["status"] == STATUS_ACTIVE
+            host.chain.settle_delay = 0
+            await manager.end_session(s.id)
+            await asyncio.wait_for(host.chain.wait_settled(s.job_id), 30)
+        assert chain.session(s.job_id)["status"] == STATUS_COMPLETED
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_dead_chain_never_holds_up_the_stream(
+    chain: LocalChain, portal: LocalPortal, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = ChainConfig.from_mapping(
+        {**chain.config(), "rpc_url": f"http://127.0.0.1:{_free_port()}"}
+    )
+    caplog.set_level(logging.WARNING, logger="langchain_fabstir.host.chain_proofs")
+    async with _host(portal, dead, settle_delay=0) as host:
+        assert host.chain is not None
+        async with aiohttp.ClientSession() as http, http.ws_connect(host.ws_url) as ws:
+            await ws.receive_json(timeout=5)
+            await ws.send_json({"type": "session_init", "session_id": "77", "job_id": 77})
+            assert (await ws.receive_json(timeout=5))["type"] == "session_init_ack"
+            words = " ".join(f"w{i}" for i in range(150))
+            await ws.send_json({"type": "prompt", "prompt": words, "id": "p"})
+            frames = []
+            while not frames or frames[-1]["type"] != "stream_end":
+                frames.append(await ws.receive_json(timeout=5))
+            assert frames[-1]["reason"] == "complete" and len(frames) > 150
+        with pytest.raises(ChainUnavailableError):
+            await asyncio.wait_for(host.chain.wait_settled(77), 60)
+        assert any(isinstance(e, ChainUnavailableError) for e in host.chain.errors)
+    assert "CHAIN_UNAVAILABLE" in caplog.text and "job 77" in caplog.text
