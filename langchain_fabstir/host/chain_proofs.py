@@ -29,7 +29,7 @@ __all__ = ["HostChain", "NodeProofSubmitter", "node_proof_bytes"]
 log = logging.getLogger(__name__)
 
 # Positions in ``sessionJobs(uint256)`` (CHAIN.md section 4).
-_DEPOSIT, _PRICE, _TOKENS_USED, _PROOF_INTERVAL, _STATUS = 4, 5, 6, 10, 12
+_HOST, _DEPOSIT, _PRICE, _TOKENS_USED, _PROOF_INTERVAL, _STATUS = 2, 4, 5, 6, 10, 12
 _PRICE_PRECISION = 1000  # prices are per 1,000 tokens
 
 
@@ -63,6 +63,11 @@ def _claim(tokens: int, job: Any) -> int:
     return tokens
 
 
+def _ours(job: Any, host: str | None) -> bool:
+    """The job is active and this host's (the contract takes proofs from its host only)."""
+    return int(job[_STATUS]) == 0 and str(job[_HOST]).lower() == str(host).lower()
+
+
 class NodeProofSubmitter:
     """Submits a host's published checkpoints of a job as proofs of work, then settles.
 
@@ -89,9 +94,13 @@ class NodeProofSubmitter:
         self, job_id: int, tokens: int, delta_cid: str, body: bytes | None = None
     ) -> dict[str, Any] | None:
         """One proof: ``body`` (default :meth:`proof_bytes`) to the job's S5 path, then
-        ``submitProofOfWork``. ``None`` when the deposit has no tokens left to claim."""
+        ``submitProofOfWork``. ``None`` (nothing sent) when the job is not an active job
+        of this host, or its deposit has no tokens left to claim."""
         market = self.client.job_marketplace.functions
         job = await self.client.call(market.sessionJobs(job_id), f"reading job {job_id}")
+        if not _ours(job, self.client.address):
+            log.info("job %s is not an active job of this host: no proof", job_id)
+            return None
         claimed = _claim(tokens, job)
         if claimed <= 0:
             return None
@@ -306,7 +315,9 @@ class HostChain:
                 )
             except Exception as exc:
                 self._failed(f"proof of job {job.job_id} (checkpoint {entry['index']})", exc)
-                return
+                if getattr(exc, "code", None) != "TRANSACTION_REVERTED":
+                    return  # (the chain or S5 did not answer: retried later)
+                proof = None  # the contract refuses it (not this host's job, job over)
             job.queue.pop(0)
             self._bodies.pop((session_id, int(entry["index"])), None)
             if proof is not None:
@@ -358,8 +369,8 @@ class HostChain:
             await asyncio.sleep(delay)  # the dispute window, as nodes wait it
         market = self.client.job_marketplace.functions
         job_record = await self.client.call(market.sessionJobs(job.job_id), "reading the job")
-        if int(job_record[_STATUS]) != 0:
-            log.info("job %s was settled by someone else", job.job_id)
+        if not _ours(job_record, self.client.address):
+            log.info("job %s is not an active job of this host: not completed", job.job_id)
             return ""
         receipt = await self.client.transact(
             market.completeSessionJob(job.job_id, ""), f"completing job {job.job_id}"

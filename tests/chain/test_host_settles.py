@@ -28,6 +28,7 @@ from langchain_fabstir.s5.cid import CID
 from tests.localchain import (
     DEPLOYER,
     HOST1,
+    HOST2,
     SMOLLM2_FILE,
     SMOLLM2_REPO,
     STATUS_ACTIVE,
@@ -162,3 +163,28 @@ async def test_a_dead_chain_never_holds_up_the_stream(
             await asyncio.wait_for(host.chain.wait_settled(77), 60)
         assert any(isinstance(e, ChainUnavailableError) for e in host.chain.errors)
     assert "CHAIN_UNAVAILABLE" in caplog.text and "job 77" in caplog.text
+
+
+async def test_a_job_of_another_host_is_neither_proven_nor_completed(
+    chain: LocalChain, portal: LocalPortal, market: ChainConfig, smollm2: bytes
+) -> None:
+    chain.register_host(HOST2, "http://127.0.0.1:9", [smollm2])
+    theirs = chain.create_eth_session(HOST2, smollm2, deposit=10**15)
+    async with _host(portal, market, settle_delay=0) as host:
+        assert host.chain is not None
+        chain.register_reference_host(host, [smollm2], price_native=10**12)
+        async with aiohttp.ClientSession() as http:
+            for job_id in (theirs, 999):  # another host's job; no job at all
+                async with http.ws_connect(host.ws_url) as ws:
+                    await ws.receive_json(timeout=5)
+                    init = {"type": "session_init", "session_id": str(job_id), "job_id": job_id}
+                    await ws.send_json(init)
+                    await ws.receive_json(timeout=5)
+                    words = " ".join(f"w{i}" for i in range(150))
+                    await ws.send_json({"type": "prompt", "prompt": words, "id": "p"})
+                    while (await ws.receive_json(timeout=5))["type"] != "stream_end":
+                        pass
+                assert await asyncio.wait_for(host.chain.wait_settled(job_id), 30) == ""
+                assert host.chain.proofs(job_id) == []
+    job = chain.session(theirs)
+    assert job["status"] == STATUS_ACTIVE and job["tokensUsed"] == 0
