@@ -42,8 +42,11 @@ class ProofAudit(BaseModel):
     ``delta_invalid`` (bad signature, another session, out of order); ``delta_encrypted`` (no
     recovery key to open it: the proof itself was checked); ``wrong_host`` (submitted by
     another address than the job's host). ``problems`` says why. ``delta_proof_hash_matches``
-    is reported, not required: deployed nodes put the on-chain ``proofHash`` in the delta,
-    this project's reference host a keccak of the delta itself.
+    is reported, not required: deployed nodes put the on-chain ``proofHash`` in the delta
+    (so does this project's reference host with a chain; without one it puts a keccak of
+    the delta itself). Bytes that no longer match their CID on the portal (tampered after
+    they were stored) are ``proof_unavailable`` / ``delta_unavailable``, the problem
+    saying so.
     """
 
     model_config = ConfigDict(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -20,11 +21,14 @@ import pytest
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.errors import ChainUnavailableError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import S5PortalClient, generate_phrase
 from langchain_fabstir.s5.cid import CID
+from langchain_fabstir.wire.encryption import host_public_key, parse_private_key
+from tests.cli.conftest import run_cli
 from tests.localchain import (
     DEPLOYER,
     HOST1,
@@ -188,3 +192,60 @@ async def test_a_job_of_another_host_is_neither_proven_nor_completed(
                 assert host.chain.proofs(job_id) == []
     job = chain.session(theirs)
     assert job["status"] == STATUS_ACTIVE and job["tokensUsed"] == 0
+
+
+def _secret_file(path: Path, text: str) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+async def test_fabstir_host_with_a_chain_settles_its_sessions(
+    chain: LocalChain,
+    portal: LocalPortal,
+    market: ChainConfig,
+    smollm2: bytes,
+    chain_config_file: Path,
+    tmp_path: Path,
+) -> None:
+    key = _secret_file(tmp_path / "host.key", HOST1.private_key)
+    seed = _secret_file(tmp_path / "host.seed", generate_phrase())
+    common = ["--engine", "echo", "--host-key-file", key, "--portal-url", portal.url]
+    # A chain without an S5 store for the proofs: a one-line refusal.
+    done = await asyncio.to_thread(
+        run_cli,
+        "host",
+        "--engine",
+        "echo",
+        "--host-key-file",
+        key,
+        "--chain-config",
+        str(chain_config_file),
+    )
+    assert done.returncode != 0 and "S5 store for the proofs" in done.stderr
+    proc, url = await asyncio.to_thread(
+        start_host_process,
+        *common,
+        "--seed-file",
+        seed,
+        "--chain-config",
+        str(chain_config_file),
+        "--settle-delay",
+        "0",
+    )
+    try:
+        public = host_public_key(parse_private_key(HOST1.private_key))
+        chain.register_host(HOST1, url, [smollm2], public_key=public)
+        async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+            s = await manager.create_session(model=MODEL, deposit=Decimal("0.001"))
+            assert s.job_id is not None and s.encrypted
+            assert (await manager.prompt(s.id, "over the cli")).text == "Echo: over the cli"
+            await manager.end_session(s.id)
+            settled = await manager.watch_settlement(s.job_id, max_wait=60, poll_interval=0.2)
+            assert settled.state == "completed" and settled.tokens_used == 1000
+            audit = await manager.audit_job(s.job_id, portal=portal.url)
+            assert audit.clean and [p.verdict for p in audit.proofs] == ["ok"]
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
