@@ -185,8 +185,9 @@ class HostChain:
     Every chain and S5 call is bounded (the :class:`~langchain_fabstir.chain.ChainClient`
     timeouts); a failure is logged as its typed error (``code``, message) and kept in
     :attr:`errors`; a proof that failed is retried at the job's next checkpoint and at
-    settlement. Jobs of another host, or no job at all, get no proof (the contract would
-    refuse it; the error is logged once per proof).
+    settlement. A job that is not an active job of this host (read on chain first) gets
+    no proof and is not completed; a proof the contract refuses is logged and dropped.
+    At most ``max_jobs`` jobs are remembered (idle ones are forgotten first).
     """
 
     def __init__(
@@ -229,6 +230,7 @@ class HostChain:
         job_id = self._by_session.get(session_id)
         job = self._jobs.get(job_id) if job_id is not None else None
         if job is None:
+            self._bodies.pop((session_id, int(entry["index"])), None)
             return
         job.queue.append((session_id, entry))
         self._kick(job)
@@ -242,10 +244,12 @@ class HostChain:
             job.settled = asyncio.get_running_loop().create_future()
             while len(self._jobs) > self.max_jobs:
                 for old_id, old in self._jobs.items():
-                    if not old.sockets and not old.queue and old.settle is None:
+                    idle = old.settle is None or old.settle.done()
+                    if not old.sockets and not old.queue and idle:
                         del self._jobs[old_id]
                         for sid in old.sessions:
-                            self._by_session.pop(sid, None)
+                            if self._by_session.get(sid) == old_id:
+                                del self._by_session[sid]
                         break
                 else:
                     break

@@ -829,10 +829,13 @@ class ReferenceHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.chain is not None:  # the checkpoints already cut and their proofs
+            assert self.s5_checkpoints is not None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.s5_checkpoints.flush(), 10)
+            await self.chain.aclose()  # (settlements still waiting are called off)
         if self.s5_checkpoints is not None:  # write the checkpoints already cut
             await self.s5_checkpoints.aclose()
-        if self.chain is not None:  # (their proofs too; settlements still waiting stop)
-            await self.chain.aclose()
 
     async def __aenter__(self) -> ReferenceHost:
         return await self.start()
