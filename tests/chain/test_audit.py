@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
 
-from langchain_fabstir import SessionManager
+from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
 from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import S5Identity, S5PortalClient
 from langchain_fabstir.s5.cid import CID
+from langchain_fabstir.wire.encryption import RecoveryKey
 from tests.cli.conftest import run_cli
 from tests.localchain import (
     HOST1,
@@ -296,3 +298,42 @@ async def test_recover_from_chain_with_the_host_gone(
         assert len(recovered.deltas) == 3 and recovered.audit.clean
         with pytest.raises(DecryptionKeyRequiredError):  # sealed, and no key given
             await fresh.recover_from_chain(s.job_id, portal=portal.url)
+
+
+async def test_a_job_with_several_node_sessions_audits_clean(
+    chain: LocalChain, host: ReferenceHost, market: ChainConfig, portal: LocalPortal
+) -> None:
+    """One ``ChatFabstir`` serving unrelated calls opens a fresh node session for each under
+    the job it paid (issue 21): each node session has its own chain of deltas."""
+    llm = ChatFabstir(
+        chain=market,
+        private_key=USER.private_key,
+        model=MODEL,
+        deposit=Decimal("0.001"),
+        max_tokens=150,
+    )
+    await llm.ainvoke("alpha asks")
+    await llm.ainvoke([SystemMessage("be brief"), HumanMessage("bravo asks something else")])
+    await llm.aclose()
+    assert host.chain is not None
+    (job_id,) = list(host.chain._jobs)
+    assert len(host.chain._jobs[job_id].sessions) == 2
+    assert all(
+        s == str(job_id) or s.startswith(f"{job_id}~") for s in host.chain._jobs[job_id].sessions
+    )
+    await asyncio.wait_for(host.chain.wait_settled(job_id), 60)
+    assert [p["tokens"] for p in host.chain.proofs(job_id)] == [1000, 150]
+    async with SessionManager(chain=market, private_key=USER.private_key) as manager:
+        key = RecoveryKey(USER.private_key)  # ChatFabstir seals to the user's key
+        audit = await manager.audit_job(job_id, portal=portal.url, recovery_key=key)
+        assert audit.clean, [p.problems for p in audit.proofs]
+        assert [p.verdict for p in audit.proofs] == ["ok", "ok"]
+        assert all(p.delta_token_range == (0, p.tokens_claimed) for p in audit.proofs[1:])
+        assert audit.tokens_claimed == 1150 == audit.tokens_settled
+        # Recovered from the chain: each node session's conversation, in the order they began.
+        recovered = await manager.recover_from_chain(job_id, portal=portal.url, recovery_key=key)
+        roles = [m["role"] for m in recovered.messages]
+        assert roles == ["user", "assistant", "user", "assistant"]
+        assert "alpha asks" in recovered.messages[0]["content"]
+        assert "bravo asks" in recovered.messages[2]["content"]
+        assert recovered.token_count == 300 and recovered.complete
