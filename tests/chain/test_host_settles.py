@@ -249,3 +249,35 @@ async def test_fabstir_host_with_a_chain_settles_its_sessions(
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
+
+
+async def test_no_claim_goes_beyond_what_the_deposit_pays_for(
+    chain: LocalChain, portal: LocalPortal, market: ChainConfig, smollm2: bytes
+) -> None:
+    words = [f"zebra{i} " for i in range(37)]
+    async with ReferenceHost(
+        EchoEngine(words, fill=True),
+        host_key=HOST1.private_key,
+        rate_limit_per_minute=None,
+        portal_url=portal.url,
+        s5_seed_phrase=generate_phrase(),
+        chain=market,
+        settle_delay=0,
+    ) as host:
+        assert host.chain is not None
+        # 0.001 ETH at 1e15 wei per 1,000 tokens pays for exactly 1,000 tokens.
+        chain.register_reference_host(host, [smollm2], price_native=10**15)
+        job_id = chain.create_eth_session(HOST1, smollm2, deposit=10**15)
+        async with aiohttp.ClientSession() as http, http.ws_connect(host.ws_url) as ws:
+            await ws.receive_json(timeout=5)
+            init = {"type": "session_init", "session_id": str(job_id), "job_id": job_id}
+            await ws.send_json(init)
+            await ws.receive_json(timeout=5)
+            await ws.send_json({"type": "prompt", "prompt": "long", "max_tokens": 1350})
+            while (await ws.receive_json(timeout=10))["type"] != "stream_end":
+                pass
+        assert await asyncio.wait_for(host.chain.wait_settled(job_id), 30)
+        assert [p["tokens"] for p in host.chain.proofs(job_id)] == [1000]  # 350 unpaid
+        assert not host.chain.errors  # nothing sent that the contract refuses
+    job = chain.session(job_id)
+    assert job["status"] == STATUS_COMPLETED and job["tokensUsed"] == 1000
