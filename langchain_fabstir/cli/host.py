@@ -170,6 +170,8 @@ async def serve_host(args: argparse.Namespace) -> None:
             "proving sessions on chain needs a host key (--host-key-file or "
             "FABSTIR_HOST_KEY) and an S5 store for the proofs (--portal-url and --seed-file)"
         )
+    from langchain_fabstir.chain.client import ChainClient
+
     engine = _engine(args)
     try:
         host = ReferenceHost(
@@ -183,7 +185,7 @@ async def serve_host(args: argparse.Namespace) -> None:
             public_url=args.public_url,
             search_upstream=args.search_upstream,
             diffusion_upstream=args.diffusion_upstream,
-            chain=chain,
+            chain=ChainClient(chain, key) if chain is not None and key is not None else None,
             settle_delay=args.settle_delay,
             auto_image_routing=False if args.no_auto_image_routing else None,
         )

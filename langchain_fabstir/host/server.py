@@ -636,12 +636,14 @@ class ReferenceHost:
             ``encrypted_message`` (announced as the ``encrypted_context`` feature).
             Default ``False``: encrypted sessions keep their conversation exactly as a
             node does (``PROTOCOL.md`` 6.1, see ``host/history.py``).
-        chain: a :class:`~langchain_fabstir.chain.ChainConfig`. With it (and ``host_key``
-            and an S5 store) the host proves its paid sessions on chain and settles them
-            as deployed nodes do: a proof per published checkpoint, the rest when the
-            job's last socket closes, then ``completeSessionJob`` after the dispute
-            window (:class:`~langchain_fabstir.host.chain_proofs.HostChain`, at
-            :attr:`chain`). The host key's account pays the gas.
+        chain: a :class:`~langchain_fabstir.chain.ChainClient` holding the host key
+            (``ChainClient(config, host_key)``; the host closes it when it stops). With
+            it (and ``host_key`` and an S5 store) the host proves its paid sessions on
+            chain and settles them as deployed nodes do: a proof per published
+            checkpoint, the rest when the job's last socket closes, then
+            ``completeSessionJob`` after the dispute window
+            (:class:`~langchain_fabstir.host.chain_proofs.HostChain`, at :attr:`chain`).
+            The host key's account pays the gas.
         settle_delay: seconds between a job's last socket closing and its completion;
             default: the contract's ``disputeWindow()`` plus 5 s, as nodes wait.
         auto_image_routing: answer an encrypted prompt that asks for an image ("draw a
@@ -724,13 +726,12 @@ class ReferenceHost:
                     "proofs on chain need a host key and an S5 store (host_key=..., "
                     "portal_url=... and s5_seed_phrase=..., or s5_fs=...)"
                 )
-            from langchain_fabstir.chain.client import ChainClient
-
-            self.chain = HostChain(
-                ChainClient(chain, SecretStr(host_key)),
-                self.s5_checkpoints,
-                settle_delay=settle_delay,
-            )
+            if str(getattr(chain, "address", None)).lower() != str(self.host_address).lower():
+                raise ValueError(
+                    "the chain client must hold the host key: proofs are accepted from "
+                    f"the job's host only ({self.host_address})"
+                )
+            self.chain = HostChain(chain, self.s5_checkpoints, settle_delay=settle_delay)
         # Session-scope checkpoint trackers and resumable answers, by (owner token, id).
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()

@@ -20,6 +20,7 @@ from eth_account import Account
 
 from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.errors import (
     BudgetExceededError,
     DelegateAllowanceInsufficientError,
@@ -87,7 +88,7 @@ async def settling_host(
             rate_limit_per_minute=None,
             portal_url=portal.url,
             s5_seed_phrase=generate_phrase(),
-            chain=ChainConfig.from_mapping(chain.config()),
+            chain=ChainClient(ChainConfig.from_mapping(chain.config()), HOST1.private_key),
             settle_delay=0,
         ) as h,
     ):

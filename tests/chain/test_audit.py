@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
+from pydantic import SecretStr
 
 from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
@@ -70,7 +72,7 @@ async def host(
         rate_limit_per_minute=None,
         portal_url=portal.url,
         s5_seed_phrase=PHRASE,
-        chain=market,
+        chain=ChainClient(market, SecretStr(HOST1.private_key)),  # the host's own key
         settle_delay=0,
     ) as h:
         chain.register_reference_host(h, [smollm2], price_native=10**12)

@@ -18,9 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.errors import ChainUnavailableError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
@@ -62,7 +64,7 @@ def _host(portal: LocalPortal, market: ChainConfig, **kw: Any) -> ReferenceHost:
         rate_limit_per_minute=None,
         portal_url=portal.url,
         s5_seed_phrase=generate_phrase(),
-        chain=market,
+        chain=ChainClient(market, SecretStr(HOST1.private_key)),
         **kw,
     )
 
@@ -261,7 +263,7 @@ async def test_no_claim_goes_beyond_what_the_deposit_pays_for(
         rate_limit_per_minute=None,
         portal_url=portal.url,
         s5_seed_phrase=generate_phrase(),
-        chain=market,
+        chain=ChainClient(market, SecretStr(HOST1.private_key)),
         settle_delay=0,
     ) as host:
         assert host.chain is not None
@@ -281,3 +283,22 @@ async def test_no_claim_goes_beyond_what_the_deposit_pays_for(
         assert not host.chain.errors  # nothing sent that the contract refuses
     job = chain.session(job_id)
     assert job["status"] == STATUS_COMPLETED and job["tokensUsed"] == 1000
+
+
+async def test_a_chain_needs_the_host_key_and_an_s5_store(
+    portal: LocalPortal, market: ChainConfig
+) -> None:
+    with pytest.raises(ValueError, match="must hold the host key"):
+        ReferenceHost(
+            EchoEngine(),
+            host_key=HOST1.private_key,
+            portal_url=portal.url,
+            s5_seed_phrase=generate_phrase(),
+            chain=ChainClient(market, SecretStr(USER.private_key)),
+        )
+    with pytest.raises(ValueError, match="an S5 store"):
+        ReferenceHost(
+            EchoEngine(),
+            host_key=HOST1.private_key,
+            chain=ChainClient(market, SecretStr(HOST1.private_key)),
+        )
