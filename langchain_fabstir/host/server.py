@@ -136,6 +136,10 @@ MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless
 with a 192-bit token; this stops a socket from trying)."""
 
+MAX_JOBS_PER_SOCKET = 16
+"""On-chain jobs one socket may bind for proofs and settlement (a bound on what a peer
+makes the host remember)."""
+
 RECORD_LIMIT = 64 * 1024
 """Requests larger than this (bytes of JSON) are kept in :attr:`ReferenceHost.requests`
 only in part: long strings cut, long lists shortened (see :func:`_record`)."""
@@ -882,6 +886,9 @@ class ReferenceHost:
             return
         session_id = conn.session_id
         again = job_id in conn.jobs  # a re-init on the same socket
+        if not again and len(conn.jobs) >= MAX_JOBS_PER_SOCKET:
+            log.info("socket names more than %d jobs: job %s not proven", len(conn.jobs), job_id)
+            return
         self.chain.bind(str(session_id) if session_id is not None else None, job_id, not again)
         if not again:
             conn.jobs.append(job_id)

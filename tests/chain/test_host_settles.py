@@ -302,3 +302,16 @@ async def test_a_chain_needs_the_host_key_and_an_s5_store(
             host_key=HOST1.private_key,
             chain=ChainClient(market, SecretStr(HOST1.private_key)),
         )
+
+
+async def test_one_socket_binds_a_bounded_number_of_jobs(
+    portal: LocalPortal, market: ChainConfig
+) -> None:
+    async with _host(portal, market, settle_delay=3600) as host:
+        assert host.chain is not None
+        async with aiohttp.ClientSession() as http, http.ws_connect(host.ws_url) as ws:
+            await ws.receive_json(timeout=5)
+            for job_id in range(1000, 1040):
+                await ws.send_json({"type": "session_init", "session_id": "s", "job_id": job_id})
+                assert (await ws.receive_json(timeout=5))["type"] == "session_init_ack"
+            assert len(host.chain._jobs) == 16
