@@ -41,10 +41,11 @@ before anything is downloaded; an entry whose marking does not match its delta r
 
 What ``proofHash`` is
 ---------------------
-On hosts with a chain, ``proofHash`` is the keccak256 of the host's proof of work (a
-STARK proof kept elsewhere), which a client cannot recompute from the delta. This
-project's reference host, which has no such proof, sets it to
-:func:`delta_proof_hash`: keccak256 of the canonical JSON of the delta without
+On hosts with a chain, ``proofHash`` is the SHA-256 of the host's proof of work (the
+bytes at the ``proofCID`` of its ``ProofSubmitted`` event, CHAIN.md 6.5), which a client
+cannot recompute from the delta (``SessionManager.audit_job`` checks it from the chain);
+this project's reference host does the same when it runs with a chain. Without one it
+sets it to :func:`delta_proof_hash`: keccak256 of the canonical JSON of the delta without
 ``proofHash`` and ``hostSignature``, i.e. of ``{checkpointIndex, endToken, messages,
 sessionId, startToken}``. A mismatch is therefore reported
 (:attr:`HostCheckpoints.proof_hashes_verified` is ``False``), not raised, unless you

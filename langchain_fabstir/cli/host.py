@@ -16,6 +16,8 @@ from pydantic import SecretStr
 
 from langchain_fabstir.cli._common import (
     CliError,
+    add_chain_options,
+    chain_config,
     read_host_key,
     read_seed,
     s5_options,
@@ -108,6 +110,8 @@ def _summary(host: Any, engine: Any) -> str:
     ]
     if host.s5_checkpoints is not None:
         parts.append("checkpoints published on S5")
+    if host.chain is not None:
+        parts.append(f"proofs and settlement on chain {host.chain.client.config.chain_id}")
     return "; ".join(parts)
 
 
@@ -160,6 +164,14 @@ async def serve_host(args: argparse.Namespace) -> None:
             "publishing checkpoints on S5 needs a host key: --host-key-file PATH or "
             "FABSTIR_HOST_KEY (`fabstir keys new` makes one)"
         )
+    chain = chain_config(args)
+    if chain is not None and (key is None or not args.portal_url or seed is None):
+        raise CliError(
+            "proving sessions on chain needs a host key (--host-key-file or "
+            "FABSTIR_HOST_KEY) and an S5 store for the proofs (--portal-url and --seed-file)"
+        )
+    from langchain_fabstir.chain.client import ChainClient
+
     engine = _engine(args)
     try:
         host = ReferenceHost(
@@ -173,6 +185,9 @@ async def serve_host(args: argparse.Namespace) -> None:
             public_url=args.public_url,
             search_upstream=args.search_upstream,
             diffusion_upstream=args.diffusion_upstream,
+            chain=ChainClient(chain, key) if chain is not None and key is not None else None,
+            settle_delay=args.settle_delay,
+            auto_image_routing=False if args.no_auto_image_routing else None,
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -386,6 +401,22 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an OpenAI-compatible images API for POST /v1/images/generate (the host "
         "calls URL/v1/images/generations with response_format b64_json); without it "
         "the route answers 503, as a node without a diffusion sidecar",
+    )
+    host.add_argument(
+        "--no-auto-image-routing",
+        action="store_true",
+        help="with --diffusion-upstream: do not answer encrypted prompts asking for an "
+        'image ("draw a cat") with a generated image, as nodes do by default '
+        "(their AUTO_IMAGE_ROUTING=false)",
+    )
+    add_chain_options(host)
+    host.add_argument(
+        "--settle-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with a chain: seconds between a job's last socket closing and the host "
+        "completing it (default: the contract's dispute window plus 5, as nodes wait)",
     )
 
 

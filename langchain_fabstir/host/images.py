@@ -11,7 +11,10 @@ without a sidecar it answers 503 ``Diffusion service not available``.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
+from collections import OrderedDict, deque
 from typing import Any
 
 from aiohttp import web
@@ -25,8 +28,16 @@ __all__ = [
     "ALLOWED_SIZES",
     "BLOCKED_KEYWORDS",
     "DEFAULT_DIFFUSION_MODEL",
+    "IMAGE_RESPONSE_AAD",
+    "TRIGGER_PHRASES",
+    "ImageFailure",
     "ImageRoute",
+    "SocketImages",
+    "extract_last_user_query",
     "generation_units",
+    "image_tokens",
+    "request_problem",
+    "wants_image",
 ]
 
 ALLOWED_SIZES = ("256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024")
@@ -53,6 +64,20 @@ _U32 = 2**32
 _U64 = 2**64
 _OPTIONAL_STRINGS = ("model", "size", "negativePrompt", "safetyLevel", "sessionId")
 _OPTIONAL_UINTS = {"steps": _U32, "seed": _U64, "chainId": _U64, "jobId": _U64}
+
+
+class ImageFailure(Exception):
+    """An image request the node refuses: its code (``VALIDATION_FAILED``,
+    ``PROMPT_BLOCKED``, ``DIFFUSION_SERVICE_UNAVAILABLE``, ``IMAGE_GENERATION_FAILED``,
+    ``RATE_LIMIT_EXCEEDED``), the HTTP status of ``/v1/images/generate`` and the message."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
+def _unavailable() -> ImageFailure:
+    return ImageFailure("DIFFUSION_SERVICE_UNAVAILABLE", 503, "Diffusion service not available")
 
 
 def generation_units(size: str, steps: int) -> tuple[float, float]:
@@ -109,21 +134,35 @@ class ImageRoute:
         body = await read_json(request, _shape_problem)
         if isinstance(body, web.Response):
             return body
+        try:
+            return web.json_response(await self.generate(body))
+        except ImageFailure as exc:
+            return _error(exc.status, exc.message)
+
+    async def generate(self, body: dict[str, Any], *, safety_first: bool = False) -> dict[str, Any]:
+        """The node's ``GenerateImageResponse`` for a request body that deserialized
+        (:func:`request_problem` is ``None``); raises :class:`ImageFailure` with the node's
+        code, status and message. The HTTP route checks for a sidecar before the prompt's
+        safety, the socket's ``image_generation`` (``safety_first``) after it, as nodes do."""
         prompt: str = body["prompt"]
         if not prompt.strip():
-            return _error(400, "prompt must not be empty")
+            raise ImageFailure("VALIDATION_FAILED", 400, "prompt must not be empty")
         size = body.get("size")
         if size is not None and size not in ALLOWED_SIZES:
-            return _error(400, f"invalid size '{size}'; allowed: {', '.join(ALLOWED_SIZES)}")
+            msg = f"invalid size '{size}'; allowed: {', '.join(ALLOWED_SIZES)}"
+            raise ImageFailure("VALIDATION_FAILED", 400, msg)
         steps = body.get("steps")
         if steps is not None and not 1 <= steps <= 100:
-            return _error(400, f"steps must be between 1 and 100, got {steps}")
-        if self.upstream is None:
-            return _error(503, "Diffusion service not available")
+            msg = f"steps must be between 1 and 100, got {steps}"
+            raise ImageFailure("VALIDATION_FAILED", 400, msg)
+        if not safety_first and self.upstream is None:
+            raise _unavailable()
         lowered = prompt.lower()
         blocked = next((k for k in BLOCKED_KEYWORDS if k in lowered), None)
         if blocked is not None:
-            return _error(400, f"Blocked keyword detected: {blocked}")
+            raise ImageFailure("PROMPT_BLOCKED", 400, f"Blocked keyword detected: {blocked}")
+        if self.upstream is None:
+            raise _unavailable()
         size = size or "1024x1024"
         steps = steps or 4
         guidance = body.get("guidanceScale")
@@ -145,9 +184,12 @@ class ImageRoute:
         try:
             image = await asyncio.wait_for(self._in_slot(sidecar), self.timeout)
         except UpstreamError as exc:
-            return _error(500, f"Image generation failed: {exc}")
+            raise ImageFailure(
+                "IMAGE_GENERATION_FAILED", 500, f"Image generation failed: {exc}"
+            ) from None
         except (TimeoutError, asyncio.TimeoutError):  # waited for a slot all that time
-            return _error(500, f"Image generation failed: no answer within {self.timeout:g} s")
+            msg = f"Image generation failed: no answer within {self.timeout:g} s"
+            raise ImageFailure("IMAGE_GENERATION_FAILED", 500, msg) from None
         elapsed = int((time.monotonic() - started) * 1000)
         units, megapixels = generation_units(size, steps)
         chain_id = body.get("chainId")
@@ -156,33 +198,31 @@ class ImageRoute:
             ("opBNB Testnet", "BNB") if chain_id == 5611 else ("Base Sepolia", "ETH")
         )
         self.generated += 1
-        return web.json_response(
-            {
-                "image": image,
-                "model": model,
-                "size": size,
+        return {
+            "image": image,
+            "model": model,
+            "size": size,
+            "steps": steps,
+            "seed": 0 if body.get("seed") is None else body["seed"],
+            "processingTimeMs": elapsed,
+            "safety": {
+                "promptSafe": True,
+                "outputSafe": True,  # nodes do not check the output yet
+                "safetyLevel": (
+                    "strict" if body.get("safetyLevel") is None else body["safetyLevel"]
+                ),
+            },
+            "provider": "host",
+            "chainId": chain_id,
+            "chainName": chain_name,
+            "nativeToken": token,
+            "billing": {
+                "generationUnits": units,
+                "modelMultiplier": 1.0,
+                "megapixels": megapixels,
                 "steps": steps,
-                "seed": 0 if body.get("seed") is None else body["seed"],
-                "processingTimeMs": elapsed,
-                "safety": {
-                    "promptSafe": True,
-                    "outputSafe": True,  # nodes do not check the output yet
-                    "safetyLevel": (
-                        "strict" if body.get("safetyLevel") is None else body["safetyLevel"]
-                    ),
-                },
-                "provider": "host",
-                "chainId": chain_id,
-                "chainName": chain_name,
-                "nativeToken": token,
-                "billing": {
-                    "generationUnits": units,
-                    "modelMultiplier": 1.0,
-                    "megapixels": megapixels,
-                    "steps": steps,
-                },
-            }
-        )
+            },
+        }
 
     async def _in_slot(self, sidecar: dict[str, Any]) -> str:
         async with self._slots:
@@ -217,6 +257,10 @@ class ImageRoute:
 
 
 def _shape_problem(body: Any) -> str | None:
+    return request_problem(body)
+
+
+def request_problem(body: Any) -> str | None:
     """Why ``body`` does not deserialize into the node's ``GenerateImageRequest`` (422)."""
     if not isinstance(body, dict):
         return "invalid type: expected struct GenerateImageRequest"
@@ -240,3 +284,162 @@ def _shape_problem(body: Any) -> str | None:
     ):
         return "guidanceScale: invalid type: expected f32"
     return None
+
+
+# --- image generation over the encrypted socket (PROTOCOL.md 6.3) --------------------------
+
+IMAGE_RESPONSE_AAD = b"encrypted_image_response"
+"""The AAD of the one ``encrypted_response`` answering an image request (PROTOCOL.md 6.3)."""
+
+IMAGE_RATE_LIMIT = 5
+"""Successful image generations per session id in :data:`IMAGE_RATE_WINDOW` seconds
+(the node's ``IMAGE_GEN_RATE_LIMIT`` default)."""
+IMAGE_RATE_WINDOW = 60.0
+
+TRIGGER_PHRASES = (
+    "generate an image",
+    "generate a picture",
+    "generate a photo",
+    "generate image",
+    "create an image",
+    "create a picture",
+    "create a photo",
+    "create image",
+    "make an image",
+    "make a picture",
+    "make a photo",
+    "make image",
+    "draw me",
+    "draw a ",
+    "paint a ",
+    "paint me",
+    "sketch a ",
+    "sketch me",
+    "illustrate a ",
+    "illustrate me",
+)
+"""What routes an encrypted prompt to image generation (query_extractor.rs:131-169)."""
+
+_LEADING_PHRASES = ("can you ", "could you ", "please ", "help me ", "tell me ", "what is ")
+_HARMONY_USER = re.compile(r"<\|start\|>user<\|message\|>(.*?)(?:<\|end\|>|\Z)", re.S)
+_HARMONY_MARKERS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>")
+_ROLE_WORDS = ("system", "user", "assistant", "final")
+
+
+def extract_last_user_query(prompt: str) -> str:
+    """The last user query of a prompt, as a node extracts it before auto image routing.
+
+    The content of the last Harmony ``<|start|>user<|message|>...<|end|>``; without
+    Harmony markers the whole text with the markers and the substrings ``system``,
+    ``user``, ``assistant``, ``final`` replaced by spaces; whitespace collapsed, then the
+    leading ``can you ``, ``could you ``, ``please ``, ``help me ``, ``tell me ``,
+    ``what is `` removed (PROTOCOL.md 6.3 lists these; the node has a few more).
+
+    >>> extract_last_user_query("Please   draw a cat")
+    'draw a cat'
+    >>> extract_last_user_query("<|start|>user<|message|>Can you draw me a dog?<|end|>")
+    'draw me a dog?'
+    """
+    found = _HARMONY_USER.findall(prompt)
+    if found:
+        query = found[-1]
+    else:
+        query = prompt
+        for word in (*_HARMONY_MARKERS, *_ROLE_WORDS):
+            query = query.replace(word, " ")
+    query = " ".join(query.split())
+    lowered = query.lower()
+    stripped = True
+    while stripped:
+        stripped = False
+        for phrase in _LEADING_PHRASES:
+            if lowered.startswith(phrase):
+                query, lowered = query[len(phrase) :].lstrip(), lowered[len(phrase) :].lstrip()
+                stripped = True
+    return query
+
+
+def wants_image(query: str) -> bool:
+    """Whether a node routes this query to image generation (:data:`TRIGGER_PHRASES`).
+
+    >>> wants_image("Draw a cat"), wants_image("what is a drawing")
+    (True, False)
+    """
+    lowered = query.lower()
+    return any(phrase in lowered for phrase in TRIGGER_PHRASES)
+
+
+def image_tokens(billing: dict[str, Any]) -> int:
+    """Tokens an image adds to its job: ``ceil(generationUnits * 1000)`` (1024x1024 at 4
+    steps: 200)."""
+    return math.ceil(float(billing["generationUnits"]) * 1000)
+
+
+class SocketImages:
+    """``action: "image_generation"`` and auto image routing on encrypted sessions, as a
+    node answers them (PROTOCOL.md 6.3), over the host's :class:`ImageRoute`.
+
+    :meth:`answer` runs the node's pipeline: a rate limit per session id
+    (:data:`IMAGE_RATE_LIMIT` successes in :data:`IMAGE_RATE_WINDOW` seconds; failures do
+    not count), validation (``VALIDATION_FAILED``: a field of the wrong type, a blank
+    prompt, a size not in :data:`ALLOWED_SIZES`, steps outside 1..100), the keyword
+    prompt-safety check (``PROMPT_BLOCKED``: a prompt containing one of
+    :data:`BLOCKED_KEYWORDS`, compared in lower case; nodes keep their own list, this is
+    ours), the diffusion sidecar (``DIFFUSION_SERVICE_UNAVAILABLE`` without one,
+    ``IMAGE_GENERATION_FAILED`` when it fails), and returns the plaintext JSON of the
+    reply (``image_generation_result``, the node's ``GenerateImageResponse`` with
+    ``type``, or ``image_generation_error`` with ``{"code", "message"}``) and the tokens
+    to bill into the job (:func:`image_tokens`; 0 for an error). The host seals it into
+    one ``encrypted_response`` with AAD :data:`IMAGE_RESPONSE_AAD`.
+    """
+
+    def __init__(
+        self,
+        route: ImageRoute,
+        *,
+        rate_limit: int = IMAGE_RATE_LIMIT,
+        window: float = IMAGE_RATE_WINDOW,
+        max_sessions: int = 4096,
+    ) -> None:
+        self.route = route
+        self.rate_limit = rate_limit
+        self.window = window
+        self.max_sessions = max_sessions
+        self._successes: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _limited(self, session_id: str) -> bool:
+        times = self._successes.get(session_id)
+        if times is None:
+            return False
+        now = time.monotonic()
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        return len(times) >= self.rate_limit
+
+    def _count(self, session_id: str) -> None:
+        times = self._successes.setdefault(session_id, deque())
+        self._successes.move_to_end(session_id)
+        times.append(time.monotonic())
+        while len(self._successes) > self.max_sessions:
+            self._successes.popitem(last=False)
+
+    async def answer(self, session_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The reply JSON and the tokens to bill for one image request (see the class)."""
+        try:
+            if self._limited(session_id):
+                raise ImageFailure(
+                    "RATE_LIMIT_EXCEEDED",
+                    429,
+                    f"Rate limit exceeded: at most {self.rate_limit} images per "
+                    f"{self.window:g} seconds per session",
+                )
+            fields = {k: v for k, v in body.items() if k != "action"}
+            problem = request_problem(fields)
+            if problem is not None:
+                raise ImageFailure("VALIDATION_FAILED", 400, problem)
+            result = await self.route.generate(fields, safety_first=True)
+        except ImageFailure as exc:
+            error = {"code": exc.code, "message": exc.message}
+            return {"type": "image_generation_error", "error": error}, 0
+        self._count(session_id)
+        return {"type": "image_generation_result", **result}, image_tokens(result["billing"])

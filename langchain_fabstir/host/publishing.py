@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -276,6 +277,13 @@ class S5CheckpointWriter:
         self.failures = 0
         """Writes that failed (each is retried later)."""
         self.last_error: BaseException | None = None
+        self.prover: Callable[[str, int, int], bytes | None] | None = None
+        """Hook of a host with a chain (``host/chain_proofs.py``): ``prover(session,
+        number, tokens)`` -> the proof bytes of a delta about to be written, whose
+        SHA-256 becomes its ``proofHash`` (as on deployed nodes); ``None``: the keccak
+        of the delta."""
+        self.on_checkpoint: Callable[[str, dict[str, Any]], None] | None = None
+        """Hook called with ``(session, index entry)`` once a delta and its index are on S5."""
 
     def __repr__(self) -> str:
         return f"S5CheckpointWriter({self.host_address}, interval={self.interval})"
@@ -443,7 +451,11 @@ class S5CheckpointWriter:
             "sessionId": log.session_id,
             "messages": cut.messages,
         }
-        delta["proofHash"] = delta_proof_hash(delta)
+        proof = self.prover(log.session_id, number, cut.tokens) if self.prover else None
+        if proof is not None:
+            delta["proofHash"] = "0x" + hashlib.sha256(proof).hexdigest()
+        else:
+            delta["proofHash"] = delta_proof_hash(delta)
         signed = sign_host_delta(delta, self._key)
         if cut.recipient is not None:  # an encrypted session: sealed to the client
             signed = encrypt_host_delta(signed, cut.recipient, self._key)
@@ -474,6 +486,48 @@ class S5CheckpointWriter:
         )
         log.entries, log.index = entries, index
         self.published += 1
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(log.session_id, entry)
+
+    def add_tokens(self, session_id: str | None, tokens: int) -> None:
+        """Bill ``tokens`` that are not text (an image: PROTOCOL.md 6.3) into the session's
+        count; a checkpoint is cut as at the end of an answer (its delta adds no message:
+        nodes store nothing of an image in the conversation)."""
+        if not valid_session_id(session_id) or tokens <= 0:
+            return
+        assert session_id is not None
+        log = self._sessions.get(session_id)
+        if log is None:
+            log = self._sessions[session_id] = _SessionLog(session_id, next_cut=self.interval)
+            self._evict()
+        log.tokens += tokens
+        if not log.answers and log.tokens - log.cut_at >= self.min_final_tokens:
+            self._cut(log)
+
+    def end_session(self, session_id: str, *, force: bool = False) -> None:
+        """The session's socket closed: cut a checkpoint of its unproven tokens when
+        there are at least ``min_final_tokens`` (any, with ``force``)."""
+        log = self._sessions.get(session_id)
+        if log is None:
+            return
+        for answer in list(log.answers):
+            if answer._ended is not None and answer._ended.is_set():
+                answer.finish()
+        unproven = log.tokens - log.cut_at
+        if unproven > 0 and not log.answers and (force or unproven >= self.min_final_tokens):
+            self._cut(log)
+
+    async def drain(self, session_id: str) -> bool:
+        """Wait (at most ``index_wait`` seconds) for the session's writes in progress,
+        retrying a failed one once; True when nothing is left to write."""
+        log = self._sessions.get(session_id)
+        if log is None:
+            return True
+        self._kick(log)
+        if log.task is not None and not log.task.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(log.task), self.index_wait)
+        return not log.queue
 
     # --- reading and lifecycle --------------------------------------------------------
 

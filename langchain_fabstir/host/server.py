@@ -46,6 +46,7 @@ from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir._version import __version__
 from langchain_fabstir.checkpoints import CheckpointTracker, address_of, sign_proof
 from langchain_fabstir.errors import EncryptionError, ProtocolError
+from langchain_fabstir.host.chain_proofs import HostChain
 from langchain_fabstir.host.embeddings import Embedder, EmbedRoute
 from langchain_fabstir.host.engines import (
     Engine,
@@ -58,7 +59,13 @@ from langchain_fabstir.host.history import (
     extract_latest_user_message,
     strip_chat_template_markers,
 )
-from langchain_fabstir.host.images import ImageRoute
+from langchain_fabstir.host.images import (
+    IMAGE_RESPONSE_AAD,
+    ImageRoute,
+    SocketImages,
+    extract_last_user_query,
+    wants_image,
+)
 from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.host.search import SearchRoute
@@ -72,6 +79,7 @@ from langchain_fabstir.wire.encryption import (
     open_session_init,
     parse_private_key,
     parse_public_key,
+    xchacha_encrypt,
 )
 from langchain_fabstir.wire.frames import (
     Connected,
@@ -127,6 +135,10 @@ the host keeps for the session. Deployed nodes ignore it (``PROTOCOL.md`` 6.1)."
 MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless
 with a 192-bit token; this stops a socket from trying)."""
+
+MAX_JOBS_PER_SOCKET = 16
+"""On-chain jobs one socket may bind for proofs and settlement (a bound on what a peer
+makes the host remember)."""
 
 RECORD_LIMIT = 64 * 1024
 """Requests larger than this (bytes of JSON) are kept in :attr:`ReferenceHost.requests`
@@ -223,6 +235,7 @@ class _Connection:
         self.chunk_index = 0  # the index of the next encrypted_chunk of the answer
         self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
+        self.jobs: list[int] = []  # on-chain jobs this socket bound (settled at its close)
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
@@ -358,6 +371,7 @@ class _Connection:
                 self.host.histories.reset(str(frame.session_id))
             self.job_id = frame.job_id
             self.chain_id = frame.chain_id
+            self.host._bind_job(self, frame.job_id)
             previous = (frame.model_extra or {}).get("resume_token")
             if isinstance(previous, str):
                 # A client back on a new socket: what its old socket owned is its now.
@@ -452,6 +466,7 @@ class _Connection:
         if session_id is not None:  # created only if absent: a re-init keeps the history
             self.host.histories.ensure(session_id)
         self.job_id = job
+        self.host._bind_job(self, job)
         chain = extra.get("chain_id", extra.get("chainId"))
         self.chain_id = int(chain) if isinstance(chain, int) else self.chain_id
         model = data.get("modelName")
@@ -474,6 +489,28 @@ class _Connection:
             "signature_digest": opened.digest,
         }
         await self.send(encode_frame(ack))
+
+    async def _image_reply(self, body: dict[str, Any], rid: str | None) -> None:
+        """Answer an image request as a node does (PROTOCOL.md 6.3): ONE
+        ``encrypted_response`` (AAD ``encrypted_image_response``) holding the result or
+        error JSON; no chunks, no ``stream_end``; the image's tokens billed into the job."""
+        assert self.cipher is not None
+        reply, tokens = await self.host.socket_images.answer(str(self.session_id or ""), body)
+        if tokens and self.host.s5_checkpoints is not None:
+            self.host.s5_checkpoints.add_tokens(self.session_id, tokens)
+        self.host.image_tokens_billed += tokens
+        plaintext = json.dumps(reply, separators=(",", ":")).encode()
+        nonce = secrets.token_bytes(24)
+        sealed = xchacha_encrypt(self.cipher.key, nonce, plaintext, IMAGE_RESPONSE_AAD)
+        frame: dict[str, Any] = {"type": "encrypted_response", "session_id": self.session_id}
+        if rid is not None:
+            frame["id"] = rid
+        frame["payload"] = {
+            "ciphertextHex": sealed.hex(),
+            "nonceHex": nonce.hex(),
+            "aadHex": IMAGE_RESPONSE_AAD.hex(),
+        }
+        await self.send(json.dumps(frame, separators=(",", ":")))
 
     async def _refuse_init(self, code: str, message: str, extra: dict[str, Any]) -> None:
         """Refuse an ``encrypted_session_init`` that decrypted (or nearly) but cannot be
@@ -511,6 +548,10 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        image = self.host._image_request(self, body)
+        if image is not None:  # an image action, or a prompt a node routes to one (6.3)
+            await self._image_reply(image, rid)
+            return
         histories = self.host.histories
         context = body.get("conversation_context")
         if self.host.lenient and isinstance(context, list) and self.session_id is not None:
@@ -527,7 +568,8 @@ class _Connection:
             history = histories.context(self.session_id)
             if isinstance(body.get("prompt"), str):
                 body["prompt"] = extract_latest_user_message(body["prompt"], history)
-        fields = {k: v for k, v in body.items() if k not in ("conversation_context", "stream")}
+        drop = ("conversation_context", "stream", "action")  # (an unknown action is ignored)
+        fields = {k: v for k, v in body.items() if k not in drop}
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
         fields["conversation_context"] = history
@@ -598,6 +640,21 @@ class ReferenceHost:
             ``encrypted_message`` (announced as the ``encrypted_context`` feature).
             Default ``False``: encrypted sessions keep their conversation exactly as a
             node does (``PROTOCOL.md`` 6.1, see ``host/history.py``).
+        chain: a :class:`~langchain_fabstir.chain.ChainClient` holding the host key
+            (``ChainClient(config, host_key)``; the host closes it when it stops). With
+            it (and ``host_key`` and an S5 store) the host proves its paid sessions on
+            chain and settles them as deployed nodes do: a proof per published
+            checkpoint, the rest when the job's last socket closes, then
+            ``completeSessionJob`` after the dispute window
+            (:class:`~langchain_fabstir.host.chain_proofs.HostChain`, at :attr:`chain`).
+            The host key's account pays the gas.
+        settle_delay: seconds between a job's last socket closing and its completion;
+            default: the contract's ``disputeWindow()`` plus 5 s, as nodes wait.
+        auto_image_routing: answer an encrypted prompt that asks for an image ("draw a
+            cat", :func:`~langchain_fabstir.host.images.wants_image` of its last user
+            query) with a generated image, as nodes do (PROTOCOL.md 6.3); default: on
+            when ``diffusion_upstream`` is given (the node's ``AUTO_IMAGE_ROUTING``).
+            ``action: "image_generation"`` is always served (an error without a sidecar).
     """
 
     def __init__(
@@ -624,6 +681,9 @@ class ReferenceHost:
         search_upstream: str | None = None,
         diffusion_upstream: str | None = None,
         lenient: bool = False,
+        chain: Any = None,
+        settle_delay: float | None = None,
+        auto_image_routing: bool | None = None,
     ) -> None:
         self.engine = engine
         self.lenient = lenient
@@ -638,6 +698,13 @@ class ReferenceHost:
         """``POST /v1/search`` (its ``upstream_calls`` counts the searches sent on)."""
         self.image_route = ImageRoute(diffusion_upstream)
         """``POST /v1/images/generate`` (its ``generated`` counts the images)."""
+        self.socket_images = SocketImages(self.image_route)
+        """``action: "image_generation"`` on encrypted sessions (PROTOCOL.md 6.3)."""
+        self.auto_image_routing = (
+            diffusion_upstream is not None if auto_image_routing is None else auto_image_routing
+        )
+        self.image_tokens_billed = 0
+        """Tokens billed for images generated over sockets (all sessions together)."""
         self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
@@ -655,6 +722,20 @@ class ReferenceHost:
             interval=checkpoint_interval,
             min_final_tokens=checkpoint_min_tokens,
         )
+        self.chain: HostChain | None = None
+        """With ``chain``: the host's proofs and settlements on chain (``host/chain_proofs.py``)."""
+        if chain is not None:
+            if host_key is None or self.s5_checkpoints is None:
+                raise ValueError(
+                    "proofs on chain need a host key and an S5 store (host_key=..., "
+                    "portal_url=... and s5_seed_phrase=..., or s5_fs=...)"
+                )
+            if str(getattr(chain, "address", None)).lower() != str(self.host_address).lower():
+                raise ValueError(
+                    "the chain client must hold the host key: proofs are accepted from "
+                    f"the job's host only ({self.host_address})"
+                )
+            self.chain = HostChain(chain, self.s5_checkpoints, settle_delay=settle_delay)
         # Session-scope checkpoint trackers and resumable answers, by (owner token, id).
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
@@ -753,6 +834,11 @@ class ReferenceHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.chain is not None:  # the checkpoints already cut and their proofs
+            assert self.s5_checkpoints is not None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.s5_checkpoints.flush(), 10)
+            await self.chain.aclose()  # (settlements still waiting are called off)
         if self.s5_checkpoints is not None:  # write the checkpoints already cut
             await self.s5_checkpoints.aclose()
 
@@ -780,6 +866,9 @@ class ReferenceHost:
             pass
         finally:
             self.connections.discard(conn)
+            if self.chain is not None:  # as a node: the socket closed, the job settles
+                for job_id in conn.jobs:
+                    self.chain.unbind(job_id)
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
@@ -790,6 +879,36 @@ class ReferenceHost:
                     self.resume_grace, self._release_owner, conn.token
                 )
         return ws
+
+    def _bind_job(self, conn: _Connection, job_id: int | None) -> None:
+        """A socket names an on-chain job: its checkpoints are proven for that job."""
+        if self.chain is None or job_id is None:
+            return
+        session_id = conn.session_id
+        again = job_id in conn.jobs  # a re-init on the same socket
+        if not again and len(conn.jobs) >= MAX_JOBS_PER_SOCKET:
+            log.info("socket names more than %d jobs: job %s not proven", len(conn.jobs), job_id)
+            return
+        self.chain.bind(str(session_id) if session_id is not None else None, job_id, not again)
+        if not again:
+            conn.jobs.append(job_id)
+
+    def _image_request(self, conn: _Connection, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The image request in a decrypted message: its own (``action:
+        "image_generation"``), or, with auto routing, ``{"prompt": <last user query>}``
+        when that query asks for an image; ``None`` for a normal prompt."""
+        if body.get("action") == "image_generation":
+            return body
+        prompt = body.get("prompt")
+        if not (self.auto_image_routing and self.image_route.upstream and isinstance(prompt, str)):
+            return None
+        query = extract_last_user_query(prompt)
+        if not wants_image(query):
+            return None
+        request: dict[str, Any] = {"prompt": query}
+        if conn.chain_id is not None and 0 <= conn.chain_id < 2**64:
+            request["chainId"] = conn.chain_id
+        return request
 
     def _release_owner(self, token: str) -> None:
         """Forget the session checkpoint state of a socket gone for ``resume_grace``

@@ -4,8 +4,9 @@
 job (logs in bounded block ranges, from the job's creation block), fetches each proof's bytes
 by ``proofCID`` from an S5 portal and checks ``sha256(bytes) == proofHash`` (what nodes put
 on chain, CHAIN.md 6.5), fetches each ``deltaCID`` (the checkpoint delta, by its CID, so the
-bytes are the ones the host named) and verifies its host signature, its session and its place
-in the chain of deltas (numbered in order, token ranges contiguous), opening encrypted deltas
+bytes are the ones the host named) and verifies its host signature, its session (the job's id,
+or a fresh node session ``{job}~...`` a client opened under the job) and its place in that
+session's chain of deltas (numbered in order, token ranges contiguous), opening encrypted deltas
 with the session's recovery key; then sums the tokens claimed against the settlement.
 """
 
@@ -42,8 +43,11 @@ class ProofAudit(BaseModel):
     ``delta_invalid`` (bad signature, another session, out of order); ``delta_encrypted`` (no
     recovery key to open it: the proof itself was checked); ``wrong_host`` (submitted by
     another address than the job's host). ``problems`` says why. ``delta_proof_hash_matches``
-    is reported, not required: deployed nodes put the on-chain ``proofHash`` in the delta,
-    this project's reference host a keccak of the delta itself.
+    is reported, not required: deployed nodes put the on-chain ``proofHash`` in the delta
+    (so does this project's reference host with a chain; without one it puts a keccak of
+    the delta itself). Bytes that no longer match their CID on the portal (tampered after
+    they were stored) are ``proof_unavailable`` / ``delta_unavailable``, the problem
+    saying so.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -173,12 +177,15 @@ async def recover_from_chain(
                 details={"proof_index": proof.index, "reason": proof.verdict},
             )
     usable = [d for d in deltas if d is not None]
+    by_session: dict[str, list[Any]] = {}  # node sessions in the order they began
+    for delta in usable:
+        by_session.setdefault(delta.session_id, []).append(delta)
     return ChainRecovery(
         job_id=job_id,
         host=audit.host,
         deltas=usable,
-        messages=rebuild_conversation(usable),
-        token_count=usable[-1].end_token if usable else 0,
+        messages=[m for group in by_session.values() for m in rebuild_conversation(group)],
+        token_count=sum(group[-1].end_token for group in by_session.values()),
         audit=audit,
     )
 
@@ -258,10 +265,11 @@ async def _audit(
         block = end + 1
 
     proofs: list[ProofAudit] = []
-    previous: tuple[int, int] | None = None  # (checkpoint index, end token) of the last delta
+    # (checkpoint index, end token) of the last delta of each node session of the job
+    previous: dict[str, tuple[int, int]] = {}
     for n, (_name, event) in enumerate(e for e in found if e[0] == "ProofSubmitted"):
         args = event["args"]
-        audit, previous, delta = await _audit_proof(
+        audit, delta = await _audit_proof(
             n, event, args, job, portal, recovery_key, previous, check_proofs
         )
         proofs.append(audit)
@@ -310,9 +318,9 @@ async def _audit_proof(
     job: Any,
     portal: S5PortalClient,
     recovery_key: RecoveryKey | None,
-    previous: tuple[int, int] | None,
+    previous: dict[str, tuple[int, int]],
     check_proof: bool = True,
-) -> tuple[ProofAudit, tuple[int, int] | None, Any]:
+) -> tuple[ProofAudit, Any]:
     from langchain_fabstir.checkpoints.host import verify_host_delta
     from langchain_fabstir.checkpoints.published import decrypt_host_delta
     from langchain_fabstir.s5.cid import CID
@@ -372,8 +380,9 @@ async def _audit_proof(
                 parsed = delta
                 token_range = (delta.start_token, delta.end_token)
                 hash_matches = delta.proof_hash.lower() == proof_hash.lower()
-                expected = (0, 0) if previous is None else (previous[0] + 1, previous[1])
-                if delta.session_id != str(job.id):
+                last = previous.get(delta.session_id)
+                expected = (0, 0) if last is None else (last[0] + 1, last[1])
+                if not _of_job(delta.session_id, job.id):
                     problems.append(f"delta {delta_cid} is of session {delta.session_id!r}")
                 elif (delta.checkpoint_index, delta.start_token) != expected:
                     problems.append(
@@ -382,7 +391,7 @@ async def _audit_proof(
                     )
                 else:
                     delta_ok = True
-                previous = (delta.checkpoint_index, delta.end_token)
+                previous[delta.session_id] = (delta.checkpoint_index, delta.end_token)
             if delta_ok is False and verdict == "ok":
                 verdict = "delta_invalid"
         elif raw is not None and verdict == "ok":
@@ -407,6 +416,12 @@ async def _audit_proof(
             verdict=verdict,
             problems=problems,
         ),
-        previous,
         parsed if delta_ok else None,
     )
+
+
+def _of_job(session_id: str, job_id: int) -> bool:
+    """A node session of job ``job_id``: its id, or a fresh node session the client opened
+    under it (``"{job}~{hex}"``, ``sessions/conversation.py``); each has its own chain of
+    deltas."""
+    return session_id == str(job_id) or session_id.startswith(f"{job_id}~")

@@ -20,6 +20,7 @@ from eth_account import Account
 
 from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
+from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.errors import (
     BudgetExceededError,
     DelegateAllowanceInsufficientError,
@@ -32,6 +33,8 @@ from langchain_fabstir.errors import (
     SpendLedgerError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from langchain_fabstir.portal import LocalPortal
+from langchain_fabstir.s5 import generate_phrase
 from langchain_fabstir.sessions.budget import SpendBudget
 from tests.localchain import DEPLOYER, HOST1, SMOLLM2_FILE, SMOLLM2_REPO, USER, LocalChain
 
@@ -72,9 +75,31 @@ def _gas(chain: LocalChain, address: str, since_block: int) -> int:
 # --- item 1: the pre-funded balance ------------------------------------------------------
 
 
+@pytest.fixture
+async def settling_host(
+    chain: LocalChain, smollm2: bytes, tmp_path: Path
+) -> AsyncIterator[ReferenceHost]:
+    """A host that proves and settles its jobs itself, as nodes do (no dispute-window wait)."""
+    async with (
+        LocalPortal(tmp_path / "portal", port=0) as portal,
+        ReferenceHost(
+            EchoEngine(),
+            host_key=HOST1.private_key,
+            rate_limit_per_minute=None,
+            portal_url=portal.url,
+            s5_seed_phrase=generate_phrase(),
+            chain=ChainClient(ChainConfig.from_mapping(chain.config()), HOST1.private_key),
+            settle_delay=0,
+        ) as h,
+    ):
+        chain.register_reference_host(h, [smollm2], price_native=PRICE, price_stable=USDC_PRICE)
+        yield h
+
+
 async def test_session_from_the_deposit_balance_and_refund_back_into_it(
-    chain: LocalChain, host: ReferenceHost, market: ChainConfig
+    chain: LocalChain, settling_host: ReferenceHost
 ) -> None:
+    market = ChainConfig.from_mapping(chain.config())
     block = chain.w3.eth.block_number
     wallet = chain.eth_balance(USER)
     async with SessionManager(chain=market, private_key=USER.private_key) as manager:
@@ -99,9 +124,11 @@ async def test_session_from_the_deposit_balance_and_refund_back_into_it(
         assert wallet - chain.eth_balance(USER) == 3 * 10**15 + _gas(chain, USER.address, block)
 
         assert (await manager.prompt(session.id, "from the balance")).text.startswith("Echo")
-        summary = await manager.end_session(session.id)
-        await asyncio.to_thread(chain.settle_like_host, session.job_id, summary.final_token_count)
+        await manager.end_session(session.id)  # the host settles, as nodes do
+        assert settling_host.chain is not None
+        await asyncio.wait_for(settling_host.chain.wait_settled(session.job_id), 60)
         settled = await manager.settlement(session.job_id)
+        assert settled.state == "completed" and settled.tokens_used == 1000  # padded proof
         cost = settled.tokens_used * PRICE // 1000
         after = await manager.deposit_balance("ETH")
         assert chain.deposit_balance(USER) == 3 * 10**15 - cost  # the refund came back
