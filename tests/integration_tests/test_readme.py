@@ -8,24 +8,39 @@ environment is the one it exports (``FABSTIR_HOST_URL``, ``FABSTIR_PORTAL_URL``,
 ``FABSTIR_S5_SEED``) plus a fresh ``FABSTIR_PRIVATE_KEY``. The README's fixed addresses
 (``http://127.0.0.1:8080``, ``:5050``) are replaced by the servers' free ports.
 
-A block that cannot run here says why in its fence's info string,
-```` ```python no-run: <reason> ````: it is compiled (its syntax checked) and reported as a
-skip with that reason. Such blocks are few (paying on a real chain), and each names the
-example that the suite runs for the same flow.
+Blocks fenced ```` ```python chain ```` pay on chain: they run on a local chain (anvil with
+the project's contracts, ``tests/localchain.py``) named by ``FABSTIR_CHAIN_CONFIG``, where
+the model they name is approved and a reference host with a host key is registered for
+it; a thread plays the host's settlement once the block's socket is closed. A block that
+cannot run here says why in its fence's info string, ```` ```python no-run: <reason> ````:
+it is compiled (its syntax checked) and reported as a skip with that reason.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from eth_account import Account
 
-from langchain_fabstir.host import LlamaEngine, ReferenceHost
+from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.host.embeddings import MiniLMEmbedder
 from langchain_fabstir.s5 import generate_phrase
+from tests.conftest import ThreadedHost
+from tests.localchain import (  # noqa: F401 (fixtures)
+    HOST1,
+    USER,
+    LocalChain,
+    anvil,
+    chain,
+    chain_config_file,
+    deployed,
+)
 from tests.sidecars import LoopThread, diffusion_sidecar, search_sidecar
 from tests.storage.conftest import ThreadedPortal
 
@@ -34,8 +49,10 @@ pytestmark = pytest.mark.llama
 README = Path(__file__).resolve().parents[2] / "README.md"
 FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.M | re.S)
 NO_RUN = re.compile(r"^ no-run: (\S.*)$")
-MAX_NO_RUN = 2
-"""Blocks allowed to be compiled only (each pays on a real chain)."""
+MAX_NO_RUN = 1
+"""Blocks allowed to be compiled only."""
+README_MODEL = ("CohereForAI/TinyVicuna-1B-32k-GGUF", "tiny-vicuna-1b.q4_k_m.gguf")
+"""The model the chain blocks name (a model of Base Sepolia), approved on the local chain."""
 HOST_IN_README, PORTAL_IN_README = "http://127.0.0.1:8080", "http://127.0.0.1:5050"
 KEY = "0x" + "4c" * 32  # a throwaway key: signs checkpoints, derives the SDK's S5 seed
 
@@ -50,6 +67,10 @@ class Block:
     @property
     def name(self) -> str:
         return f"README.md:{self.line}"
+
+    @property
+    def chain(self) -> bool:
+        return self.info == " chain"
 
     @property
     def no_run(self) -> str | None:
@@ -69,12 +90,15 @@ def readme_blocks() -> list[Block]:
 
 
 BLOCKS = readme_blocks()
+LOCAL = [b for b in BLOCKS if not b.chain]
+ON_CHAIN = [b for b in BLOCKS if b.chain]
 
 
 def test_every_python_block_runs_or_says_why_not() -> None:
     assert len(BLOCKS) >= 12
     for block in BLOCKS:
-        assert block.info == "" or block.no_run, f"{block.name}: unknown fence {block.info!r}"
+        known = block.info == "" or block.chain or block.no_run
+        assert known, f"{block.name}: unknown fence {block.info!r}"
         compile(block.code, block.name, "exec")  # no-run blocks too: valid Python
     skipped = [b for b in BLOCKS if b.no_run]
     assert len(skipped) <= MAX_NO_RUN, [b.name for b in skipped]
@@ -111,7 +135,7 @@ def servers(
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b.name} {b.heading}")
+@pytest.mark.parametrize("block", LOCAL, ids=lambda b: f"{b.name} {b.heading}")
 def test_readme_block(
     block: Block,
     servers: dict[str, str],
@@ -131,3 +155,58 @@ def test_readme_block(
     exec(compile(code, block.name, "exec"), {"__name__": "readme"})
     if "print(" in block.code:
         assert capsys.readouterr().out.strip(), f"{block.name} printed nothing"
+
+
+def _settle_when_closed(local: LocalChain, host: ReferenceHost, stop: threading.Event) -> None:
+    """The host's part on chain: once the block's socket is closed, prove and complete its
+    job (what a Fabstir node does on its own). Polls the host, bounded by the test."""
+    settled: set[int] = set()
+    while not stop.wait(0.05):
+        jobs = {int(r.job_id) for r in host.requests if r.job_id is not None}
+        if host.connections or not jobs - settled:
+            continue
+        for job in sorted(jobs - settled):
+            local.settle_like_host(job, 20)
+            settled.add(job)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("block", ON_CHAIN, ids=lambda b: f"{b.name} {b.heading}")
+def test_readme_chain_block(
+    block: Block,
+    chain: LocalChain,  # noqa: F811 (the fixture)
+    chain_config_file: Path,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = chain.add_model(*README_MODEL)
+    threaded = ThreadedHost(
+        ReferenceHost(EchoEngine(), host_key=HOST1.private_key, rate_limit_per_minute=None)
+    )
+    stop = threading.Event()
+    settler = threading.Thread(
+        target=_settle_when_closed, args=(chain, threaded.host, stop), daemon=True
+    )
+    try:
+        chain.register_reference_host(threaded.host, [model], price_stable=1_000)
+        agent = Account.create()  # a hot key with a little ETH for gas
+        chain.set_eth_balance(agent.address, 10**18)
+        chain.mint_usdc(USER, 10_000_000)  # 10 USDC for the delegate to spend
+        for name in ("FABSTIR_HOSTS", "FABSTIR_RPC_URL", "FABSTIR_HOST_URL"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("FABSTIR_CHAIN_CONFIG", str(chain_config_file))
+        monkeypatch.setenv("FABSTIR_PRIVATE_KEY", USER.private_key)
+        monkeypatch.setenv("FABSTIR_AGENT_KEY", agent.key.hex())
+        monkeypatch.chdir(tmp_path)
+        settler.start()
+        started = time.monotonic()
+        exec(compile(block.code, block.name, "exec"), {"__name__": "readme"})
+        assert time.monotonic() - started < 240
+    finally:
+        stop.set()
+        if settler.is_alive():
+            settler.join(30)
+        threaded.stop()
+    assert threaded.host.requests, f"{block.name} sent no prompt"
+    assert capsys.readouterr().out.strip(), f"{block.name} printed nothing"
