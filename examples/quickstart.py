@@ -1,8 +1,10 @@
 """The seed's "Complete Conversation Flow", in Python.
 
 `fabstir demo` runs the same flow from the installed package (a local reference host and
-S5 portal included). This file points at any Fabstir host:
-`FABSTIR_HOST_URL=http://host:8080 python examples/quickstart.py`. With
+S5 portal included). Run this file as is: with no ``FABSTIR_HOST_URL`` set, it starts a
+reference host with the real model in this process (127.0.0.1, a free port), as the other
+examples do. Point it at any Fabstir host with
+``FABSTIR_HOST_URL=http://127.0.0.1:8080 python examples/quickstart.py``. With
 `FABSTIR_PORTAL_URL` and `FABSTIR_S5_SEED` set, the conversation is kept on S5, encrypted
 with keys from the seed phrase; without them nothing is saved, and it says so.
 """
@@ -11,6 +13,8 @@ import asyncio
 import os
 
 from langchain_fabstir import SessionConfig, SessionManager
+from langchain_fabstir.errors import FabstirError
+from langchain_fabstir.host import local_host
 from langchain_fabstir.s5 import seed_phrase_from_env
 from langchain_fabstir.storage.conversations import S5ConversationStore
 
@@ -23,8 +27,13 @@ def s5_storage() -> S5ConversationStore | None:
     return S5ConversationStore(portal_url=portal_url, seed_phrase=phrase, user_address="0xdemo")
 
 
-async def run_conversation() -> None:
-    host_url = os.environ.get("FABSTIR_HOST_URL", "http://127.0.0.1:8080")
+async def main() -> None:
+    # FABSTIR_HOST_URL when set, else a reference host started here for the run.
+    async with local_host() as host_url:
+        await run_conversation(host_url)
+
+
+async def run_conversation(host_url: str) -> None:
     storage = s5_storage()
     config = SessionConfig(checkpoint_interval=100)
     async with SessionManager(config, host_url=host_url, storage=storage) as session_manager:
@@ -68,4 +77,7 @@ async def run_conversation() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_conversation())
+    try:
+        asyncio.run(main())
+    except FabstirError as exc:  # one line a person can act on (a host that is down...)
+        raise SystemExit(f"quickstart: {exc}") from None

@@ -342,6 +342,15 @@ class _Chat:
 
     # --- commands ---------------------------------------------------------------------
 
+    async def export(self, sid: str) -> dict[str, Any]:
+        """The session's export (``/save``, ``/share``). It names a chain only when this
+        chat runs on one: without a chain the session's ``chain_id`` is only the default
+        sent to the host, not a chain anything was paid or recorded on."""
+        export = await self.manager.export_session(sid)
+        if self.manager.chain is None:
+            export["session"].pop("chain_id", None)
+        return export
+
     async def command(self, line: str) -> bool:
         """Run a ``/command``; False ends the chat."""
         name, _, rest = line.strip().partition(" ")
@@ -368,7 +377,7 @@ class _Chat:
                 + (f", signed by {proof.signer}" if proof.signer else ", unsigned (no key)")
             )
         elif name == "/save":
-            export = await self.manager.export_session(sid)
+            export = await self.export(sid)
             if rest:
                 try:
                     await asyncio.to_thread(write_private, rest, json.dumps(export, default=str))
@@ -389,7 +398,7 @@ class _Chat:
             if self.manager.storage is None:
                 self.say("/share needs S5: start with --portal-url and a seed")
             else:
-                export = await self.manager.export_session(sid)
+                export = await self.export(sid)
                 self.say(f"share code: {await self.manager.generate_share_code(export)}")
         else:
             self.say(f"unknown command {name}: /help lists them")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shlex
 from pathlib import Path
@@ -84,6 +86,9 @@ def test_piped_chat_is_plain_text_and_runs_commands(
     assert "user: hello there" in out
     assert re.search(r"checkpoint 1: \d+ tokens, hash 0x[0-9a-f]{64}", out)
     assert f"saved to {saved}" in out and saved.stat().st_mode & 0o777 == 0o600
+    export = json.loads(saved.read_text())
+    assert export["session"]["model"] == "echo"
+    assert "chain_id" not in export["session"]  # no chain configured: none recorded
     assert "unknown command /bogus" in out
     assert "ended:" in out
     request = slow_host.host.requests[-1]
@@ -176,3 +181,21 @@ def test_the_banner_names_the_model_that_serves(slow_host: ThreadedHost) -> None
     default = run_cli("chat", "--host-url", url, stdin="hi\n")
     assert default.returncode == 0, default.stderr
     assert "(model echo," in default.stdout  # the host's default, by its name
+
+
+def test_tokens_per_second_count_from_the_first_token() -> None:
+    """The wait for the first token (the host reading the prompt) is not the host's speed:
+    21 tokens streamed in 0.2 s after a 5 s wait are 100 tok/s, not 4."""
+    import argparse
+
+    from langchain_fabstir.cli.chat import _Chat
+    from langchain_fabstir.sessions import Session, StreamResult
+
+    chat = _Chat(argparse.Namespace(), manager=None, out=io.StringIO())
+    chat.session = Session(id="s", host_url="http://127.0.0.1:1", model="m", checkpoint_count=1)
+    result = StreamResult(text="x", tokens_used=21)
+    line = chat.status(result, first=105.0, end=105.2, pieces=21)
+    assert line.startswith("[- in, 21 out, 100.0 tok/s, 1 checkpoint, not encrypted, "), line
+    # one token has no rate; a stopped answer counts the pieces received
+    assert "- tok/s" in chat.status(StreamResult(tokens_used=1), 1.0, 2.0, 1)
+    assert "~5 out, 20.0 tok/s" in chat.status(None, 1.0, 1.2, 5)

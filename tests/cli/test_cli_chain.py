@@ -152,9 +152,11 @@ async def test_paid_chat_pays_the_cheapest_host_and_shows_cost_and_job(
         "0.001",
         "--max-price-per-token",
         "0.000000002",  # 2e12 wei per 1,000 tokens: the cheap host only
-        stdin="hello chain\n",
+        stdin=f"hello chain\n/save {tmp_path / 'paid.json'}\n",
     )
     assert code == 0, err
+    # the export names the chain it was paid on
+    assert json.loads((tmp_path / "paid.json").read_text())["session"]["chain_id"] == 31337
     started = re.search(r"paid job (\d+) on chain 31337: host (0x\w+) \((\S+)\) at (.+)", out)
     assert started is not None, out
     job_id = int(started.group(1))

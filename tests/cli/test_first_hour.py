@@ -197,12 +197,12 @@ def test_the_cli_reads_the_alias_too(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- examples/quickstart.py --------------------------------------------------------------
 
 
-def _quickstart(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _quickstart(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         env=env,
         check=False,
     )
@@ -231,3 +231,24 @@ def test_quickstart_says_what_it_saved(tmp_path: Path) -> None:
         for proc in (host, portal):
             proc.terminate()
             proc.wait(10)
+
+
+@pytest.mark.llama
+@pytest.mark.timeout(500)
+def test_quickstart_without_a_host_starts_its_own() -> None:
+    """Run as is (no FABSTIR_HOST_URL, nothing on :8080): a host of its own, the real model
+    (three answers of up to 120 tokens: minutes on a loaded 2-core machine)."""
+    result = _quickstart(child_env(), timeout=480)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "connected to http://127.0.0.1:" in result.stdout
+    assert result.stdout.count("Assistant: ") == 3
+    assert "Session ended. Total tokens: " in result.stdout
+
+
+def test_quickstart_with_an_unreachable_host_is_one_line() -> None:
+    result = _quickstart(child_env(FABSTIR_HOST_URL="http://127.0.0.1:9"))
+    assert result.returncode == 1
+    line = _one_line(result)
+    assert line.startswith("quickstart: [HOST_UNREACHABLE]"), line
+    assert "127.0.0.1:9" in line

@@ -166,7 +166,7 @@ def test_readme_snippet_runs(
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", embed_url)
     monkeypatch.setenv("FABSTIR_PORTAL_URL", portal.url)
-    monkeypatch.setenv("FABSTIR_S5_SEED_PHRASE", phrase)
+    monkeypatch.setenv("FABSTIR_S5_SEED", phrase)
     text = README.read_text("utf-8")
     start = text.index("\n## Semantic memory (S5Store index)\n")
     section = text[start : text.find("\n## ", start + 1)]
