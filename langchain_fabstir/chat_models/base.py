@@ -60,6 +60,7 @@ from langchain_fabstir.chat_models.messages import (
     find_stop,
     generation_info,
     held_back,
+    prompt_images,
     to_protocol,
     to_result,
     usage_metadata,
@@ -79,6 +80,7 @@ from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
 from langchain_fabstir.sessions.recovery import fit_context
 from langchain_fabstir.sessions.stream import PromptStream
+from langchain_fabstir.wire.images import ImageInput
 from langchain_fabstir.wire.tools import (
     forced_tool_names,
     parse_envelope,
@@ -744,6 +746,7 @@ class ChatFabstir(BaseChatModel):
         self,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
+        images: list[ImageInput] | None = None,
     ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
         """The ``(stream, text)`` pairs of one answer, from a pooled session; the session
         layer owns every retry of it. The session goes back to the pool when its socket is
@@ -796,7 +799,9 @@ class ChatFabstir(BaseChatModel):
             context = fit_context(context, manager.config.max_context_messages)
             try:
                 async with contextlib.aclosing(
-                    manager.open_stream(sid, prompt, context=context, record=False, **request)
+                    manager.open_stream(
+                        sid, prompt, context=context, record=False, images=images, **request
+                    )
                 ) as pieces:
                     yield pieces
             except (GeneratorExit, asyncio.CancelledError):
@@ -839,6 +844,7 @@ class ChatFabstir(BaseChatModel):
         carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
         resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
         protocol_messages = to_protocol(messages)
+        images = prompt_images(messages)  # checked before a session is taken or paid
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
         buffering = bool(params["tools"]) or params["response_format"] is not None
@@ -846,7 +852,7 @@ class ChatFabstir(BaseChatModel):
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
         stopped = False
-        async with self._answer(protocol_messages, params) as pieces:
+        async with self._answer(protocol_messages, params, images) as pieces:
             async for stream, text in pieces:
                 last = stream
                 if stream.chunk_proofs:

@@ -173,6 +173,7 @@ async def serve_host(args: argparse.Namespace) -> None:
             public_url=args.public_url,
             search_upstream=args.search_upstream,
             diffusion_upstream=args.diffusion_upstream,
+            vlm_upstream=args.vlm_upstream,
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -386,6 +387,14 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an OpenAI-compatible images API for POST /v1/images/generate (the host "
         "calls URL/v1/images/generations with response_format b64_json); without it "
         "the route answers 503, as a node without a diffusion sidecar",
+    )
+    host.add_argument(
+        "--vlm-upstream",
+        metavar="URL",
+        help="an OpenAI-compatible vision model that reads the images of prompts as a "
+        "node's VLM sidecar (URL/v1/chat/completions: the image's text, then a one-sentence "
+        "description; announced as the 'vision' feature); without it images are dropped, "
+        "as on a node without one (clients then refuse to send them)",
     )
 
 

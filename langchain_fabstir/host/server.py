@@ -63,6 +63,7 @@ from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.host.search import SearchRoute
 from langchain_fabstir.host.vectors import SessionVectors
+from langchain_fabstir.host.vision import VisionSidecar
 from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.wire.encryption import (
     SessionCipher,
@@ -87,6 +88,7 @@ from langchain_fabstir.wire.frames import (
     encode_frame,
     parse_frame,
 )
+from langchain_fabstir.wire.images import VISION_FEATURE
 from langchain_fabstir.wire.tools import envelope_schema, tool_instructions
 
 __all__ = [
@@ -382,12 +384,17 @@ class _Connection:
             except ValueError as exc:  # a request that does not deserialize
                 log.info("ignoring undeserializable request: %s", exc)
                 return
+            images = (frame.model_extra or {}).get("images")  # top level only (6.2)
+            vlm_tokens = 0
+            if images and request.resume is None:
+                prompt, vlm_tokens = await self.host.vision.read(images, request.prompt)
+                request = request.model_copy(update={"prompt": prompt})
             if seq > self.cancel_upto:
                 self.cancel.clear()
             else:
                 self.cancel.set()  # cancelled before it began
             self.frame_size = len(raw)
-            await self.host.run_prompt(self, request, frame.id)
+            await self.host.run_prompt(self, request, frame.id, vlm_tokens=vlm_tokens)
         elif frame.type == "encrypted_session_init":
             await self._encrypted_init(frame.model_extra or {})
         elif frame.type == "encrypted_message":
@@ -511,6 +518,9 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        vlm_tokens = 0  # images first, as a node reads them (6.1, 6.2)
+        if body.get("images") and isinstance(body.get("prompt"), str) and not body.get("resume"):
+            body["prompt"], vlm_tokens = await self.host.vision.read(body["images"], body["prompt"])
         histories = self.host.histories
         context = body.get("conversation_context")
         if self.host.lenient and isinstance(context, list) and self.session_id is not None:
@@ -527,7 +537,9 @@ class _Connection:
             history = histories.context(self.session_id)
             if isinstance(body.get("prompt"), str):
                 body["prompt"] = extract_latest_user_message(body["prompt"], history)
-        fields = {k: v for k, v in body.items() if k not in ("conversation_context", "stream")}
+        fields = {
+            k: v for k, v in body.items() if k not in ("conversation_context", "stream", "images")
+        }
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
         fields["conversation_context"] = history
@@ -545,7 +557,7 @@ class _Connection:
             self.cancel.set()
         self.frame_size = size
         self.answer_parts = []
-        await self.host.run_prompt(self, request, rid)
+        await self.host.run_prompt(self, request, rid, vlm_tokens=vlm_tokens)
         answer = "".join(self.answer_parts)
         if request.resume is None and answer:
             histories.add_turn(self.session_id, request.prompt, answer)
@@ -575,7 +587,8 @@ class ReferenceHost:
             ``resume_grace`` seconds.
         heartbeat: seconds between WebSocket pings; a peer that does not answer one
             within half that is disconnected (``None`` disables pings).
-        max_frame_size: the largest WebSocket message accepted, in bytes.
+        max_frame_size: the largest WebSocket message accepted, in bytes (16 MiB, a
+            node's frame limit: a prompt with a 10 MB image fits).
         portal_url, s5_seed_phrase, s5_fs: an S5 store (a portal and the host's seed
             phrase, or a ready ``S5FileSystem``). With it and ``host_key`` the host
             publishes signed checkpoints as real hosts do and serves them at
@@ -594,6 +607,11 @@ class ReferenceHost:
         diffusion_upstream: an OpenAI-compatible images API for ``POST
             /v1/images/generate`` (see ``host/images.py``); ``None``: 503, as a node
             without a diffusion sidecar.
+        vlm_upstream: an OpenAI-compatible vision endpoint (``POST
+            {url}/v1/chat/completions``) that reads the ``images`` of prompts as a node's
+            VLM sidecar does (see ``host/vision.py``; announced as the ``vision``
+            feature); ``None``: images are dropped silently with no ``vlm_tokens``, as on
+            a node without one.
         lenient: beyond a deployed node, honour a ``conversation_context`` inside an
             ``encrypted_message`` (announced as the ``encrypted_context`` feature).
             Default ``False``: encrypted sessions keep their conversation exactly as a
@@ -607,7 +625,7 @@ class ReferenceHost:
         host: str = "127.0.0.1",
         port: int = 0,
         rate_limit_per_minute: int | None = 100,
-        max_frame_size: int = 4 * 1024 * 1024,
+        max_frame_size: int = 16 * 1024 * 1024,
         chain_id: int | None = None,
         host_key: str | None = None,
         resume_grace: float = 30.0,
@@ -623,6 +641,7 @@ class ReferenceHost:
         embedder: Embedder | Literal["auto"] | None = "auto",
         search_upstream: str | None = None,
         diffusion_upstream: str | None = None,
+        vlm_upstream: str | None = None,
         lenient: bool = False,
     ) -> None:
         self.engine = engine
@@ -638,6 +657,8 @@ class ReferenceHost:
         """``POST /v1/search`` (its ``upstream_calls`` counts the searches sent on)."""
         self.image_route = ImageRoute(diffusion_upstream)
         """``POST /v1/images/generate`` (its ``generated`` counts the images)."""
+        self.vision = VisionSidecar(vlm_upstream)
+        """What reads a prompt's ``images`` (its ``calls`` counts the sidecar requests)."""
         self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
@@ -702,6 +723,8 @@ class ReferenceHost:
         if self._host_key and self.lenient:
             keyed.append(ENCRYPTED_CONTEXT_FEATURE)
         features = list(HOST_FEATURES) + keyed
+        if self.vision.enabled:
+            features.append(VISION_FEATURE)
         engine_features = getattr(self.engine, "host_features", None)
         return engine_features(features) if engine_features is not None else features
 
@@ -842,9 +865,11 @@ class ReferenceHost:
         await conn.send(encode_frame(StreamEnd(reason="error", tokens_used=0, id=rid)))
 
     async def run_prompt(
-        self, conn: _Connection, request: InferenceRequest, rid: str | None
+        self, conn: _Connection, request: InferenceRequest, rid: str | None, *, vlm_tokens: int = 0
     ) -> None:
-        """Stream one answer to ``conn``: chunks, the final empty chunk, ``stream_end``.
+        """Stream one answer to ``conn``: chunks, the final empty chunk, ``stream_end``
+        (with ``vlm_tokens`` when the prompt's images were read: ``vlm_tokens`` > 0, which
+        a job is billed for as for generated tokens).
 
         The answer is generated by an :class:`AnswerJob` that outlives the socket; a
         request with ``resume = {"request_id", "offset"}`` (the ``resume`` extension)
@@ -915,6 +940,8 @@ class ReferenceHost:
             if self.s5_checkpoints is not None
             else None
         )
+        if recorder is not None and vlm_tokens and request.job_id is not None:
+            recorder.billable(vlm_tokens)  # as a node: the job's token count
         # The per-token path: one pre-built JSON text per token, nothing else.
         prefix = '{"type":"stream_chunk","content":'
         suffix = ',"tokens":1' + (f',"id":{_json_str(rid)}' if rid is not None else "") + "}"
@@ -958,6 +985,8 @@ class ReferenceHost:
                 finish_reason=result.finish_reason,
                 usage=usage,
             )
+            if vlm_tokens > 0:  # only then, as a node
+                end.vlm_tokens = vlm_tokens
             frames += [last_chunk, encode_frame(end)]
             return frames
 

@@ -174,6 +174,8 @@ class Transport:
                 told["context"] = context
         if isinstance(checkpoint, dict) and told:
             request["checkpoint"] = {**checkpoint, **told}
+        if payload.get("images"):  # (a node reads them inside the ciphertext, 6.2)
+            request["images"] = payload["images"]
         resuming = request.get("resume") is not None
         self._asked = [] if resuming else [*context, {"role": "user", "content": prompt}]
         self._answer = []
