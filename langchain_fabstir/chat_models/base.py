@@ -182,8 +182,9 @@ class ChatFabstir(BaseChatModel):
 
     Model profile:
         ``llm.profile`` (a ``ModelProfile``, read by LangChain's summarisation and
-        context-trimming middleware): text in and out only (``image_inputs`` and the
-        other media flags ``False``), ``tool_calling`` and ``tool_choice`` ``True``;
+        context-trimming middleware): text out; ``image_inputs`` ``True`` where the host
+        announces ``vision`` (see "Images"), the other media flags ``False``;
+        ``tool_calling`` and ``tool_choice`` ``True``;
         ``max_input_tokens``/``max_output_tokens`` (the host's context window) and
         ``structured_output`` (the host announces ``response_format``) are filled from
         what the host announces: by ``await llm.afetch_profile()`` (``/v1/version``,
@@ -329,8 +330,45 @@ class ChatFabstir(BaseChatModel):
     History:
         Messages of every type map onto the protocol's ``conversation_context``:
         system, human, AI (earlier tool calls included as their JSON envelope) and tool
-        results (as user turns that name the tool). Content a host cannot take (images,
-        audio, files) is refused with a ``ValueError``, never silently dropped.
+        results (as user turns that name the tool). Content a host cannot take (audio,
+        files, images outside human messages) is refused with a ``ValueError``, never
+        silently dropped.
+
+    Images:
+        A human message may carry image blocks (``{"type": "image", "base64": ...,
+        "mime_type": "image/png"}``, the older ``source_type: "base64"`` form, or an
+        ``image_url`` **data** URL; png, jpeg, webp, gif, at most about 10 MB each). They
+        are checked before anything is sent (``INVALID_IMAGE_DATA``,
+        ``INVALID_IMAGE_FORMAT``, ``IMAGE_TOO_LARGE``: no session taken, nothing paid);
+        URLs that are not ``data:`` URLs are refused, never fetched. The host's vision
+        sidecar reads each image (its text and a one-sentence description) and puts what
+        it read in front of the question; the tokens it used are billed with the job and
+        count as input tokens (``usage_metadata["input_token_details"]["vlm"]``).
+
+        .. code-block:: python
+
+            msg = HumanMessage(content=[
+                {"type": "text", "text": "What does the sign say?"},
+                {"type": "image", "base64": b64, "mime_type": "image/png"},
+            ])
+            llm.invoke([msg])
+
+        Never a silent drop: a host that announces its extensions without ``vision`` is
+        refused before sending, and an answer that reports no vision tokens (a deployed
+        node without a vision sidecar drops images silently) raises
+        ``IMAGE_INPUTS_NOT_SUPPORTED`` with that answer in ``details["partial_text"]``.
+        In ``stream`` that error comes after the last chunk (the node reports its vision
+        tokens only in its final frame): discard what was shown. A prompt with images is
+        never sent again by a retry (reading them is billed).
+
+        Only the images of the last message go to the host, when it is a human message
+        (the prompt a node reads images for). Images of earlier messages are not sent
+        again; their text is, and so are the model's answers about them. In encrypted
+        mode the node keeps what its sidecar read in its history of the node session,
+        so follow-up questions on the same conversation still see it; in plaintext mode
+        (nodes keep no history), and when the conversation moves to a new node session
+        (another conversation on the pooled session, a reconnect, a failover) the model
+        sees only the text: put the image in the new message again to have it read.
 
     Paid sessions:
         With ``chain=`` (a :class:`~langchain_fabstir.chain.ChainConfig`), ``deposit=`` and

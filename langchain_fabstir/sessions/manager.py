@@ -639,6 +639,8 @@ class SessionManager:
                 token_allowance=self.config.max_tokens_overrun,
             )
             user_msg = Message(role="user", content=prompt)
+            if pictures:  # (the SDK's conversation.json says so; the images are not kept)
+                user_msg.metadata["imageCount"] = len(pictures)
             recovery = AnswerRecovery(
                 payload,
                 self.config,
