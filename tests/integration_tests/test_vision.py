@@ -31,51 +31,31 @@ from langchain_fabstir.host.engines import Engine
 from langchain_fabstir.host.vision import augment_prompt
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.wire.images import ImageInput
-from tests.sidecars import png, serve
+from tests.sidecars import (
+    VLM_OCR,
+    VLM_OCR_TOKENS,
+    VLM_VISUAL,
+    VLM_VISUAL_TOKENS,
+    Sidecar,
+    png,
+    vlm_sidecar,
+)
 
 HOST_KEY = "0x" + "5a" * 32
 MODES = ["plaintext", "encrypted"]
 PNG = png(8, 6, (250, 10, 10))
 B64 = base64.b64encode(PNG).decode()
-OCR, VISUAL = "HELLO 42", "A red square."
-OCR_TOKENS, VISUAL_TOKENS = 30, 12
+OCR, VISUAL = VLM_OCR, VLM_VISUAL
+OCR_TOKENS, VISUAL_TOKENS = VLM_OCR_TOKENS, VLM_VISUAL_TOKENS
 AUGMENTED = (
     f"The attached image contains the following:\nText content:\n{OCR}\n\n"
     f"Visual: {VISUAL}\n\nUser's question: "
 )
 
 
-class Vlm:
-    """A VLM sidecar: ``POST /v1/chat/completions``, the OCR instruction answered with
-    :data:`OCR`, the description one with :data:`VISUAL`; ``fail`` makes every call 500."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.fail = False
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.requests.append(body)
-        if self.fail:
-            return web.json_response({"error": "model crashed"}, status=500)
-        text = body["messages"][0]["content"][0]["text"]
-        ocr = text.startswith("Extract all text")
-        return web.json_response(
-            {
-                "choices": [{"message": {"role": "assistant", "content": OCR if ocr else VISUAL}}],
-                "usage": {"total_tokens": OCR_TOKENS if ocr else VISUAL_TOKENS},
-            }
-        )
-
-
 @pytest.fixture
-async def vlm() -> AsyncIterator[Vlm]:
-    sidecar = Vlm()
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/chat/completions", sidecar.handle)
-    async with serve(app) as url:
-        sidecar.url = url
+async def vlm() -> AsyncIterator[Sidecar]:
+    async with vlm_sidecar() as sidecar:
         yield sidecar
 
 
@@ -107,7 +87,7 @@ def last_user(host: ReferenceHost) -> str:
     return host.model_inputs[-1][-1]["content"]
 
 
-def check_vlm_calls(vlm: Vlm) -> None:
+def check_vlm_calls(vlm: Sidecar) -> None:
     """Two calls per image, as a node makes them: OCR, then a one-sentence description."""
     assert len(vlm.requests) == 2
     for body, (max_tokens, temperature, start) in zip(
@@ -125,7 +105,7 @@ def check_vlm_calls(vlm: Vlm) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_an_image_reaches_the_vlm_and_the_model_sees_what_it_read(
-    mode: str, vlm: Vlm
+    mode: str, vlm: Sidecar
 ) -> None:
     async with make_host(mode, vlm_upstream=vlm.url) as host:
         llm = ChatFabstir(host_url=host.url)
@@ -151,7 +131,7 @@ async def test_an_image_reaches_the_vlm_and_the_model_sees_what_it_read(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_session_manager_sends_images_and_counts_vlm_tokens(
-    mode: str, vlm: Vlm, tmp_path: Path
+    mode: str, vlm: Sidecar, tmp_path: Path
 ) -> None:
     picture = tmp_path / "sign.png"
     picture.write_bytes(PNG)
@@ -318,9 +298,12 @@ async def test_a_node_that_drops_images_silently_is_caught_by_its_answer(mode: s
 
 
 async def test_a_vlm_whose_calls_all_fail_leaves_the_prompt_cleaned_and_is_reported(
-    vlm: Vlm,
+    vlm: Sidecar,
 ) -> None:
-    vlm.fail = True
+    async def fail(request: web.Request) -> web.Response:
+        return web.json_response({"error": "model crashed"}, status=500)
+
+    vlm.handler = fail
     async with make_host("plaintext", vlm_upstream=vlm.url) as host:
         llm = ChatFabstir(host_url=host.url)
         message = image_message("<<DISPLAY>>Read it<</DISPLAY>>[Attached image: a.png]\n\n\n\nnow")
@@ -330,7 +313,7 @@ async def test_a_vlm_whose_calls_all_fail_leaves_the_prompt_cleaned_and_is_repor
         assert last_user(host) == "Read it\n\nnow"  # strip_ui_markers, as a node
 
 
-async def test_a_prompt_with_images_is_not_sent_again_by_a_retry(vlm: Vlm) -> None:
+async def test_a_prompt_with_images_is_not_sent_again_by_a_retry(vlm: Sidecar) -> None:
     """A rate-limited prompt is normally waited out and sent again; one with images is not
     (its images were read, and billed, already): the error is raised to the caller."""
     async with make_host("plaintext", vlm_upstream=vlm.url, rate_limit_per_minute=1) as host:
@@ -354,7 +337,7 @@ def test_the_node_augmentation_of_a_multi_turn_prompt() -> None:
     assert augment_prompt([], prompt) == prompt
 
 
-async def test_earlier_images_are_not_sent_again(vlm: Vlm) -> None:
+async def test_earlier_images_are_not_sent_again(vlm: Sidecar) -> None:
     async with make_host("encrypted", vlm_upstream=vlm.url) as host:
         llm = ChatFabstir(host_url=host.url)
         first = image_message()
