@@ -114,6 +114,10 @@ successful resume, or a ``session_init`` carrying the old socket's ``resume_toke
 the old socket's state to the new one (whose own token then
 names it).
 
+With a vision sidecar (``vlm_upstream``) it announces ``vision``: the ``images`` of a prompt
+are read as a node reads them (``host/vision.py``); without one a host that announces
+its extensions without ``vision`` tells clients it would drop images.
+
 With a host key the host also announces ``checkpoints``, ``encryption`` and
 ``chunk_count``: the ``encrypted_response`` of every complete encrypted answer carries a
 ``count`` field, the number of ``encrypted_chunk`` frames of the answer (final empty

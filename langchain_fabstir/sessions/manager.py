@@ -876,7 +876,7 @@ class SessionManager:
         """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``).
 
         ``images``: pictures for the host's vision model, each an
-        :class:`~langchain_fabstir.wire.images.ImageInput`, ``bytes``, a
+        :class:`~langchain_fabstir.sessions.ImageInput`, ``bytes``, a
         :class:`~pathlib.Path` or a ``data:`` URL (png, jpeg, webp or gif, at most about
         10 MB each)::
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from langchain_core.messages import AIMessage, HumanMessage
 
 from langchain_fabstir.chat_models import ChatFabstir
+from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
 from langchain_fabstir.errors import (
     ImageInputsNotSupportedError,
     ImageTooLargeError,
@@ -29,6 +30,7 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.engines import Engine
 from langchain_fabstir.host.vision import augment_prompt
+from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.wire.images import ImageInput
 from tests.sidecars import (
@@ -349,3 +351,32 @@ async def test_earlier_images_are_not_sent_again(vlm: Sidecar) -> None:
         assert any(OCR in m["content"] for m in host.model_inputs[-1])
         with contextlib.suppress(Exception):
             await llm.aclose()
+
+
+async def test_vlm_tokens_are_billed_with_the_job(vlm: Sidecar, tmp_path: Path) -> None:
+    """With a job id, a node adds the sidecar's tokens to the job's token count: the host's
+    checkpoints (what it proves on chain) cover them; without a job, only generated ones."""
+    phrase = (
+        "sign weight spy quality sudden minute pizza great fear "
+        "adapt nobody evident control alive crime"
+    )
+    async with LocalPortal(tmp_path / "portal", port=0) as portal:
+        engine = EchoEngine([f"w{i} " for i in range(37)], fill=True)
+        host = ReferenceHost(
+            engine,
+            rate_limit_per_minute=None,
+            host_key=HOST_KEY,
+            portal_url=portal.url,
+            s5_seed_phrase=phrase,
+            vlm_upstream=vlm.url,
+        )
+        config = SessionConfig(encryption="off")
+        async with host, SessionManager(config, host_url=host.url) as manager:
+            ranges = []
+            for job_id in (41, None):
+                session = await manager.create_session(model="echo", job_id=job_id)
+                result = await manager.prompt(session.id, "Look.", images=[PNG], max_tokens=120)
+                assert result.vlm_tokens == OCR_TOKENS + VISUAL_TOKENS
+                published = await fetch_host_checkpoints(host.url, session.id, portal=portal.url)
+                ranges.append([tuple(e.token_range) for e in published.index.checkpoints])
+    assert ranges == [[(0, 120 + OCR_TOKENS + VISUAL_TOKENS)], [(0, 120)]]
