@@ -380,3 +380,21 @@ async def test_vlm_tokens_are_billed_with_the_job(vlm: Sidecar, tmp_path: Path) 
                 published = await fetch_host_checkpoints(host.url, session.id, portal=portal.url)
                 ranges.append([tuple(e.token_range) for e in published.index.checkpoints])
     assert ranges == [[(0, 120 + OCR_TOKENS + VISUAL_TOKENS)], [(0, 120)]]
+
+
+async def test_an_image_in_an_inlined_conversation_is_read_into_the_new_message(
+    vlm: Sidecar,
+) -> None:
+    """A conversation a node session does not hold reaches it inlined; the node puts the
+    image's analysis into the last ``User:`` turn, which must be the new message."""
+    async with make_host("encrypted", vlm_upstream=vlm.url) as host:
+        llm = ChatFabstir(host_url=host.url)
+        history = [HumanMessage("zz-hi"), AIMessage("zz-hello"), image_message("zz-what?")]
+        await llm.ainvoke(history)
+        seen = last_user(host)
+        assert "User: zz-hi\nAssistant: zz-hello" in seen  # the earlier turn as it was
+        assert seen.endswith(
+            "User: A NEW image has been attached. IGNORE any previous image descriptions "
+            "from the conversation. Use ONLY the following new analysis:\n"
+            f"Text content:\n{OCR}\n\nVisual: {VISUAL}\n\nUser's question: zz-what?"
+        )
