@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
+from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.errors import (
     ImageInputsNotSupportedError,
     ImageTooLargeError,
@@ -398,3 +399,21 @@ async def test_an_image_in_an_inlined_conversation_is_read_into_the_new_message(
             "from the conversation. Use ONLY the following new analysis:\n"
             f"Text content:\n{OCR}\n\nVisual: {VISUAL}\n\nUser's question: zz-what?"
         )
+
+
+async def test_fabstir_host_vlm_upstream_reads_images(vlm: Sidecar) -> None:
+    """``fabstir host --vlm-upstream URL``: the host process announces ``vision`` and reads
+    images through that sidecar."""
+    proc, url = await asyncio.to_thread(
+        start_host_process, "--engine", "echo", "--vlm-upstream", vlm.url, timeout=60
+    )
+    try:
+        llm = ChatFabstir(host_url=url, max_retries=0)
+        assert (await llm.afetch_profile())["image_inputs"] is True
+        reply = await llm.ainvoke([image_message()])
+        assert reply.usage_metadata is not None
+        assert reply.usage_metadata["input_token_details"] == {"vlm": OCR_TOKENS + VISUAL_TOKENS}
+        check_vlm_calls(vlm)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
