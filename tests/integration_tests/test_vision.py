@@ -22,6 +22,7 @@ from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
 from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.errors import (
+    HostDisconnectedError,
     ImageInputsNotSupportedError,
     ImageTooLargeError,
     InvalidImageError,
@@ -34,6 +35,7 @@ from langchain_fabstir.host.vision import augment_prompt
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.wire.images import ImageInput
+from tests.faults.proxy import CutAfterBytes, FaultProxy, Stall
 from tests.sidecars import (
     VLM_OCR,
     VLM_OCR_TOKENS,
@@ -417,3 +419,49 @@ async def test_fabstir_host_vlm_upstream_reads_images(vlm: Sidecar) -> None:
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["exact-resume", "node"])
+async def test_a_socket_dropped_after_the_images_were_read_never_reads_them_again(
+    vlm: Sidecar, resume: bool
+) -> None:
+    """The socket drops after the host read the images, before the first token. A host
+    with exact resume goes on with the same answer (nothing read again, its vlm_tokens
+    reported); a node (no resume) would have to be sent the prompt again, which would read
+    and bill the images twice: the drop is raised instead."""
+    read = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        body = vlm.requests[-1]
+        ocr = body["messages"][0]["content"][0]["text"].startswith("Extract all text")
+        if len(vlm.requests) == 2:
+            read.set()
+        return web.json_response(
+            {
+                "choices": [{"message": {"content": OCR if ocr else VISUAL}}],
+                "usage": {"total_tokens": OCR_TOKENS if ocr else VISUAL_TOKENS},
+            }
+        )
+
+    vlm.handler = answer
+    features = None if resume else []
+    async with (
+        make_host("plaintext", vlm_upstream=vlm.url, features=features) as host,
+        FaultProxy("127.0.0.1", host.port) as proxy,
+    ):
+        config = SessionConfig(reconnect_attempts=2)
+        async with SessionManager(config, host_url=f"http://127.0.0.1:{proxy.port}") as manager:
+            session = await manager.create_session()
+            proxy.set_fault(Stall("down"), scope="current")
+            task = asyncio.create_task(manager.prompt(session.id, "Look.", images=[PNG]))
+            await asyncio.wait_for(read.wait(), 30)
+            proxy.set_fault(CutAfterBytes(0), scope="current")
+            if resume:
+                result = await asyncio.wait_for(task, 30)
+                assert result.text == "Echo: " + AUGMENTED + "Look."
+                assert result.vlm_tokens == OCR_TOKENS + VISUAL_TOKENS and result.resumed == 1
+            else:
+                with pytest.raises(HostDisconnectedError) as info:
+                    await asyncio.wait_for(task, 30)
+                assert "not_resent" in info.value.details
+    assert len(vlm.requests) == 2  # the images were read once
