@@ -144,9 +144,13 @@ class ImageInput:
     """``png``, ``jpeg``, ``webp`` or ``gif``."""
 
     def __init__(self, data: str, format: str) -> None:
-        # (private: the constructors check; this only stores)
+        # The constructors below check the data; this checks what is cheap to check.
+        if not isinstance(data, str) or not data:
+            raise InvalidImageError("the image data must be a non-empty base64 string")
+        if len(data) > MAX_BASE64_CHARS:
+            raise _too_large(len(data))
         self.data = data
-        self.format = format
+        self.format = _format(format)
 
     def __repr__(self) -> str:
         return f"ImageInput(format={self.format!r}, base64_chars={len(self.data)})"
