@@ -117,7 +117,7 @@ def _format(value: str) -> str:
 
 def _too_large(chars: int) -> ImageTooLargeError:
     return ImageTooLargeError(
-        f"the image is {chars:,} base64 characters (about {chars * 3 / 4 / 2**20:.1f} MB); "
+        f"the image is {chars:,} base64 characters (about {chars * 3 / 4 / 1e6:.1f} MB); "
         f"hosts take at most {MAX_BASE64_CHARS:,} (about 10 MB): send a smaller image",
         details={"base64_chars": chars, "limit": MAX_BASE64_CHARS},
     )
