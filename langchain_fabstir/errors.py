@@ -73,11 +73,15 @@ __all__ = [
     "HostError",
     "HostIdentityError",
     "ImageGenerationError",
+    "ImageInputsNotSupportedError",
+    "ImageTooLargeError",
     "InsufficientDepositError",
     "InsufficientFundsError",
     "IntegrityError",
     "InvalidEncryptedPayloadError",
     "InvalidHexError",
+    "InvalidImageError",
+    "InvalidImageFormatError",
     "InvalidKeyError",
     "InvalidNonceSizeError",
     "InvalidRequestError",
@@ -339,6 +343,39 @@ class PromptBlockedError(InvalidRequestError):
     detected: ...``). Not retried: change the prompt."""
 
     code = "PROMPT_BLOCKED"
+
+
+class InvalidImageError(InvalidRequestError):
+    """An image given with a prompt cannot be sent: not base64, not an image, a URL that
+    is not a ``data:`` URL (never fetched), or a file that cannot be read. Raised before
+    anything is sent."""
+
+    code = "INVALID_IMAGE_DATA"
+
+
+class InvalidImageFormatError(InvalidImageError):
+    """An image in a format hosts do not take (they take ``png``, ``jpeg``, ``webp`` and
+    ``gif``). Raised before anything is sent."""
+
+    code = "INVALID_IMAGE_FORMAT"
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image over the hosts' limit (13,333,334 base64 characters, about 10 MB), or
+    images that together do not fit in one WebSocket message of a node (16 MiB; twice
+    the size in encrypted mode, as hex). Raised before anything is sent."""
+
+    code = "IMAGE_TOO_LARGE"
+
+
+class ImageInputsNotSupportedError(InvalidRequestError):
+    """The host cannot read images: it announced no ``vision`` (refused before sending), or
+    it answered a prompt with images without reporting ``vlm_tokens`` (a node without a
+    vision sidecar drops images silently, or its vision calls all failed). In the second
+    case the answer, which ignored the images, is in ``details["partial_text"]``. Not
+    retried: use a host with vision."""
+
+    code = "IMAGE_INPUTS_NOT_SUPPORTED"
 
 
 class DimensionMismatchError(ProtocolError):

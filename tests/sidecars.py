@@ -1,5 +1,6 @@
-"""Sidecars written for the tests, on 127.0.0.1 (port 0): a search API in Brave's JSON shape
-and an OpenAI-style images API returning real PNG files, both scripted per test; a tiny PNG
+"""Sidecars written for the tests, on 127.0.0.1 (port 0): a search API in Brave's JSON shape,
+an OpenAI-style images API returning real PNG files and a vision model (chat completions),
+all scripted per test; a tiny PNG
 encoder (zlib + struct, no Pillow) and a loop thread to run servers for sync tests."""
 
 from __future__ import annotations
@@ -126,6 +127,40 @@ async def diffusion_sidecar() -> AsyncIterator[Sidecar]:
 
     app = web.Application()
     app.router.add_post("/v1/images/generations", generate)
+    async with serve(app) as url:
+        sidecar.url = url
+        yield sidecar
+
+
+VLM_OCR, VLM_VISUAL = "HELLO 42", "A red square."
+"""What :func:`vlm_sidecar` reads in every image (its text, its one-sentence description)."""
+VLM_OCR_TOKENS, VLM_VISUAL_TOKENS = 30, 12
+
+
+@contextlib.asynccontextmanager
+async def vlm_sidecar() -> AsyncIterator[Sidecar]:
+    """``POST /v1/chat/completions`` as a vision model answers a node: the OCR instruction
+    -> :data:`VLM_OCR`, any other -> :data:`VLM_VISUAL`, with ``usage.total_tokens`` (or
+    ``sidecar.handler``). ``requests`` holds the JSON bodies."""
+    sidecar = Sidecar()
+
+    async def complete(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        sidecar.requests.append(body)
+        if sidecar.handler is not None:
+            return await sidecar.handler(request)
+        ocr = body["messages"][0]["content"][0]["text"].startswith("Extract all text")
+        return web.json_response(
+            {
+                "choices": [
+                    {"message": {"role": "assistant", "content": VLM_OCR if ocr else VLM_VISUAL}}
+                ],
+                "usage": {"total_tokens": VLM_OCR_TOKENS if ocr else VLM_VISUAL_TOKENS},
+            }
+        )
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", complete)
     async with serve(app) as url:
         sidecar.url = url
         yield sidecar

@@ -60,6 +60,7 @@ from langchain_fabstir.chat_models.messages import (
     find_stop,
     generation_info,
     held_back,
+    prompt_images,
     to_protocol,
     to_result,
     usage_metadata,
@@ -79,6 +80,7 @@ from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
 from langchain_fabstir.sessions.recovery import fit_context
 from langchain_fabstir.sessions.stream import PromptStream
+from langchain_fabstir.wire.images import ImageInput
 from langchain_fabstir.wire.tools import (
     forced_tool_names,
     parse_envelope,
@@ -180,8 +182,9 @@ class ChatFabstir(BaseChatModel):
 
     Model profile:
         ``llm.profile`` (a ``ModelProfile``, read by LangChain's summarisation and
-        context-trimming middleware): text in and out only (``image_inputs`` and the
-        other media flags ``False``), ``tool_calling`` and ``tool_choice`` ``True``;
+        context-trimming middleware): text out; ``image_inputs`` ``True`` where the host
+        announces ``vision`` (see "Images"), the other media flags ``False``;
+        ``tool_calling`` and ``tool_choice`` ``True``;
         ``max_input_tokens``/``max_output_tokens`` (the host's context window) and
         ``structured_output`` (the host announces ``response_format``) are filled from
         what the host announces: by ``await llm.afetch_profile()`` (``/v1/version``,
@@ -327,8 +330,45 @@ class ChatFabstir(BaseChatModel):
     History:
         Messages of every type map onto the protocol's ``conversation_context``:
         system, human, AI (earlier tool calls included as their JSON envelope) and tool
-        results (as user turns that name the tool). Content a host cannot take (images,
-        audio, files) is refused with a ``ValueError``, never silently dropped.
+        results (as user turns that name the tool). Content a host cannot take (audio,
+        files, images outside human messages) is refused with a ``ValueError``, never
+        silently dropped.
+
+    Images:
+        A human message may carry image blocks (``{"type": "image", "base64": ...,
+        "mime_type": "image/png"}``, the older ``source_type: "base64"`` form, or an
+        ``image_url`` **data** URL; png, jpeg, webp, gif, at most about 10 MB each). They
+        are checked before anything is sent (``INVALID_IMAGE_DATA``,
+        ``INVALID_IMAGE_FORMAT``, ``IMAGE_TOO_LARGE``: no session taken, nothing paid);
+        URLs that are not ``data:`` URLs are refused, never fetched. The host's vision
+        sidecar reads each image (its text and a one-sentence description) and puts what
+        it read in front of the question; the tokens it used are billed with the job and
+        count as input tokens (``usage_metadata["input_token_details"]["vlm"]``).
+
+        .. code-block:: python
+
+            msg = HumanMessage(content=[
+                {"type": "text", "text": "What does the sign say?"},
+                {"type": "image", "base64": b64, "mime_type": "image/png"},
+            ])
+            llm.invoke([msg])
+
+        Never a silent drop: a host that announces its extensions without ``vision`` is
+        refused before sending, and an answer that reports no vision tokens (a deployed
+        node without a vision sidecar drops images silently) raises
+        ``IMAGE_INPUTS_NOT_SUPPORTED`` with that answer in ``details["partial_text"]``.
+        In ``stream`` that error comes after the last chunk (the node reports its vision
+        tokens only in its final frame): discard what was shown. A prompt with images is
+        never sent again by a retry (reading them is billed).
+
+        Only the images of the last message go to the host, when it is a human message
+        (the prompt a node reads images for). Images of earlier messages are not sent
+        again; their text is, and so are the model's answers about them. In encrypted
+        mode the node keeps what its sidecar read in its history of the node session,
+        so follow-up questions on the same conversation still see it; in plaintext mode
+        (nodes keep no history), and when the conversation moves to a new node session
+        (another conversation on the pooled session, a reconnect, a failover) the model
+        sees only the text: put the image in the new message again to have it read.
 
     Paid sessions:
         With ``chain=`` (a :class:`~langchain_fabstir.chain.ChainConfig`), ``deposit=`` and
@@ -744,6 +784,7 @@ class ChatFabstir(BaseChatModel):
         self,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
+        images: list[ImageInput] | None = None,
     ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
         """The ``(stream, text)`` pairs of one answer, from a pooled session; the session
         layer owns every retry of it. The session goes back to the pool when its socket is
@@ -796,7 +837,9 @@ class ChatFabstir(BaseChatModel):
             context = fit_context(context, manager.config.max_context_messages)
             try:
                 async with contextlib.aclosing(
-                    manager.open_stream(sid, prompt, context=context, record=False, **request)
+                    manager.open_stream(
+                        sid, prompt, context=context, record=False, images=images, **request
+                    )
                 ) as pieces:
                     yield pieces
             except (GeneratorExit, asyncio.CancelledError):
@@ -839,6 +882,7 @@ class ChatFabstir(BaseChatModel):
         carry: list[dict[str, Any]] = []  # proofs waiting for the next emitted chunk
         resumed: dict[str, Any] | None = None  # a resume to announce on the next chunk
         protocol_messages = to_protocol(messages)
+        images = prompt_images(messages)  # checked before a session is taken or paid
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
         buffering = bool(params["tools"]) or params["response_format"] is not None
@@ -846,7 +890,7 @@ class ChatFabstir(BaseChatModel):
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
         stopped = False
-        async with self._answer(protocol_messages, params) as pieces:
+        async with self._answer(protocol_messages, params, images) as pieces:
             async for stream, text in pieces:
                 last = stream
                 if stream.chunk_proofs:

@@ -22,12 +22,19 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 
 from langchain_fabstir.callbacks import CHECKPOINTS_METADATA_KEY
 from langchain_fabstir.sessions.models import StreamResult
+from langchain_fabstir.wire.images import (
+    ImageInput,
+    check_message_size,
+    from_content_block,
+    is_image_block,
+)
 
 __all__ = [
     "find_stop",
     "generation_info",
     "held_back",
     "message_text",
+    "prompt_images",
     "to_protocol",
     "to_result",
     "usage_metadata",
@@ -36,21 +43,32 @@ __all__ = [
 
 
 def message_text(message: BaseMessage) -> str:
+    """The text of a message. A human message's image blocks are not text: they travel as
+    the prompt's ``images`` (:func:`prompt_images`); an image in any other message, and
+    any other media, is refused."""
     content = message.content
     if isinstance(content, str):
         return content
     parts = []
+    human = isinstance(message, HumanMessage)
     for block in content:
         if isinstance(block, str):
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") in ("text", "text-plain"):
             parts.append(str(block.get("text", "")))
+        elif human and is_image_block(block):
+            continue  # sent as images with the prompt, when this is the prompt
         elif isinstance(block, dict) and block.get("type") in (
             "tool_use",
             "tool_call",
             "function_call",
         ):
             continue  # represented by the message's tool_calls
+        elif is_image_block(block):
+            raise ValueError(
+                f"images reach a Fabstir host only in a human message (the prompt); a "
+                f"{type(message).__name__} has an image. Describe it in text."
+            )
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(
@@ -58,6 +76,25 @@ def message_text(message: BaseMessage) -> str:
                 f"{kind!r} content block. Describe it in text or use another model."
             )
     return "".join(parts)
+
+
+def prompt_images(messages: Sequence[BaseMessage]) -> list[ImageInput]:
+    """The images to send with the prompt: those of the last message when it is a human
+    message (the prompt a node analyses images for), checked (``INVALID_IMAGE_DATA``,
+    ``INVALID_IMAGE_FORMAT``, ``IMAGE_TOO_LARGE``) before anything is sent.
+
+    Images of earlier human messages are not sent again: their text is part of the
+    conversation, and the model's answers about them are; see "Images" in
+    :class:`~langchain_fabstir.ChatFabstir`.
+    """
+    if not messages or not isinstance(messages[-1], HumanMessage):
+        return []
+    content = messages[-1].content
+    if isinstance(content, str):
+        return []
+    images = [from_content_block(b) for b in content if isinstance(b, dict) and is_image_block(b)]
+    check_message_size(images, encrypted=False)
+    return images
 
 
 def to_protocol(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
@@ -130,15 +167,23 @@ def held_back(text: str, stops: list[str]) -> int:
 
 def usage_metadata(result: StreamResult, chunks_received: int = 0) -> UsageMetadata:
     """The host's usage; for an answer stopped early (no ``stream_end`` read), the
-    tokens received so far (the prompt's count is then unknown: 0)."""
+    tokens received so far (the prompt's count is then unknown: 0). Tokens the host's
+    vision sidecar used on the prompt's images (``vlm_tokens``, billed with the job) are
+    input tokens, also shown as ``input_token_details["vlm"]``."""
+    vlm = result.vlm_tokens
     if result.usage is not None:
-        return UsageMetadata(
-            input_tokens=result.usage.prompt_tokens,
+        usage = UsageMetadata(
+            input_tokens=result.usage.prompt_tokens + vlm,
             output_tokens=result.usage.completion_tokens,
-            total_tokens=result.usage.total_tokens,
+            total_tokens=result.usage.total_tokens + vlm,
         )
-    out = result.tokens_used or chunks_received
-    return UsageMetadata(input_tokens=0, output_tokens=out, total_tokens=out)
+    else:
+        out = result.tokens_used or chunks_received
+        usage = UsageMetadata(input_tokens=vlm, output_tokens=out, total_tokens=out + vlm)
+    if vlm:
+        # The host's vision sidecar read the images: billed as tokens of the job.
+        usage["input_token_details"] = {"vlm": vlm}  # type: ignore[typeddict-unknown-key]
+    return usage
 
 
 def generation_info(result: StreamResult) -> dict[str, Any]:

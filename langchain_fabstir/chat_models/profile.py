@@ -10,17 +10,22 @@ model its operator loaded, so the honest source is what the host announces:
 - ``GET /v1/models``: the model's id and name, and its context window when the entry
   carries one (``context_window``, ``context_length`` or ``max_context_length``; the
   reference host does, deployed hosts do not);
-- ``usage.context_window_size`` in every ``stream_end`` that has usage.
+- ``usage.context_window_size`` in every ``stream_end`` that has usage;
+- ``vision`` in ``features``: the host reads images (``image_inputs`` ``True``). Deployed
+  nodes announce nothing: ``image_inputs`` stays ``False`` (unknown), images are still
+  sent to them and an answer that shows they were not read raises
+  ``IMAGE_INPUTS_NOT_SUPPORTED``.
 
-What no host announces is fixed: text in and out only (``image_inputs`` and the other
-media flags are ``False``; such content is refused with a ``ValueError``).
+What no host announces is fixed: image URLs are never fetched (``image_url_inputs``
+``False``), and the other media flags are ``False`` (such content is refused with a
+``ValueError``).
 
 >>> p = base_profile()
 >>> p["tool_calling"], p["image_inputs"], "max_input_tokens" in p
 (True, False, False)
->>> learn(p, features=["tools", "response_format"], context_window=8192)
->>> p["structured_output"], p["max_input_tokens"], p["max_output_tokens"]
-(True, 8192, 8192)
+>>> learn(p, features=["tools", "response_format", "vision"], context_window=8192)
+>>> p["structured_output"], p["max_input_tokens"], p["max_output_tokens"], p["image_inputs"]
+(True, 8192, 8192, True)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from langchain_fabstir import _http
 from langchain_fabstir.discovery import normalize_host_url
 from langchain_fabstir.discovery._http import FetchError, get_json
 from langchain_fabstir.errors import ConnectionFailedError, ProtocolError
+from langchain_fabstir.wire.images import VISION_FEATURE
 
 __all__ = ["WINDOW_KEYS", "base_profile", "fetch_profile", "learn"]
 
@@ -79,6 +85,7 @@ def learn(
     """
     if features is not None:
         profile["structured_output"] = "response_format" in features
+        profile["image_inputs"] = VISION_FEATURE in features
     if isinstance(context_window, int) and context_window > 0:
         profile["max_input_tokens"] = context_window
         profile["max_output_tokens"] = context_window

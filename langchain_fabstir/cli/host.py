@@ -188,6 +188,7 @@ async def serve_host(args: argparse.Namespace) -> None:
             chain=ChainClient(chain, key) if chain is not None and key is not None else None,
             settle_delay=args.settle_delay,
             auto_image_routing=False if args.no_auto_image_routing else None,
+            vlm_upstream=args.vlm_upstream,
         )
         refresh = getattr(engine, "refresh_models", None)
         if refresh is not None:  # the upstream's models, for the summary and /v1/models
@@ -417,6 +418,14 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="with a chain: seconds between a job's last socket closing and the host "
         "completing it (default: the contract's dispute window plus 5, as nodes wait)",
+    )
+    host.add_argument(
+        "--vlm-upstream",
+        metavar="URL",
+        help="an OpenAI-compatible vision model that reads the images of prompts as a "
+        "node's VLM sidecar (URL/v1/chat/completions: the image's text, then a one-sentence "
+        "description; announced as the 'vision' feature); without it images are dropped, "
+        "as on a node without one (clients then refuse to send them)",
     )
 
 

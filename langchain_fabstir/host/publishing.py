@@ -180,6 +180,11 @@ class AnswerRecorder:
         self._pieces.append(text)
         log.tokens += 1
 
+    def billable(self, tokens: int) -> None:
+        """Count ``tokens`` the session's job is billed for beyond generated ones (what a
+        vision sidecar used on the prompt's images), as a node adds them to the job."""
+        self._log.tokens += max(0, tokens)
+
     def _cut(self, *, partial: bool) -> None:
         log = self._log
         if partial:

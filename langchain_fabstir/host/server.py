@@ -70,6 +70,7 @@ from langchain_fabstir.host.jobs import AnswerJob
 from langchain_fabstir.host.publishing import S5CheckpointWriter, checkpoint_index_response
 from langchain_fabstir.host.search import SearchRoute
 from langchain_fabstir.host.vectors import SessionVectors
+from langchain_fabstir.host.vision import VisionSidecar
 from langchain_fabstir.s5.fs import S5FileSystem
 from langchain_fabstir.wire.encryption import (
     SessionCipher,
@@ -95,6 +96,7 @@ from langchain_fabstir.wire.frames import (
     encode_frame,
     parse_frame,
 )
+from langchain_fabstir.wire.images import VISION_FEATURE
 from langchain_fabstir.wire.tools import envelope_schema, tool_instructions
 
 __all__ = [
@@ -119,6 +121,10 @@ belong to it: a ``resume`` must carry it (``{"request_id", "offset", "token"}``)
 successful resume, or a ``session_init`` carrying the old socket's ``resume_token``, hands
 the old socket's state to the new one (whose own token then
 names it).
+
+With a vision sidecar (``vlm_upstream``) it announces ``vision``: the ``images`` of a prompt
+are read as a node reads them (``host/vision.py``); without one a host that announces
+its extensions without ``vision`` tells clients it would drop images.
 
 With a host key the host also announces ``checkpoints``, ``encryption`` and
 ``chunk_count``: the ``encrypted_response`` of every complete encrypted answer carries a
@@ -236,6 +242,7 @@ class _Connection:
         self._session_json_cache: tuple[str | None, str] | None = None
         self.answer_parts: list[str] = []
         self.jobs: list[int] = []  # on-chain jobs this socket bound (settled at its close)
+        self.vlm_tokens = 0  # what the vision sidecar used on the next prompt's images
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
@@ -396,11 +403,17 @@ class _Connection:
             except ValueError as exc:  # a request that does not deserialize
                 log.info("ignoring undeserializable request: %s", exc)
                 return
+            images = (frame.model_extra or {}).get("images")  # top level only (6.2)
+            vlm_tokens = 0
+            if images and request.resume is None:
+                prompt, vlm_tokens = await self.host.vision.read(images, request.prompt)
+                request = request.model_copy(update={"prompt": prompt})
             if seq > self.cancel_upto:
                 self.cancel.clear()
             else:
                 self.cancel.set()  # cancelled before it began
             self.frame_size = len(raw)
+            self.vlm_tokens = vlm_tokens
             await self.host.run_prompt(self, request, frame.id)
         elif frame.type == "encrypted_session_init":
             await self._encrypted_init(frame.model_extra or {})
@@ -548,6 +561,14 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        vlm_tokens = 0  # images first, as a node reads them (6.1, 6.2); an action before them
+        if (
+            body.get("images")
+            and body.get("action") != "image_generation"
+            and isinstance(body.get("prompt"), str)
+            and not body.get("resume")
+        ):
+            body["prompt"], vlm_tokens = await self.host.vision.read(body["images"], body["prompt"])
         image = self.host._image_request(self, body)
         if image is not None:  # an image action, or a prompt a node routes to one (6.3)
             await self._image_reply(image, rid)
@@ -568,7 +589,7 @@ class _Connection:
             history = histories.context(self.session_id)
             if isinstance(body.get("prompt"), str):
                 body["prompt"] = extract_latest_user_message(body["prompt"], history)
-        drop = ("conversation_context", "stream", "action")  # (an unknown action is ignored)
+        drop = ("conversation_context", "stream", "action", "images")  # (unknown action: ignored)
         fields = {k: v for k, v in body.items() if k not in drop}
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
@@ -587,6 +608,7 @@ class _Connection:
             self.cancel.set()
         self.frame_size = size
         self.answer_parts = []
+        self.vlm_tokens = vlm_tokens
         await self.host.run_prompt(self, request, rid)
         answer = "".join(self.answer_parts)
         if request.resume is None and answer:
@@ -617,7 +639,8 @@ class ReferenceHost:
             ``resume_grace`` seconds.
         heartbeat: seconds between WebSocket pings; a peer that does not answer one
             within half that is disconnected (``None`` disables pings).
-        max_frame_size: the largest WebSocket message accepted, in bytes.
+        max_frame_size: the largest WebSocket message accepted, in bytes (16 MiB, a
+            node's frame limit: a prompt with a 10 MB image fits).
         portal_url, s5_seed_phrase, s5_fs: an S5 store (a portal and the host's seed
             phrase, or a ready ``S5FileSystem``). With it and ``host_key`` the host
             publishes signed checkpoints as real hosts do and serves them at
@@ -636,6 +659,11 @@ class ReferenceHost:
         diffusion_upstream: an OpenAI-compatible images API for ``POST
             /v1/images/generate`` (see ``host/images.py``); ``None``: 503, as a node
             without a diffusion sidecar.
+        vlm_upstream: an OpenAI-compatible vision endpoint (``POST
+            {url}/v1/chat/completions``) that reads the ``images`` of prompts as a node's
+            VLM sidecar does (see ``host/vision.py``; announced as the ``vision``
+            feature); ``None``: images are dropped silently with no ``vlm_tokens``, as on
+            a node without one.
         lenient: beyond a deployed node, honour a ``conversation_context`` inside an
             ``encrypted_message`` (announced as the ``encrypted_context`` feature).
             Default ``False``: encrypted sessions keep their conversation exactly as a
@@ -664,7 +692,7 @@ class ReferenceHost:
         host: str = "127.0.0.1",
         port: int = 0,
         rate_limit_per_minute: int | None = 100,
-        max_frame_size: int = 4 * 1024 * 1024,
+        max_frame_size: int = 16 * 1024 * 1024,
         chain_id: int | None = None,
         host_key: str | None = None,
         resume_grace: float = 30.0,
@@ -680,6 +708,7 @@ class ReferenceHost:
         embedder: Embedder | Literal["auto"] | None = "auto",
         search_upstream: str | None = None,
         diffusion_upstream: str | None = None,
+        vlm_upstream: str | None = None,
         lenient: bool = False,
         chain: Any = None,
         settle_delay: float | None = None,
@@ -705,6 +734,8 @@ class ReferenceHost:
         )
         self.image_tokens_billed = 0
         """Tokens billed for images generated over sockets (all sessions together)."""
+        self.vision = VisionSidecar(vlm_upstream)
+        """What reads a prompt's ``images`` (its ``calls`` counts the sidecar requests)."""
         self.public_url = public_url.rstrip("/") if public_url else None
         self._host_key = host_key
         self.host_address = address_of(host_key) if host_key else None
@@ -783,6 +814,8 @@ class ReferenceHost:
         if self._host_key and self.lenient:
             keyed.append(ENCRYPTED_CONTEXT_FEATURE)
         features = list(HOST_FEATURES) + keyed
+        if self.vision.enabled:
+            features.append(VISION_FEATURE)
         engine_features = getattr(self.engine, "host_features", None)
         return engine_features(features) if engine_features is not None else features
 
@@ -963,12 +996,15 @@ class ReferenceHost:
     async def run_prompt(
         self, conn: _Connection, request: InferenceRequest, rid: str | None
     ) -> None:
-        """Stream one answer to ``conn``: chunks, the final empty chunk, ``stream_end``.
+        """Stream one answer to ``conn``: chunks, the final empty chunk, ``stream_end``
+        (with ``vlm_tokens`` when the prompt's images were read, ``conn.vlm_tokens`` > 0:
+        a job is billed for them as for generated tokens).
 
         The answer is generated by an :class:`AnswerJob` that outlives the socket; a
         request with ``resume = {"request_id", "offset"}`` (the ``resume`` extension)
         continues a job from the token the client last received.
         """
+        vlm_tokens, conn.vlm_tokens = conn.vlm_tokens, 0
         # A resume counts as a prompt for the rate limit (guessing is limited too).
         wait = self._limiter.check()
         if wait is not None:
@@ -1034,6 +1070,8 @@ class ReferenceHost:
             if self.s5_checkpoints is not None
             else None
         )
+        if recorder is not None and vlm_tokens and request.job_id is not None:
+            recorder.billable(vlm_tokens)  # as a node: the job's token count
         # The per-token path: one pre-built JSON text per token, nothing else.
         prefix = '{"type":"stream_chunk","content":'
         suffix = ',"tokens":1' + (f',"id":{_json_str(rid)}' if rid is not None else "") + "}"
@@ -1077,6 +1115,8 @@ class ReferenceHost:
                 finish_reason=result.finish_reason,
                 usage=usage,
             )
+            if vlm_tokens > 0:  # only then, as a node
+                end.vlm_tokens = vlm_tokens
             frames += [last_chunk, encode_frame(end)]
             return frames
 

@@ -20,8 +20,10 @@ from langchain_fabstir.sessions.models import (
     SessionSummary,
     StreamResult,
 )
+from langchain_fabstir.wire.images import ImageInput
 
 __all__ = [
+    "ImageInput",
     "Message",
     "Session",
     "SessionConfig",

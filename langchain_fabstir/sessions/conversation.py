@@ -20,6 +20,7 @@ __all__ = [
     "new_node_session_id",
     "plan_turn",
     "turn_prompt",
+    "with_images",
 ]
 
 ENCRYPTED_CONTEXT_FEATURE = "encrypted_context"
@@ -183,6 +184,27 @@ def plan_turn(context: Messages, message: str, held: Messages | None) -> TurnPla
             return TurnPlan(False, prompt, False)
         return TurnPlan(True, inline_prompt(context, message), True)
     return TurnPlan(held is None or bool(held), inline_prompt(context, message), True)
+
+
+def with_images(prompt: str, message: str) -> str:
+    """An inlined conversation (:func:`inline_prompt`) whose new message carries images:
+    the message made the last ``User:`` turn, because a node puts what its vision sidecar
+    read into the last ``User:`` turn of a prompt that has one (``PROTOCOL.md`` 6.2),
+    which would otherwise be an earlier message. Any other prompt is returned as it is.
+
+    >>> print(with_images(inline_prompt([{"role": "user", "content": "Hi"},
+    ...     {"role": "assistant", "content": "Hello"}], "What is this?"), "What is this?"))
+    [Conversation so far]
+    User: Hi
+    Assistant: Hello
+    <BLANKLINE>
+    [New message]
+    User: What is this?
+    """
+    tail = f"{MESSAGE_HEADING}\n{message}"
+    if "\nUser:" not in prompt or not prompt.endswith(tail):
+        return prompt
+    return prompt[: len(prompt) - len(message)] + "User: " + message
 
 
 def new_node_session_id(session_id: str) -> str:

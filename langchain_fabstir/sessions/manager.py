@@ -60,6 +60,7 @@ from langchain_fabstir.errors import (
     ChainError,
     CheckpointError,
     FabstirError,
+    ImageInputsNotSupportedError,
     InvalidRequestError,
     PlaintextFramesRefusedError,
     SessionNotFoundError,
@@ -92,6 +93,13 @@ from langchain_fabstir.sessions.vectors import (
 from langchain_fabstir.storage.conversations import S5ConversationStore
 from langchain_fabstir.wire.encryption import RecoveryKey, parse_public_key
 from langchain_fabstir.wire.frames import InferenceRequest, prompt_payload
+from langchain_fabstir.wire.images import (
+    ImageInput,
+    ImageLike,
+    check_message_size,
+    host_vision,
+    to_images,
+)
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain.client import ChainClient
@@ -570,15 +578,18 @@ class SessionManager:
         *,
         context: list[dict[str, str]] | None = None,
         record: bool = True,
+        images: Sequence[ImageLike] | None = None,
         **params: Any,
     ) -> AsyncGenerator[tuple[PromptStream, str], None]:
         """Low-level streaming used by :meth:`stream_prompt` and ``ChatFabstir``.
 
         Yields ``(stream, text)`` pairs; ``stream.result`` describes how the answer ended.
         ``context`` replaces the session's own history for this prompt (and with
-        ``record=False`` the exchange is not added to the history).
+        ``record=False`` the exchange is not added to the history). ``images``: see
+        :meth:`prompt`.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
+        pictures = to_images(images)  # checked before anything is sent
+        if not isinstance(prompt, str) or not (prompt.strip() or pictures):
             raise InvalidRequestError("the prompt is empty", session_id=session_id)
         state = self._state(session_id, active=True)
         session = state.session
@@ -598,6 +609,9 @@ class SessionManager:
             )
             payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
             self._check_model(session, transport, payload["request"])
+            if pictures:
+                self._attach_images(session, transport, payload, pictures)
+            ignored: ImageInputsNotSupportedError | None = None
             started = False
 
             def feed(text: str, n: int) -> CheckpointProof | None:
@@ -624,6 +638,8 @@ class SessionManager:
                 token_allowance=self.config.max_tokens_overrun,
             )
             user_msg = Message(role="user", content=prompt)
+            if pictures:  # (the SDK's conversation.json says so; the images are not kept)
+                user_msg.metadata["imageCount"] = len(pictures)
             recovery = AnswerRecovery(
                 payload,
                 self.config,
@@ -654,6 +670,10 @@ class SessionManager:
                     last = tracker.end_message()
                     if last is not None:
                         stream.end_proofs.append(await self._settle(state, stream, last))
+                if pictures and recovery.segment_payload is payload:
+                    ignored = _images_ignored(stream)
+                    if ignored is not None:
+                        raise ignored
             except FabstirError:
                 # A broken or timed-out answer leaves the socket in an unknown state.
                 if stream.transport.closed or not stream.finished:
@@ -662,9 +682,39 @@ class SessionManager:
             finally:
                 if started and not stream.finished:
                     tracker.end_message()  # an interrupted answer still closes its message
-                recorded = self._account(state, stream.result, user_msg, stream, record)
+                recorded = self._account(
+                    state, stream.result, user_msg, stream, record and ignored is None
+                )
                 if recorded:
                     await self._persistence.persist(state, recorded)
+
+    def _attach_images(
+        self,
+        session: Session,
+        transport: Transport,
+        payload: dict[str, Any],
+        images: list[ImageInput],
+    ) -> None:
+        """Put ``images`` in the prompt frame where a node reads them: at its top level (an
+        encrypted socket seals them with the request). Refused first, with
+        ``IMAGE_INPUTS_NOT_SUPPORTED``, on a host that announces its extensions without
+        ``vision`` (it would drop them), and with ``IMAGE_TOO_LARGE`` when the frame
+        cannot reach a node."""
+        if host_vision(transport.features) is False:
+            raise ImageInputsNotSupportedError(
+                f"image inputs not supported by this host ({transport.host_url} does not "
+                "announce 'vision': it has no vision model and would ignore the images); "
+                "nothing was sent. Use a host with vision (fabstir host --vlm-upstream URL) "
+                "or describe the image in text.",
+                host_url=transport.host_url,
+                session_id=session.id,
+            )
+        request = payload["request"]
+        text = len(request.get("prompt", "")) + sum(
+            len(m.get("content", "")) for m in request.get("conversation_context", [])
+        )
+        check_message_size(images, encrypted=transport.cipher is not None, text=2 * text)
+        payload["images"] = [i.to_wire() for i in images]
 
     def _check_model(self, session: Session, transport: Transport, request: dict[str, Any]) -> None:
         """The model a prompt asks for, checked against what its host lists
@@ -773,6 +823,7 @@ class SessionManager:
             session.token_count += result.usage.total_tokens
         else:
             session.token_count += result.tokens_used or stream.chunks_received
+        session.token_count += result.vlm_tokens  # billed with the job, as generated ones
         if not (record and stream.pieces):
             return []
         answer = Message(
@@ -785,22 +836,73 @@ class SessionManager:
         return [user_msg, answer]
 
     async def stream_prompt(
-        self, session_id: str, prompt: str, **params: Any
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        images: Sequence[ImageLike] | None = None,
+        **params: Any,
     ) -> AsyncGenerator[str, None]:
         """Send a prompt and yield the answer's text as it arrives (seed: ``streamPrompt``).
 
         ``params`` override the session's ``model``, ``max_tokens``, ``temperature`` for
         this prompt (``seed`` and other extensions are sent to hosts that announce them).
-        Breaking out of the loop sends ``stream_cancel`` to the host.
+        ``images``: see :meth:`prompt`; a host that ignored them raises
+        ``IMAGE_INPUTS_NOT_SUPPORTED`` after the last piece of text (which you then
+        discard). Breaking out of the loop sends ``stream_cancel`` to the host.
         """
-        async with contextlib.aclosing(self.open_stream(session_id, prompt, **params)) as it:
+        async with contextlib.aclosing(
+            self.open_stream(session_id, prompt, images=images, **params)
+        ) as it:
             async for _stream, text in it:
                 yield text
 
-    async def prompt(self, session_id: str, prompt: str, **params: Any) -> StreamResult:
-        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``)."""
+    async def prompt(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        images: Sequence[ImageLike] | None = None,
+        **params: Any,
+    ) -> StreamResult:
+        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``).
+
+        ``images``: pictures for the host's vision model, each an
+        :class:`~langchain_fabstir.sessions.ImageInput`, ``bytes``, a
+        :class:`~pathlib.Path` or a ``data:`` URL (png, jpeg, webp or gif, at most about
+        10 MB each)::
+
+            result = await manager.prompt(sid, "What does the sign say?",
+                                          images=[Path("sign.png")])
+            result.text, result.vlm_tokens
+
+        They are checked before anything is sent (``INVALID_IMAGE_DATA``,
+        ``INVALID_IMAGE_FORMAT``, ``IMAGE_TOO_LARGE``) and go in the prompt frame as a
+        node reads them (top level in plaintext, sealed with the request when
+        encrypted). The node's vision sidecar reads each image (its text and a short
+        description) and puts what it read in front of the prompt; the tokens it used are
+        ``result.vlm_tokens`` (billed with the job, counted in ``session.token_count``).
+        A host that cannot read images never answers as if it had: one that announces
+        its extensions without ``vision`` is refused before sending, and an answer that
+        reports no ``vlm_tokens`` (a node without a vision sidecar drops images silently)
+        raises ``IMAGE_INPUTS_NOT_SUPPORTED`` with the answer in
+        ``details["partial_text"]``; that exchange is not added to the history.
+
+        A prompt with images is never sent twice by a retry (the host may have read
+        them already, and reading is billed): a rate limit or a dropped socket before
+        the first token is raised to you. An answer resumed exactly goes on as usual;
+        one continued on another socket goes on without the images, and its
+        ``vlm_tokens`` are unknown (the host's report went with the socket).
+
+        In encrypted mode a node keeps what its vision sidecar read in its history of
+        the session, so later prompts on the same node session can refer to the image;
+        in plaintext mode (no node history) and on a new node session the image is gone:
+        send it again.
+        """
         last: PromptStream | None = None
-        async with contextlib.aclosing(self.open_stream(session_id, prompt, **params)) as it:
+        async with contextlib.aclosing(
+            self.open_stream(session_id, prompt, images=images, **params)
+        ) as it:
             async for stream, _text in it:
                 last = stream
         return last.result if last is not None else StreamResult(session_id=session_id)
@@ -1400,3 +1502,20 @@ def _context_messages(
     for item in initial:
         out.append(item if isinstance(item, Message) else Message.model_validate(item))
     return out
+
+
+def _images_ignored(stream: PromptStream) -> ImageInputsNotSupportedError | None:
+    """The error for a complete answer to a prompt with images whose host reported no
+    ``vlm_tokens``: its vision sidecar did not read them (none, or every call failed)."""
+    result = stream.result
+    if not stream.finished or result.reason != "complete" or result.vlm_tokens > 0:
+        return None
+    return ImageInputsNotSupportedError(
+        f"image inputs not supported by this host: {stream.transport.host_url} answered a "
+        "prompt with images without reporting vlm_tokens (it has no vision sidecar, or "
+        "its vision calls failed), so the answer ignored the images. It is in "
+        "details['partial_text']; use a host with vision or describe the image in text.",
+        host_url=stream.transport.host_url,
+        session_id=stream.session_id,
+        details={"partial_text": stream.text, "tokens_used": result.tokens_used},
+    )

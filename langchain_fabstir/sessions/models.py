@@ -222,6 +222,7 @@ class StreamResult(BaseModel):
     finish_reason: str | None = None
     reason: str = "complete"
     tokens_used: int = 0
+    vlm_tokens: int = 0
     usage: Usage | None = None
     host_url: str = ""
     session_id: str = ""

@@ -125,6 +125,7 @@ def resume_payload(
     :func:`resume_token`); a host that issues tokens resumes only for its holder.
     """
     again = copy.deepcopy(payload)
+    again.pop("images", None)  # the host goes on with the answer: nothing to read again
     spec: dict[str, Any] = {"request_id": request_id, "offset": offset}
     if token is not None:
         spec["token"] = token
@@ -178,8 +179,22 @@ def continuation_payload(
     request["max_tokens"] = max(1, int(request.get("max_tokens") or 1) - generated)
     request.pop("resume", None)
     request.pop("checkpoint", None)  # the host's view no longer matches the client's
+    again.pop("images", None)  # not read (and billed) again: the answer goes on from text
     again["prompt"] = CONTINUE_PROMPT
     return again
+
+
+def _resendable(payload: dict[str, Any], exc: FabstirError) -> bool:
+    """Whether a prompt may be sent again as it was: not one with images (a host may
+    have read them with its vision sidecar already, and that is billed). Says why in
+    ``exc.details`` when not."""
+    if not payload.get("images"):
+        return True
+    exc.details["not_resent"] = (
+        "the prompt carries images: it is not sent again automatically (the host may "
+        "have read them already, which is billed); send it again yourself"
+    )
+    return False
 
 
 class AnswerRecovery:
@@ -278,7 +293,12 @@ class AnswerRecovery:
             raise stream.answer_timeout_error() from exc
         if isinstance(exc, RateLimitedError):
             wait = 1.0 if exc.retry_after is None else exc.retry_after
-            if stream.pieces or wait > self.config.max_retry_after or self._left() <= 0:
+            if (
+                stream.pieces
+                or wait > self.config.max_retry_after
+                or self._left() <= 0
+                or not _resendable(self.payload, exc)
+            ):
                 raise self._give_up(exc)
             if time_left is not None and wait >= time_left:
                 raise stream.answer_timeout_error() from exc
@@ -288,6 +308,10 @@ class AnswerRecovery:
             return
         if isinstance(exc, HostError) and exc.details.get("host_code") == "RESUME_NOT_FOUND":
             if self._left() <= 0:
+                raise self._give_up(exc)
+            if stream.chunks_received == self.segment_start and not _resendable(
+                self.segment_payload, exc
+            ):
                 raise self._give_up(exc)
             self._count()
             if stream.chunks_received == self.segment_start:
@@ -323,6 +347,8 @@ class AnswerRecovery:
             again = resume_payload(self.segment_payload, stream.request_id, received, token)
             stream.reattach(transport, again, mode="exact")
         elif received == 0:
+            if not _resendable(self.segment_payload, exc):
+                raise self._give_up(exc)
             stream.reattach(transport, self.segment_payload)  # nothing arrived: resend
         else:
             self._continue_elsewhere(stream, transport)

@@ -503,6 +503,7 @@ class PromptStream:
         r.reason = end.reason
         r.finish_reason = end.finish_reason or ("stop" if end.reason == "complete" else end.reason)
         r.tokens_used = end.tokens_used
+        r.vlm_tokens = max(0, end.vlm_tokens or 0)
         r.usage = end.usage
         if r.usage is not None and not r.usage.total_tokens:
             r.usage = Usage(

@@ -38,7 +38,11 @@ from langchain_fabstir.errors import (
     ProtocolError,
     ResponseTimeoutError,
 )
-from langchain_fabstir.sessions.conversation import ENCRYPTED_CONTEXT_FEATURE, plan_turn
+from langchain_fabstir.sessions.conversation import (
+    ENCRYPTED_CONTEXT_FEATURE,
+    plan_turn,
+    with_images,
+)
 from langchain_fabstir.wire.encryption import SessionCipher
 from langchain_fabstir.wire.frames import Connected, _Frame, encode_frame, loads, parse_frame
 
@@ -170,10 +174,14 @@ class Transport:
                 assert self.cipher is not None
                 cipher = self.cipher
             request["prompt"] = plan.prompt
+            if plan.inlined and payload.get("images"):
+                request["prompt"] = with_images(plan.prompt, prompt)
             if plan.inlined:
                 told["context"] = context
         if isinstance(checkpoint, dict) and told:
             request["checkpoint"] = {**checkpoint, **told}
+        if payload.get("images"):  # (a node reads them inside the ciphertext, 6.2)
+            request["images"] = payload["images"]
         resuming = request.get("resume") is not None
         self._asked = [] if resuming else [*context, {"role": "user", "content": prompt}]
         self._answer = []

@@ -7,6 +7,7 @@ Async tests run the host in-process; tests of the *sync* API run it on its own t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
@@ -44,6 +45,8 @@ from langchain_fabstir import _compat
 from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.errors import (
     ConnectionFailedError,
+    ImageInputsNotSupportedError,
+    InvalidImageError,
     InvalidRequestError,
     ProtocolError,
     RateLimitedError,
@@ -55,6 +58,7 @@ from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.host.engines import Engine
 from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
 from langchain_fabstir.wire.frames import InferenceRequest
+from tests import sidecars
 from tests.conftest import ThreadedHost
 
 WAIT = 5.0  # seconds to wait for an event that should come at once
@@ -506,6 +510,9 @@ async def test_messages_map_onto_conversation_context(echo_host: ReferenceHost) 
 
 
 async def test_image_content_is_refused(echo_host: ReferenceHost) -> None:
+    """Images a host cannot take are refused before anything is sent: data that is not an
+    image, and any image for a host without vision (``tests/integration_tests/test_vision.py``
+    has the rest); other media are refused as text-only."""
     llm = ChatFabstir(host_url=echo_host.url)
     image = HumanMessage(
         content=[
@@ -514,8 +521,15 @@ async def test_image_content_is_refused(echo_host: ReferenceHost) -> None:
         ]
     )
     before = len(echo_host.requests)
-    with pytest.raises(ValueError, match="text only"):
+    with pytest.raises(InvalidImageError):
         await llm.ainvoke([image])
+    png = base64.b64encode(sidecars.png(1, 1)).decode()
+    image.content[1]["image_url"]["url"] = "data:image/png;base64," + png  # type: ignore[index]
+    with pytest.raises(ImageInputsNotSupportedError):
+        await llm.ainvoke([image])
+    audio = HumanMessage(content=[{"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}])
+    with pytest.raises(ValueError, match="text only"):
+        await llm.ainvoke([audio])
     assert len(echo_host.requests) == before  # nothing was sent
 
 

@@ -1,17 +1,20 @@
 """LangChain's standard integration tests for ChatFabstir, against the reference host
-running the real SmolLM2-135M model (started by a fixture on 127.0.0.1, port 0)."""
+running the real SmolLM2-135M model (started by a fixture on 127.0.0.1, port 0), with a
+vision sidecar written for the tests (``tests/sidecars.py``) for the image tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from langchain_fabstir.host import LlamaEngine, ReferenceHost
 from tests.chat_model_features import ChatFabstirFeatures
 from tests.conftest import ThreadedHost
+from tests.sidecars import LoopThread, png, vlm_sidecar
 
 pytestmark = pytest.mark.llama
 
@@ -22,13 +25,21 @@ _HOST: dict[str, str] = {}
 def llama_reference_host(llama_engine: LlamaEngine) -> Iterator[str]:
     """One reference host for the module, on its own thread: the standard suite calls
     the sync API, which must not share a loop with the host it talks to."""
-    # Encrypted (the default path), against the node-faithful host.
+    # Encrypted (the default path), against the node-faithful host, with vision.
+    lt = LoopThread()
+    vlm = lt.enter(vlm_sidecar())
     th = ThreadedHost(
-        ReferenceHost(llama_engine, rate_limit_per_minute=None, host_key="0x" + "5a" * 32)
+        ReferenceHost(
+            llama_engine,
+            rate_limit_per_minute=None,
+            host_key="0x" + "5a" * 32,
+            vlm_upstream=vlm.url,
+        )
     )
     _HOST["url"] = th.host.url
     yield th.host.url
     th.stop()
+    lt.close()
 
 
 class TestChatFabstirIntegration(ChatFabstirFeatures, ChatModelIntegrationTests):
@@ -39,6 +50,26 @@ class TestChatFabstirIntegration(ChatFabstirFeatures, ChatModelIntegrationTests)
     @property
     def tool_choice_value(self) -> str | None:
         return "any"
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return True  # the host has a vision sidecar (image URLs are never fetched)
+
+    def test_image_inputs(self, model: Any) -> None:
+        """The standard test downloads its PNG from GitHub; the network is not reachable
+        here, so that one download gives a PNG made in the test instead (the rest is
+        real: the host sends it to its vision sidecar and the model answers)."""
+        image = png(64, 48, (30, 120, 200))
+        real_get = httpx.get
+
+        def get(url: str, *args: Any, **kwargs: Any) -> httpx.Response:
+            if url.endswith("agentic-rag-output.png"):
+                return httpx.Response(200, content=image, request=httpx.Request("GET", url))
+            return real_get(url, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(httpx, "get", get)
+            super().test_image_inputs(model)
 
     # JSON mode constrains the answer to *some* JSON object (the plumbing is checked by
     # the test: the output parses). The 135M model answers "a JSON object with 'setup' and
