@@ -31,7 +31,7 @@ from langchain_fabstir.errors import (
     ResponseTimeoutError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.host.engines import Generation
+from langchain_fabstir.host.engines import EngineRequest, Generation
 from tests.faults.proxy import CorruptFrame, CutAfterFrames, FaultProxy
 
 SCRIPT = [f" {i}" for i in range(300)]
@@ -60,8 +60,8 @@ class GatedEcho(EchoEngine):
         self.gate = asyncio.Event()
         self.done = asyncio.Event()
 
-    def generate(self, messages: Sequence[dict[str, str]], **kw: Any) -> Generation:
-        gen = super().generate(messages, **kw)
+    def generate(self, request: EngineRequest) -> Generation:
+        gen = super().generate(request)
         inner = gen.tokens
 
         async def tokens() -> AsyncIterator[str]:
