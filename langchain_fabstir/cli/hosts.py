@@ -33,6 +33,7 @@ from langchain_fabstir.cli._common import (
     money,
     terminal_text,
 )
+
 if TYPE_CHECKING:
     from langchain_fabstir.chain import ChainConfig, HostRecord, PaymentToken
     from langchain_fabstir.discovery import HostInfo
