@@ -80,6 +80,20 @@ def _utc_now() -> datetime:
 class CheckpointTracker:
     """Hashes a conversation incrementally and makes checkpoint proofs.
 
+    A checkpoint costs work proportional to its delta; :func:`verify_checkpoints`
+    recomputes the same hashes from the whole history:
+
+    >>> from langchain_fabstir.checkpoints import verify_checkpoints
+    >>> tracker = CheckpointTracker("demo", checkpoint_interval=2)
+    >>> tracker.add_message("system", "Be brief.")
+    >>> tracker.add_message("user", "Hi")
+    >>> tracker.add_message("assistant")
+    >>> for word in ["Hello", " there", "!"]:
+    ...     proof = tracker.on_tokens(word)
+    >>> proof.checkpoint_number, proof.boundary.as_tuple()
+    (1, (2, 11))
+    >>> verify_checkpoints(tracker.history(), tracker.proofs)
+
     Args:
         session_id: the session the proofs belong to.
         checkpoint_interval: generated tokens between automatic checkpoints

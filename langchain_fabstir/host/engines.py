@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from langchain_fabstir._extras import install_command
+from langchain_fabstir.errors import EngineContextOverflow, EngineError, EngineRateLimited
 
 __all__ = [
     "EchoEngine",
@@ -49,34 +50,6 @@ __all__ = [
 ]
 
 _WORD = re.compile(r"\S+\s*|\s+")
-
-
-class EngineError(RuntimeError):
-    """The engine failed; the host reports it as an ``Error: ...`` chunk (mid-answer) or
-    as an ``error`` frame (before the first token, see :meth:`Generation.opened`)."""
-
-
-class EngineRateLimited(EngineError):
-    """The engine refused for now: the host answers with its rate-limit error."""
-
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class EngineContextOverflow(EngineError):
-    """The prompt does not fit the model: the host answers ``TOKEN_LIMIT_EXCEEDED``."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        prompt_tokens: int | None = None,
-        context_window: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.prompt_tokens = prompt_tokens
-        self.context_window = context_window
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from langchain_fabstir.errors import EngineStopped
+
 __all__ = ["AnswerJob", "EngineStopped"]
-
-
-class EngineStopped(RuntimeError):
-    """The host stopped an answer that nobody read."""
 
 
 class AnswerJob:

@@ -37,7 +37,7 @@ from importlib import resources
 
 from pydantic import SecretStr
 
-from langchain_fabstir.errors import AuthenticationError, InvalidKeyError
+from langchain_fabstir.errors import InvalidKeyError, InvalidSeedPhraseError
 from langchain_fabstir.s5.cid import blake3_hash
 from langchain_fabstir.s5.crypto import derive_hash_int, derive_hash_string
 from langchain_fabstir.s5.registry import Ed25519KeyPair
@@ -97,12 +97,6 @@ _TWEAK_PRIVATE = 64
 _TWEAK_PORTAL_ACCOUNTS = 65
 _TWEAK_HIDDEN_DB = 66
 _TWEAK_FILE_SYSTEM = 67
-
-
-class InvalidSeedPhraseError(AuthenticationError):
-    """A seed phrase has the wrong length, an unknown word, or a bad checksum."""
-
-    code = "INVALID_SEED_PHRASE"
 
 
 @lru_cache(maxsize=1)
