@@ -28,9 +28,8 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.images import ImageRoute
+from tests._support.docs import run_snippets
 from tests.sidecars import LoopThread, Sidecar, diffusion_sidecar, png, read_png, serve
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _call(args: dict[str, object]) -> dict[str, object]:
@@ -371,8 +370,6 @@ def test_the_models_view_of_the_tool() -> None:
 
 # --- the docs page and the README snippet run --------------------------------------------
 
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-
 
 @pytest.fixture(scope="module")
 def threaded_image_host() -> Iterator[str]:
@@ -396,13 +393,5 @@ def test_doc_snippets_run(
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", threaded_image_host)
     monkeypatch.chdir(tmp_path)  # files the snippets write land here
-    text = (ROOT / page).read_text("utf-8")
-    if section is not None:
-        start = text.index(f"\n{section}\n")
-        text = text[start : text.find("\n## ", start + 1)]
-    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
-    assert blocks
-    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    namespace = run_snippets(page, section)
     assert namespace["shown"] == "image/png"

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,9 +28,8 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.search import SearchRoute
+from tests._support.docs import run_snippets
 from tests.sidecars import LoopThread, Sidecar, brave_results, search_sidecar, serve
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -385,8 +382,6 @@ async def test_hosts_from_discovery(search_host: ReferenceHost, sidecar: Sidecar
 
 # --- the docs page and the README snippet run --------------------------------------------
 
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-
 
 @pytest.fixture(scope="module")
 def threaded_search_host() -> Iterator[str]:
@@ -405,13 +400,5 @@ def test_doc_snippets_run(
     page: str, section: str | None, threaded_search_host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", threaded_search_host)
-    text = (ROOT / page).read_text("utf-8")
-    if section is not None:
-        start = text.index(f"\n{section}\n")
-        text = text[start : text.find("\n## ", start + 1)]
-    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
-    assert blocks
-    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    namespace = run_snippets(page, section)
     assert isinstance(namespace["shown"], str) and "example.org" in namespace["shown"]
