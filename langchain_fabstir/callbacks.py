@@ -9,7 +9,7 @@ also how the final message carries them), and as a LangChain custom event named
 :class:`~langchain_fabstir.checkpoints.CheckpointProof` objects and keep each one once,
 keyed by ``(session_id, checkpoint_number)``. They are thread-safe.
 
-The manual: :class:`FabstirCheckpointHandler`.
+Details and examples: :class:`FabstirCheckpointHandler`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``S5ChatMessageHistory``: a LangChain chat message history kept on S5, end-to-end encrypted.
 
-The manual: :class:`S5ChatMessageHistory`.
+Details and examples: :class:`S5ChatMessageHistory`.
 """
 
 from __future__ import annotations

@@ -5,24 +5,7 @@ stable ``code`` (a string that never changes between releases, safe to branch on
 message a person can act on, and the facts needed to act: ``host_url``, ``session_id``,
 ``retry_after`` (seconds) and free-form ``details``.
 
-Errors that describe a model call are *also* the matching ``langchain_core.exceptions``
-type, so code written against LangChain's provider-neutral errors keeps working, and
-``is_retryable`` is right for both:
-
->>> from langchain_core.exceptions import ModelRateLimitError
->>> err = RateLimitedError("Rate limit exceeded", retry_after=60.0)
->>> isinstance(err, ModelRateLimitError), err.code, err.is_retryable
-(True, 'RATE_LIMITED', True)
->>> str(err)
-'[RATE_LIMITED] Rate limit exceeded (retry after 60.0s)'
-
-Branching on codes, as in the seed API's error-handling example:
-
->>> try:
-...     raise SessionTimeoutError("idle for 3700 s", session_id="s-1")
-... except FabstirError as e:
-...     e.code
-'SESSION_TIMEOUT'
+Details and examples: :class:`FabstirError`.
 """
 
 from __future__ import annotations
@@ -129,6 +112,25 @@ __all__ = [
 
 class FabstirError(Exception):
     """Base of every error this package raises.
+
+    Errors that describe a model call are *also* the matching ``langchain_core.exceptions``
+    type, so code written against LangChain's provider-neutral errors keeps working, and
+    ``is_retryable`` is right for both:
+
+    >>> from langchain_core.exceptions import ModelRateLimitError
+    >>> err = RateLimitedError("Rate limit exceeded", retry_after=60.0)
+    >>> isinstance(err, ModelRateLimitError), err.code, err.is_retryable
+    (True, 'RATE_LIMITED', True)
+    >>> str(err)
+    '[RATE_LIMITED] Rate limit exceeded (retry after 60.0s)'
+
+    Branching on codes, as in the seed API's error-handling example:
+
+    >>> try:
+    ...     raise SessionTimeoutError("idle for 3700 s", session_id="s-1")
+    ... except FabstirError as e:
+    ...     e.code
+    'SESSION_TIMEOUT'
 
     Attributes:
         code: stable machine-readable code (class attribute, overridable per instance).

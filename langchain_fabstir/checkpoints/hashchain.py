@@ -1,6 +1,6 @@
 """The conversation hash chain, recomputed from a full history.
 
-The manual: :func:`verify_checkpoints`.
+Details and examples: :func:`verify_checkpoints`.
 """
 
 from __future__ import annotations

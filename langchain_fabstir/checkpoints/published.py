@@ -6,7 +6,7 @@ and a signed *index* of them, which it serves at ``GET /v1/checkpoints/{sessionI
 :func:`fetch_host_checkpoints` gets that index from the host, then every delta from an
 S5 portal **by its CID**, and checks everything the TypeScript SDK does not:
 
-The manual: :func:`fetch_host_checkpoints`.
+Details and examples: :func:`fetch_host_checkpoints`.
 """
 
 from __future__ import annotations

@@ -7,25 +7,7 @@ each chunk's ``delta.content`` becomes one ``stream_chunk``. Token counts come f
 upstream's ``usage``; only when it sends none are the content chunks counted (and
 :meth:`OpenAIEngine.describe`, shown in ``/v1/version``, says ``token_counts: counted``).
 
-Errors the upstream reports before the first token surface from
-:meth:`~langchain_fabstir.host.engines.Generation.opened` as typed engine errors that
-the host turns into its error frames: :class:`EngineContextOverflow`
-(``TOKEN_LIMIT_EXCEEDED``), :class:`EngineRateLimited` (``Rate limit exceeded, retry
-after N seconds``), any other :class:`EngineError` (a bare error). Closing a generation
-(a cancel, or the host stopping an answer nobody reads) closes the upstream connection,
-so the upstream stops generating. A stall (no bytes for ``stall_timeout`` seconds), a
-passed ``deadline`` (enforced inside each read), an event line over ``max_event_bytes``,
-more content chunks than ``max_tokens``, or a dropped connection ends the answer with an
-error, never a hang or unbounded memory. Every JSON the upstream sends is read with a
-size bound and parsed with :func:`~langchain_fabstir._json.loads_untrusted`.
-
->>> from pydantic import SecretStr
->>> engine = OpenAIEngine("http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
-...                       models=["qwen2.5-7b"], max_concurrent=4)
->>> engine.base_url, engine.default_model, "sk-x" in repr(engine)
-('http://127.0.0.1:8000', 'qwen2.5-7b', False)
->>> engine.resolve_model("no-such-model"), engine.resolve_model("qwen2.5-7b")
-('qwen2.5-7b', 'qwen2.5-7b')
+Details and examples: :class:`OpenAIEngine`.
 """
 
 from __future__ import annotations
@@ -184,6 +166,26 @@ class _Slots:
 
 class OpenAIEngine:
     """The reference host's engine over an OpenAI-compatible ``/v1/chat/completions``.
+
+    Errors the upstream reports before the first token surface from
+    :meth:`~langchain_fabstir.host.engines.Generation.opened` as typed engine errors that
+    the host turns into its error frames: :class:`EngineContextOverflow`
+    (``TOKEN_LIMIT_EXCEEDED``), :class:`EngineRateLimited` (``Rate limit exceeded, retry
+    after N seconds``), any other :class:`EngineError` (a bare error). Closing a generation
+    (a cancel, or the host stopping an answer nobody reads) closes the upstream connection,
+    so the upstream stops generating. A stall (no bytes for ``stall_timeout`` seconds), a
+    passed ``deadline`` (enforced inside each read), an event line over ``max_event_bytes``,
+    more content chunks than ``max_tokens``, or a dropped connection ends the answer with an
+    error, never a hang or unbounded memory. Every JSON the upstream sends is read with a
+    size bound and parsed with :func:`~langchain_fabstir._json.loads_untrusted`.
+
+    >>> from pydantic import SecretStr
+    >>> engine = OpenAIEngine("http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
+    ...                       models=["qwen2.5-7b"], max_concurrent=4)
+    >>> engine.base_url, engine.default_model, "sk-x" in repr(engine)
+    ('http://127.0.0.1:8000', 'qwen2.5-7b', False)
+    >>> engine.resolve_model("no-such-model"), engine.resolve_model("qwen2.5-7b")
+    ('qwen2.5-7b', 'qwen2.5-7b')
 
     Args:
         upstream_url: the server's base URL, with or without ``/v1``

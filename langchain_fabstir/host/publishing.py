@@ -6,7 +6,7 @@ A :class:`S5CheckpointWriter` counts the tokens a host generates in each session
 host's own namespace on S5 (plain JSON, so any client can read them: they are
 published proofs)::
 
-The manual: :class:`S5CheckpointWriter`.
+Details and examples: :class:`S5CheckpointWriter`.
 """
 
 from __future__ import annotations

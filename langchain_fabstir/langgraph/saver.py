@@ -1,6 +1,6 @@
 """``S5CheckpointSaver``: LangGraph checkpoints on S5, end-to-end encrypted.
 
-The manual: :class:`S5CheckpointSaver`.
+Details and examples: :class:`S5CheckpointSaver`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the size of what it carries (connect + read timeout + size at ``min_transfer_rat
 capped by ``request_deadline``): a portal that trickles a small reply (a registry entry, an
 account challenge) a byte at a time fails within about one read timeout per attempt.
 
-The manual: :class:`S5PortalClient`.
+Details and examples: :class:`S5PortalClient`.
 """
 
 from __future__ import annotations

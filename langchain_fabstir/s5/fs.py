@@ -5,7 +5,7 @@ signed with that directory's write key, whose data is ``0x1e || blake3(directory
 a change uploads a new DirV1 blob and sets revision+1, reloading and retrying (tenacity) when
 another writer got there first (:class:`~langchain_fabstir.errors.RevisionConflictError`).
 
-The manual: :class:`S5FileSystem`.
+Details and examples: :class:`S5FileSystem`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Made for chat histories and checkpoints: appending record N+1 never rewrites records 1..N.
 
-The manual: :class:`S5AppendLog`.
+Details and examples: :class:`S5AppendLog`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ its own history per session id and has no system-prompt field, as prompt text
 and maps every failure to a typed error with a stable code (see
 :mod:`langchain_fabstir.errors`).
 
-The manual: :class:`SessionManager`.
+Details and examples: :class:`SessionManager`.
 """
 
 from __future__ import annotations

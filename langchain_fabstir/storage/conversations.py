@@ -2,7 +2,7 @@
 moving a conversation to another device. The session layer keeps its sessions here
 (:mod:`langchain_fabstir.sessions.persistence`); this module knows nothing of sessions.
 
-The manual: :class:`S5ConversationStore`.
+Details and examples: :class:`S5ConversationStore`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ by reading only the records appended since (one registry read when nothing chang
 log that was cleared or rewritten (a new epoch, or fewer records than were folded) is
 folded again from a fresh state.
 
-The manual: :class:`FoldedLogs`.
+Details and examples: :class:`FoldedLogs`.
 """
 
 from __future__ import annotations
