@@ -29,7 +29,13 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.search import SearchRoute
 from tests._support.docs import run_snippets
-from tests.sidecars import LoopThread, Sidecar, brave_results, search_sidecar, serve
+from tests.sidecars import (
+    LoopThread,
+    Sidecar,
+    brave_results,
+    hostile_host,
+    search_sidecar,
+)
 
 
 @pytest.fixture
@@ -269,24 +275,6 @@ async def test_the_hosts_cache_is_bounded_in_bytes(sidecar: Sidecar) -> None:
 # --- hostile hosts ----------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def hostile(body: bytes | None = None, *, status: int = 200) -> AsyncIterator[str]:
-    release = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if body is None:
-            await release.wait()  # no answer while the test runs
-        return web.Response(body=body or b"{}", status=status, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/search", handler)
-    async with serve(app) as url:
-        try:
-            yield url
-        finally:
-            release.set()
-
-
 @pytest.mark.parametrize(
     ("body", "match"),
     [
@@ -297,7 +285,7 @@ async def hostile(body: bytes | None = None, *, status: int = 200) -> AsyncItera
     ],
 )
 async def test_malformed_answers_are_protocol_errors(body: bytes, match: str) -> None:
-    async with hostile(body) as url:
+    async with hostile_host("/v1/search", body) as url:
         with pytest.raises(ProtocolError, match=match) as info:
             await FabstirSearchRetriever(host_url=url, max_retries=0).ainvoke("q")
     assert info.value.code == "PROTOCOL_ERROR"
@@ -311,7 +299,7 @@ async def test_too_many_results_are_cut_and_a_huge_answer_refused() -> None:
         ],
         "provider": "brave",
     }
-    async with hostile(json.dumps(many).encode()) as url:
+    async with hostile_host("/v1/search", json.dumps(many).encode()) as url:
         docs = await FabstirSearchRetriever(host_url=url, k=4).ainvoke("q")
         assert [d.metadata["title"] for d in docs] == ["t0", "t1", "t2", "t3"]
         small = FabstirSearchRetriever(host_url=url, max_response_bytes=4096, max_retries=0)
@@ -320,7 +308,7 @@ async def test_too_many_results_are_cut_and_a_huge_answer_refused() -> None:
 
 
 async def test_a_silent_host_times_out() -> None:
-    async with hostile(None) as url:
+    async with hostile_host("/v1/search", None) as url:
         started = time.monotonic()
         with pytest.raises(ResponseTimeoutError):
             await FabstirSearchRetriever(host_url=url, timeout=0.3, max_retries=0).ainvoke("q")
@@ -328,7 +316,7 @@ async def test_a_silent_host_times_out() -> None:
 
 
 async def test_refused_locally_before_anything_is_sent() -> None:
-    async with hostile(b"{}") as url:
+    async with hostile_host("/v1/search", b"{}") as url:
         retriever = FabstirSearchRetriever(host_url=url)
         for bad in ("  ", "x" * 501):
             with pytest.raises(InvalidRequestError):
