@@ -34,6 +34,7 @@ from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.sessions.conversation import turn_prompt
 from tests._support.relay import Rewrite, WsRelay
+from tests._support.sdk import sdk_sealed_init
 from tests.conftest import KEYED_HOST_KEY as HOST_KEY
 
 USER_KEY = "0x" + "6b" * 32
@@ -253,14 +254,6 @@ def _sdk_init(
     host_pub33: bytes, client: PrivateKey, session_id: str
 ) -> tuple[dict[str, Any], bytes]:
     """An init exactly as sdk-core 1.36 builds it: its own digest, a fresh sessionKey."""
-    eph = PrivateKey()
-    eph_pub = eph.public_key.format()
-    shared = PublicKey(host_pub33).multiply(eph.secret).format(compressed=False)[1:33]
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    salt, nonce = bytes(32), secrets.token_bytes(24)
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"").derive(shared)
     session_key = secrets.token_bytes(32)
     body = {
         "sessionKey": session_key.hex(),
@@ -269,29 +262,7 @@ def _sdk_init(
         "pricePerToken": 0,
         "recoveryPublicKey": "0x" + client.public_key.format().hex(),
     }
-    ct = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        json.dumps(body).encode(), None, nonce, key
-    )
-    digest = hashlib.sha256(b"|".join([b"E2EEv1", eph_pub, host_pub33, salt, nonce, b""])).digest()
-    sig = client.sign_recoverable(digest, hasher=None)
-    payload = {
-        "ephPubHex": eph_pub.hex(),
-        "saltHex": salt.hex(),
-        "nonceHex": nonce.hex(),
-        "ciphertextHex": ct.hex(),
-        "signatureHex": sig.hex(),
-        "recid": sig[64],
-        "alg": "secp256k1-ecdh(ephemeral→static)+hkdf(sha256)+xchacha20-poly1305",
-        "info": "",
-        "aadHex": "",
-    }
-    frame = {
-        "type": "encrypted_session_init",
-        "chain_id": 84532,
-        "session_id": session_id,
-        "job_id": session_id,
-        "payload": payload,
-    }
+    frame, _ = sdk_sealed_init(host_pub33, json.dumps(body).encode(), session_id, client=client)
     return frame, session_key
 
 
