@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.common import Stopwatch, entry, interleaved
 from langchain_fabstir.cli import start_host_process
-from langchain_fabstir.host import LlamaEngine, ReferenceHost
+from langchain_fabstir.host import EngineRequest, LlamaEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 
 HOST_KEY = "0x" + "5a" * 32
@@ -132,7 +132,7 @@ async def llama_encrypted_ratio() -> dict[str, Any]:
 
         async def direct() -> float:
             watch = Stopwatch()
-            gen = engine.generate(messages, max_tokens=LLAMA_TOKENS, temperature=0.0)
+            gen = engine.generate(EngineRequest(messages, max_tokens=LLAMA_TOKENS, temperature=0.0))
             async for _ in gen:
                 pass
             return gen.result.completion_tokens / watch.elapsed()

@@ -17,7 +17,7 @@ import websockets
 from bench.common import Stopwatch, entry, interleaved
 from langchain_fabstir import SessionManager
 from langchain_fabstir.cli import start_host_process
-from langchain_fabstir.host import LlamaEngine, ReferenceHost
+from langchain_fabstir.host import EngineRequest, LlamaEngine, ReferenceHost
 
 LLAMA_PROMPT = "Write a long story about a lighthouse keeper and the sea."
 LLAMA_TOKENS = 160
@@ -33,7 +33,9 @@ async def llama_ratio() -> dict[str, Any]:
 
             async def direct() -> float:
                 watch = Stopwatch()
-                gen = engine.generate(messages, max_tokens=LLAMA_TOKENS, temperature=0.0)
+                gen = engine.generate(
+                    EngineRequest(messages, max_tokens=LLAMA_TOKENS, temperature=0.0)
+                )
                 async for _ in gen:
                     pass
                 return gen.result.completion_tokens / watch.elapsed()

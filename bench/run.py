@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 MODULES = [
+    "imports",
     "foundation",
     "chat_model",
     "checkpoints",

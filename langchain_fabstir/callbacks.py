@@ -9,28 +9,7 @@ also how the final message carries them), and as a LangChain custom event named
 :class:`~langchain_fabstir.checkpoints.CheckpointProof` objects and keep each one once,
 keyed by ``(session_id, checkpoint_number)``. They are thread-safe.
 
-Attach one to a call::
-
-    handler = FabstirCheckpointHandler()
-    llm.invoke("Hello", config={"callbacks": [handler]})
-    handler.proofs
-
-or collect everything in a block, like ``get_usage_metadata_callback()``::
-
-    with get_fabstir_checkpoint_callback() as cb:
-        llm.invoke("Hello")
-        graph.invoke({"messages": [...]})
-    cb.proofs
-
-To check the proofs against the conversation, hand them to
-:func:`~langchain_fabstir.checkpoints.verify_checkpoints`.
-
->>> handler = FabstirCheckpointHandler()
->>> handler.on_custom_event("fabstir_checkpoint", {"sessionId": "s", "checkpointNumber": 1,
-...     "conversationHash": "0x" + "00" * 32, "tokenCount": 10, "timestamp": 0,
-...     "boundary": {"messageIndex": 0, "charOffset": 2}}, run_id=None)
->>> [p.key for p in handler.proofs]
-[('s', 1)]
+Details and examples: :class:`FabstirCheckpointHandler`.
 """
 
 from __future__ import annotations
@@ -192,6 +171,29 @@ class _ProofCollector:
 
 class FabstirCheckpointHandler(_ProofCollector, BaseCallbackHandler):
     """Collects checkpoint proofs from chunks, final messages and custom events.
+
+    Attach one to a call::
+
+        handler = FabstirCheckpointHandler()
+        llm.invoke("Hello", config={"callbacks": [handler]})
+        handler.proofs
+
+    or collect everything in a block, like ``get_usage_metadata_callback()``::
+
+        with get_fabstir_checkpoint_callback() as cb:
+            llm.invoke("Hello")
+            graph.invoke({"messages": [...]})
+        cb.proofs
+
+    To check the proofs against the conversation, hand them to
+    :func:`~langchain_fabstir.checkpoints.verify_checkpoints`.
+
+    >>> handler = FabstirCheckpointHandler()
+    >>> handler.on_custom_event("fabstir_checkpoint", {"sessionId": "s", "checkpointNumber": 1,
+    ...     "conversationHash": "0x" + "00" * 32, "tokenCount": 10, "timestamp": 0,
+    ...     "boundary": {"messageIndex": 0, "charOffset": 2}}, run_id=None)
+    >>> [p.key for p in handler.proofs]
+    [('s', 1)]
 
     Args:
         on_proof: called once with each new proof, inline in the thread or event loop

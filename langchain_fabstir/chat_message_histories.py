@@ -1,60 +1,6 @@
 """``S5ChatMessageHistory``: a LangChain chat message history kept on S5, end-to-end encrypted.
 
-Setup::
-
-    from pydantic import SecretStr
-    from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
-
-    history = S5ChatMessageHistory(
-        "session-1",
-        portal_url="http://127.0.0.1:5050",            # e.g. ``fabstir portal``
-        seed_phrase=SecretStr("fifteen words ..."),    # the user's S5 seed phrase
-    )
-
-or, with a file system you already hold, ``S5ChatMessageHistory("session-1", fs=fs)``.
-
-Use (sync or async; sync works inside a running event loop too, e.g. in a notebook)::
-
-    history.add_messages([HumanMessage("hi"), AIMessage("hello")])
-    history.messages                    # [HumanMessage('hi'), AIMessage('hello')]
-    await history.aadd_messages([...]); await history.aget_messages(); await history.aclear()
-
-With ``RunnableWithMessageHistory`` (deprecated in langchain-core 1.x in favour of LangGraph
-persistence; see :class:`~langchain_fabstir.langgraph.saver.S5CheckpointSaver`). A factory should
-share one :class:`~langchain_fabstir.storage.access.S5Access` (one HTTP client, one login)
-between the histories it makes::
-
-    access = S5Access(portal_url=url, seed_phrase=phrase)
-    chain = RunnableWithMessageHistory(
-        model,
-        lambda session_id: S5ChatMessageHistory(session_id, access=access),
-    )
-    chain.invoke([HumanMessage("hi")], config={"configurable": {"session_id": "s-1"}})
-
-Storage: one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` per history at
-``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
-message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
-calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
-same at any history length; loading 10,000 messages downloads about 65 blobs. Each
-record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
-when read, newer ones refused with ``StorageError``; ``setup()`` rewrites a history into
-the current format. Several
-writers may append at once (compare-and-swap on the portal's registry; nothing is lost,
-each writer's messages keep their order). A process killed mid-append leaves the history
-readable, with or without that append.
-
-Shared with the Fabstir TypeScript SDK: :meth:`S5ChatMessageHistory.from_sdk` reads and
-writes the SDK's own ``home/sessions/{user}/{sessionId}/conversation.json`` in the SDK's
-format, under the S5 identity the SDK derives from the same private key::
-
-    history = S5ChatMessageHistory.from_sdk(
-        "42", private_key=SecretStr("0x..."), portal_url="https://s5.example.org"
-    )
-    history.messages       # what the SDK's SessionManager stored for job 42
-
-Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable),
-:class:`~langchain_fabstir.errors.IntegrityError` (a record or blob that does not verify),
-:class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account).
+Details and examples: :class:`S5ChatMessageHistory`.
 """
 
 from __future__ import annotations
@@ -283,7 +229,63 @@ def history_path(session_id: str, path_prefix: str = DEFAULT_PATH_PREFIX) -> str
 
 
 class S5ChatMessageHistory(BaseChatMessageHistory):
-    """Chat message history on S5 (see the module docstring for setup and guarantees).
+    """Chat message history on S5, end-to-end encrypted.
+
+    Setup::
+
+        from pydantic import SecretStr
+        from langchain_fabstir.chat_message_histories import S5ChatMessageHistory
+
+        history = S5ChatMessageHistory(
+            "session-1",
+            portal_url="http://127.0.0.1:5050",            # e.g. ``fabstir portal``
+            seed_phrase=SecretStr("fifteen words ..."),    # the user's S5 seed phrase
+        )
+
+    or, with a file system you already hold, ``S5ChatMessageHistory("session-1", fs=fs)``.
+
+    Use (sync or async; sync works inside a running event loop too, e.g. in a notebook)::
+
+        history.add_messages([HumanMessage("hi"), AIMessage("hello")])
+        history.messages                    # [HumanMessage('hi'), AIMessage('hello')]
+        await history.aadd_messages([...]); await history.aget_messages(); await history.aclear()
+
+    With ``RunnableWithMessageHistory`` (deprecated in langchain-core 1.x in favour of
+    LangGraph persistence; see :class:`~langchain_fabstir.langgraph.saver.S5CheckpointSaver`).
+    A factory should share one :class:`~langchain_fabstir.storage.access.S5Access` (one
+    HTTP client, one login) between the histories it makes::
+
+        access = S5Access(portal_url=url, seed_phrase=phrase)
+        chain = RunnableWithMessageHistory(
+            model,
+            lambda session_id: S5ChatMessageHistory(session_id, access=access),
+        )
+        chain.invoke([HumanMessage("hi")], config={"configurable": {"session_id": "s-1"}})
+
+    Storage: one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` per history at
+    ``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
+    message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
+    calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
+    same at any history length; loading 10,000 messages downloads about 65 blobs. Each
+    record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
+    when read, newer ones refused with ``StorageError``; ``setup()`` rewrites a history into
+    the current format. Several
+    writers may append at once (compare-and-swap on the portal's registry; nothing is lost,
+    each writer's messages keep their order). A process killed mid-append leaves the history
+    readable, with or without that append.
+
+    Shared with the Fabstir TypeScript SDK: :meth:`S5ChatMessageHistory.from_sdk` reads and
+    writes the SDK's own ``home/sessions/{user}/{sessionId}/conversation.json`` in the SDK's
+    format, under the S5 identity the SDK derives from the same private key::
+
+        history = S5ChatMessageHistory.from_sdk(
+            "42", private_key=SecretStr("0x..."), portal_url="https://s5.example.org"
+        )
+        history.messages       # what the SDK's SessionManager stored for job 42
+
+    Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable),
+    :class:`~langchain_fabstir.errors.IntegrityError` (a record or blob that does not verify),
+    :class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account).
 
     Args:
         session_id: the conversation's id (any string).

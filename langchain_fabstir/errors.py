@@ -5,24 +5,7 @@ stable ``code`` (a string that never changes between releases, safe to branch on
 message a person can act on, and the facts needed to act: ``host_url``, ``session_id``,
 ``retry_after`` (seconds) and free-form ``details``.
 
-Errors that describe a model call are *also* the matching ``langchain_core.exceptions``
-type, so code written against LangChain's provider-neutral errors keeps working, and
-``is_retryable`` is right for both:
-
->>> from langchain_core.exceptions import ModelRateLimitError
->>> err = RateLimitedError("Rate limit exceeded", retry_after=60.0)
->>> isinstance(err, ModelRateLimitError), err.code, err.is_retryable
-(True, 'RATE_LIMITED', True)
->>> str(err)
-'[RATE_LIMITED] Rate limit exceeded (retry after 60.0s)'
-
-Branching on codes, as in the seed API's error-handling example:
-
->>> try:
-...     raise SessionTimeoutError("idle for 3700 s", session_id="s-1")
-... except FabstirError as e:
-...     e.code
-'SESSION_TIMEOUT'
+Details and examples: :class:`FabstirError`.
 """
 
 from __future__ import annotations
@@ -46,6 +29,7 @@ __all__ = [
     "AnswerTooLargeError",
     "AnswerTruncatedError",
     "AuthenticationError",
+    "BlobNotFoundError",
     "BudgetExceededError",
     "ChainError",
     "ChainUnavailableError",
@@ -64,33 +48,46 @@ __all__ = [
     "DepositLimitError",
     "DiffusionUnavailableError",
     "DimensionMismatchError",
+    "EmbeddingEngineError",
     "EmbeddingError",
     "EncryptionError",
     "EncryptionModeError",
     "EncryptionUnavailableError",
+    "EngineContextOverflow",
+    "EngineError",
+    "EngineRateLimited",
+    "EngineStopped",
     "FabstirError",
     "HostDisconnectedError",
     "HostError",
     "HostIdentityError",
+    "HostRegistryError",
+    "HostSideError",
     "ImageGenerationError",
     "ImageInputsNotSupportedError",
     "ImageTooLargeError",
     "InsufficientDepositError",
     "InsufficientFundsError",
     "IntegrityError",
+    "InvalidCIDError",
+    "InvalidDirectoryError",
     "InvalidEncryptedPayloadError",
     "InvalidHexError",
     "InvalidImageError",
     "InvalidImageFormatError",
     "InvalidKeyError",
     "InvalidNonceSizeError",
+    "InvalidPathError",
+    "InvalidRegistryEntryError",
     "InvalidRequestError",
+    "InvalidSeedPhraseError",
     "MessageReplayError",
     "MissingPayloadError",
     "ModelNotAvailableError",
     "NoHostAvailableError",
     "NoHostForModelError",
     "PlaintextFramesRefusedError",
+    "PortalRequestError",
     "PriceLimitError",
     "PromptBlockedError",
     "ProtocolError",
@@ -103,12 +100,14 @@ __all__ = [
     "SessionKeyReusedError",
     "SessionNotFoundError",
     "SessionTimeoutError",
+    "ShardedDirectoryError",
     "ShareCodeError",
     "SpendLedgerError",
     "StorageError",
     "StreamChunkTimeoutError",
     "TokenLimitExceededError",
     "TransactionRevertedError",
+    "UpstreamError",
     "ValueTooDeepError",
     "VectorStoreError",
     "WrongChainError",
@@ -117,6 +116,25 @@ __all__ = [
 
 class FabstirError(Exception):
     """Base of every error this package raises.
+
+    Errors that describe a model call are *also* the matching ``langchain_core.exceptions``
+    type, so code written against LangChain's provider-neutral errors keeps working, and
+    ``is_retryable`` is right for both:
+
+    >>> from langchain_core.exceptions import ModelRateLimitError
+    >>> err = RateLimitedError("Rate limit exceeded", retry_after=60.0)
+    >>> isinstance(err, ModelRateLimitError), err.code, err.is_retryable
+    (True, 'RATE_LIMITED', True)
+    >>> str(err)
+    '[RATE_LIMITED] Rate limit exceeded (retry after 60.0s)'
+
+    Branching on codes, as in the seed API's error-handling example:
+
+    >>> try:
+    ...     raise SessionTimeoutError("idle for 3700 s", session_id="s-1")
+    ... except FabstirError as e:
+    ...     e.code
+    'SESSION_TIMEOUT'
 
     Attributes:
         code: stable machine-readable code (class attribute, overridable per instance).
@@ -234,6 +252,12 @@ class InvalidKeyError(AuthenticationError):
     code = "INVALID_KEY"
 
 
+class InvalidSeedPhraseError(AuthenticationError):
+    """A seed phrase has the wrong length, an unknown word, or a bad checksum."""
+
+    code = "INVALID_SEED_PHRASE"
+
+
 # --- Responses ------------------------------------------------------------------------
 
 
@@ -276,6 +300,15 @@ class InvalidRequestError(FabstirError, ModelInvalidRequestError):
 
     code = "INVALID_REQUEST"
     is_retryable = False
+
+
+class HostRegistryError(InvalidRequestError):
+    """A host list (registry file or URL, ``FABSTIR_HOSTS``, an explicit entry) is malformed.
+
+    ``details`` says where (``source``, ``entry`` index) and what was wrong.
+    """
+
+    code = "INVALID_HOST_REGISTRY"
 
 
 class AnswerTooLargeError(FabstirError, ModelAPIError):
@@ -689,7 +722,128 @@ class ValueTooDeepError(StorageError, ValueError):
     is_retryable = False
 
 
+class BlobNotFoundError(StorageError):
+    """The portal does not have the requested blob (HTTP 404)."""
+
+    code = "BLOB_NOT_FOUND"
+    is_retryable = False
+
+
+class PortalRequestError(StorageError):
+    """The portal refused a request for a reason other than auth, revision or integrity."""
+
+    code = "PORTAL_REQUEST_REJECTED"
+    is_retryable = False
+
+
+class InvalidCIDError(StorageError):
+    """A CID string or byte sequence is malformed (wrong prefix, hash length, size field)."""
+
+    code = "INVALID_CID"
+    is_retryable = False
+
+
+class InvalidPathError(StorageError):
+    """A path is outside ``home/`` and ``archive/``, malformed, or names the wrong kind."""
+
+    code = "INVALID_PATH"
+    is_retryable = False
+
+
+class InvalidDirectoryError(StorageError):
+    """A directory blob is not valid DirV1 (bad prefix, CBOR, or field types)."""
+
+    code = "INVALID_DIRECTORY"
+    is_retryable = False
+
+
+class ShardedDirectoryError(StorageError):
+    """A change to a directory that s5.js sharded into a HAMT (read-only in this client)."""
+
+    code = "SHARDED_DIRECTORY"
+    is_retryable = False
+
+
+class InvalidRegistryEntryError(StorageError):
+    """A registry entry is malformed (key, revision, data length, signature length)."""
+
+    code = "INVALID_REGISTRY_ENTRY"
+    is_retryable = False
+
+
 class ShareCodeError(FabstirError):
     """A share code is malformed, or its key does not open the shared export."""
 
     code = "INVALID_SHARE_CODE"
+
+
+# --- Reference host (raised inside the host, answered there) -------------------------
+
+
+class HostSideError(FabstirError):
+    """Raised inside the reference host (an engine, a sidecar, an answer job) and answered
+    there with an ``error`` frame or an HTTP error; never raised to a client.
+
+    Its ``str()`` is the bare message, without the ``[CODE]`` prefix: that text is what
+    the host sends to the client, as a deployed node does.
+    """
+
+    code = "HOST_SIDE_ERROR"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EngineError(HostSideError, RuntimeError):
+    """The engine failed; the host reports it as an ``Error: ...`` chunk (mid-answer) or
+    as an ``error`` frame (before the first token, see
+    :meth:`~langchain_fabstir.host.engines.Generation.opened`)."""
+
+    code = "ENGINE_FAILED"
+
+
+class EngineRateLimited(EngineError):
+    """The engine refused for now: the host answers with its rate-limit error."""
+
+    code = "ENGINE_RATE_LIMITED"
+    is_retryable = True
+    retry_after: float
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class EngineContextOverflow(EngineError):
+    """The prompt does not fit the model: the host answers ``TOKEN_LIMIT_EXCEEDED``."""
+
+    code = "ENGINE_CONTEXT_OVERFLOW"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        context_window: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_window = context_window
+
+
+class EngineStopped(HostSideError, RuntimeError):
+    """The host stopped an answer that nobody read."""
+
+    code = "ENGINE_STOPPED"
+
+
+class EmbeddingEngineError(HostSideError, RuntimeError):
+    """The embedding model is missing, unreadable or failed on a batch."""
+
+    code = "EMBEDDING_ENGINE_FAILED"
+
+
+class UpstreamError(HostSideError):
+    """A sidecar (search API, diffusion) could not be reached, was too slow, or sent too
+    much or something malformed."""
+
+    code = "UPSTREAM_FAILED"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
+from langchain_fabstir.portal import LocalPortal
 
 
 @pytest.fixture
@@ -14,6 +16,25 @@ async def echo_host() -> AsyncIterator[ReferenceHost]:
     """A reference host with the deterministic echo engine and no rate limit."""
     async with ReferenceHost(EchoEngine(), rate_limit_per_minute=None) as host:
         yield host
+
+
+KEYED_HOST_KEY = "0x" + "5a" * 32
+"""The key of :func:`keyed_host` (its public key is what a client seals to)."""
+
+
+@pytest.fixture
+async def keyed_host() -> AsyncIterator[ReferenceHost]:
+    """A reference host with the echo engine and a host key (encrypted sessions)."""
+    async with ReferenceHost(EchoEngine(), host_key=KEYED_HOST_KEY) as host:
+        yield host
+
+
+@pytest.fixture
+async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
+    """A local S5 portal on 127.0.0.1 (port 0), its blobs under ``tmp_path``. The S5,
+    storage and CLI tests have their own (a shared data directory, or a portal thread)."""
+    async with LocalPortal(tmp_path / "portal", port=0) as p:
+        yield p
 
 
 @pytest.fixture(scope="session")

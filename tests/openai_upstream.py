@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from langchain_fabstir.host.engines import Engine
+from langchain_fabstir.host.engines import Engine, EngineRequest
 
 BEHAVIOURS = {
     None,
@@ -185,11 +185,13 @@ class OpenAIUpstream:
     async def _generate(self, resp: web.StreamResponse, body: dict[str, Any], model: str) -> None:
         assert self.engine is not None
         gen = self.engine.generate(
-            body["messages"],
-            max_tokens=int(body.get("max_tokens") or 256),
-            temperature=float(body.get("temperature", 0.7)),
-            seed=body.get("seed"),
-            response_format=body.get("response_format"),
+            EngineRequest(
+                body["messages"],
+                max_tokens=int(body.get("max_tokens") or 256),
+                temperature=float(body.get("temperature", 0.7)),
+                seed=body.get("seed"),
+                response_format=body.get("response_format"),
+            )
         )
         try:
             async for token in gen:

@@ -90,6 +90,28 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
+async def hostile_host(
+    route: str, body: bytes | None = None, *, status: int = 200
+) -> AsyncIterator[str]:
+    """A hand-written host whose ``POST route`` answers ``body`` with ``status`` (JSON), or
+    never answers while the test runs (``body=None``)."""
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if body is None:
+            await release.wait()
+        return web.Response(body=body or b"{}", status=status, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post(route, handler)
+    async with serve(app) as url:
+        try:
+            yield url
+        finally:
+            release.set()
+
+
+@contextlib.asynccontextmanager
 async def search_sidecar() -> AsyncIterator[Sidecar]:
     """``GET /search?q=..&count=N`` -> N Brave-shaped results (or ``sidecar.handler``)."""
     sidecar = Sidecar()

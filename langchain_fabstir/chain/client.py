@@ -3,24 +3,7 @@
 :class:`ChainClient` wraps web3.py (``AsyncWeb3`` over HTTP) for the Fabstir contracts of a
 :class:`~langchain_fabstir.chain.config.ChainConfig`:
 
-- every RPC request has a bound (``request_timeout``) and every wait for a receipt too
-  (``receipt_timeout``); an endpoint that is down or slow is ``CHAIN_UNAVAILABLE``;
-- before anything is sent the RPC's chain id is checked (``WRONG_CHAIN`` otherwise);
-- transactions are EIP-1559, signed locally with the user's key (a ``SecretStr``; it never
-  leaves the process, and is never in a ``repr`` or a log), nonce from the pending count under a
-  lock (two payments from one client never share a nonce), gas estimated first so a revert is
-  found *before* anything is sent (``TRANSACTION_REVERTED`` with the contract's reason), the
-  balance checked against value + gas (``INSUFFICIENT_FUNDS``), the receipt's status checked;
-- the RPC URL may carry credentials (``user:pass@``, a provider's key in the path or query):
-  it is shown redacted everywhere (``repr``, error messages and ``details``, logs), and
-  web3.py's own loggers only ever see the redacted form (see :class:`_RedactingProvider`).
-
->>> from langchain_fabstir.chain.config import BASE_SEPOLIA
->>> client = ChainClient(BASE_SEPOLIA, private_key="0x" + "11" * 32)
->>> client.address
-'0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A'
->>> "11" * 32 in repr(client)
-False
+Details and examples: :class:`ChainClient`.
 """
 
 from __future__ import annotations
@@ -151,6 +134,25 @@ class _RedactingProvider(AsyncHTTPProvider):
 
 class ChainClient:
     """The Fabstir contracts on one chain, read and (with a key) written.
+
+    - every RPC request has a bound (``request_timeout``) and every wait for a receipt too
+      (``receipt_timeout``); an endpoint that is down or slow is ``CHAIN_UNAVAILABLE``;
+    - before anything is sent the RPC's chain id is checked (``WRONG_CHAIN`` otherwise);
+    - transactions are EIP-1559, signed locally with the user's key (a ``SecretStr``; it never
+      leaves the process, and is never in a ``repr`` or a log), nonce from the pending count under a
+      lock (two payments from one client never share a nonce), gas estimated first so a revert is
+      found *before* anything is sent (``TRANSACTION_REVERTED`` with the contract's reason), the
+      balance checked against value + gas (``INSUFFICIENT_FUNDS``), the receipt's status checked;
+    - the RPC URL may carry credentials (``user:pass@``, a provider's key in the path or query):
+      it is shown redacted everywhere (``repr``, error messages and ``details``, logs), and
+      web3.py's own loggers only ever see the redacted form (see :class:`_RedactingProvider`).
+
+    >>> from langchain_fabstir.chain.config import BASE_SEPOLIA
+    >>> client = ChainClient(BASE_SEPOLIA, private_key="0x" + "11" * 32)
+    >>> client.address
+    '0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A'
+    >>> "11" * 32 in repr(client)
+    False
 
     Args:
         config: the chain and contract addresses.

@@ -1,33 +1,14 @@
 """Checkpoint proofs: what a conversation was at a token count, provably.
 
 The pure layer of the seed API's checkpoints, usable without LangChain:
-
-- :class:`CheckpointProof` (``proof``): the seed's fields plus the token range, signer,
-  host signature and ``boundary`` of a checkpoint; JSON round trip with camelCase names.
-- the hash chain (``chain``): :func:`verify_checkpoints` recomputes every
-  ``conversation_hash`` from the history; :func:`conversation_deltas` /
-  :func:`conversation_hashes` expose the cutting.
-- :class:`CheckpointTracker` (alias :data:`ConversationHasher`, ``tracker``): the
-  incremental hasher a session drives per streamed chunk; a checkpoint costs work
-  proportional to its delta.
-- signatures (EIP-191 ``personal_sign`` via eth-account): :func:`sign_proof`,
-  :func:`recover_proof_signer`, :func:`verify_proof_signature`,
-  :func:`verify_host_signature`.
-- real hosts' S5 checkpoints (``host``): :func:`verify_host_delta`,
-  :func:`verify_host_index`, :func:`rebuild_conversation`.
+:class:`CheckpointProof` (a proof, JSON with camelCase names), :func:`verify_checkpoints`
+(the hash chain recomputed from a history), :class:`CheckpointTracker` (the incremental
+hasher a session drives per chunk, with an example), signatures (:func:`sign_proof`,
+:func:`verify_proof_signature`...), and real hosts' S5 checkpoints
+(:func:`verify_host_delta`, :func:`verify_host_index`, :func:`rebuild_conversation`).
 
 Every failure is a :class:`~langchain_fabstir.errors.CheckpointError` (code
 ``CHECKPOINT_FAILED``) whose ``details["reason"]`` says what was wrong.
-
->>> tracker = CheckpointTracker("demo", checkpoint_interval=2)
->>> tracker.add_message("system", "Be brief.")
->>> tracker.add_message("user", "Hi")
->>> tracker.add_message("assistant")
->>> for word in ["Hello", " there", "!"]:
-...     proof = tracker.on_tokens(word)
->>> proof.checkpoint_number, proof.boundary.as_tuple()
-(1, (2, 11))
->>> verify_checkpoints(tracker.history(), tracker.proofs)
 """
 
 from __future__ import annotations

@@ -1,38 +1,6 @@
 """The conversation hash chain, recomputed from a full history.
 
-The conversation is the list of messages ``{"role", "content"}`` in order (system prompt
-and initial context first). A *position* is ``(message_index, char_offset)`` with
-``char_offset`` a Python ``str`` index (code points). Each proof's ``boundary`` is the
-position where its delta ends (exclusive). Starting from ``(0, 0)``, each boundary cuts
-the next *delta*: the list of message pieces ``{"role", "content"}`` between the previous
-position and the boundary, where a piece that stops before the end of its message gets
-``"partial": true`` and the next delta goes on inside that message. Then::
-
-    hash_0 = 32 zero bytes
-    hash_n = sha256(hash_{n-1} + canonical_json(delta_n).encode("utf-8"))
-    conversation_hash_n = "0x" + hash_n.hex()
-
-Edge cases, decided here once for the tracker and the verifier alike:
-
-- A boundary exactly at the end of message ``k`` (``char_offset == len(content)``) takes
-  the whole message and the next delta starts at message ``k + 1``. Whether a piece is
-  partial is read from the *final* history: that is why
-  :class:`~langchain_fabstir.checkpoints.CheckpointTracker` holds back a checkpoint taken
-  at the end of a still-growing message until it knows whether more text follows.
-- A boundary equal to the previous boundary cuts an empty delta ``[]``.
-- A boundary before the previous one, or past the end of the history (a message index
-  beyond the last message, or an offset beyond its message's length), is invalid.
-- ``(k + 1, 0)`` after a boundary at the end of message ``k`` is a valid, distinct
-  boundary: it cuts one empty piece of message ``k + 1`` (partial unless that message is
-  empty).
-
->>> history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
->>> [d for d in conversation_deltas(history, [(1, 3), (1, 6)])]  # doctest: +NORMALIZE_WHITESPACE
-[[{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hel', 'partial': True}],
- [{'role': 'assistant', 'content': 'lo!'}]]
->>> hashes = conversation_hashes(history, [(1, 3), (1, 6)])
->>> len(hashes), hashes[0][:2], len(hashes[0])
-(2, '0x', 66)
+Details and examples: :func:`verify_checkpoints`.
 """
 
 from __future__ import annotations
@@ -186,6 +154,41 @@ def verify_checkpoints(
     host_address: str | None = None,
 ) -> None:
     """Recompute every checkpoint of a session from its history; raise on the first bad one.
+
+    The conversation is the list of messages ``{"role", "content"}`` in order (system prompt
+    and initial context first). A *position* is ``(message_index, char_offset)`` with
+    ``char_offset`` a Python ``str`` index (code points). Each proof's ``boundary`` is the
+    position where its delta ends (exclusive). Starting from ``(0, 0)``, each boundary cuts
+    the next *delta*: the list of message pieces ``{"role", "content"}`` between the previous
+    position and the boundary, where a piece that stops before the end of its message gets
+    ``"partial": true`` and the next delta goes on inside that message. Then::
+
+        hash_0 = 32 zero bytes
+        hash_n = sha256(hash_{n-1} + canonical_json(delta_n).encode("utf-8"))
+        conversation_hash_n = "0x" + hash_n.hex()
+
+    Edge cases, decided here once for the tracker and the verifier alike:
+
+    - A boundary exactly at the end of message ``k`` (``char_offset == len(content)``) takes
+      the whole message and the next delta starts at message ``k + 1``. Whether a piece is
+      partial is read from the *final* history: that is why
+      :class:`~langchain_fabstir.checkpoints.CheckpointTracker` holds back a checkpoint taken
+      at the end of a still-growing message until it knows whether more text follows.
+    - A boundary equal to the previous boundary cuts an empty delta ``[]``.
+    - A boundary before the previous one, or past the end of the history (a message index
+      beyond the last message, or an offset beyond its message's length), is invalid.
+    - ``(k + 1, 0)`` after a boundary at the end of message ``k`` is a valid, distinct
+      boundary: it cuts one empty piece of message ``k + 1`` (partial unless that message is
+      empty).
+
+    >>> history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    >>> deltas = conversation_deltas(history, [(1, 3), (1, 6)])
+    >>> [d for d in deltas]  # doctest: +NORMALIZE_WHITESPACE
+    [[{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hel', 'partial': True}],
+     [{'role': 'assistant', 'content': 'lo!'}]]
+    >>> hashes = conversation_hashes(history, [(1, 3), (1, 6)])
+    >>> len(hashes), hashes[0][:2], len(hashes[0])
+    (2, '0x', 66)
 
     ``history`` is the whole conversation (dicts with ``role``/``content`` or objects with
     ``.role``/``.content``); ``proofs`` are all of the session's proofs from the first

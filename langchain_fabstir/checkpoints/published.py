@@ -6,65 +6,7 @@ and a signed *index* of them, which it serves at ``GET /v1/checkpoints/{sessionI
 :func:`fetch_host_checkpoints` gets that index from the host, then every delta from an
 S5 portal **by its CID**, and checks everything the TypeScript SDK does not:
 
-1. the index signature (EIP-191 over the canonical JSON of ``checkpoints``), against
-   the ``host_address`` you pass, or else against the address the index names (then
-   :attr:`HostCheckpoints.host_address_source` is ``"index"``: the signature proves the
-   index is intact, not *who* the host is);
-2. checkpoints numbered 0..n-1 with contiguous token ranges starting at 0;
-3. each delta's bytes against its ``deltaCid`` (BLAKE3, by the portal client and again
-   here), each delta signature (over its ``messages``), and each delta against its index
-   entry (number, ``proofHash``, token range, session);
-4. each ``proofHash`` against :func:`delta_proof_hash` (see below);
-
-and rebuilds the conversation, joining messages cut by a checkpoint
-(``metadata.partial``).
-
-Encrypted sessions (PROTOCOL.md section 4.5)
---------------------------------------------
-A host seals the deltas of an encrypted session to the ``recoveryPublicKey`` the client
-named in its ``encrypted_session_init``, and marks their index entries
-``"encrypted": true``. Each such delta on S5 is an envelope, as deployed nodes write it
-(see :data:`~langchain_fabstir.wire.encryption.CHECKPOINT_ENVELOPE_FIELDS`)::
-
-    {"encrypted":true,"version":1,"userRecoveryPubKey":"0x02...","ephemeralPublicKey":"0x03...",
-     "nonce":"<24 bytes hex>","ciphertext":"<hex>","hostSignature":"0x..."}
-
-whose ciphertext is the signed plain delta (canonical JSON). Pass the session's
-:class:`~langchain_fabstir.wire.encryption.RecoveryKey` (``Session.recovery_key``; the
-:class:`~langchain_fabstir.sessions.manager.SessionManager` method of the same name does
-it for you) as ``recovery_key``: each envelope's ``hostSignature`` (EIP-191 over the hex
-of ``keccak256(ciphertext)``) is checked against the host, then it is opened and verified
-as a plain delta. Without the key, an encrypted entry raises ``DECRYPTION_KEY_REQUIRED``
-before anything is downloaded; an entry whose marking does not match its delta raises
-``ENCRYPTION_MODE_MISMATCH``; another session's key or changed bytes,
-``DECRYPTION_FAILED``. Plain deltas read as before, with or without a key.
-
-What ``proofHash`` is
----------------------
-On hosts with a chain, ``proofHash`` is the SHA-256 of the host's proof of work (the
-bytes at the ``proofCID`` of its ``ProofSubmitted`` event, CHAIN.md 6.5), which a client
-cannot recompute from the delta (``SessionManager.audit_job`` checks it from the chain);
-this project's reference host does the same when it runs with a chain. Without one it
-sets it to :func:`delta_proof_hash`: keccak256 of the canonical JSON of the delta without
-``proofHash`` and ``hostSignature``, i.e. of ``{checkpointIndex, endToken, messages,
-sessionId, startToken}``. A mismatch is therefore reported
-(:attr:`HostCheckpoints.proof_hashes_verified` is ``False``), not raised, unless you
-pass ``require_proof_hash=True``. Tampering is caught either way: the index signature
-covers each entry's ``proofHash``, ``tokenRange`` and ``deltaCid``, and the CID covers
-every byte of the delta.
-
-Example (a host at ``host_url``, its portal at ``portal_url``)::
-
-    result = await fetch_host_checkpoints(host_url, "123", portal=portal_url,
-                                          host_address="0xAbC...")
-    for message in result.messages:
-        print(message["role"], message["content"][:60])
-
-:func:`delta_proof_hash` is pure:
-
->>> delta_proof_hash({"checkpointIndex": 0, "startToken": 0, "endToken": 1,
-...     "sessionId": "1", "messages": [{"role": "assistant", "content": "Hi"}]})
-'0xd117c2101ff36d3ab4245db86dd4faa8b91b3cf0f3c24a5d9ee332daff6f19d2'
+Details and examples: :func:`fetch_host_checkpoints`.
 """
 
 from __future__ import annotations
@@ -141,7 +83,7 @@ _DOWNLOADS_AT_ONCE = 8
 def delta_proof_hash(delta: Mapping[str, Any]) -> str:
     """``0x`` + keccak256 of the canonical JSON of a delta's :data:`PROOF_HASH_FIELDS`.
 
-    The reference host's ``proofHash`` (see the module docstring). ``delta`` is the JSON
+    The reference host's ``proofHash`` (see :func:`fetch_host_checkpoints`). ``delta`` is the JSON
     object with camelCase keys, as written to S5.
     """
     try:
@@ -158,7 +100,7 @@ def encrypt_host_delta(
 ) -> dict[str, Any]:
     """The encrypted envelope of a signed delta, sealed to ``recovery_public_key`` and
     signed by ``host_key`` (EIP-191 over the hex of ``keccak256(ciphertext)``), as
-    deployed nodes write it (module docstring)."""
+    deployed nodes write it (see :func:`fetch_host_checkpoints`)."""
     envelope = seal_checkpoint_delta(canonical_json(delta).encode("utf-8"), recovery_public_key)
     digest = keccak(bytes.fromhex(envelope["ciphertext"])).hex()
     envelope["hostSignature"] = personal_sign(digest, host_key)
@@ -439,6 +381,66 @@ async def fetch_host_checkpoints(
     recovery_key: RecoveryKey | None = None,
 ) -> HostCheckpoints:
     """Get a host's checkpoint index and deltas of ``session_id``, verify all, rebuild.
+
+    1. the index signature (EIP-191 over the canonical JSON of ``checkpoints``), against
+       the ``host_address`` you pass, or else against the address the index names (then
+       :attr:`HostCheckpoints.host_address_source` is ``"index"``: the signature proves the
+       index is intact, not *who* the host is);
+    2. checkpoints numbered 0..n-1 with contiguous token ranges starting at 0;
+    3. each delta's bytes against its ``deltaCid`` (BLAKE3, by the portal client and again
+       here), each delta signature (over its ``messages``), and each delta against its index
+       entry (number, ``proofHash``, token range, session);
+    4. each ``proofHash`` against :func:`delta_proof_hash` (see below);
+
+    and rebuilds the conversation, joining messages cut by a checkpoint
+    (``metadata.partial``).
+
+    Encrypted sessions (PROTOCOL.md section 4.5)
+    --------------------------------------------
+    A host seals the deltas of an encrypted session to the ``recoveryPublicKey`` the client
+    named in its ``encrypted_session_init``, and marks their index entries
+    ``"encrypted": true``. Each such delta on S5 is an envelope, as deployed nodes write it
+    (see :data:`~langchain_fabstir.wire.encryption.CHECKPOINT_ENVELOPE_FIELDS`)::
+
+        {"encrypted":true,"version":1,"userRecoveryPubKey":"0x02...","ephemeralPublicKey":"0x03...",
+         "nonce":"<24 bytes hex>","ciphertext":"<hex>","hostSignature":"0x..."}
+
+    whose ciphertext is the signed plain delta (canonical JSON). Pass the session's
+    :class:`~langchain_fabstir.wire.encryption.RecoveryKey` (``Session.recovery_key``; the
+    :class:`~langchain_fabstir.sessions.manager.SessionManager` method of the same name does
+    it for you) as ``recovery_key``: each envelope's ``hostSignature`` (EIP-191 over the hex
+    of ``keccak256(ciphertext)``) is checked against the host, then it is opened and verified
+    as a plain delta. Without the key, an encrypted entry raises ``DECRYPTION_KEY_REQUIRED``
+    before anything is downloaded; an entry whose marking does not match its delta raises
+    ``ENCRYPTION_MODE_MISMATCH``; another session's key or changed bytes,
+    ``DECRYPTION_FAILED``. Plain deltas read as before, with or without a key.
+
+    What ``proofHash`` is
+    ---------------------
+    On hosts with a chain, ``proofHash`` is the SHA-256 of the host's proof of work (the
+    bytes at the ``proofCID`` of its ``ProofSubmitted`` event), which a client cannot
+    recompute from the delta (``SessionManager.audit_job`` checks it from the chain); this
+    project's reference host does the same when it runs with a chain. Without one it sets
+    it to :func:`delta_proof_hash`: keccak256 of the canonical JSON of the delta without
+    ``proofHash`` and ``hostSignature``, i.e. of ``{checkpointIndex, endToken, messages,
+    sessionId, startToken}``. A mismatch is therefore reported
+    (:attr:`HostCheckpoints.proof_hashes_verified` is ``False``), not raised, unless you
+    pass ``require_proof_hash=True``. Tampering is caught either way: the index signature
+    covers each entry's ``proofHash``, ``tokenRange`` and ``deltaCid``, and the CID covers
+    every byte of the delta.
+
+    Example (a host at ``host_url``, its portal at ``portal_url``)::
+
+        result = await fetch_host_checkpoints(host_url, "123", portal=portal_url,
+                                              host_address="0xAbC...")
+        for message in result.messages:
+            print(message["role"], message["content"][:60])
+
+    :func:`delta_proof_hash` is pure:
+
+    >>> delta_proof_hash({"checkpointIndex": 0, "startToken": 0, "endToken": 1,
+    ...     "sessionId": "1", "messages": [{"role": "assistant", "content": "Hi"}]})
+    '0xd117c2101ff36d3ab4245db86dd4faa8b91b3cf0f3c24a5d9ee332daff6f19d2'
 
     Args:
         host_url: the host's base URL (``http(s)://`` or its ``ws(s)://`` URL).

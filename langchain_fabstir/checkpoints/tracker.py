@@ -7,23 +7,7 @@ tokens. A checkpoint hashes only the delta since the previous boundary (see
 :mod:`langchain_fabstir.checkpoints.hashchain`), so its cost is proportional to what changed;
 a streamed token costs one list append and two additions.
 
-One subtlety shapes the API: whether a checkpoint's last piece is *partial* depends on
-whether its message goes on, which is unknown while the message is still streaming. So
-a checkpoint due at the end of a growing message is *pending* until the next text (then
-the piece is partial) or the end of the message (then it is whole); the proof comes back
-from whichever call settles it (:meth:`~CheckpointTracker.on_tokens`,
-:meth:`~CheckpointTracker.append_to_last`, :meth:`~CheckpointTracker.add_message`,
-:meth:`~CheckpointTracker.end_message` or :meth:`~CheckpointTracker.checkpoint`).
-
->>> tracker = CheckpointTracker("s-1", checkpoint_interval=3)
->>> tracker.add_message("user", "Count to five")
->>> _ = tracker.add_message("assistant")
->>> [tracker.on_tokens(t) is not None for t in ["one", " two", " three", " four", " five"]]
-[False, False, False, True, False]
->>> final = tracker.checkpoint()   # end of the response: seals the message
->>> [(p.checkpoint_number, p.start_token, p.end_token) for p in tracker.proofs]
-[(1, 0, 3), (2, 3, 5)]
->>> verify_checkpoints(tracker.history(), tracker.proofs)   # anyone can recompute them
+Details and examples: :class:`CheckpointTracker`.
 """
 
 from __future__ import annotations
@@ -79,6 +63,38 @@ def _utc_now() -> datetime:
 
 class CheckpointTracker:
     """Hashes a conversation incrementally and makes checkpoint proofs.
+
+    One subtlety shapes the API: whether a checkpoint's last piece is *partial* depends on
+    whether its message goes on, which is unknown while the message is still streaming. So
+    a checkpoint due at the end of a growing message is *pending* until the next text (then
+    the piece is partial) or the end of the message (then it is whole); the proof comes back
+    from whichever call settles it (:meth:`~CheckpointTracker.on_tokens`,
+    :meth:`~CheckpointTracker.append_to_last`, :meth:`~CheckpointTracker.add_message`,
+    :meth:`~CheckpointTracker.end_message` or :meth:`~CheckpointTracker.checkpoint`).
+
+    >>> tracker = CheckpointTracker("s-1", checkpoint_interval=3)
+    >>> tracker.add_message("user", "Count to five")
+    >>> _ = tracker.add_message("assistant")
+    >>> [tracker.on_tokens(t) is not None for t in ["one", " two", " three", " four", " five"]]
+    [False, False, False, True, False]
+    >>> final = tracker.checkpoint()   # end of the response: seals the message
+    >>> [(p.checkpoint_number, p.start_token, p.end_token) for p in tracker.proofs]
+    [(1, 0, 3), (2, 3, 5)]
+    >>> verify_checkpoints(tracker.history(), tracker.proofs)   # anyone can recompute them
+
+    A checkpoint costs work proportional to its delta; :func:`verify_checkpoints`
+    recomputes the same hashes from the whole history:
+
+    >>> from langchain_fabstir.checkpoints import verify_checkpoints
+    >>> tracker = CheckpointTracker("demo", checkpoint_interval=2)
+    >>> tracker.add_message("system", "Be brief.")
+    >>> tracker.add_message("user", "Hi")
+    >>> tracker.add_message("assistant")
+    >>> for word in ["Hello", " there", "!"]:
+    ...     proof = tracker.on_tokens(word)
+    >>> proof.checkpoint_number, proof.boundary.as_tuple()
+    (1, (2, 11))
+    >>> verify_checkpoints(tracker.history(), tracker.proofs)
 
     Args:
         session_id: the session the proofs belong to.

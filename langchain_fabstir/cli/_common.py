@@ -11,9 +11,9 @@ import textwrap
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
+if TYPE_CHECKING:  # pydantic is imported where a key is read: `fabstir --help` stays fast
+    from pydantic import SecretStr
 
-if TYPE_CHECKING:
     from langchain_fabstir.chain import ChainConfig
 
 __all__ = [
@@ -168,6 +168,8 @@ def read_host_key(
         parse_private_key(text)
     except Exception:
         raise CliError(f"the key in {where} is not 32 bytes of hex") from None
+    from pydantic import SecretStr
+
     return SecretStr(text)
 
 
@@ -191,6 +193,8 @@ def read_seed(path: str | None, *, strict: bool = True) -> SecretStr | None:
             f"the S5 seed phrase in {where} is not valid (15 words of the S5 word list; "
             "`fabstir keys new` makes one)"
         ) from None
+    from pydantic import SecretStr
+
     return SecretStr(text)
 
 

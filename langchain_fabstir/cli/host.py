@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from langchain_fabstir.cli._common import (
     CliError,
     add_chain_options,
@@ -52,6 +50,8 @@ def gguf_models(specs: list[str] | None) -> list[Path | None]:
 
 
 def _engine(args: argparse.Namespace) -> Any:
+    from pydantic import SecretStr
+
     from langchain_fabstir.host import EchoEngine, EngineError, LlamaEngine, OpenAIEngine
     from langchain_fabstir.host.router import ModelRouter
 

@@ -33,10 +33,10 @@ from langchain_fabstir.cli._common import (
     money,
     terminal_text,
 )
-from langchain_fabstir.discovery import HostInfo
 
 if TYPE_CHECKING:
     from langchain_fabstir.chain import ChainConfig, HostRecord, PaymentToken
+    from langchain_fabstir.discovery import HostInfo
 
 __all__ = [
     "ChainSource",

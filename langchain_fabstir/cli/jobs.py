@@ -27,8 +27,6 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
-
 from langchain_fabstir.cli._common import (
     add_chain_options,
     chain_config,
@@ -40,6 +38,8 @@ from langchain_fabstir.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from langchain_fabstir.chain import ChainClient, SessionJob, Settlement
 
 __all__ = ["add_jobs_parser", "job_view"]

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from langchain_fabstir.errors import InvalidRequestError
+from langchain_fabstir.errors import HostRegistryError
 
 __all__ = [
     "HostInfo",
@@ -38,15 +38,6 @@ HostStatus = Literal["healthy", "degraded", "unhealthy", "unreachable", "invalid
 """``healthy``/``degraded``/``unhealthy`` are what the host's ``/health`` said; ``unreachable``
 means a request failed (refused, timeout, HTTP error); ``invalid`` means the host answered
 garbage; ``unknown`` means not probed yet."""
-
-
-class HostRegistryError(InvalidRequestError):
-    """A host list (registry file or URL, ``FABSTIR_HOSTS``, an explicit entry) is malformed.
-
-    ``details`` says where (``source``, ``entry`` index) and what was wrong.
-    """
-
-    code = "INVALID_HOST_REGISTRY"
 
 
 class SelectionPolicy(str, Enum):

@@ -14,12 +14,9 @@ import httpx
 
 from langchain_fabstir._compat import timeout as deadline
 from langchain_fabstir._http import ReplyTooLarge, client, read_capped
+from langchain_fabstir.errors import UpstreamError
 
 __all__ = ["UpstreamError", "call_upstream"]
-
-
-class UpstreamError(Exception):
-    """The sidecar could not be reached, was too slow, or sent too much."""
 
 
 async def call_upstream(

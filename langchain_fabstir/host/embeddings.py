@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiohttp import web
 
+from langchain_fabstir.errors import EmbeddingEngineError
 from langchain_fabstir.host._routes import error as _error
 from langchain_fabstir.host._routes import read_json
 
@@ -46,10 +47,6 @@ MAX_TEXT_BYTES = 8192
 """Longest text in one request, in UTF-8 bytes."""
 
 _CHAINS = {84532: ("Base Sepolia", "ETH"), 5611: ("opBNB Testnet", "BNB")}
-
-
-class EmbeddingEngineError(RuntimeError):
-    """The embedding model is missing, unreadable or failed on a batch."""
 
 
 class Embedder(Protocol):

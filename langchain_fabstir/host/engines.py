@@ -8,7 +8,8 @@ generation (the llama engine tells llama.cpp to stop at the next token).
 >>> import asyncio
 >>> async def demo():
 ...     engine = EchoEngine()
-...     gen = engine.generate([{"role": "user", "content": "hello there"}], max_tokens=10)
+...     ask = EngineRequest([{"role": "user", "content": "hello there"}], max_tokens=10)
+...     gen = engine.generate(ask)
 ...     text = "".join([t async for t in gen])
 ...     return text, gen.result.finish_reason, gen.result.completion_tokens
 >>> asyncio.run(demo())
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from langchain_fabstir._extras import install_command
+from langchain_fabstir.errors import EngineContextOverflow, EngineError, EngineRateLimited
 
 __all__ = [
     "EchoEngine",
@@ -37,6 +39,7 @@ __all__ = [
     "EngineContextOverflow",
     "EngineError",
     "EngineRateLimited",
+    "EngineRequest",
     "Generation",
     "GenerationResult",
     "LlamaEngine",
@@ -49,32 +52,30 @@ __all__ = [
 _WORD = re.compile(r"\S+\s*|\s+")
 
 
-class EngineError(RuntimeError):
-    """The engine failed; the host reports it as an ``Error: ...`` chunk (mid-answer) or
-    as an ``error`` frame (before the first token, see :meth:`Generation.opened`)."""
+@dataclass(frozen=True)
+class EngineRequest:
+    """One generation request, built once where the host parses a prompt and passed down
+    to the engine unchanged (a router picks the engine by ``model``).
 
+    ``messages`` are chat messages (``role``/``content``); ``max_tokens`` is already capped
+    to what fits the context window; ``seed`` ``None`` is the engine's own;
+    ``response_format`` is an OpenAI-style JSON schema format (an engine that cannot
+    constrain output ignores it); ``repeat_penalty`` ``None`` is the engine's default
+    (the host sends ``1.0`` for tool calls, whose arguments copy values from the
+    prompt); ``model`` is the requested model name (an engine serving one model ignores
+    it).
 
-class EngineRateLimited(EngineError):
-    """The engine refused for now: the host answers with its rate-limit error."""
+    >>> EngineRequest([{"role": "user", "content": "hi"}], max_tokens=5).temperature
+    0.7
+    """
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class EngineContextOverflow(EngineError):
-    """The prompt does not fit the model: the host answers ``TOKEN_LIMIT_EXCEEDED``."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        prompt_tokens: int | None = None,
-        context_window: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.prompt_tokens = prompt_tokens
-        self.context_window = context_window
+    messages: Sequence[dict[str, str]]
+    max_tokens: int
+    temperature: float = 0.7
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    repeat_penalty: float | None = None
+    model: str | None = None
 
 
 @dataclass
@@ -113,10 +114,10 @@ class Generation:
 class Engine(Protocol):
     """What the host needs from an engine.
 
-    ``model`` is the requested model name (an engine serving one model ignores it).
-    Optional hooks the host uses when an engine has them: ``async refresh_models()``
-    (before answering ``/v1/models``), ``host_features(features)`` (the extensions this
-    engine can serve), ``describe()`` (a dict shown in ``/v1/version``).
+    :meth:`generate` takes one :class:`EngineRequest`. Optional hooks the host uses when
+    an engine has them: ``async refresh_models()`` (before answering ``/v1/models``),
+    ``host_features(features)`` (the extensions this engine can serve), ``describe()``
+    (a dict shown in ``/v1/version``).
     """
 
     name: str
@@ -126,17 +127,7 @@ class Engine(Protocol):
 
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int: ...
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        repeat_penalty: float | None = None,
-        model: str | None = None,
-    ) -> Generation: ...
+    def generate(self, request: EngineRequest) -> Generation: ...
 
     def close(self) -> None: ...
 
@@ -195,17 +186,8 @@ class EchoEngine:
         )
         return _WORD.findall(f"Echo: {last}")[:max_tokens]
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        repeat_penalty: float | None = None,
-        model: str | None = None,
-    ) -> Generation:
+    def generate(self, request: EngineRequest) -> Generation:
+        messages, max_tokens = request.messages, request.max_tokens
         planned = self.plan(messages, max_tokens + 1)  # one more: was the answer cut?
         tokens = planned[:max_tokens]
         result = GenerationResult(
@@ -451,46 +433,30 @@ class LlamaEngine:
         # real count comes back from llama.cpp with the answer.
         return sum(len(m.get("content", "")) // 3 + 4 for m in messages)
 
-    def _request(
-        self,
-        messages: Sequence[dict[str, str]],
-        max_tokens: int,
-        temperature: float,
-        seed: int | None,
-        response_format: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+    def _request(self, request: EngineRequest) -> dict[str, Any]:
+        seed = request.seed
         body: dict[str, Any] = {
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
             "stream": True,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
             "seed": self.seed if seed is None else seed,
             "stream_options": {"include_usage": True},
             # A small model falls into loops ("the cat was a cat, and the cat was...");
             # a mild penalty keeps answers (and constrained JSON strings) moving.
             "repeat_penalty": self.repeat_penalty,
         }
-        grammar = _compact_json_grammar(response_format)
+        if request.repeat_penalty is not None:
+            body["repeat_penalty"] = request.repeat_penalty
+        grammar = _compact_json_grammar(request.response_format)
         if grammar is not None:
             body["grammar"] = grammar
         if self._stop:
             body["stop"] = self._stop
         return body
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        repeat_penalty: float | None = None,
-        model: str | None = None,
-    ) -> Generation:
-        body = self._request(messages, max_tokens, temperature, seed, response_format)
-        if repeat_penalty is not None:
-            body["repeat_penalty"] = repeat_penalty
+    def generate(self, request: EngineRequest) -> Generation:
+        body = self._request(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

@@ -9,17 +9,7 @@ then closes its engine (an upstream stops generating); what it generated is kept
 grace period so that a client can continue from the token it last received (the
 ``resume`` extension).
 
->>> import asyncio
->>> async def demo():
-...     async def tokens():
-...         for t in ["a", "b", "c"]:
-...             yield t
-...     job = AnswerJob("r1", chunk_frame=lambda t, n: t, end_frames=lambda job: ["END"])
-...     job.start(tokens())
-...     await job.finished.wait()
-...     return job.frames[job.start_of_token(1):]
->>> asyncio.run(demo())
-['b', 'c', 'END']
+Details and examples: :class:`AnswerJob`.
 """
 
 from __future__ import annotations
@@ -29,15 +19,25 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from langchain_fabstir.errors import EngineStopped
+
 __all__ = ["AnswerJob", "EngineStopped"]
-
-
-class EngineStopped(RuntimeError):
-    """The host stopped an answer that nobody read."""
 
 
 class AnswerJob:
     """Frames of one answer, produced once, consumable from any token offset.
+
+    >>> import asyncio
+    >>> async def demo():
+    ...     async def tokens():
+    ...         for t in ["a", "b", "c"]:
+    ...             yield t
+    ...     job = AnswerJob("r1", chunk_frame=lambda t, n: t, end_frames=lambda job: ["END"])
+    ...     job.start(tokens())
+    ...     await job.finished.wait()
+    ...     return job.frames[job.start_of_token(1):]
+    >>> asyncio.run(demo())
+    ['b', 'c', 'END']
 
     Once the answer is over, the job keeps only its frames: the callbacks (and whatever
     they hold, such as the prompt and the engine's generator) are let go, so that a job

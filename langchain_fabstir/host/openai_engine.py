@@ -7,25 +7,7 @@ each chunk's ``delta.content`` becomes one ``stream_chunk``. Token counts come f
 upstream's ``usage``; only when it sends none are the content chunks counted (and
 :meth:`OpenAIEngine.describe`, shown in ``/v1/version``, says ``token_counts: counted``).
 
-Errors the upstream reports before the first token surface from
-:meth:`~langchain_fabstir.host.engines.Generation.opened` as typed engine errors that
-the host turns into its error frames: :class:`EngineContextOverflow`
-(``TOKEN_LIMIT_EXCEEDED``), :class:`EngineRateLimited` (``Rate limit exceeded, retry
-after N seconds``), any other :class:`EngineError` (a bare error). Closing a generation
-(a cancel, or the host stopping an answer nobody reads) closes the upstream connection,
-so the upstream stops generating. A stall (no bytes for ``stall_timeout`` seconds), a
-passed ``deadline`` (enforced inside each read), an event line over ``max_event_bytes``,
-more content chunks than ``max_tokens``, or a dropped connection ends the answer with an
-error, never a hang or unbounded memory. Every JSON the upstream sends is read with a
-size bound and parsed with :func:`~langchain_fabstir._json.loads_untrusted`.
-
->>> from pydantic import SecretStr
->>> engine = OpenAIEngine("http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
-...                       models=["qwen2.5-7b"], max_concurrent=4)
->>> engine.base_url, engine.default_model, "sk-x" in repr(engine)
-('http://127.0.0.1:8000', 'qwen2.5-7b', False)
->>> engine.resolve_model("no-such-model"), engine.resolve_model("qwen2.5-7b")
-('qwen2.5-7b', 'qwen2.5-7b')
+Details and examples: :class:`OpenAIEngine`.
 """
 
 from __future__ import annotations
@@ -50,6 +32,7 @@ from langchain_fabstir.host.engines import (
     EngineContextOverflow,
     EngineError,
     EngineRateLimited,
+    EngineRequest,
     Generation,
     GenerationResult,
 )
@@ -183,6 +166,26 @@ class _Slots:
 
 class OpenAIEngine:
     """The reference host's engine over an OpenAI-compatible ``/v1/chat/completions``.
+
+    Errors the upstream reports before the first token surface from
+    :meth:`~langchain_fabstir.host.engines.Generation.opened` as typed engine errors that
+    the host turns into its error frames: :class:`EngineContextOverflow`
+    (``TOKEN_LIMIT_EXCEEDED``), :class:`EngineRateLimited` (``Rate limit exceeded, retry
+    after N seconds``), any other :class:`EngineError` (a bare error). Closing a generation
+    (a cancel, or the host stopping an answer nobody reads) closes the upstream connection,
+    so the upstream stops generating. A stall (no bytes for ``stall_timeout`` seconds), a
+    passed ``deadline`` (enforced inside each read), an event line over ``max_event_bytes``,
+    more content chunks than ``max_tokens``, or a dropped connection ends the answer with an
+    error, never a hang or unbounded memory. Every JSON the upstream sends is read with a
+    size bound and parsed with :func:`~langchain_fabstir._json.loads_untrusted`.
+
+    >>> from pydantic import SecretStr
+    >>> engine = OpenAIEngine("http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
+    ...                       models=["qwen2.5-7b"], max_concurrent=4)
+    >>> engine.base_url, engine.default_model, "sk-x" in repr(engine)
+    ('http://127.0.0.1:8000', 'qwen2.5-7b', False)
+    >>> engine.resolve_model("no-such-model"), engine.resolve_model("qwen2.5-7b")
+    ('qwen2.5-7b', 'qwen2.5-7b')
 
     Args:
         upstream_url: the server's base URL, with or without ``/v1``
@@ -366,56 +369,32 @@ class OpenAIEngine:
         return self._slots
 
     def request_body(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        model: str | None,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None,
-        response_format: dict[str, Any] | None,
+        self, request: EngineRequest, *, model: str | None, max_tokens: int
     ) -> dict[str, Any]:
-        """The ``/v1/chat/completions`` body for a Fabstir request.
+        """The ``/v1/chat/completions`` body for a Fabstir request, for the upstream's
+        ``model`` (resolved) and ``max_tokens`` (capped to its window).
 
+        >>> ask = EngineRequest([{"role": "user", "content": "hi"}], max_tokens=5, seed=3)
         >>> OpenAIEngine("http://x", models=["m"]).request_body(
-        ...     [{"role": "user", "content": "hi"}], model="m", max_tokens=5,
-        ...     temperature=0.0, seed=3, response_format=None)["stream_options"]
+        ...     ask, model="m", max_tokens=5)["stream_options"]
         {'include_usage': True}
         """
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": max_tokens,
-            "temperature": temperature,
+            "temperature": request.temperature,
         }
-        if seed is not None:
-            body["seed"] = seed
-        if response_format is not None and self.response_format:
-            body["response_format"] = response_format
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.response_format is not None and self.response_format:
+            body["response_format"] = request.response_format
         return body
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        repeat_penalty: float | None = None,
-        model: str | None = None,
-    ) -> Generation:
-        stream = _UpstreamStream(
-            self,
-            messages,
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            response_format=response_format,
-        )
+    def generate(self, request: EngineRequest) -> Generation:
+        stream = _UpstreamStream(self, request)
         return Generation(stream, stream.result, opener=stream.open)
 
     async def aclose(self) -> None:
@@ -453,24 +432,10 @@ class _UpstreamStream:
     ``max_tokens``) is cut there, with finish reason ``length``.
     """
 
-    def __init__(
-        self,
-        engine: OpenAIEngine,
-        messages: Sequence[dict[str, str]],
-        *,
-        model: str | None,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None,
-        response_format: dict[str, Any] | None,
-    ) -> None:
+    def __init__(self, engine: OpenAIEngine, request: EngineRequest) -> None:
         self.engine = engine
-        self.messages = list(messages)
-        self.model = model
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.seed = seed
-        self.response_format = response_format
+        self.request = request
+        self.max_tokens = request.max_tokens  # lowered to what fits the upstream's window
         self.result = GenerationResult()
         self._slots: _Slots | None = None
         self._holding = False
@@ -520,19 +485,12 @@ class _UpstreamStream:
         slots.active += 1
         if not engine.configured_models and not engine._upstream_models:
             await engine.refresh_models()
-        model = engine.resolve_model(self.model)
+        model = engine.resolve_model(self.request.model)
         if model is None:
             raise EngineError(
                 f"no model to ask: {engine.base_url}/v1/models listed none; name one with --model"
             )
-        body = engine.request_body(
-            self.messages,
-            model=model,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            seed=self.seed,
-            response_format=self.response_format,
-        )
+        body = engine.request_body(self.request, model=model, max_tokens=self.max_tokens)
         try:
             await self._send(slots, body)
         except EngineContextOverflow as exc:

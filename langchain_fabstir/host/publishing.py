@@ -6,62 +6,7 @@ A :class:`S5CheckpointWriter` counts the tokens a host generates in each session
 host's own namespace on S5 (plain JSON, so any client can read them: they are
 published proofs)::
 
-    home/checkpoints/{hostAddress}/{sessionId}/delta_{n}.json
-    home/checkpoints/{hostAddress}/{sessionId}/index.json
-
-(``hostAddress`` in lower case, as hosts write it). A delta holds the messages since
-the previous delta: the user prompt(s) and the assistant text generated, an answer cut
-by the checkpoint marked ``metadata.partial = true`` and continued by the first message
-of the next delta. Its ``proofHash`` is
-:func:`~langchain_fabstir.checkpoints.published.delta_proof_hash` (keccak256 of the
-delta's canonical content; hosts with a chain hash their proof of work instead), and
-``hostSignature`` is EIP-191 over the canonical JSON of ``messages``. The index lists
-every delta by CID and is signed over ``checkpoints``. ``GET /v1/checkpoints/{id}``
-serves the index (:func:`checkpoint_index_response`).
-
-Encrypted sessions (PROTOCOL.md section 4.5): an answer started with
-``recovery_public_key`` (the reference host passes the ``recoveryPublicKey`` of the
-session's ``encrypted_session_init``) has its checkpoints written as encrypted envelopes
-(:func:`~langchain_fabstir.checkpoints.published.encrypt_host_delta`: a fresh ephemeral
-key per delta, so only the client reads them) and marked ``"encrypted": true`` in the
-index, which stays plain and signed.
-
-The per-token cost is a comparison, a list append and an integer add (:meth:`AnswerRecorder.token`);
-S5 writes run as one background task per session, in checkpoint order. A write that
-fails (portal down) is logged and retried at the session's next checkpoint or at
-:meth:`S5CheckpointWriter.flush`; checkpoint numbers and token ranges are assigned when
-a delta is written, continuing the index already on S5, so they stay contiguous.
-
-What a host records is what it saw: each prompt and the answer it generated. The
-``conversation_context`` a client sends is its own claim and is not republished.
-Sessions stream one answer at a time (as the protocol has it).
-
-Wiring (the reference host does this when given ``portal_url`` and ``s5_seed_phrase``)::
-
-    writer = S5CheckpointWriter.from_portal(portal_url, seed_phrase, host_key)
-    recorder = writer.start_answer(session_id, prompt)   # when a prompt is accepted
-    recorder.token(text)                                  # per generated token
-    recorder.finish()                                     # when the answer ends
-    index = await writer.index(session_id)                # GET /v1/checkpoints/{id}
-
-Runnable, against a local portal (3-token checkpoints to keep it short):
-
->>> import asyncio, tempfile
->>> from langchain_fabstir.portal import LocalPortal
->>> from langchain_fabstir.s5 import generate_phrase
->>> async def demo():
-...     async with LocalPortal(tempfile.mkdtemp()) as portal:
-...         writer = S5CheckpointWriter.from_portal(
-...             portal.url, generate_phrase(), "0x" + "42" * 32, interval=3, min_final_tokens=1)
-...         answer = writer.start_answer("s1", "Count to five")
-...         for word in ["one ", "two ", "three ", "four ", "five"]:
-...             answer.token(word)
-...         answer.finish()
-...         index = await writer.index("s1")
-...         await writer.aclose()
-...         return [(c["index"], c["tokenRange"]) for c in index["checkpoints"]]
->>> asyncio.run(demo())
-[(0, [0, 3]), (1, [3, 5])]
+Details and examples: :class:`S5CheckpointWriter`.
 """
 
 from __future__ import annotations
@@ -238,7 +183,65 @@ class AnswerRecorder:
 
 
 class S5CheckpointWriter:
-    """Publishes a host's checkpoints of every session to S5 (see the module docstring).
+    """Publishes a host's checkpoints of every session to S5 (PROTOCOL.md 3).
+
+        home/checkpoints/{hostAddress}/{sessionId}/delta_{n}.json
+        home/checkpoints/{hostAddress}/{sessionId}/index.json
+
+    (``hostAddress`` in lower case, as hosts write it). A delta holds the messages since
+    the previous delta: the user prompt(s) and the assistant text generated, an answer cut
+    by the checkpoint marked ``metadata.partial = true`` and continued by the first message
+    of the next delta. Its ``proofHash`` is
+    :func:`~langchain_fabstir.checkpoints.published.delta_proof_hash` (keccak256 of the
+    delta's canonical content; hosts with a chain hash their proof of work instead), and
+    ``hostSignature`` is EIP-191 over the canonical JSON of ``messages``. The index lists
+    every delta by CID and is signed over ``checkpoints``. ``GET /v1/checkpoints/{id}``
+    serves the index (:func:`checkpoint_index_response`).
+
+    Encrypted sessions (PROTOCOL.md section 4.5): an answer started with
+    ``recovery_public_key`` (the reference host passes the ``recoveryPublicKey`` of the
+    session's ``encrypted_session_init``) has its checkpoints written as encrypted envelopes
+    (:func:`~langchain_fabstir.checkpoints.published.encrypt_host_delta`: a fresh ephemeral
+    key per delta, so only the client reads them) and marked ``"encrypted": true`` in the
+    index, which stays plain and signed.
+
+    The per-token cost is a comparison, a list append and an integer add
+    (:meth:`AnswerRecorder.token`); S5 writes run as one background task per session, in
+    checkpoint order. A write that fails (portal down) is logged and retried at the
+    session's next checkpoint or at :meth:`S5CheckpointWriter.flush`; checkpoint numbers
+    and token ranges are assigned when a delta is written, continuing the index already on
+    S5, so they stay contiguous.
+
+    What a host records is what it saw: each prompt and the answer it generated. The
+    ``conversation_context`` a client sends is its own claim and is not republished.
+    Sessions stream one answer at a time (as the protocol has it).
+
+    Wiring (the reference host does this when given ``portal_url`` and ``s5_seed_phrase``)::
+
+        writer = S5CheckpointWriter.from_portal(portal_url, seed_phrase, host_key)
+        recorder = writer.start_answer(session_id, prompt)   # when a prompt is accepted
+        recorder.token(text)                                  # per generated token
+        recorder.finish()                                     # when the answer ends
+        index = await writer.index(session_id)                # GET /v1/checkpoints/{id}
+
+    Runnable, against a local portal (3-token checkpoints to keep it short):
+
+    >>> import asyncio, tempfile
+    >>> from langchain_fabstir.portal import LocalPortal
+    >>> from langchain_fabstir.s5 import generate_phrase
+    >>> async def demo():
+    ...     async with LocalPortal(tempfile.mkdtemp()) as portal:
+    ...         writer = S5CheckpointWriter.from_portal(
+    ...             portal.url, generate_phrase(), "0x" + "42" * 32, interval=3, min_final_tokens=1)
+    ...         answer = writer.start_answer("s1", "Count to five")
+    ...         for word in ["one ", "two ", "three ", "four ", "five"]:
+    ...             answer.token(word)
+    ...         answer.finish()
+    ...         index = await writer.index("s1")
+    ...         await writer.aclose()
+    ...         return [(c["index"], c["tokenRange"]) for c in index["checkpoints"]]
+    >>> asyncio.run(demo())
+    [(0, [0, 3]), (1, [3, 5])]
 
     Args:
         fs: the host's :class:`S5FileSystem` (authenticated on its portal).

@@ -6,12 +6,12 @@ same in front of any engines (``fabstir host --model a.gguf --model b.gguf`` or 
 directory of GGUF files builds one :class:`LlamaEngine` per file):
 
 >>> import asyncio
->>> from langchain_fabstir.host.engines import EchoEngine
+>>> from langchain_fabstir.host.engines import EchoEngine, EngineRequest
 >>> router = ModelRouter([EchoEngine(["a"], model_id="m1"), EchoEngine(["b"], model_id="m2")])
 >>> [m["id"] for m in router.models()], router.default
 (['m1', 'm2'], 'm1')
 >>> async def answer(model):
-...     gen = router.generate([], max_tokens=5, model=model)
+...     gen = router.generate(EngineRequest([], max_tokens=5, model=model))
 ...     return "".join([t async for t in gen])
 >>> asyncio.run(answer("m2")), asyncio.run(answer("unknown")), asyncio.run(answer(None))
 ('b', 'a', 'a')
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_fabstir.host.engines import Engine, Generation
+from langchain_fabstir.host.engines import Engine, EngineRequest, Generation
 
 __all__ = ["ModelRouter"]
 
@@ -30,8 +30,8 @@ __all__ = ["ModelRouter"]
 class ModelRouter:
     """Engines by model id; the first engine's model is the default.
 
-    ``models()`` lists every engine's models; ``generate(model=...)`` runs the engine
-    serving that id, or the default one for an unknown (or no) name. The context window
+    ``models()`` lists every engine's models; ``generate(request)`` runs the engine
+    serving ``request.model``, or the default one for an unknown (or no) name. The context window
     and prompt counting are the default engine's (``fabstir host`` gives every model
     the same ``--ctx``).
     """
@@ -61,26 +61,8 @@ class ModelRouter:
     def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return self.engines[0].count_prompt_tokens(messages)
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        repeat_penalty: float | None = None,
-        model: str | None = None,
-    ) -> Generation:
-        return self.engine_for(model).generate(
-            messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            response_format=response_format,
-            repeat_penalty=repeat_penalty,
-            model=model,
-        )
+    def generate(self, request: EngineRequest) -> Generation:
+        return self.engine_for(request.model).generate(request)
 
     def close(self) -> None:
         for engine in self.engines:

@@ -53,6 +53,7 @@ from langchain_fabstir.host.engines import (
     EngineContextOverflow,
     EngineError,
     EngineRateLimited,
+    EngineRequest,
 )
 from langchain_fabstir.host.history import (
     HistoryStore,
@@ -1046,14 +1047,16 @@ class ReferenceHost:
             return
         max_tokens = min(request.max_tokens, max(1, window - prompt_tokens))
         gen = self.engine.generate(
-            messages,
-            max_tokens=max_tokens,
-            temperature=request.temperature,
-            seed=request.seed,
-            response_format=response_format,
-            # Tool arguments copy values from the prompt: no repetition penalty there.
-            repeat_penalty=1.0 if request.tools else None,
-            model=request.model,
+            EngineRequest(
+                messages,
+                max_tokens=max_tokens,
+                temperature=request.temperature,
+                seed=request.seed,
+                response_format=response_format,
+                # Tool arguments copy values from the prompt: no repetition penalty there.
+                repeat_penalty=1.0 if request.tools else None,
+                model=request.model,
+            )
         )
         try:  # an engine that refuses before the first token: an error frame
             await gen.opened()
@@ -1391,12 +1394,14 @@ class ReferenceHost:
             )
         self._log_model_input(messages)
         gen = self.engine.generate(
-            messages,
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            seed=req.seed,
-            response_format=response_format,
-            model=req.model,
+            EngineRequest(
+                messages,
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                seed=req.seed,
+                response_format=response_format,
+                model=req.model,
+            )
         )
         # A client that leaves stops the generation (and an upstream request) at the
         # next token: one attribute read per token.

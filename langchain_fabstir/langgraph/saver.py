@@ -1,39 +1,6 @@
 """``S5CheckpointSaver``: LangGraph checkpoints on S5, end-to-end encrypted.
 
-Setup and use::
-
-    from langgraph.graph import START, MessagesState, StateGraph
-    from langchain_fabstir.langgraph.saver import S5CheckpointSaver
-
-    saver = S5CheckpointSaver(portal_url="http://127.0.0.1:5050", seed_phrase=phrase)
-    graph = builder.compile(checkpointer=saver)
-    config = {"configurable": {"thread_id": "user-42"}}
-    graph.invoke({"messages": [("user", "Hi, I'm Ada")]}, config)
-    graph.invoke({"messages": [("user", "What's my name?")]}, config)   # remembers
-
-Sync (``invoke``, ``get_tuple``, ``list``, ``put``, ``put_writes``, ``delete_thread``) and
-async (``ainvoke``, ``a*``) both work, the sync ones even inside a running event loop.
-
-Storage: each thread is one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` at
-``{root}/threads/<thread>`` whose records are ``put`` and ``put_writes`` events (CBOR,
-values serialized with the saver's ``serde``, ``JsonPlusSerializer`` by default); a thread's
-state is the fold of its events. Channel values are stored per channel version, as
-LangGraph's own savers do, so unchanged channels are not written again. ``put`` and
-``put_writes`` cost O(1) uploads at any thread length; several processes may write one
-thread at once (registry compare-and-swap). The fold is cached per thread and brought up
-to date incrementally (one registry read when nothing changed); a ``delete_thread`` by
-another process is noticed through the log's epoch. ``{root}/index/`` lists the threads,
-for ``list(None)``.
-
-Passes ``langgraph-checkpoint-conformance``: the base capabilities (put, put_writes,
-get_tuple, list, delete_thread) and the extended ones (delete_for_runs, copy_thread,
-prune), each with a sync twin. A log is append-only; deleting runs and pruning rewrite a
-thread's log in one atomic swap (:meth:`SealedLog.rewrite`) that loses no concurrent
-append.
-
-Format: every record carries its format version (:data:`FORMAT_VERSION`); older formats
-are upgraded when read, newer ones refused with ``StorageError`` (upgrade the package);
-:meth:`S5CheckpointSaver.setup` rewrites stored records into the current format.
+Details and examples: :class:`S5CheckpointSaver`.
 """
 
 from __future__ import annotations
@@ -208,7 +175,42 @@ def state_records(
 
 
 class S5CheckpointSaver(BaseCheckpointSaver[int]):
-    """LangGraph checkpoint saver on S5 (see the module docstring).
+    """LangGraph checkpoint saver on S5, end-to-end encrypted.
+
+    Setup and use::
+
+        from langgraph.graph import START, MessagesState, StateGraph
+        from langchain_fabstir.langgraph.saver import S5CheckpointSaver
+
+        saver = S5CheckpointSaver(portal_url="http://127.0.0.1:5050", seed_phrase=phrase)
+        graph = builder.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": "user-42"}}
+        graph.invoke({"messages": [("user", "Hi, I'm Ada")]}, config)
+        graph.invoke({"messages": [("user", "What's my name?")]}, config)   # remembers
+
+    Sync (``invoke``, ``get_tuple``, ``list``, ``put``, ``put_writes``, ``delete_thread``) and
+    async (``ainvoke``, ``a*``) both work, the sync ones even inside a running event loop.
+
+    Storage: each thread is one :class:`~langchain_fabstir.storage.sealed_log.SealedLog` at
+    ``{root}/threads/<thread>`` whose records are ``put`` and ``put_writes`` events (CBOR,
+    values serialized with the saver's ``serde``, ``JsonPlusSerializer`` by default); a thread's
+    state is the fold of its events. Channel values are stored per channel version, as
+    LangGraph's own savers do, so unchanged channels are not written again. ``put`` and
+    ``put_writes`` cost O(1) uploads at any thread length; several processes may write one
+    thread at once (registry compare-and-swap). The fold is cached per thread and brought up
+    to date incrementally (one registry read when nothing changed); a ``delete_thread`` by
+    another process is noticed through the log's epoch. ``{root}/index/`` lists the threads,
+    for ``list(None)``.
+
+    Passes ``langgraph-checkpoint-conformance``: the base capabilities (put, put_writes,
+    get_tuple, list, delete_thread) and the extended ones (delete_for_runs, copy_thread,
+    prune), each with a sync twin. A log is append-only; deleting runs and pruning rewrite a
+    thread's log in one atomic swap (:meth:`SealedLog.rewrite`) that loses no concurrent
+    append.
+
+    Format: every record carries its format version (:data:`FORMAT_VERSION`); older formats
+    are upgraded when read, newer ones refused with ``StorageError`` (upgrade the package);
+    :meth:`S5CheckpointSaver.setup` rewrites stored records into the current format.
 
     Args:
         fs: an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`, or ...

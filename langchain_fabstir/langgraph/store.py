@@ -1,117 +1,7 @@
 """``S5Store``: LangGraph long-term memory (a ``BaseStore``) on S5, end-to-end encrypted.
 
-Setup and use (sync or async; the sync methods work inside a running event loop too)::
-
-    from langchain_fabstir.langgraph import S5Store
-
-    store = S5Store(portal_url="http://127.0.0.1:5050", seed_phrase=phrase,
-                    ttl={"default_ttl": 60 * 24 * 30, "refresh_on_read": True})
-    store.put(("users", "ada", "memories"), "m1", {"text": "likes tea", "topic": "food"})
-    store.get(("users", "ada", "memories"), "m1").value          # {'text': 'likes tea', ...}
-    store.search(("users", "ada"), filter={"topic": "food"}, limit=5)
-    store.list_namespaces(prefix=("users",), max_depth=2)        # [('users', 'ada')]
-    graph = builder.compile(checkpointer=saver, store=store)     # nodes: runtime.store
-
-Runnable, against a local portal (the async twins; the portal runs on this loop, so the
-blocking ones would wait for themselves here):
-
->>> import asyncio, tempfile
->>> from langchain_fabstir.portal import LocalPortal
->>> from langchain_fabstir.s5 import generate_phrase
->>> async def demo():
-...     async with LocalPortal(tempfile.mkdtemp()) as portal:
-...         store = S5Store(portal_url=portal.url, seed_phrase=generate_phrase())
-...         await store.aput(("users", "ada"), "tea", {"likes": "green", "cups": 3})
-...         await store.aput(("users", "bob"), "tea", {"likes": "black", "cups": 1})
-...         item = await store.aget(("users", "ada"), "tea")
-...         found = await store.asearch(("users",), filter={"cups": {"$gt": 2}})
-...         spaces = await store.alist_namespaces(prefix=("users",))
-...         await store.aclose()
-...         return item.value, [i.namespace for i in found], spaces
->>> asyncio.run(demo())
-({'likes': 'green', 'cups': 3}, [('users', 'ada')], [('users', 'ada'), ('users', 'bob')])
-
-Storage: every namespace is one :class:`~langchain_fabstir.storage.sealed_log.SealedLog`
-at ``{root}/ns/<name>`` (``<name>`` is the namespace mapped as the saver maps thread ids;
-the path only derives the log's keys and is listed nowhere, and every blob is encrypted,
-so the portal sees neither namespaces nor keys nor values). Its records are puts, deletes
-and TTL refreshes (CBOR, each with its format version :data:`FORMAT_VERSION`); an item is
-the fold of its namespace's records. A ``put`` costs one O(1) append at any namespace size,
-and several processes may write one namespace at once (registry compare-and-swap: nothing
-is lost). A second log, ``{root}/namespaces``, lists every namespace ever written (for
-prefix ``search`` and ``list_namespaces``); a ``get`` reads only its own namespace. Folded
-namespaces are cached (``max_cached_namespaces``, least recently used) and brought up to
-date incrementally, so memory is bounded by the namespaces in use, not by the store (plus
-the names of all namespaces, kept to serve prefix searches).
-
-Semantics, as LangGraph's stores have them:
-
-* A batch applies its puts first (the last put of a key wins), then its reads, so a read
-  sees the writes of its own batch (as ``PostgresStore`` does). ``created_at`` is kept
-  across updates; ``updated_at`` is the time of the last put.
-* ``PutOp.index`` is ignored without an ``index`` config (as in LangGraph's stores).
-* ``search`` returns the items under ``namespace_prefix`` that match ``filter`` (equality,
-  nested dicts, lists, and the operators ``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``,
-  ``$lte`` as ``InMemoryStore`` has them; a range operator on a value that is not a number
-  does not match), newest ``updated_at`` first, then ``offset``/``limit``. Without an
-  ``index`` config ``query`` is ignored, as in LangGraph's stores: results are not ranked
-  by it and their ``score`` is ``None``.
-
-Semantic search (``index=``, LangGraph's ``IndexConfig``, as ``InMemoryStore`` and
-``PostgresStore`` take it): ``{"embed": ..., "dims": 384, "fields": ["text"]}``, ``embed``
-an ``Embeddings`` (e.g. :class:`~langchain_fabstir.FabstirEmbeddings`), an embedding
-function (sync or async) or a ``"provider:model"`` string. On every ``put`` the texts at
-``fields`` (JSON paths, default ``["$"]``: the whole value; the put's ``index=[...]``
-overrides them, ``index=False`` indexes nothing) are embedded and the vectors (float32,
-length ``dims``, checked) are written in the same sealed record as the value, so they are
-encrypted on S5 like it and an update reindexes the item. ``search(prefix, query=...)``
-ranks the items that pass ``filter`` by cosine similarity to the query's embedding (an
-item's best field), best first, with ``score``; items without vectors (put with
-``index=False``, or before the index was configured) follow, unscored, as in
-``InMemoryStore``. Search embeds the query once and compares it in memory with the
-namespaces' vectors (numpy): measured on a local portal, a warm search over 1,000 items
-takes about 12 ms (mostly the check that the namespace is up to date) plus the query's
-embedding (``make bench``, ``store_search``). A batch's puts are
-embedded before anything is written: when embedding fails (its error, e.g.
-``EMBEDDING_FAILED``, or ``DIMENSION_MISMATCH`` for vectors that are not ``dims`` long),
-nothing of the batch is stored.
-* ``list_namespaces`` lists the namespaces holding at least one live item (after prefix /
-  suffix conditions with ``"*"`` wildcards, truncated to ``max_depth``), sorted, then
-  ``offset``/``limit``.
-
-Costs: a ``get`` reads one namespace (one registry read when its items are cached, plus
-its head and new segments when they changed). ``search`` and ``list_namespaces`` read the
-index and then every namespace under the prefix (eight at a time): on a local portal, about
-10 ms per namespace, so a search over 200 namespaces takes a couple of seconds; keep
-namespaces that are searched together under a narrow prefix. Memory after such a search is
-bounded by ``max_cached_namespaces`` (measured: 200 namespaces of 20 items of 1 KB each
-leave 0.9 MB held with 8 cached, 7.5 MB with 128, 11.4 MB unbounded).
-
-TTL (``ttl=TTLConfig``; times in minutes, as LangGraph has them): an item written with a
-TTL expires that long after its last write, or its last read when reads refresh it
-(``refresh_on_read``, default ``True``; per call ``refresh_ttl=``). Expired items are never
-returned, even before a sweep removes them (``omit_expired`` is always on). A refresh is
-a write on S5: every ``get``/``search`` that returns items with a TTL appends one record to
-each namespace it read from (batched: one append per namespace per batch, whatever the
-number of items). Pass ``refresh_on_read=False`` where reads are hot and exact sliding
-expiry does not matter. :meth:`S5Store.sweep_ttl` rewrites each namespace's log keeping
-only its live items (expired items, deleted items, overwritten values and refreshes go:
-a compaction), atomically and without losing a concurrent write;
-``start_ttl_sweeper()`` runs it every ``sweep_interval_minutes`` in the background.
-``clock`` (seconds since the epoch, ``time.time`` by default) is the store's notion of now.
-
-Format: every record carries its format version (:data:`FORMAT_VERSION`); older formats
-are upgraded when read, newer ones refused with ``StorageError`` (upgrade the package);
-:meth:`S5Store.setup` rewrites stored records into the current format.
-
-Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable or refusing),
-:class:`~langchain_fabstir.errors.IntegrityError` (a reply or record that does not
-verify: a portal cannot forge or alter what the store reads),
-:class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account),
-:class:`~langchain_fabstir.errors.ValueTooDeepError` (``VALUE_TOO_DEEP``: a ``put`` whose
-value nests more than :data:`~langchain_fabstir._json.MAX_VALUE_DEPTH` (256) levels, or
-that CBOR could not decode again; the whole batch is refused before anything is written,
-so one value can never make a namespace unreadable).
+Setup, a runnable example, the storage layout, LangGraph semantics, semantic search,
+costs, TTL, format and errors: :class:`S5Store`.
 """
 
 from __future__ import annotations
@@ -329,7 +219,120 @@ def _normalised(vectors: list[list[float]], dims: int, where: str) -> np.ndarray
 
 
 class S5Store(BaseStore):
-    """LangGraph ``BaseStore`` on S5 (see the module docstring for use and guarantees).
+    """LangGraph ``BaseStore`` on S5, end-to-end encrypted.
+
+    Setup and use (sync or async; the sync methods work inside a running event loop too)::
+
+        from langchain_fabstir.langgraph import S5Store
+
+        store = S5Store(portal_url="http://127.0.0.1:5050", seed_phrase=phrase,
+                        ttl={"default_ttl": 60 * 24 * 30, "refresh_on_read": True})
+        store.put(("users", "ada", "memories"), "m1", {"text": "likes tea", "topic": "food"})
+        store.get(("users", "ada", "memories"), "m1").value          # {'text': 'likes tea', ...}
+        store.search(("users", "ada"), filter={"topic": "food"}, limit=5)
+        store.list_namespaces(prefix=("users",), max_depth=2)        # [('users', 'ada')]
+        graph = builder.compile(checkpointer=saver, store=store)     # nodes: runtime.store
+
+    Runnable, against a local portal (the async twins; the portal runs on this loop, so the
+    blocking ones would wait for themselves here):
+
+    >>> import asyncio, tempfile
+    >>> from langchain_fabstir.portal import LocalPortal
+    >>> from langchain_fabstir.s5 import generate_phrase
+    >>> async def demo():
+    ...     async with LocalPortal(tempfile.mkdtemp()) as portal:
+    ...         store = S5Store(portal_url=portal.url, seed_phrase=generate_phrase())
+    ...         await store.aput(("users", "ada"), "tea", {"likes": "green", "cups": 3})
+    ...         await store.aput(("users", "bob"), "tea", {"likes": "black", "cups": 1})
+    ...         item = await store.aget(("users", "ada"), "tea")
+    ...         found = await store.asearch(("users",), filter={"cups": {"$gt": 2}})
+    ...         spaces = await store.alist_namespaces(prefix=("users",))
+    ...         await store.aclose()
+    ...         return item.value, [i.namespace for i in found], spaces
+    >>> asyncio.run(demo())
+    ({'likes': 'green', 'cups': 3}, [('users', 'ada')], [('users', 'ada'), ('users', 'bob')])
+
+    Storage: every namespace is one :class:`~langchain_fabstir.storage.sealed_log.SealedLog`
+    at ``{root}/ns/<name>`` (``<name>`` is the namespace mapped as the saver maps thread ids;
+    the path only derives the log's keys and is listed nowhere, and every blob is encrypted,
+    so the portal sees neither namespaces nor keys nor values). Its records are puts, deletes
+    and TTL refreshes (CBOR, each with its format version :data:`FORMAT_VERSION`); an item is
+    the fold of its namespace's records. A ``put`` costs one O(1) append at any namespace size,
+    and several processes may write one namespace at once (registry compare-and-swap: nothing
+    is lost). A second log, ``{root}/namespaces``, lists every namespace ever written (for
+    prefix ``search`` and ``list_namespaces``); a ``get`` reads only its own namespace. Folded
+    namespaces are cached (``max_cached_namespaces``, least recently used) and brought up to
+    date incrementally, so memory is bounded by the namespaces in use, not by the store (plus
+    the names of all namespaces, kept to serve prefix searches).
+
+    Semantics, as LangGraph's stores have them:
+
+    * A batch applies its puts first (the last put of a key wins), then its reads, so a read
+      sees the writes of its own batch (as ``PostgresStore`` does). ``created_at`` is kept
+      across updates; ``updated_at`` is the time of the last put.
+    * ``PutOp.index`` is ignored without an ``index`` config (as in LangGraph's stores).
+    * ``search`` returns the items under ``namespace_prefix`` that match ``filter`` (equality,
+      nested dicts, lists, and the operators ``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``,
+      ``$lte`` as ``InMemoryStore`` has them; a range operator on a value that is not a number
+      does not match), newest ``updated_at`` first, then ``offset``/``limit``. Without an
+      ``index`` config ``query`` is ignored, as in LangGraph's stores: results are not ranked
+      by it and their ``score`` is ``None``.
+
+    Semantic search (``index=``, LangGraph's ``IndexConfig``, as ``InMemoryStore`` and
+    ``PostgresStore`` take it): ``{"embed": ..., "dims": 384, "fields": ["text"]}``, ``embed``
+    an ``Embeddings`` (e.g. :class:`~langchain_fabstir.FabstirEmbeddings`), an embedding
+    function (sync or async) or a ``"provider:model"`` string. On every ``put`` the texts at
+    ``fields`` (JSON paths, default ``["$"]``: the whole value; the put's ``index=[...]``
+    overrides them, ``index=False`` indexes nothing) are embedded and the vectors (float32,
+    length ``dims``, checked) are written in the same sealed record as the value, so they are
+    encrypted on S5 like it and an update reindexes the item. ``search(prefix, query=...)``
+    ranks the items that pass ``filter`` by cosine similarity to the query's embedding (an
+    item's best field), best first, with ``score``; items without vectors (put with
+    ``index=False``, or before the index was configured) follow, unscored, as in
+    ``InMemoryStore``. Search embeds the query once and compares it in memory with the
+    namespaces' vectors (numpy): measured on a local portal, a warm search over 1,000 items
+    takes about 12 ms (mostly the check that the namespace is up to date) plus the query's
+    embedding (``make bench``, ``store_search``). A batch's puts are
+    embedded before anything is written: when embedding fails (its error, e.g.
+    ``EMBEDDING_FAILED``, or ``DIMENSION_MISMATCH`` for vectors that are not ``dims`` long),
+    nothing of the batch is stored.
+    * ``list_namespaces`` lists the namespaces holding at least one live item (after prefix /
+      suffix conditions with ``"*"`` wildcards, truncated to ``max_depth``), sorted, then
+      ``offset``/``limit``.
+
+    Costs: a ``get`` reads one namespace (one registry read when its items are cached, plus
+    its head and new segments when they changed). ``search`` and ``list_namespaces`` read the
+    index and then every namespace under the prefix (eight at a time): on a local portal, about
+    10 ms per namespace, so a search over 200 namespaces takes a couple of seconds; keep
+    namespaces that are searched together under a narrow prefix. Memory after such a search is
+    bounded by ``max_cached_namespaces`` (measured: 200 namespaces of 20 items of 1 KB each
+    leave 0.9 MB held with 8 cached, 7.5 MB with 128, 11.4 MB unbounded).
+
+    TTL (``ttl=TTLConfig``; times in minutes, as LangGraph has them): an item written with a
+    TTL expires that long after its last write, or its last read when reads refresh it
+    (``refresh_on_read``, default ``True``; per call ``refresh_ttl=``). Expired items are never
+    returned, even before a sweep removes them (``omit_expired`` is always on). A refresh is
+    a write on S5: every ``get``/``search`` that returns items with a TTL appends one record to
+    each namespace it read from (batched: one append per namespace per batch, whatever the
+    number of items). Pass ``refresh_on_read=False`` where reads are hot and exact sliding
+    expiry does not matter. :meth:`S5Store.sweep_ttl` rewrites each namespace's log keeping
+    only its live items (expired items, deleted items, overwritten values and refreshes go:
+    a compaction), atomically and without losing a concurrent write;
+    ``start_ttl_sweeper()`` runs it every ``sweep_interval_minutes`` in the background.
+    ``clock`` (seconds since the epoch, ``time.time`` by default) is the store's notion of now.
+
+    Format: every record carries its format version (:data:`FORMAT_VERSION`); older formats
+    are upgraded when read, newer ones refused with ``StorageError`` (upgrade the package);
+    :meth:`S5Store.setup` rewrites stored records into the current format.
+
+    Errors: :class:`~langchain_fabstir.errors.StorageError` (portal unreachable or refusing),
+    :class:`~langchain_fabstir.errors.IntegrityError` (a reply or record that does not
+    verify: a portal cannot forge or alter what the store reads),
+    :class:`~langchain_fabstir.errors.AuthenticationError` (the portal refused the account),
+    :class:`~langchain_fabstir.errors.ValueTooDeepError` (``VALUE_TOO_DEEP``: a ``put`` whose
+    value nests more than :data:`~langchain_fabstir._json.MAX_VALUE_DEPTH` (256) levels, or
+    that CBOR could not decode again; the whole batch is refused before anything is written,
+    so one value can never make a namespace unreadable).
 
     Args:
         fs: an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`, or ...
@@ -345,7 +348,7 @@ class S5Store(BaseStore):
         access: share one :class:`~langchain_fabstir.storage.access.S5Access` (HTTP
             client, login) with a saver or histories instead of the arguments above.
         index: LangGraph's ``IndexConfig`` (``embed``, ``dims``, ``fields``) for semantic
-            ``search(..., query=...)`` (see the module docstring).
+            ``search(..., query=...)`` (see the class docstring).
     """
 
     supports_ttl = True
@@ -808,7 +811,7 @@ class S5Store(BaseStore):
     # --- public API --------------------------------------------------------------
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        """Run ``ops`` (puts first, then reads; see the module docstring), blocking."""
+        """Run ``ops`` (puts first, then reads; see the class docstring), blocking."""
         return blocking(self._batch(list(ops)))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:

@@ -26,7 +26,7 @@ import ipaddress
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -165,11 +165,19 @@ class _Portal:
         """The request body in pieces, to its end; 413 past ``limit`` bytes, stalls raise."""
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        async for chunk in self._bounded(request.content.readany, limit):
+            yield chunk
+
+    async def _bounded(
+        self, read: Callable[[], Awaitable[bytes]], limit: int
+    ) -> AsyncIterator[bytes]:
+        """``read()`` until it returns nothing, each read under ``body_timeout`` (a stall
+        raises :class:`_Stalled`); 413 once more than ``limit`` bytes came."""
         total = 0
         while True:
             try:
                 async with timeout(self.config.body_timeout):
-                    chunk = await request.content.readany()
+                    chunk = await read()
             except asyncio.TimeoutError as exc:
                 raise _Stalled from exc
             if not chunk:
@@ -334,20 +342,8 @@ class _Portal:
         if pending:
             await asyncio.to_thread(writer.write, b"".join(pending))
 
-    async def _part_chunks(self, part: BodyPartReader, limit: int) -> AsyncIterator[bytes]:
-        total = 0
-        while True:
-            try:
-                async with timeout(self.config.body_timeout):
-                    chunk = await part.read_chunk(_CHUNK)
-            except asyncio.TimeoutError as exc:
-                raise _Stalled from exc
-            if not chunk:
-                return
-            total += len(chunk)
-            if total > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=total)
-            yield chunk
+    def _part_chunks(self, part: BodyPartReader, limit: int) -> AsyncIterator[bytes]:
+        return self._bounded(lambda: part.read_chunk(_CHUNK), limit)
 
     async def _store_upload(self, request: web.Request, writer: BlobWriter) -> None:
         limit = self.config.max_upload_bytes

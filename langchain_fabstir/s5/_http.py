@@ -9,7 +9,7 @@ import re
 
 import httpx
 
-from langchain_fabstir.errors import StorageError
+from langchain_fabstir.errors import BlobNotFoundError, PortalRequestError
 
 __all__ = [
     "BlobNotFoundError",
@@ -20,20 +20,6 @@ __all__ = [
 ]
 
 EXCERPT = 200
-
-
-class BlobNotFoundError(StorageError):
-    """The portal does not have the requested blob (HTTP 404)."""
-
-    code = "BLOB_NOT_FOUND"
-    is_retryable = False
-
-
-class PortalRequestError(StorageError):
-    """The portal refused a request for a reason other than auth, revision or integrity."""
-
-    code = "PORTAL_REQUEST_REJECTED"
-    is_retryable = False
 
 
 class Transient(Exception):

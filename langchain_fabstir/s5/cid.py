@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import blake3
 
-from langchain_fabstir.errors import StorageError
+from langchain_fabstir.errors import InvalidCIDError
 from langchain_fabstir.s5.encoding import Base, EncodingError, multibase_decode, multibase_encode
 
 __all__ = [
@@ -43,13 +43,6 @@ MULTIHASH_BLAKE3_DEFAULT = 0x1F
 BLOB_PREFIX = b"\x5b\x82"
 LEGACY_RAW_PREFIX = 0x26
 _MAX_SIZE = 2**64 - 1
-
-
-class InvalidCIDError(StorageError):
-    """A CID string or byte sequence is malformed (wrong prefix, hash length, size field)."""
-
-    code = "INVALID_CID"
-    is_retryable = False
 
 
 def blake3_hash(data: bytes) -> bytes:

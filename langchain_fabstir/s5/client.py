@@ -10,25 +10,7 @@ the size of what it carries (connect + read timeout + size at ``min_transfer_rat
 capped by ``request_deadline``): a portal that trickles a small reply (a registry entry, an
 account challenge) a byte at a time fails within about one read timeout per attempt.
 
-Secrets stay out of logs: importing this module attaches a filter to the loggers of httpx,
-httpcore and aiohttp that replaces auth-token, cookie and ``Authorization`` values with
-``[REDACTED]`` (httpcore prints every response header, the portal's ``Set-Cookie`` included,
-at DEBUG); the client itself never logs a token, key or seed.
-
-Setup and use::
-
-    from langchain_fabstir.s5 import S5Identity, S5PortalClient
-
-    identity = S5Identity.from_phrase(phrase)
-    async with S5PortalClient("http://127.0.0.1:5050") as client:
-        await client.ensure_account(identity.portal_account_key_pair())
-        cid = await client.upload(b"hello")          # CID('blobb...')
-        assert await client.download(cid) == b"hello"
-
-Errors: :class:`AuthenticationError` (401/403), :class:`IntegrityError` (hash or signature
-mismatch), :class:`RevisionConflictError` (registry write with a stale revision),
-:class:`BlobNotFoundError` (404), :class:`PortalRequestError` (other refusals),
-:class:`StorageError` (unreachable after retries, malformed replies).
+Details and examples: :class:`S5PortalClient`.
 """
 
 from __future__ import annotations
@@ -104,6 +86,26 @@ install_log_redaction()
 
 class S5PortalClient:
     """Async HTTP client of one S5 portal (``{url}/s5/...``).
+
+    Secrets stay out of logs: importing this module attaches a filter to the loggers of httpx,
+    httpcore and aiohttp that replaces auth-token, cookie and ``Authorization`` values with
+    ``[REDACTED]`` (httpcore prints every response header, the portal's ``Set-Cookie`` included,
+    at DEBUG); the client itself never logs a token, key or seed.
+
+    Setup and use::
+
+        from langchain_fabstir.s5 import S5Identity, S5PortalClient
+
+        identity = S5Identity.from_phrase(phrase)
+        async with S5PortalClient("http://127.0.0.1:5050") as client:
+            await client.ensure_account(identity.portal_account_key_pair())
+            cid = await client.upload(b"hello")          # CID('blobb...')
+            assert await client.download(cid) == b"hello"
+
+    Errors: :class:`AuthenticationError` (401/403), :class:`IntegrityError` (hash or signature
+    mismatch), :class:`RevisionConflictError` (registry write with a stale revision),
+    :class:`BlobNotFoundError` (404), :class:`PortalRequestError` (other refusals),
+    :class:`StorageError` (unreachable after retries, malformed replies).
 
     Args:
         portal_url: base URL, e.g. ``"https://s5.example.com"`` or ``portal.url``.

@@ -26,7 +26,7 @@ from typing import Any
 import cbor2
 
 from langchain_fabstir._json import loads_cbor_untrusted
-from langchain_fabstir.errors import StorageError
+from langchain_fabstir.errors import InvalidDirectoryError
 from langchain_fabstir.s5.collation import s5js_sort_key
 
 __all__ = [
@@ -47,13 +47,6 @@ LINK_ED25519 = 0xED
 
 _F_HASH, _F_SIZE, _F_MEDIA, _F_TS, _F_NANOS, _F_EXTRA = 3, 4, 6, 7, 8, 22
 _D_LINK, _D_TS, _D_NANOS = 2, 7, 8
-
-
-class InvalidDirectoryError(StorageError):
-    """A directory blob is not valid DirV1 (bad prefix, CBOR, or field types)."""
-
-    code = "INVALID_DIRECTORY"
-    is_retryable = False
 
 
 def _opt_int(value: Any, what: str) -> int | None:

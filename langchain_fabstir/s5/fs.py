@@ -5,51 +5,7 @@ signed with that directory's write key, whose data is ``0x1e || blake3(directory
 a change uploads a new DirV1 blob and sets revision+1, reloading and retrying (tenacity) when
 another writer got there first (:class:`~langchain_fabstir.errors.RevisionConflictError`).
 
-Keys follow from the identity and the path alone (``dhi``/``dhs`` as in S5.md)::
-
-    root write key   fsk = dhi(fsRootKey, 1)      root encryption key = dhi(fsk, 1)
-    child write key  dhs(parent write key, name)  child encryption key = dhi(write key, 0x5e)
-    file content key dhs(fsk, "fabstir/file-content/v1")    (one key for every file)
-
-so a read of ``home/a/b/f`` costs one registry lookup and two downloads, at any depth.
-
-Where this departs from s5.js (the Fabstir fork, DirV1):
-
-* File contents are encrypted by default (S5 mutable format, key derived from the seed as
-  above, random nonce per write); the FileRef's ``hash``/``size`` describe the stored
-  ciphertext and key 22 holds ``{"fabstir": {"enc": "xchacha20-poly1305", "size": n}}``.
-  s5.js puts per-file keys inside the directory, which hides nothing.
-* New sub-directory blobs are encrypted too (s5.js encrypts only the root), so file names and
-  sizes stay private.
-* A linked directory without a registry entry reads as empty (s5.js writes an empty entry
-  when it creates a directory; we save those round trips).
-* :meth:`delete` only unlinks; blobs stay on the portal (encrypted, unreachable). Deleting a
-  directory also empties every directory below it, because keys derive from paths and a
-  re-created directory would otherwise show its old contents.
-
-s5.js compatibility:
-
-* ``S5FileSystem(client, identity, s5js_compatible=True)`` is the one switch for a tree that
-  s5.js (the Fabstir SDK) reads and writes too: files and new sub-directories are written in
-  the clear, as s5.js writes them (the root stays encrypted, as in s5.js). Use it only for
-  data meant to be shared with s5.js; the portal then sees file names, sizes and contents.
-* Whatever the settings, a directory keeps the encryption state it has: a write never
-  encrypts a directory stored in the clear (s5.js, which has no key for encrypted
-  sub-directories, keeps reading its own files) and never decrypts an encrypted one. The
-  ``encrypt_directories`` setting applies to directories this client creates.
-* Directory entries are written in s5.js's order (``localeCompare``; see
-  :func:`~langchain_fabstir.s5.collation.s5js_sort_key`), so the same directory serializes to
-  the same bytes in both clients.
-* Directories that s5.js sharded into a hash tree (HAMT, at 1,000 entries) are read
-  (:mod:`~langchain_fabstir.s5.hamt`); changing one raises :class:`ShardedDirectoryError`
-  (code ``SHARDED_DIRECTORY``) and leaves it untouched, until writing them is supported.
-
-Example::
-
-    fs = S5FileSystem(client, identity)
-    await fs.put("home/notes/today.txt", b"hi", media_type="text/plain")
-    assert await fs.get("home/notes/today.txt") == b"hi"
-    [entry.name for entry in await fs.list("home/notes")]     # ['today.txt']
+Details and examples: :class:`S5FileSystem`.
 """
 
 from __future__ import annotations
@@ -68,7 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from langchain_fabstir.errors import RevisionConflictError, StorageError
+from langchain_fabstir.errors import InvalidPathError, RevisionConflictError, StorageError
 from langchain_fabstir.s5.cid import CID, MULTIHASH_BLAKE3, MULTIHASH_BLAKE3_DEFAULT
 from langchain_fabstir.s5.client import S5PortalClient
 from langchain_fabstir.s5.collation import s5js_sort_key
@@ -91,13 +47,6 @@ ROOTS = ("home", "archive")
 ENC_MARK = "fabstir"
 ENC_ALGORITHM = "xchacha20-poly1305"
 _FILE_KEY_TWEAK = "fabstir/file-content/v1"
-
-
-class InvalidPathError(StorageError):
-    """A path is outside ``home/`` and ``archive/``, malformed, or names the wrong kind."""
-
-    code = "INVALID_PATH"
-    is_retryable = False
 
 
 @dataclass(frozen=True)
@@ -174,7 +123,53 @@ def _timestamp(seconds: int | None, nanos: int | None) -> float | None:
 
 
 class S5FileSystem:
-    """FS5 tree of one identity on one portal (see the module docstring for the layout).
+    """FS5 tree of one identity on one portal, end-to-end encrypted.
+
+    Keys follow from the identity and the path alone (``dhi``/``dhs`` as in S5.md)::
+
+        root write key   fsk = dhi(fsRootKey, 1)      root encryption key = dhi(fsk, 1)
+        child write key  dhs(parent write key, name)  child encryption key = dhi(write key, 0x5e)
+        file content key dhs(fsk, "fabstir/file-content/v1")    (one key for every file)
+
+    so a read of ``home/a/b/f`` costs one registry lookup and two downloads, at any depth.
+
+    Where this departs from s5.js (the Fabstir fork, DirV1):
+
+    * File contents are encrypted by default (S5 mutable format, key derived from the seed as
+      above, random nonce per write); the FileRef's ``hash``/``size`` describe the stored
+      ciphertext and key 22 holds ``{"fabstir": {"enc": "xchacha20-poly1305", "size": n}}``.
+      s5.js puts per-file keys inside the directory, which hides nothing.
+    * New sub-directory blobs are encrypted too (s5.js encrypts only the root), so file names and
+      sizes stay private.
+    * A linked directory without a registry entry reads as empty (s5.js writes an empty entry
+      when it creates a directory; we save those round trips).
+    * :meth:`delete` only unlinks; blobs stay on the portal (encrypted, unreachable). Deleting a
+      directory also empties every directory below it, because keys derive from paths and a
+      re-created directory would otherwise show its old contents.
+
+    s5.js compatibility:
+
+    * ``S5FileSystem(client, identity, s5js_compatible=True)`` is the one switch for a tree that
+      s5.js (the Fabstir SDK) reads and writes too: files and new sub-directories are written in
+      the clear, as s5.js writes them (the root stays encrypted, as in s5.js). Use it only for
+      data meant to be shared with s5.js; the portal then sees file names, sizes and contents.
+    * Whatever the settings, a directory keeps the encryption state it has: a write never
+      encrypts a directory stored in the clear (s5.js, which has no key for encrypted
+      sub-directories, keeps reading its own files) and never decrypts an encrypted one. The
+      ``encrypt_directories`` setting applies to directories this client creates.
+    * Directory entries are written in s5.js's order (``localeCompare``; see
+      :func:`~langchain_fabstir.s5.collation.s5js_sort_key`), so the same directory serializes to
+      the same bytes in both clients.
+    * Directories that s5.js sharded into a hash tree (HAMT, at 1,000 entries) are read
+      (:mod:`~langchain_fabstir.s5.hamt`); changing one raises :class:`ShardedDirectoryError`
+      (code ``SHARDED_DIRECTORY``) and leaves it untouched, until writing them is supported.
+
+    Example::
+
+        fs = S5FileSystem(client, identity)
+        await fs.put("home/notes/today.txt", b"hi", media_type="text/plain")
+        assert await fs.get("home/notes/today.txt") == b"hi"
+        [entry.name for entry in await fs.list("home/notes")]     # ['today.txt']
 
     Args:
         client: an authenticated :class:`S5PortalClient`.

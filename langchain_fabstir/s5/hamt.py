@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_fabstir._json import loads_cbor_untrusted
-from langchain_fabstir.errors import StorageError
+from langchain_fabstir.errors import ShardedDirectoryError, StorageError
 from langchain_fabstir.s5.dirv1 import (
     LINK_BLAKE3,
     LINK_ED25519,
@@ -60,13 +60,6 @@ _LINK_TYPES = {
     "mutable_registry_ed25519": LINK_ED25519,
     "resolver_registry": LINK_ED25519,
 }
-
-
-class ShardedDirectoryError(StorageError):
-    """A change to a directory that s5.js sharded into a HAMT (read-only in this client)."""
-
-    code = "SHARDED_DIRECTORY"
-    is_retryable = False
 
 
 @dataclass

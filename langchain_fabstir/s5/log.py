@@ -2,32 +2,7 @@
 
 Made for chat histories and checkpoints: appending record N+1 never rewrites records 1..N.
 
-Layout under the log's directory ``D`` (``chunk_size`` = C, default 256)::
-
-    D/c00000000/000000000000     record 0      (each record is its own encrypted blob)
-    D/c00000000/000000000001     record 1
-    ...
-    D/c00000001/000000000256     record C      (a new chunk directory every C records)
-
-Why chunks: a DirV1 blob is rewritten whole on every change, so one flat directory with
-10,000 records would re-upload a ~600 KB listing per append (O(n) per append, O(n^2) in
-total). With chunks an append rewrites only the tail chunk (at most C entries), and the log
-directory itself changes once per C appends (it lists n/C chunks). Chunk directories are
-registry-linked, so their updates never touch ``D`` or anything above it. Reading the whole
-log costs one listing, n/C chunk listings and n record downloads, run concurrently.
-
-Appends are safe with several writers: each one is a compare-and-swap on the tail chunk's
-registry entry, retried on conflict; sequence numbers are assigned inside the swap, so two
-writers never take the same number. Encrypted records (the default) carry a random nonce,
-so a record whose write landed but whose reply was lost is recognised on retry by its hash
-and not appended twice.
-
-Example::
-
-    log = S5AppendLog(fs, "home/chats/session-1/messages")
-    seq = await log.append(b'{"role": "user", "content": "hi"}')
-    records = await log.read()           # [LogRecord(seq=0, data=b'{...}', ...)]
-    last_ten = await log.tail(10)
+Details and examples: :class:`S5AppendLog`.
 """
 
 from __future__ import annotations
@@ -69,7 +44,34 @@ def _record_seq(name: str) -> int | None:
 
 
 class S5AppendLog:
-    """Append-only, chunked record log in the directory ``dir_path`` (see module docstring).
+    """Append-only, chunked record log in the directory ``dir_path``.
+
+    Layout under the log's directory ``D`` (``chunk_size`` = C, default 256)::
+
+        D/c00000000/000000000000     record 0      (each record is its own encrypted blob)
+        D/c00000000/000000000001     record 1
+        ...
+        D/c00000001/000000000256     record C      (a new chunk directory every C records)
+
+    Why chunks: a DirV1 blob is rewritten whole on every change, so one flat directory with
+    10,000 records would re-upload a ~600 KB listing per append (O(n) per append, O(n^2) in
+    total). With chunks an append rewrites only the tail chunk (at most C entries), and the log
+    directory itself changes once per C appends (it lists n/C chunks). Chunk directories are
+    registry-linked, so their updates never touch ``D`` or anything above it. Reading the whole
+    log costs one listing, n/C chunk listings and n record downloads, run concurrently.
+
+    Appends are safe with several writers: each one is a compare-and-swap on the tail chunk's
+    registry entry, retried on conflict; sequence numbers are assigned inside the swap, so two
+    writers never take the same number. Encrypted records (the default) carry a random nonce,
+    so a record whose write landed but whose reply was lost is recognised on retry by its hash
+    and not appended twice.
+
+    Example::
+
+        log = S5AppendLog(fs, "home/chats/session-1/messages")
+        seq = await log.append(b'{"role": "user", "content": "hi"}')
+        records = await log.read()           # [LogRecord(seq=0, data=b'{...}', ...)]
+        last_ten = await log.tail(10)
 
     Args:
         fs: the file system to write into.

@@ -25,7 +25,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from langchain_fabstir.errors import IntegrityError, StorageError
+from langchain_fabstir.errors import IntegrityError, InvalidRegistryEntryError
 from langchain_fabstir.s5.encoding import EncodingError, b64url_decode, b64url_encode
 
 __all__ = [
@@ -43,13 +43,6 @@ MKEY_ED25519 = 0xED
 RECORD_TYPE_REGISTRY_ENTRY = 0x07
 MAX_DATA_LENGTH = 64
 MAX_REVISION = 2**64 - 1
-
-
-class InvalidRegistryEntryError(StorageError):
-    """A registry entry is malformed (key, revision, data length, signature length)."""
-
-    code = "INVALID_REGISTRY_ENTRY"
-    is_retryable = False
 
 
 class Ed25519KeyPair:

@@ -6,23 +6,7 @@ carry 16 bytes of entropy, and two more words carry a 20-bit BLAKE3 checksum.
 
 Derivation (``dhi`` = :func:`~langchain_fabstir.s5.crypto.derive_hash_int`)::
 
-    seed      = blake3(entropy16)
-    main      = dhi(seed, 0)
-    privSub   = dhi(dhi(main, 64), 0)
-    fsRootKey = dhi(privSub, 67)          portalAccountSeed = dhi(privSub, 65)
-
-The seed must come from a secret (a generated phrase, or entropy derived from a private key),
-never from public data such as a wallet address.
-
->>> phrase = ("sign weight spy quality sudden minute pizza great fear "
-...           "adapt nobody evident control alive crime")
->>> phrase_to_entropy(phrase).hex()
-'cafe1d4accd7636ab5865140e97d2eb8'
->>> entropy_to_phrase(phrase_to_entropy(phrase)) == phrase
-True
->>> ident = S5Identity.from_phrase(phrase)
->>> len(ident.fs_root_key), "cafe" in repr(ident)
-(32, False)
+Details and examples: :class:`S5Identity`.
 """
 
 from __future__ import annotations
@@ -37,7 +21,7 @@ from importlib import resources
 
 from pydantic import SecretStr
 
-from langchain_fabstir.errors import AuthenticationError, InvalidKeyError
+from langchain_fabstir.errors import InvalidKeyError, InvalidSeedPhraseError
 from langchain_fabstir.s5.cid import blake3_hash
 from langchain_fabstir.s5.crypto import derive_hash_int, derive_hash_string
 from langchain_fabstir.s5.registry import Ed25519KeyPair
@@ -97,12 +81,6 @@ _TWEAK_PRIVATE = 64
 _TWEAK_PORTAL_ACCOUNTS = 65
 _TWEAK_HIDDEN_DB = 66
 _TWEAK_FILE_SYSTEM = 67
-
-
-class InvalidSeedPhraseError(AuthenticationError):
-    """A seed phrase has the wrong length, an unknown word, or a bad checksum."""
-
-    code = "INVALID_SEED_PHRASE"
 
 
 @lru_cache(maxsize=1)
@@ -203,7 +181,26 @@ def sdk_private_key_entropy(private_key: SecretStr | str | bytes) -> bytes:
 
 
 class S5Identity:
-    """The keys an S5 user derives from a seed phrase (secret; hidden from ``repr``)."""
+    """The keys an S5 user derives from a seed phrase (secret; hidden from ``repr``).
+
+        seed      = blake3(entropy16)
+        main      = dhi(seed, 0)
+        privSub   = dhi(dhi(main, 64), 0)
+        fsRootKey = dhi(privSub, 67)          portalAccountSeed = dhi(privSub, 65)
+
+    The seed must come from a secret (a generated phrase, or entropy derived from a private key),
+    never from public data such as a wallet address.
+
+    >>> phrase = ("sign weight spy quality sudden minute pizza great fear "
+    ...           "adapt nobody evident control alive crime")
+    >>> phrase_to_entropy(phrase).hex()
+    'cafe1d4accd7636ab5865140e97d2eb8'
+    >>> entropy_to_phrase(phrase_to_entropy(phrase)) == phrase
+    True
+    >>> ident = S5Identity.from_phrase(phrase)
+    >>> len(ident.fs_root_key), "cafe" in repr(ident)
+    (32, False)
+    """
 
     __slots__ = ("_fs_root_key", "_hidden_db_key", "_portal_account_seed")
 

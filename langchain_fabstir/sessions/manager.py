@@ -8,34 +8,7 @@ its own history per session id and has no system-prompt field, as prompt text
 and maps every failure to a typed error with a stable code (see
 :mod:`langchain_fabstir.errors`).
 
-Quick start, against a reference host running locally::
-
-    import asyncio
-    from langchain_fabstir import SessionManager
-
-    async def main():
-        async with SessionManager(host_url="http://127.0.0.1:8080") as manager:
-            session = await manager.create_session(system_prompt="Be brief.")
-            async for token in manager.stream_prompt(session.id, "What are React hooks?"):
-                print(token, end="", flush=True)
-            summary = await manager.end_session(session.id)
-            print(summary.final_token_count)
-
-    asyncio.run(main())
-
-A runnable version (doctest) with the in-process echo host:
-
->>> import asyncio
->>> from langchain_fabstir.host import EchoEngine, ReferenceHost
->>> async def demo():
-...     async with ReferenceHost(EchoEngine()) as host:
-...         async with SessionManager(host_url=host.url) as manager:
-...             s = await manager.create_session(model="echo")
-...             text = "".join([t async for t in manager.stream_prompt(s.id, "hi there")])
-...             history = await manager.get_conversation_history(s.id)
-...             return text, [m.role for m in history]
->>> asyncio.run(demo())
-('Echo: hi there', ['user', 'assistant'])
+Details and examples: :class:`SessionManager`.
 """
 
 from __future__ import annotations
@@ -126,6 +99,35 @@ def _recovery_key(key: RecoveryKey | SecretStr | str | None) -> RecoveryKey | No
 
 class SessionManager:
     """Sessions with Fabstir hosts: create, stream, history, checkpoints, resume, end.
+
+    Quick start, against a reference host running locally::
+
+        import asyncio
+        from langchain_fabstir import SessionManager
+
+        async def main():
+            async with SessionManager(host_url="http://127.0.0.1:8080") as manager:
+                session = await manager.create_session(system_prompt="Be brief.")
+                async for token in manager.stream_prompt(session.id, "What are React hooks?"):
+                    print(token, end="", flush=True)
+                summary = await manager.end_session(session.id)
+                print(summary.final_token_count)
+
+        asyncio.run(main())
+
+    A runnable version (doctest) with the in-process echo host:
+
+    >>> import asyncio
+    >>> from langchain_fabstir.host import EchoEngine, ReferenceHost
+    >>> async def demo():
+    ...     async with ReferenceHost(EchoEngine()) as host:
+    ...         async with SessionManager(host_url=host.url) as manager:
+    ...             s = await manager.create_session(model="echo")
+    ...             text = "".join([t async for t in manager.stream_prompt(s.id, "hi there")])
+    ...             history = await manager.get_conversation_history(s.id)
+    ...             return text, [m.role for m in history]
+    >>> asyncio.run(demo())
+    ('Echo: hi there', ['user', 'assistant'])
 
     Args:
         config: a :class:`~langchain_fabstir.sessions.models.SessionConfig` (defaults as the seed).

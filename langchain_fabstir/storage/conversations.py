@@ -2,49 +2,7 @@
 moving a conversation to another device. The session layer keeps its sessions here
 (:mod:`langchain_fabstir.sessions.persistence`); this module knows nothing of sessions.
 
-Conversations live at ``home/sessions/{user_address}/{session_id}/conversation.json`` in the
-Fabstir SDK's JSON shape::
-
-    {"id": "123",
-     "messages": [{"role": "user", "content": "...", "timestamp": 1700000000000,
-                   "metadata": {}}],
-     "metadata": {"chainId": 84532, "model": "...", "provider": "0xhost",
-                  "endpoint": "https://...", "jobId": "123", "status": "active",
-                  "totalTokens": 0, "startTime": 1700000000000, "encryption": true},
-     "createdAt": 1700000000000, "updatedAt": 1700000000000}
-
-**Encryption.** By default (``sdk_compatible=False``) the file and the directories above it
-are end-to-end encrypted with keys derived from the user's seed phrase: the portal sees
-ciphertext only, and the TypeScript SDK cannot read them (it does not know this package's
-encryption). With ``sdk_compatible=True`` the file is written as the SDK writes it (s5.js
-``fs.put``: CBOR, byte for byte; :mod:`~langchain_fabstir.storage.sdk_format`) and the
-directories this store writes are unencrypted DirV1, so s5.js / the SDK can read them given
-the same seed phrase (:func:`~langchain_fabstir.s5.sdk_seed_phrase`); anyone holding the
-portal's blobs can read them too. Either mode reads CBOR and JSON files alike.
-``metadata.encryption`` records which one was used; in ``sdk_compatible`` mode a value
-already stored (the SDK's own: whether its session ran encrypted) is kept.
-
-Appending is load -> push -> save under a per-conversation lock, and the save is a
-compare-and-swap on the directory entry, retried (tenacity) when another writer changed
-the file in between: concurrent appenders never lose messages.
-
-**Share codes.** :meth:`S5ConversationStore.generate_share_code` encrypts an export with a
-fresh random XChaCha20-Poly1305 key, uploads it, and returns a code holding the portal URL,
-the blob's CID and that key (``fsc1`` + base64url, with a checksum). The code is a
-capability: whoever holds it can read that one export, and nothing else; without its key
-part the blob is noise. :meth:`~S5ConversationStore.import_session` needs no account.
-A malformed or tampered code, or one whose key does not open the blob, raises
-:class:`~langchain_fabstir.errors.ShareCodeError` (``INVALID_SHARE_CODE``).
-
-Use::
-
-    store = S5ConversationStore(portal_url=url, seed_phrase=phrase, user_address="0xabc")
-    await store.save_conversation("42", [{"role": "user", "content": "hi"}],
-                                  metadata={"model": "m"})
-    conv = await store.load_conversation("42")          # dict in the SDK shape, or None
-    cid = await store.save_to_s5({"any": "json"})       # encrypted blob -> CID string
-    code = await store.generate_share_code(export_session({"id": "42"}, messages))
-    imported = await other_store.import_session(code)   # {"session": ..., "messages": ...}
+Details and examples: :class:`S5ConversationStore`.
 """
 
 from __future__ import annotations
@@ -170,7 +128,51 @@ def export_session(session: Any, messages: Iterable[Any]) -> dict[str, Any]:
 
 
 class S5ConversationStore:
-    """Conversations, saved blobs and share codes of one user on S5 (module docstring).
+    """Conversations, saved blobs and share codes of one user on S5, end-to-end encrypted.
+
+    Conversations live at ``home/sessions/{user_address}/{session_id}/conversation.json`` in the
+    Fabstir SDK's JSON shape::
+
+        {"id": "123",
+         "messages": [{"role": "user", "content": "...", "timestamp": 1700000000000,
+                       "metadata": {}}],
+         "metadata": {"chainId": 84532, "model": "...", "provider": "0xhost",
+                      "endpoint": "https://...", "jobId": "123", "status": "active",
+                      "totalTokens": 0, "startTime": 1700000000000, "encryption": true},
+         "createdAt": 1700000000000, "updatedAt": 1700000000000}
+
+    **Encryption.** By default (``sdk_compatible=False``) the file and the directories above it
+    are end-to-end encrypted with keys derived from the user's seed phrase: the portal sees
+    ciphertext only, and the TypeScript SDK cannot read them (it does not know this package's
+    encryption). With ``sdk_compatible=True`` the file is written as the SDK writes it (s5.js
+    ``fs.put``: CBOR, byte for byte; :mod:`~langchain_fabstir.storage.sdk_format`) and the
+    directories this store writes are unencrypted DirV1, so s5.js / the SDK can read them given
+    the same seed phrase (:func:`~langchain_fabstir.s5.sdk_seed_phrase`); anyone holding the
+    portal's blobs can read them too. Either mode reads CBOR and JSON files alike.
+    ``metadata.encryption`` records which one was used; in ``sdk_compatible`` mode a value
+    already stored (the SDK's own: whether its session ran encrypted) is kept.
+
+    Appending is load -> push -> save under a per-conversation lock, and the save is a
+    compare-and-swap on the directory entry, retried (tenacity) when another writer changed
+    the file in between: concurrent appenders never lose messages.
+
+    **Share codes.** :meth:`S5ConversationStore.generate_share_code` encrypts an export with a
+    fresh random XChaCha20-Poly1305 key, uploads it, and returns a code holding the portal URL,
+    the blob's CID and that key (``fsc1`` + base64url, with a checksum). The code is a
+    capability: whoever holds it can read that one export, and nothing else; without its key
+    part the blob is noise. :meth:`~S5ConversationStore.import_session` needs no account.
+    A malformed or tampered code, or one whose key does not open the blob, raises
+    :class:`~langchain_fabstir.errors.ShareCodeError` (``INVALID_SHARE_CODE``).
+
+    Use::
+
+        store = S5ConversationStore(portal_url=url, seed_phrase=phrase, user_address="0xabc")
+        await store.save_conversation("42", [{"role": "user", "content": "hi"}],
+                                      metadata={"model": "m"})
+        conv = await store.load_conversation("42")          # dict in the SDK shape, or None
+        cid = await store.save_to_s5({"any": "json"})       # encrypted blob -> CID string
+        code = await store.generate_share_code(export_session({"id": "42"}, messages))
+        imported = await other_store.import_session(code)   # {"session": ..., "messages": ...}
 
     Args:
         fs, portal_url, seed_phrase, identity, access: where to store (as for

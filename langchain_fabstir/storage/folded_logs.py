@@ -8,40 +8,7 @@ by reading only the records appended since (one registry read when nothing chang
 log that was cleared or rewritten (a new epoch, or fewer records than were folded) is
 folded again from a fresh state.
 
-Runnable, against a local portal (the logs live on the package's background loop):
-
->>> import asyncio, tempfile
->>> from langchain_fabstir.portal import LocalPortal
->>> from langchain_fabstir.s5 import generate_phrase
->>> from langchain_fabstir.storage.access import S5Access, on_background
->>> class Words:
-...     def __init__(self) -> None:
-...         self.words: list[str] = []
-...     def fold(self, raw: bytes, where: str) -> None:
-...         self.words.append(raw.decode())
->>> async def demo():
-...     async with LocalPortal(tempfile.mkdtemp()) as portal:
-...         access = S5Access(portal_url=portal.url, seed_phrase=generate_phrase())
-...         async def open_log(name: str) -> SealedLog:
-...             path = f"home/words/{name}"
-...             return SealedLog(await access.fs(), path, await access.write_key(path))
-...         logs = FoldedLogs(open_log, Words, where=lambda name: name, max_entries=1)
-...         async def run():
-...             log = (await logs.entry("a")).log
-...             await log.extend([b"tea", b"cake"])
-...             first = list((await logs.current("a")).words)
-...             await log.append(b"jam")                     # only this one is read
-...             second = list((await logs.current("a")).words)
-...             await log.clear()                            # a new epoch: a fresh fold
-...             third = list((await logs.current("a")).words)
-...             await logs.current("b")                      # "a" leaves the cache
-...             return first, second, third, list(logs)
-...         try:
-...             return await on_background(run())
-...         finally:
-...             await access.aclose()
->>> asyncio.run(demo())
-(['tea', 'cake'], ['tea', 'cake', 'jam'], [], ['b'])
+Details and examples: :class:`FoldedLogs`.
 """
 
 from __future__ import annotations
@@ -84,7 +51,42 @@ class FoldedLog(Generic[S]):
 
 
 class FoldedLogs(Generic[K, S]):
-    """A bounded LRU cache of logs and their folds (see the module docstring).
+    """A bounded LRU cache of logs and their folds of sealed logs.
+
+    Runnable, against a local portal (the logs live on the package's background loop):
+
+    >>> import asyncio, tempfile
+    >>> from langchain_fabstir.portal import LocalPortal
+    >>> from langchain_fabstir.s5 import generate_phrase
+    >>> from langchain_fabstir.storage.access import S5Access, on_background
+    >>> class Words:
+    ...     def __init__(self) -> None:
+    ...         self.words: list[str] = []
+    ...     def fold(self, raw: bytes, where: str) -> None:
+    ...         self.words.append(raw.decode())
+    >>> async def demo():
+    ...     async with LocalPortal(tempfile.mkdtemp()) as portal:
+    ...         access = S5Access(portal_url=portal.url, seed_phrase=generate_phrase())
+    ...         async def open_log(name: str) -> SealedLog:
+    ...             path = f"home/words/{name}"
+    ...             return SealedLog(await access.fs(), path, await access.write_key(path))
+    ...         logs = FoldedLogs(open_log, Words, where=lambda name: name, max_entries=1)
+    ...         async def run():
+    ...             log = (await logs.entry("a")).log
+    ...             await log.extend([b"tea", b"cake"])
+    ...             first = list((await logs.current("a")).words)
+    ...             await log.append(b"jam")                     # only this one is read
+    ...             second = list((await logs.current("a")).words)
+    ...             await log.clear()                            # a new epoch: a fresh fold
+    ...             third = list((await logs.current("a")).words)
+    ...             await logs.current("b")                      # "a" leaves the cache
+    ...             return first, second, third, list(logs)
+    ...         try:
+    ...             return await on_background(run())
+    ...         finally:
+    ...             await access.aclose()
+    >>> asyncio.run(demo())
+    (['tea', 'cake'], ['tea', 'cake', 'jam'], [], ['b'])
 
     Use it only on the loop that owns the logs (the background loop).
 

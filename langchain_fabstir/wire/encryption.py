@@ -5,41 +5,10 @@ two cannot drift apart. Every primitive comes from a well-kept library: secp256k
 recoverable signatures) from ``coincurve``, HKDF-SHA256 from ``cryptography``,
 XChaCha20-Poly1305 from PyNaCl (libsodium).
 
-- :func:`seal_session_init` / :func:`open_session_init`: the ``encrypted_session_init``
-  payload: an ephemeral key agreed with the host's static key (the x-coordinate of the
-  shared point), ``HKDF-SHA256(salt = 32 zero bytes, info = "")``, XChaCha20-Poly1305 of the
-  init JSON (which carries the random 32-byte ``sessionKey``), and a recoverable signature
-  over ``sha256(ciphertext)`` (what deployed nodes recover) or the SDK's own digest
-  (:func:`sdk_init_digest`); the host accepts both.
-- :class:`RecoveryKey`, :func:`seal_checkpoint_delta`, :func:`open_checkpoint_delta`: the
-  S5 checkpoint deltas of an encrypted session (section 4.5), sealed by the host to the
-  ``recoveryPublicKey`` the client named in its init, as deployed nodes (v8.12+) write them:
-  a fresh ephemeral key per delta, ``HKDF-SHA256(ikm = sha256(x-coordinate), salt = none,
-  info = "checkpoint-delta-encryption-v1")``, XChaCha20-Poly1305 without AAD.
-- :class:`SessionCipher`: the session key for ``encrypted_message`` (AAD ``message_<n>``,
-  counters that must increase), ``encrypted_chunk`` (AAD ``chunk_<i>``, indices checked in
-  order, nonces never seen before under the key: a replayed, dropped or reordered chunk is
-  refused) and ``encrypted_response`` (AAD ``encrypted_response_final``, and the sealed
-  chunk count of the ``chunk_count`` extension). :class:`SessionKeyLedger`: the host's
-  bounded memory of session keys already used (a replayed init is refused).
-
-A round trip (host key, client seals, host opens, then frames under the session key):
-
->>> host = PrivateKey()
->>> sealed = seal_session_init(host_public_key(host), {"jobId": "1", "sessionKey": "00" * 32})
->>> opened = open_session_init(host, sealed.payload)
->>> opened.data["jobId"], opened.digest, opened.client_address == sealed.client_address
-('1', 'ciphertext', True)
->>> client, server = SessionCipher(sealed.session_key), SessionCipher(sealed.session_key)
->>> server.open_message(client.seal_message('{"prompt":"hi"}'))
-'{"prompt":"hi"}'
->>> client.open_chunk(server.seal_chunk("Hel", 0)), client.open_chunk(server.seal_chunk("lo", 1))
-('Hel', 'lo')
->>> try:
-...     client.open_chunk(server.seal_chunk("again", 1))  # a replay
-... except ChunkOrderError as exc:
-...     exc.code
-'CHUNK_OUT_OF_ORDER'
+:func:`seal_session_init` / :func:`open_session_init` (the session init),
+:class:`SessionCipher` (the frames under the session key, with a round trip),
+:class:`SessionKeyLedger` (replayed inits), :class:`RecoveryKey`,
+:func:`seal_checkpoint_delta` / :func:`open_checkpoint_delta` (S5 checkpoint deltas).
 """
 
 from __future__ import annotations
@@ -355,6 +324,12 @@ def seal_session_init(
     put in unless ``data`` has one or ``session_key`` is given. ``signer``: the user's key
     (an ephemeral identity when ``None``); ``digest`` which digest it signs (deployed nodes
     recover ``"ciphertext"``; the SDK signs ``"sdk"``).
+
+    The payload: an ephemeral key agreed with the host's static key (the x-coordinate of
+    the shared point), ``HKDF-SHA256(salt = 32 zero bytes, info = "")``, XChaCha20-Poly1305
+    of the init JSON (which carries the random 32-byte ``sessionKey``), and a recoverable
+    signature over ``sha256(ciphertext)`` (what deployed nodes recover) or the SDK's own
+    digest (:func:`sdk_init_digest`); the host (:func:`open_session_init`) accepts both.
     """
     host_pub = parse_public_key(host_public)
     body = dict(data)
@@ -508,6 +483,26 @@ _MESSAGE_AAD = re.compile(rb"message_(0|[1-9][0-9]{0,17})")
 
 class SessionCipher:
     """One session key and the state of its frames (section 4.2/4.3).
+
+    A round trip (host key, client seals, host opens, then frames under the session key):
+
+    >>> host = PrivateKey()
+    >>> sealed = seal_session_init(host_public_key(host), {"jobId": "1", "sessionKey": "00" * 32})
+    >>> opened = open_session_init(host, sealed.payload)
+    >>> opened.data["jobId"], opened.digest, opened.client_address == sealed.client_address
+    ('1', 'ciphertext', True)
+    >>> client, server = SessionCipher(sealed.session_key), SessionCipher(sealed.session_key)
+    >>> server.open_message(client.seal_message('{"prompt":"hi"}'))
+    '{"prompt":"hi"}'
+    >>> client.open_chunk(server.seal_chunk("Hel", 0))
+    'Hel'
+    >>> client.open_chunk(server.seal_chunk("lo", 1))
+    'lo'
+    >>> try:
+    ...     client.open_chunk(server.seal_chunk("again", 1))  # a replay
+    ... except ChunkOrderError as exc:
+    ...     exc.code
+    'CHUNK_OUT_OF_ORDER'
 
     Sending: :meth:`seal_message` numbers messages from 0 (AAD ``message_<n>``). Receiving
     messages (the host): :meth:`open_message` takes only counters that increase, so a
@@ -793,6 +788,11 @@ class RecoveryKey:
     ``encrypted_session_init``; the host seals each S5 delta to it, so only the holder of
     this key reads them. The secret is never shown: ``repr`` and ``str`` give the public
     key only, and pickling is refused.
+
+    Each S5 checkpoint delta of an encrypted session (section 4.5) is sealed by the host
+    to it as deployed nodes (v8.12+) write them (:func:`seal_checkpoint_delta`): a fresh
+    ephemeral key per delta, ``HKDF-SHA256(ikm = sha256(x-coordinate), salt = none,
+    info = "checkpoint-delta-encryption-v1")``, XChaCha20-Poly1305 without AAD.
 
     >>> key = RecoveryKey("0x" + "01" * 32)
     >>> key

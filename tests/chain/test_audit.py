@@ -51,12 +51,6 @@ WORDS = [f"zebra{i} " for i in range(37)]
 
 
 @pytest.fixture
-async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
-    async with LocalPortal(tmp_path / "portal", port=0) as p:
-        yield p
-
-
-@pytest.fixture
 def market(chain: LocalChain) -> ChainConfig:
     return ChainConfig.from_mapping(chain.config())
 

@@ -6,13 +6,12 @@ terminal would answer into stdin, no carriage return forging the status line).""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from langchain_fabstir.host import EchoEngine, EngineError, ReferenceHost
-from langchain_fabstir.host.engines import Generation
+from langchain_fabstir.host.engines import EngineRequest, Generation
 from tests.cli.conftest import Terminal, child_env, run_cli
 from tests.conftest import ThreadedHost
 
@@ -37,9 +36,9 @@ class HostileEngine(EchoEngine):
     """Answers with escape sequences; a prompt containing ``fail`` gets an engine error
     whose text carries them."""
 
-    def generate(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Generation:
-        gen = super().generate(messages, **kwargs)
-        if "fail" in (messages[-1].get("content") or ""):
+    def generate(self, request: EngineRequest) -> Generation:
+        gen = super().generate(request)
+        if "fail" in (request.messages[-1].get("content") or ""):
 
             async def refuse() -> None:
                 raise EngineError(EVIL_ERROR)

@@ -18,7 +18,8 @@ from langchain_fabstir import ChatFabstir, SessionConfig, SessionManager
 from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.errors import HostDisconnectedError
 from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
-from tests.faults.test_resilience import RawHost, raw_host, send_answer
+from tests._support.wire import RawHost, raw_host
+from tests.faults.test_resilience import send_answer
 
 ANSWER = ["A ", "B ", "C ", "D ", "E "]
 

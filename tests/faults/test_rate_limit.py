@@ -15,7 +15,8 @@ from websockets.asyncio.server import ServerConnection
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir._compat import timeout as within
 from langchain_fabstir.errors import RateLimitedError
-from tests.faults.test_resilience import SCRIPT, numbers, raw_host, send_answer
+from tests._support.wire import raw_host
+from tests.faults.test_resilience import SCRIPT, numbers, send_answer
 
 
 def limited(message: str, first: int) -> Any:

@@ -5,8 +5,8 @@ Answers are numbered tokens (``" 0 1 2 ..."``) from the deterministic echo engin
 lost or duplicated token shows up as a broken sequence. Compression is off, so a
 corrupted frame reaches the client as garbage JSON (not as a deflate error).
 
-The helpers here (:func:`proxied`, :func:`numbers`, :class:`GatedEcho`, :func:`raw_host`)
-are shared by the other ``tests/faults/test_*.py`` files.
+The helpers here (:func:`proxied`, :func:`numbers`, :class:`GatedEcho`) are shared by the
+other ``tests/faults/test_*.py`` files; a hand-written host is ``tests._support.wire.raw_host``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import websockets
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir._compat import timeout as within
@@ -31,7 +30,8 @@ from langchain_fabstir.errors import (
     ResponseTimeoutError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.host.engines import Generation
+from langchain_fabstir.host.engines import EngineRequest, Generation
+from tests._support.wire import raw_host
 from tests.faults.proxy import CorruptFrame, CutAfterFrames, FaultProxy
 
 SCRIPT = [f" {i}" for i in range(300)]
@@ -60,8 +60,8 @@ class GatedEcho(EchoEngine):
         self.gate = asyncio.Event()
         self.done = asyncio.Event()
 
-    def generate(self, messages: Sequence[dict[str, str]], **kw: Any) -> Generation:
-        gen = super().generate(messages, **kw)
+    def generate(self, request: EngineRequest) -> Generation:
+        gen = super().generate(request)
         inner = gen.tokens
 
         async def tokens() -> AsyncIterator[str]:
@@ -105,46 +105,6 @@ async def proxied(
             with contextlib.suppress(TimeoutError):
                 async with within(3):
                     await proxy.wait_for(lambda: not proxy.live)
-
-
-@dataclass
-class RawHost:
-    """What a hand-written host saw: prompt frames and when they arrived (monotonic)."""
-
-    url: str = ""
-    prompts: list[dict[str, Any]] = field(default_factory=list)
-    arrivals: list[float] = field(default_factory=list)
-    connections: int = 0
-
-
-@contextlib.asynccontextmanager
-async def raw_host(
-    on_prompt: Callable[[ServerConnection, dict[str, Any], int], Awaitable[None]],
-    features: Sequence[str] = (),
-) -> AsyncIterator[RawHost]:
-    """A hand-written ``websockets`` host on 127.0.0.1 port 0; ``on_prompt(ws, msg, n)``
-    answers the ``n``-th prompt (0-based) however the test wants."""
-    seen = RawHost()
-
-    async def handler(ws: ServerConnection) -> None:
-        seen.connections += 1
-        greeting = {"type": "connected", "message": "hi", "features": list(features)}
-        with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(json.dumps(greeting))
-            async for raw in ws:
-                msg = json.loads(raw)
-                if msg["type"] == "session_init":
-                    ack = {"type": "session_init_ack", "status": "success", "id": msg.get("id")}
-                    await ws.send(json.dumps(ack))
-                elif msg["type"] in ("prompt", "inference"):
-                    seen.prompts.append(msg)
-                    seen.arrivals.append(time.monotonic())
-                    await on_prompt(ws, msg, len(seen.prompts) - 1)
-
-    async with serve(handler, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        seen.url = f"http://127.0.0.1:{port}"
-        yield seen
 
 
 async def send_answer(ws: ServerConnection, rid: str, tokens: Sequence[str]) -> None:

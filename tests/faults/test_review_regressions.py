@@ -13,7 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.host import EchoEngine, ReferenceHost
-from langchain_fabstir.host.engines import Generation, GenerationResult
+from langchain_fabstir.host.engines import EngineRequest, Generation, GenerationResult
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +69,8 @@ class Tagged(EchoEngine):
         super().__init__()
         self.calls = 0
 
-    def generate(self, messages: Any, *, max_tokens: int, **kw: Any) -> Generation:
+    def generate(self, request: EngineRequest) -> Generation:
+        max_tokens = request.max_tokens
         tag = "ABCDEF"[self.calls]
         self.calls += 1
 

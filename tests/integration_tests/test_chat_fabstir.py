@@ -12,11 +12,10 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, cast
 
 import pytest
-import websockets
 from langchain_core.chat_history import InMemoryChatMessageHistory
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -39,7 +38,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 from langchain_core.tools import tool
 from pydantic import BaseModel
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from langchain_fabstir import _compat
 from langchain_fabstir.chat_models import ChatFabstir
@@ -59,6 +58,7 @@ from langchain_fabstir.host.engines import Engine
 from langchain_fabstir.sessions.recovery import CONTINUE_PROMPT
 from langchain_fabstir.wire.frames import InferenceRequest
 from tests import sidecars
+from tests._support.wire import raw_host
 from tests.conftest import ThreadedHost
 
 WAIT = 5.0  # seconds to wait for an event that should come at once
@@ -103,28 +103,6 @@ def dead_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-@contextlib.asynccontextmanager
-async def raw_host(
-    on_prompt: Callable[[ServerConnection, dict[str, Any]], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A hand-written host: greeting and ``session_init_ack``, then ``on_prompt``."""
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send(json.dumps({"type": "connected", "message": "hi", "features": []}))
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in ws:
-                msg = json.loads(raw)
-                if msg["type"] == "session_init":
-                    ack = {"type": "session_init_ack", "status": "success", "id": msg.get("id")}
-                    await ws.send(json.dumps(ack))
-                elif msg["type"] == "prompt":
-                    await on_prompt(ws, msg)
-
-    async with serve(handler, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
 
 
 def chunk_frame(rid: str, content: str, tokens: int = 1) -> str:
@@ -244,10 +222,10 @@ def test_sync_stream_break_sends_stream_cancel(threaded_slow_host: ThreadedHost)
 # --- timeouts -----------------------------------------------------------------------
 
 
-def stalling_host(prompts: list[str]) -> Callable[[ServerConnection, dict[str, Any]], Any]:
+def stalling_host(prompts: list[str]) -> Callable[[ServerConnection, dict[str, Any], int], Any]:
     """A host that sends one token of every answer and then nothing."""
 
-    async def stall(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def stall(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         prompts.append(msg["request"]["prompt"])
         await ws.send(chunk_frame(msg["id"], "partial "))
 
@@ -256,7 +234,8 @@ def stalling_host(prompts: list[str]) -> Callable[[ServerConnection, dict[str, A
 
 async def test_host_stalling_mid_answer_is_a_stream_chunk_timeout() -> None:
     prompts: list[str] = []
-    async with raw_host(stalling_host(prompts)) as url:
+    async with raw_host(stalling_host(prompts)) as raw:
+        url = raw.url
         llm = ChatFabstir(
             host_url=url,
             timeout=5,
@@ -279,7 +258,8 @@ async def test_host_stalling_mid_answer_is_a_stream_chunk_timeout() -> None:
 
 async def test_host_that_keeps_stalling_ends_in_a_timeout_error() -> None:
     prompts: list[str] = []
-    async with raw_host(stalling_host(prompts)) as url:
+    async with raw_host(stalling_host(prompts)) as raw:
+        url = raw.url
         llm = ChatFabstir(host_url=url, timeout=1, stream_chunk_timeout=0.1, max_retries=2)
         with pytest.raises(ModelTimeoutError) as info:
             async with _compat.timeout(6):  # a bounded give-up takes well under this
@@ -304,10 +284,11 @@ async def test_slow_host_answer_is_resumed_after_an_inactivity_timeout() -> None
 async def test_host_that_never_answers_is_a_first_token_timeout() -> None:
     prompts: list[str] = []
 
-    async def silent(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def silent(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         prompts.append(msg["id"])
 
-    async with raw_host(silent) as url:
+    async with raw_host(silent) as raw:
+        url = raw.url
         llm = ChatFabstir(host_url=url, timeout=0.3, max_retries=1)
         started = time.monotonic()
         with pytest.raises(ResponseTimeoutError) as info:
@@ -353,7 +334,7 @@ async def test_rate_limit_longer_than_max_retry_after_is_not_waited() -> None:
 async def test_rate_limit_retry_waits_at_least_retry_after() -> None:
     prompts: list[float] = []
 
-    async def limited_once(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def limited_once(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         prompts.append(time.monotonic())
         rid = msg["id"]
         if len(prompts) == 1:
@@ -367,7 +348,8 @@ async def test_rate_limit_retry_waits_at_least_retry_after() -> None:
         await ws.send(chunk_frame(rid, "ok"))
         await ws.send(json.dumps({"type": "stream_end", "reason": "complete", "id": rid}))
 
-    async with raw_host(limited_once) as url:
+    async with raw_host(limited_once) as raw:
+        url = raw.url
         msg = await ChatFabstir(host_url=url, max_retries=2).ainvoke("hi")
     assert msg.content == "ok"
     assert len(prompts) == 2
@@ -392,10 +374,11 @@ async def test_empty_prompt_is_invalid_request(echo_host: ReferenceHost) -> None
 
 @pytest.mark.parametrize("garbage", ["not json at all", '{"type":"stream_chunk","content":7}'])
 async def test_garbage_frames_are_protocol_errors(garbage: str) -> None:
-    async def junk(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def junk(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         await ws.send(garbage)
 
-    async with raw_host(junk) as url:
+    async with raw_host(junk) as raw:
+        url = raw.url
         with pytest.raises(ProtocolError) as info:
             await ChatFabstir(host_url=url, max_retries=0).ainvoke("hello?")
     assert isinstance(info.value, ModelAPIError) and info.value.code == "PROTOCOL_ERROR"

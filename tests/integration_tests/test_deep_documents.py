@@ -10,9 +10,7 @@ whatever the limit is.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import secrets
 import subprocess
 import sys
 import textwrap
@@ -22,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nacl.bindings as sodium
 import pytest
 from aiohttp import web
-from coincurve import PrivateKey, PublicKey
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from coincurve import PrivateKey
 
 from langchain_fabstir.cli import start_host_process
+from tests._support.sdk import sdk_sealed_init
 
 from .test_openai_engine import _start_cli_host, frames_until_end, send_prompt
 
@@ -102,34 +98,7 @@ def _sealed_init(
     host_pub33: bytes, plaintext: bytes, session_id: str
 ) -> tuple[dict[str, Any], bytes]:
     """An ``encrypted_session_init`` sealing ``plaintext`` as it is (as sdk-core seals)."""
-    client, eph = PrivateKey(), PrivateKey()
-    eph_pub = eph.public_key.format()
-    shared = PublicKey(host_pub33).multiply(eph.secret).format(compressed=False)[1:33]
-    salt, nonce = bytes(32), secrets.token_bytes(24)
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"").derive(shared)
-    ct = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, None, nonce, key)
-    digest = hashlib.sha256(b"|".join([b"E2EEv1", eph_pub, host_pub33, salt, nonce, b""])).digest()
-    sig = client.sign_recoverable(digest, hasher=None)
-    payload = {
-        "ephPubHex": eph_pub.hex(),
-        "saltHex": salt.hex(),
-        "nonceHex": nonce.hex(),
-        "ciphertextHex": ct.hex(),
-        "signatureHex": sig.hex(),
-        "recid": sig[64],
-        "alg": "secp256k1-ecdh(ephemeral→static)+hkdf(sha256)+xchacha20-poly1305",
-        "info": "",
-        "aadHex": "",
-    }
-    frame = {
-        "type": "encrypted_session_init",
-        "chain_id": 84532,
-        "session_id": session_id,
-        "job_id": session_id,
-        "id": "init-1",
-        "payload": payload,
-    }
-    return frame, key
+    return sdk_sealed_init(host_pub33, plaintext, session_id, frame_id="init-1")
 
 
 async def test_a_deep_sealed_init_is_an_error_frame_and_the_host_serves_on(

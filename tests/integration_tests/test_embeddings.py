@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,6 +30,7 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.embeddings import MiniLMEmbedder
+from tests._support.docs import run_snippets
 from tests.conftest import ThreadedHost
 
 CAT, KITTEN, TAX = (
@@ -39,7 +38,6 @@ CAT, KITTEN, TAX = (
     "A kitten dozed upon a carpet.",
     "Quarterly tax filings are due in April.",
 )
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -362,8 +360,6 @@ def test_no_host_is_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 # --- the docs page and the README snippet run ------------------------------------------
 
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-
 
 @pytest.fixture(scope="module")
 def threaded_embed_host(minilm: MiniLMEmbedder) -> Iterator[str]:
@@ -387,13 +383,5 @@ def test_doc_snippets_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", threaded_embed_host)
-    text = (ROOT / page).read_text("utf-8")
-    if section is not None:
-        start = text.index(f"\n{section}\n")
-        text = text[start : text.find("\n## ", start + 1)]
-    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
-    assert blocks
-    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    namespace = run_snippets(page, section)
     assert namespace["shown"] == expected  # the page's own claim (retrieval, ranking)

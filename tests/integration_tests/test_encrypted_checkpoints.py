@@ -10,12 +10,9 @@ doctored (re-signed) indexes over deltas uploaded to the same portal.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from eth_utils import keccak
 
 from langchain_fabstir.checkpoints import address_of, sign_host_delta, sign_host_index
@@ -30,13 +27,14 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
-from langchain_fabstir.s5 import S5Identity, S5PortalClient
+from langchain_fabstir.s5 import S5PortalClient
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.wire.encryption import (
     CHECKPOINT_ENVELOPE_FIELDS,
     RecoveryKey,
     open_checkpoint_delta,
 )
+from tests._support.s5 import IndexHost, upload
 
 HOST_KEY = "0x" + "42" * 32
 USER_KEY = "0x" + "6b" * 32
@@ -63,12 +61,6 @@ def pairs(messages: list[Any]) -> list[tuple[str, str]]:
     return [
         (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content) for m in messages
     ]
-
-
-@pytest.fixture
-async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
-    async with LocalPortal(tmp_path / "portal", port=0) as p:
-        yield p
 
 
 async def test_encrypted_session_deltas_are_sealed_and_read_back(portal: LocalPortal) -> None:
@@ -136,44 +128,6 @@ async def test_user_key_opens_the_deltas_later_and_plaintext_is_unchanged(
         assert pairs(clear.messages)[0] == ("user", "ibis in clear")
 
 
-class FakeHost:
-    """A real HTTP server answering /v1/checkpoints/{id} with a given index."""
-
-    def __init__(self) -> None:
-        self.body = b""
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.body, content_type="application/json")
-
-    async def __aenter__(self) -> FakeHost:
-        app = web.Application()
-        app.router.add_get("/v1/checkpoints/{session_id}", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-    def serve(self, index: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-        """Serve ``index`` with these entries, re-signed with the host's key."""
-        body = {k: v for k, v in index.items() if k != "hostSignature"}
-        self.body = json.dumps(sign_host_index({**body, "checkpoints": entries}, HOST_KEY)).encode()
-
-
-async def upload(portal: LocalPortal, value: dict[str, Any]) -> str:
-    identity, _ = S5Identity.generate()
-    async with S5PortalClient(portal.url) as client:
-        await client.ensure_account(identity.portal_account_key_pair())
-        return str(await client.upload(json.dumps(value).encode()))
-
-
 def resign_envelope(envelope: dict[str, Any]) -> dict[str, Any]:
     """The envelope with a valid host signature over its (changed) ciphertext."""
     digest = keccak(bytes.fromhex(envelope["ciphertext"])).hex()
@@ -194,16 +148,19 @@ async def test_doctored_encrypted_deltas_are_refused(portal: LocalPortal) -> Non
         envelope = json.loads(await client.download(entry["deltaCid"]))
     plain_delta = json.loads(open_checkpoint_delta(envelope, key))
 
-    async def serve_delta(fake: FakeHost, value: dict[str, Any], *, encrypted: bool) -> None:
+    async def serve_delta(fake: IndexHost, value: dict[str, Any], *, encrypted: bool) -> None:
         cid = await upload(portal, value)
-        fake.serve(index, [{**entry, "deltaCid": cid, "encrypted": encrypted}])
+        # The index with this entry, re-signed with the host's key.
+        body = {k: v for k, v in index.items() if k != "hostSignature"}
+        entries = [{**entry, "deltaCid": cid, "encrypted": encrypted}]
+        fake.serve(sign_host_index({**body, "checkpoints": entries}, HOST_KEY))
 
-    async def fetch(fake: FakeHost) -> Any:
+    async def fetch(fake: IndexHost) -> Any:
         return await fetch_host_checkpoints(
             fake.url, s.id, portal=portal.url, host_address=HOST, recovery_key=key
         )
 
-    async with FakeHost() as fake:
+    async with IndexHost() as fake:
         await serve_delta(fake, envelope, encrypted=True)  # the genuine one
         assert pairs((await fetch(fake)).messages)[0] == ("user", "heron")
 

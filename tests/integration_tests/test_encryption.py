@@ -13,13 +13,12 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import nacl.bindings as sodium
 import pytest
-from aiohttp import web
 from coincurve import PrivateKey, PublicKey
 from langchain_core.messages import AIMessage, HumanMessage
 
@@ -34,73 +33,11 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.sessions.conversation import turn_prompt
+from tests._support.relay import Rewrite, WsRelay
+from tests._support.sdk import sdk_sealed_init
+from tests.conftest import KEYED_HOST_KEY as HOST_KEY
 
-HOST_KEY = "0x" + "5a" * 32
 USER_KEY = "0x" + "6b" * 32
-Rewrite = Callable[[str], list[str]]
-
-
-class RecordingProxy:
-    """``/v1/ws`` in front of a host: forwards text frames both ways and records them;
-    ``rewrite`` may change the frames going down to the client."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.replace("http://", "ws://") + "/v1/ws"
-        self.up: list[str] = []
-        self.down: list[str] = []
-        self.rewrite: Rewrite | None = None
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> RecordingProxy:
-        app = web.Application()
-        app.router.add_get("/v1/ws", self._ws)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        client = web.WebSocketResponse()
-        await client.prepare(request)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(self.upstream) as host,
-        ):
-
-            async def downstream() -> None:
-                async for msg in host:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    self.down.append(msg.data)
-                    out = self.rewrite(msg.data) if self.rewrite else [msg.data]
-                    for text in out:
-                        await client.send_str(text)
-                await client.close()
-
-            task = asyncio.create_task(downstream())
-            async for msg in client:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                self.up.append(msg.data)
-                await host.send_str(msg.data)
-            task.cancel()
-        return client
-
-    def wire_text(self) -> str:
-        return "\n".join(self.up + self.down)
-
-
-@pytest.fixture
-async def keyed_host() -> AsyncIterator[ReferenceHost]:
-    async with ReferenceHost(EchoEngine(), host_key=HOST_KEY) as host:
-        yield host
 
 
 def host_pub() -> str:
@@ -112,7 +49,7 @@ async def test_multi_turn_encrypted_session_carries_nothing_in_clear(
 ) -> None:
     long_prompt = "alpha-secret " * 150
     async with (
-        RecordingProxy(keyed_host.url) as proxy,
+        WsRelay(keyed_host.url) as proxy,
         SessionManager(host_url=proxy.url, private_key=USER_KEY) as manager,
     ):
         session = await manager.create_session(
@@ -152,7 +89,7 @@ async def test_multi_turn_encrypted_session_carries_nothing_in_clear(
 
 
 async def test_chat_fabstir_multi_turn_encrypted(keyed_host: ReferenceHost) -> None:
-    async with RecordingProxy(keyed_host.url) as proxy:
+    async with WsRelay(keyed_host.url) as proxy:
         llm = ChatFabstir(host_url=proxy.url, host_public_key=host_pub())
         first = await llm.ainvoke("charlie-secret")
         assert first.content == "Echo: charlie-secret"
@@ -250,11 +187,11 @@ async def test_bad_encrypted_answers_are_typed_errors(
 ) -> None:
     config = SessionConfig(first_token_timeout=10, chunk_timeout=10)
     async with (
-        RecordingProxy(keyed_host.url) as proxy,
+        WsRelay(keyed_host.url) as proxy,
         SessionManager(config, host_url=proxy.url) as manager,
     ):
         session = await manager.create_session(host_public_key=host_pub())
-        proxy.rewrite = _swap_chunk(mutate)
+        proxy.down_hook = _swap_chunk(mutate)
         pieces: list[str] = []
         with pytest.raises(error) as caught:
             async for piece in manager.stream_prompt(session.id, "golf-secret"):
@@ -266,7 +203,7 @@ async def test_encrypted_frame_in_a_plaintext_session_is_refused(
     keyed_host: ReferenceHost,
 ) -> None:
     async with (
-        RecordingProxy(keyed_host.url) as proxy,
+        WsRelay(keyed_host.url) as proxy,
         SessionManager(SessionConfig(encryption="off"), host_url=proxy.url) as manager,
     ):
         session = await manager.create_session()
@@ -278,7 +215,7 @@ async def test_encrypted_frame_in_a_plaintext_session_is_refused(
             frame = json.loads(text)
             return [json.dumps({"type": "encrypted_chunk", "id": frame.get("id"), "payload": {}})]
 
-        proxy.rewrite = to_encrypted
+        proxy.down_hook = to_encrypted
         with pytest.raises(EncryptionModeError):
             await manager.prompt(session.id, "hi")
 
@@ -317,14 +254,6 @@ def _sdk_init(
     host_pub33: bytes, client: PrivateKey, session_id: str
 ) -> tuple[dict[str, Any], bytes]:
     """An init exactly as sdk-core 1.36 builds it: its own digest, a fresh sessionKey."""
-    eph = PrivateKey()
-    eph_pub = eph.public_key.format()
-    shared = PublicKey(host_pub33).multiply(eph.secret).format(compressed=False)[1:33]
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    salt, nonce = bytes(32), secrets.token_bytes(24)
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"").derive(shared)
     session_key = secrets.token_bytes(32)
     body = {
         "sessionKey": session_key.hex(),
@@ -333,29 +262,7 @@ def _sdk_init(
         "pricePerToken": 0,
         "recoveryPublicKey": "0x" + client.public_key.format().hex(),
     }
-    ct = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        json.dumps(body).encode(), None, nonce, key
-    )
-    digest = hashlib.sha256(b"|".join([b"E2EEv1", eph_pub, host_pub33, salt, nonce, b""])).digest()
-    sig = client.sign_recoverable(digest, hasher=None)
-    payload = {
-        "ephPubHex": eph_pub.hex(),
-        "saltHex": salt.hex(),
-        "nonceHex": nonce.hex(),
-        "ciphertextHex": ct.hex(),
-        "signatureHex": sig.hex(),
-        "recid": sig[64],
-        "alg": "secp256k1-ecdh(ephemeral→static)+hkdf(sha256)+xchacha20-poly1305",
-        "info": "",
-        "aadHex": "",
-    }
-    frame = {
-        "type": "encrypted_session_init",
-        "chain_id": 84532,
-        "session_id": session_id,
-        "job_id": session_id,
-        "payload": payload,
-    }
+    frame, _ = sdk_sealed_init(host_pub33, json.dumps(body).encode(), session_id, client=client)
     return frame, session_key
 
 
@@ -462,7 +369,7 @@ def _start_with_env(env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[
 async def test_llama_engine_through_an_encrypted_session(llama_engine: Any) -> None:
     async with (
         ReferenceHost(llama_engine, host_key=HOST_KEY) as host,
-        RecordingProxy(host.url) as proxy,
+        WsRelay(host.url) as proxy,
         SessionManager(host_url=proxy.url) as manager,
     ):
         session = await manager.create_session(host_public_key=host_pub(), max_tokens=12)

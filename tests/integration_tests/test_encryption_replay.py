@@ -10,15 +10,13 @@ real key through the package's own sealing functions.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from coincurve import PrivateKey
 
 from langchain_fabstir.errors import (
@@ -29,74 +27,13 @@ from langchain_fabstir.errors import (
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.wire.encryption import SessionCipher, seal_session_init
+from tests._support.relay import WsRelay
+from tests.conftest import KEYED_HOST_KEY as HOST_KEY
 from tests.faults.proxy import CutAfterFrames, FaultProxy
 
-HOST_KEY = "0x" + "5a" * 32
 HOST_PUB = "0x" + PrivateKey(bytes.fromhex(HOST_KEY[2:])).public_key.format().hex()
 CONFIG = SessionConfig(first_token_timeout=10, chunk_timeout=10)
 TWELVE = "one two three four five six seven eight nine ten eleven"  # 12 tokens with "Echo:"
-
-
-class Relay:
-    """``/v1/ws`` between a client and a host: forwards text frames both ways, records
-    them (``up``, ``down``), and passes each frame going down through ``down_hook``, which
-    returns the frames to send instead (none, the same, or others)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.replace("http://", "ws://") + "/v1/ws"
-        self.up: list[str] = []
-        self.down: list[str] = []
-        self.down_hook: Callable[[str], list[str]] | None = None
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> Relay:
-        app = web.Application()
-        app.router.add_get("/v1/ws", self._ws)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        client = web.WebSocketResponse()
-        await client.prepare(request)
-        async with aiohttp.ClientSession() as http, http.ws_connect(self.upstream) as host:
-
-            async def downstream() -> None:
-                async for msg in host:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    self.down.append(msg.data)
-                    for text in self.down_hook(msg.data) if self.down_hook else [msg.data]:
-                        await client.send_str(text)
-                await client.close()
-
-            task = asyncio.create_task(downstream())
-            async for msg in client:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                self.up.append(msg.data)
-                await host.send_str(msg.data)
-            task.cancel()
-        return client
-
-    def sent(self, kind: str) -> list[dict[str, Any]]:
-        """The frames of type ``kind`` the client sent, decoded."""
-        frames = [json.loads(t) for t in self.up]
-        return [f for f in frames if f.get("type") == kind]
-
-
-@pytest.fixture
-async def keyed_host() -> AsyncIterator[ReferenceHost]:
-    async with ReferenceHost(EchoEngine(), host_key=HOST_KEY) as host:
-        yield host
 
 
 def _kind(text: str) -> str:
@@ -131,7 +68,7 @@ async def test_relay_playing_answer_one_as_answer_two_is_refused(
             return [json.dumps(dict(f, id=rid)) for f in recorded] + [text]
         return [text]
 
-    async with Relay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
+    async with WsRelay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
         session = await mgr.create_session(host_public_key=HOST_PUB)
         relay.down_hook = hook
         first = await mgr.prompt(session.id, "alpha bravo")
@@ -178,7 +115,7 @@ def _strip_count(frame: dict[str, Any]) -> bool:
 async def test_relay_forwarding_3_of_12_chunks_is_a_truncated_answer(
     keyed_host: ReferenceHost, drop: Callable[[dict[str, Any]], bool]
 ) -> None:
-    async with Relay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
+    async with WsRelay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
         session = await mgr.create_session(host_public_key=HOST_PUB)
         assert "chunk_count" in keyed_host.features()
         relay.down_hook = _truncate(drop)
@@ -202,7 +139,7 @@ async def test_a_host_that_seals_no_count_still_works(keyed_host: ReferenceHost)
         frame.pop("count", None)
         return [json.dumps(frame)]
 
-    async with Relay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
+    async with WsRelay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
         relay.down_hook = deployed
         session = await mgr.create_session(host_public_key=HOST_PUB)
         first = await mgr.prompt(session.id, "alpha bravo")
@@ -219,7 +156,7 @@ async def test_a_spent_session_key_is_replaced_before_the_next_answer(
     on a fresh key (same session id, conversation kept); an answer that would pass
     ``max_chunks`` on one key is refused rather than forgetting nonces."""
     monkeypatch.setattr(SessionCipher, "max_chunks", 40)
-    async with Relay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
+    async with WsRelay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
         session = await mgr.create_session(host_public_key=HOST_PUB)
         texts = [(await mgr.prompt(session.id, TWELVE)).text for _ in range(4)]
         assert texts == ["Echo: " + TWELVE] * 4
@@ -277,7 +214,7 @@ async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> list[dict[st
 async def test_replayed_init_and_message_on_new_sockets_generate_nothing(
     keyed_host: ReferenceHost,
 ) -> None:
-    async with Relay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
+    async with WsRelay(keyed_host.url) as relay, SessionManager(CONFIG, host_url=relay.url) as mgr:
         session = await mgr.create_session(host_public_key=HOST_PUB)
         assert (await mgr.prompt(session.id, TWELVE)).text == "Echo: " + TWELVE
     init = relay.sent("encrypted_session_init")[0]

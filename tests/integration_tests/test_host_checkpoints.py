@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from langchain_fabstir import SessionManager
 from langchain_fabstir.checkpoints import address_of, sign_host_delta, sign_host_index
@@ -36,6 +35,7 @@ from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.portal.store import BlobStore
 from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity, S5PortalClient
 from langchain_fabstir.sessions import SessionConfig
+from tests._support.s5 import IndexHost, upload
 
 HOST_KEY = "0x" + "42" * 32
 OTHER_KEY = "0x" + "77" * 32
@@ -62,12 +62,6 @@ def pairs(messages: list[Any]) -> list[tuple[str, str]]:
     return [
         (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content) for m in messages
     ]
-
-
-@pytest.fixture
-async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
-    async with LocalPortal(tmp_path / "portal", port=0) as p:
-        yield p
 
 
 async def run_session(host: ReferenceHost, answers: list[int]) -> tuple[str, list[Any]]:
@@ -160,39 +154,9 @@ async def test_tampered_delta_on_the_portal_disk(portal: LocalPortal) -> None:
 # --- lying hosts ----------------------------------------------------------------------
 
 
-class FakeHost:
-    """A real HTTP server answering /v1/checkpoints/{id} with whatever it is told."""
-
-    def __init__(self) -> None:
-        self.body: bytes = b""
-        self.status = 200
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.body, status=self.status, content_type="application/json")
-
-    async def __aenter__(self) -> FakeHost:
-        app = web.Application()
-        app.router.add_get("/v1/checkpoints/{session_id}", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-    def serve(self, index: dict[str, Any]) -> None:
-        self.body, self.status = json.dumps(index).encode(), 200
-
-
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeHost]:
-    async with FakeHost() as f:
+async def fake() -> AsyncIterator[IndexHost]:
+    async with IndexHost() as f:
         yield f
 
 
@@ -209,20 +173,12 @@ async def genuine(portal: LocalPortal) -> tuple[str, dict[str, Any], list[dict[s
     return sid, index, deltas
 
 
-async def upload(portal: LocalPortal, value: dict[str, Any]) -> str:
-    """Put a JSON object on the portal (any account) and return its CID."""
-    identity, _ = S5Identity.generate()
-    async with S5PortalClient(portal.url) as client:
-        await client.ensure_account(identity.portal_account_key_pair())
-        return str(await client.upload(json.dumps(value).encode()))
-
-
 def resign(index: dict[str, Any], key: str = HOST_KEY) -> dict[str, Any]:
     return sign_host_index({k: v for k, v in index.items() if k != "hostSignature"}, key)
 
 
 async def test_doctored_delta_with_an_old_signature(
-    portal: LocalPortal, fake: FakeHost, genuine: tuple[str, dict[str, Any], list[Any]]
+    portal: LocalPortal, fake: IndexHost, genuine: tuple[str, dict[str, Any], list[Any]]
 ) -> None:
     sid, index, deltas = genuine
     doctored = {**deltas[1], "messages": [{"role": "user", "content": "I never said this"}]}
@@ -241,7 +197,7 @@ async def test_doctored_delta_with_an_old_signature(
 
 
 async def test_forged_index_signature(
-    portal: LocalPortal, fake: FakeHost, genuine: tuple[str, dict[str, Any], list[Any]]
+    portal: LocalPortal, fake: IndexHost, genuine: tuple[str, dict[str, Any], list[Any]]
 ) -> None:
     sid, index, deltas = genuine
     fake.serve(resign(index, OTHER_KEY))  # claims to be HOST, signed by another key
@@ -269,7 +225,7 @@ async def test_forged_index_signature(
 
 
 async def test_proof_hash_and_token_ranges_are_checked(
-    portal: LocalPortal, fake: FakeHost, genuine: tuple[str, dict[str, Any], list[Any]]
+    portal: LocalPortal, fake: IndexHost, genuine: tuple[str, dict[str, Any], list[Any]]
 ) -> None:
     sid, index, deltas = genuine
     # A host that signs a proofHash that is not the hash of the delta's content.
@@ -314,7 +270,7 @@ async def test_proof_hash_and_token_ranges_are_checked(
     ],
 )
 async def test_bad_replies_are_typed(
-    fake: FakeHost, body: bytes, status: int, error: type[Exception], reason: str | None
+    fake: IndexHost, body: bytes, status: int, error: type[Exception], reason: str | None
 ) -> None:
     fake.body, fake.status = body, status
     with pytest.raises(error) as err:

@@ -23,22 +23,9 @@ from langchain_fabstir.checkpoints.published import fetch_host_checkpoints
 from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.errors import CheckpointError, ResponseTimeoutError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from tests._support.wire import read_answer, recv_json
 
 HOST_KEY = "0x" + "42" * 32
-
-
-async def recv_json(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return frame
-
-
-async def read_answer(ws: Any) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frame = await recv_json(ws)
-        frames.append(frame)
-        if frame["type"] == "stream_end":
-            return frames
 
 
 async def init(ws: Any, session_id: str) -> None:

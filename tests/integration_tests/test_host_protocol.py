@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import httpx
 import pytest
@@ -18,19 +17,7 @@ from websockets.sync.client import connect as sync_connect
 
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.wire.frames import parse_frame
-
-
-async def recv_json(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def read_answer(ws: Any) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frame = await recv_json(ws)
-        frames.append(frame)
-        if frame["type"] == "stream_end":
-            return frames
+from tests._support.wire import read_answer, recv_json
 
 
 async def test_greeting_ack_and_streamed_answer(echo_host: ReferenceHost) -> None:

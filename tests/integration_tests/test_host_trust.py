@@ -23,18 +23,12 @@ from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.sessions import SessionConfig, SessionManager
 from langchain_fabstir.sessions.trust import challenge_key
 from langchain_fabstir.wire.encryption import host_public_key
+from tests.conftest import KEYED_HOST_KEY as HOST_KEY
 from tests.trust_relay import TrustRelay
 
-HOST_KEY = "0x" + "5a" * 32
 HOST_PUB = host_public_key(PrivateKey(bytes.fromhex(HOST_KEY[2:])))
 SECRET = "pineapple-secret-prompt"
 FAST = SessionConfig(open_timeout=5, ack_timeout=5, reconnect_attempts=0)
-
-
-@pytest.fixture
-async def keyed_host() -> AsyncIterator[ReferenceHost]:
-    async with ReferenceHost(EchoEngine(), host_key=HOST_KEY) as host:
-        yield host
 
 
 @pytest.fixture

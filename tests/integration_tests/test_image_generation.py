@@ -28,9 +28,15 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.images import ImageRoute
-from tests.sidecars import LoopThread, Sidecar, diffusion_sidecar, png, read_png, serve
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests._support.docs import run_snippets
+from tests.sidecars import (
+    LoopThread,
+    Sidecar,
+    diffusion_sidecar,
+    hostile_host,
+    png,
+    read_png,
+)
 
 
 def _call(args: dict[str, object]) -> dict[str, object]:
@@ -311,17 +317,6 @@ async def test_generations_at_once_are_bounded(sidecar: Sidecar) -> None:
 # --- hostile hosts ----------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def hostile(body: bytes, status: int = 200) -> AsyncIterator[str]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=body, status=status, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/images/generate", handler)
-    async with serve(app) as url:
-        yield url
-
-
 def _answer(image: str) -> bytes:
     return json.dumps({"image": image, "model": "m", "size": "256x256", "seed": 0}).encode()
 
@@ -337,7 +332,7 @@ def _answer(image: str) -> bytes:
     ],
 )
 async def test_malformed_answers_are_protocol_errors(body: bytes, match: str) -> None:
-    async with hostile(body) as url:
+    async with hostile_host("/v1/images/generate", body) as url:
         tool = FabstirImageGenerationTool(host_url=url, max_retries=0, max_image_bytes=1024)
         with pytest.raises(ProtocolError, match=match) as info:
             await tool.ainvoke({"prompt": "a"})
@@ -345,7 +340,9 @@ async def test_malformed_answers_are_protocol_errors(body: bytes, match: str) ->
 
 
 async def test_a_hosts_400_is_invalid_request() -> None:
-    async with hostile(b'{"error": "steps must be between 1 and 100, got 0"}', 400) as url:
+    async with hostile_host(
+        "/v1/images/generate", b'{"error": "steps must be between 1 and 100, got 0"}', status=400
+    ) as url:
         with pytest.raises(InvalidRequestError, match="steps must be between") as info:
             await FabstirImageGenerationTool(host_url=url).ainvoke({"prompt": "a"})
     assert info.value.code == "INVALID_REQUEST" and info.value.details["status"] == 400
@@ -353,7 +350,7 @@ async def test_a_hosts_400_is_invalid_request() -> None:
 
 async def test_a_huge_answer_is_cut_off() -> None:
     big = _answer("A" * 3_000_000)
-    async with hostile(big) as url:
+    async with hostile_host("/v1/images/generate", big) as url:
         tool = FabstirImageGenerationTool(host_url=url, max_retries=0, max_image_bytes=1024)
         with pytest.raises(ProtocolError, match="more than") as info:
             await tool.ainvoke({"prompt": "a"})
@@ -370,8 +367,6 @@ def test_the_models_view_of_the_tool() -> None:
 
 
 # --- the docs page and the README snippet run --------------------------------------------
-
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 
 
 @pytest.fixture(scope="module")
@@ -396,13 +391,5 @@ def test_doc_snippets_run(
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", threaded_image_host)
     monkeypatch.chdir(tmp_path)  # files the snippets write land here
-    text = (ROOT / page).read_text("utf-8")
-    if section is not None:
-        start = text.index(f"\n{section}\n")
-        text = text[start : text.find("\n## ", start + 1)]
-    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
-    assert blocks
-    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    namespace = run_snippets(page, section)
     assert namespace["shown"] == "image/png"

@@ -10,9 +10,6 @@ S5 store (LocalPortal) on 127.0.0.1.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from pydantic import SecretStr
 
@@ -33,12 +30,6 @@ PHRASE = (
     "sign weight spy quality sudden minute pizza great fear "
     "adapt nobody evident control alive crime"
 )
-
-
-@pytest.fixture
-async def portal(tmp_path: Path) -> AsyncIterator[LocalPortal]:
-    async with LocalPortal(tmp_path / "portal", port=0) as p:
-        yield p
 
 
 @pytest.mark.parametrize("form", ["secret", "recovery_key"])

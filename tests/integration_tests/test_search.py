@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,9 +28,14 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.search import SearchRoute
-from tests.sidecars import LoopThread, Sidecar, brave_results, search_sidecar, serve
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests._support.docs import run_snippets
+from tests.sidecars import (
+    LoopThread,
+    Sidecar,
+    brave_results,
+    hostile_host,
+    search_sidecar,
+)
 
 
 @pytest.fixture
@@ -272,24 +275,6 @@ async def test_the_hosts_cache_is_bounded_in_bytes(sidecar: Sidecar) -> None:
 # --- hostile hosts ----------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def hostile(body: bytes | None = None, *, status: int = 200) -> AsyncIterator[str]:
-    release = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if body is None:
-            await release.wait()  # no answer while the test runs
-        return web.Response(body=body or b"{}", status=status, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/search", handler)
-    async with serve(app) as url:
-        try:
-            yield url
-        finally:
-            release.set()
-
-
 @pytest.mark.parametrize(
     ("body", "match"),
     [
@@ -300,7 +285,7 @@ async def hostile(body: bytes | None = None, *, status: int = 200) -> AsyncItera
     ],
 )
 async def test_malformed_answers_are_protocol_errors(body: bytes, match: str) -> None:
-    async with hostile(body) as url:
+    async with hostile_host("/v1/search", body) as url:
         with pytest.raises(ProtocolError, match=match) as info:
             await FabstirSearchRetriever(host_url=url, max_retries=0).ainvoke("q")
     assert info.value.code == "PROTOCOL_ERROR"
@@ -314,7 +299,7 @@ async def test_too_many_results_are_cut_and_a_huge_answer_refused() -> None:
         ],
         "provider": "brave",
     }
-    async with hostile(json.dumps(many).encode()) as url:
+    async with hostile_host("/v1/search", json.dumps(many).encode()) as url:
         docs = await FabstirSearchRetriever(host_url=url, k=4).ainvoke("q")
         assert [d.metadata["title"] for d in docs] == ["t0", "t1", "t2", "t3"]
         small = FabstirSearchRetriever(host_url=url, max_response_bytes=4096, max_retries=0)
@@ -323,7 +308,7 @@ async def test_too_many_results_are_cut_and_a_huge_answer_refused() -> None:
 
 
 async def test_a_silent_host_times_out() -> None:
-    async with hostile(None) as url:
+    async with hostile_host("/v1/search", None) as url:
         started = time.monotonic()
         with pytest.raises(ResponseTimeoutError):
             await FabstirSearchRetriever(host_url=url, timeout=0.3, max_retries=0).ainvoke("q")
@@ -331,7 +316,7 @@ async def test_a_silent_host_times_out() -> None:
 
 
 async def test_refused_locally_before_anything_is_sent() -> None:
-    async with hostile(b"{}") as url:
+    async with hostile_host("/v1/search", b"{}") as url:
         retriever = FabstirSearchRetriever(host_url=url)
         for bad in ("  ", "x" * 501):
             with pytest.raises(InvalidRequestError):
@@ -385,8 +370,6 @@ async def test_hosts_from_discovery(search_host: ReferenceHost, sidecar: Sidecar
 
 # --- the docs page and the README snippet run --------------------------------------------
 
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-
 
 @pytest.fixture(scope="module")
 def threaded_search_host() -> Iterator[str]:
@@ -405,13 +388,5 @@ def test_doc_snippets_run(
     page: str, section: str | None, threaded_search_host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", threaded_search_host)
-    text = (ROOT / page).read_text("utf-8")
-    if section is not None:
-        start = text.index(f"\n{section}\n")
-        text = text[start : text.find("\n## ", start + 1)]
-    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
-    assert blocks
-    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    namespace = run_snippets(page, section)
     assert isinstance(namespace["shown"], str) and "example.org" in namespace["shown"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import websockets
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir.errors import (
@@ -27,6 +26,7 @@ from langchain_fabstir.errors import (
     TokenLimitExceededError,
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
+from tests._support.wire import raw_host
 
 
 async def collect(it: AsyncIterator[str]) -> str:
@@ -179,36 +179,12 @@ async def test_unreachable_host_is_typed() -> None:
     assert info.value.code == "HOST_UNREACHABLE" and info.value.is_retryable
 
 
-@contextlib.asynccontextmanager
-async def raw_host(
-    on_prompt: Callable[[ServerConnection, dict[str, Any]], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A hand-written host on 127.0.0.1 that does whatever ``on_prompt`` does."""
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send(json.dumps({"type": "connected", "message": "hi"}))
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in ws:
-                msg = json.loads(raw)
-                if msg["type"] == "session_init":
-                    await ws.send(
-                        json.dumps(
-                            {"type": "session_init_ack", "status": "success", "id": msg.get("id")}
-                        )
-                    )
-                elif msg["type"] in ("prompt", "inference"):
-                    await on_prompt(ws, msg)
-
-    async with serve(handler, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-
-
 async def test_host_that_never_answers_ends_in_response_timeout() -> None:
-    async def silent(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def silent(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         return None
 
-    async with raw_host(silent) as url:
+    async with raw_host(silent, features=None) as raw:
+        url = raw.url
         config = SessionConfig(first_token_timeout=0.3)
         async with SessionManager(config, host_url=url) as manager:
             s = await manager.create_session()
@@ -218,12 +194,13 @@ async def test_host_that_never_answers_ends_in_response_timeout() -> None:
 
 
 async def test_host_that_stalls_mid_answer_ends_in_chunk_timeout() -> None:
-    async def stall(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def stall(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         await ws.send(
             json.dumps({"type": "stream_chunk", "content": "partial", "tokens": 1, "id": msg["id"]})
         )
 
-    async with raw_host(stall) as url:
+    async with raw_host(stall, features=None) as raw:
+        url = raw.url
         config = SessionConfig(chunk_timeout=0.3, reconnect_attempts=0)
         async with SessionManager(config, host_url=url) as manager:
             s = await manager.create_session()
@@ -241,10 +218,11 @@ async def test_host_that_stalls_mid_answer_ends_in_chunk_timeout() -> None:
     ["not json at all", "[1,2]", '{"no":"type"}', '{"type":"stream_chunk","content":7}'],
 )
 async def test_host_that_answers_garbage_is_a_protocol_error(garbage: str) -> None:
-    async def junk(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def junk(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         await ws.send(garbage)
 
-    async with raw_host(junk) as url:
+    async with raw_host(junk, features=None) as raw:
+        url = raw.url
         async with SessionManager(host_url=url) as manager:
             s = await manager.create_session()
             with pytest.raises(ProtocolError) as info:
@@ -254,7 +232,7 @@ async def test_host_that_answers_garbage_is_a_protocol_error(garbage: str) -> No
 
 
 async def test_engine_failure_chunk_becomes_host_error() -> None:
-    async def failing(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def failing(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         rid = msg["id"]
         await ws.send(json.dumps({"type": "stream_chunk", "content": "Hi", "tokens": 1, "id": rid}))
         await ws.send(
@@ -266,7 +244,8 @@ async def test_engine_failure_chunk_becomes_host_error() -> None:
             json.dumps({"type": "stream_end", "reason": "complete", "tokens_used": 1, "id": rid})
         )
 
-    async with raw_host(failing) as url:
+    async with raw_host(failing, features=None) as raw:
+        url = raw.url
         async with SessionManager(host_url=url) as manager:
             s = await manager.create_session()
             with pytest.raises(FabstirError) as info:
@@ -277,7 +256,7 @@ async def test_engine_failure_chunk_becomes_host_error() -> None:
 
 
 async def test_minimal_stream_end_without_usage_is_fine() -> None:
-    async def plain(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def plain(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         rid = msg["id"]
         for tok in ("a", "b"):
             await ws.send(
@@ -285,7 +264,8 @@ async def test_minimal_stream_end_without_usage_is_fine() -> None:
             )
         await ws.send(json.dumps({"type": "stream_end", "reason": "complete", "tokens_used": 2}))
 
-    async with raw_host(plain) as url:
+    async with raw_host(plain, features=None) as raw:
+        url = raw.url
         async with SessionManager(host_url=url) as manager:
             s = await manager.create_session()
             result = await manager.prompt(s.id, "x")
@@ -294,13 +274,14 @@ async def test_minimal_stream_end_without_usage_is_fine() -> None:
 
 
 async def test_host_dropping_the_socket_is_host_disconnected() -> None:
-    async def drop(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    async def drop(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
         await ws.send(
             json.dumps({"type": "stream_chunk", "content": "a", "tokens": 1, "id": msg["id"]})
         )
         await ws.close(1011, "engine crashed")
 
-    async with raw_host(drop) as url:
+    async with raw_host(drop, features=None) as raw:
+        url = raw.url
         config = SessionConfig(reconnect_attempts=0)
         async with SessionManager(config, host_url=url) as manager:
             s = await manager.create_session()

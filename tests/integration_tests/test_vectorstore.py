@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -24,10 +22,9 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.host.embeddings import MiniLMEmbedder
+from tests._support.docs import run_snippets
 from tests.conftest import ThreadedHost
 
-ROOT = Path(__file__).resolve().parents[2]
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 HOST_KEY = "0x" + "11" * 32
 CAT, KITTEN, TAX, RUST = (
     "The cat sat on the mat.",
@@ -336,15 +333,7 @@ def test_doc_snippets_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FABSTIR_HOST_URL", threaded_rag_host.url)
-    text = (ROOT / page).read_text("utf-8")
-    if section is not None:
-        start = text.index(f"\n{section}\n")
-        text = text[start : text.find("\n## ", start + 1)]
-    blocks = [body for lang, body in FENCE.findall(text) if lang == "python"]
-    assert blocks
-    namespace: dict[str, object] = {"__name__": "fabstir_docs"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page}[python block {number}]", "exec"), namespace)
+    namespace = run_snippets(page, section)
     assert namespace["shown"] == expected
 
 
