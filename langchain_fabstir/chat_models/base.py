@@ -195,6 +195,59 @@ class ChatFabstir(BaseChatModel):
         ``/v1/models``) up front, and by every answer (``usage.context_window_size``,
         the greeting's features). A ``profile=`` you pass is never changed.
 
+    Reasoning:
+        .. code-block:: python
+
+            llm = ChatFabstir(reasoning=True)          # or "low" | "medium" | "high"
+            msg = llm.invoke("What is 2 + 2?")
+            msg.content                                # '2 + 2 = 4'
+            msg.additional_kwargs["reasoning_content"]  # 'Two and two make four.'
+            msg.content_blocks[0]                      # {'type': 'reasoning', ...}
+
+        As ``ChatOllama(reasoning=...)``, also per call (``llm.invoke(x, reasoning=True)``):
+
+        - ``True``: sends ``thinking: "enabled"`` (or the level ``model_kwargs`` gives) and
+          returns the model's reasoning apart from the answer; ``"low" | "medium" |
+          "high"``: the same at that level.
+        - ``False``: sends ``thinking: "disabled"``; a think block the model writes anyway
+          is dropped.
+        - ``None`` (default): sends no ``thinking`` (unless ``model_kwargs`` has one) and
+          leaves the text as the model wrote it, think tags included.
+
+        Nodes have no reasoning field (``PROTOCOL.md`` 6.6): models that think write
+        ``<think>...</think>`` into the text. The reasoning is the text before the first
+        ``</think>`` when the text begins with ``<think>``; a think block that never
+        closes (``max_tokens`` ran out while thinking) is all reasoning and the answer is
+        empty. With a level (``"low" | "medium" | "high"``) text before a ``</think>`` is
+        reasoning even without ``<think>``: a GLM-4 node opens the block in its prompt at
+        these levels. Whitespace at the start of the reasoning and of the answer after
+        ``</think>`` is dropped.
+
+        Streaming: reasoning comes as chunks whose ``content`` is empty and whose
+        ``additional_kwargs["reasoning_content"]`` holds it (merged chunks equal
+        ``invoke``), then the answer as content. A tag split across chunks is recognised;
+        while one may be arriving at most ``len("</think>") - 1`` characters are held
+        back. With a level, text that does not begin with ``<think>`` is held back until
+        ``</think>`` (then it is reasoning) or the end (then it is the answer: a Harmony
+        node sends only the answer at every level), because it cannot be told apart
+        before. Stop sequences apply to the answer only. Usage, tool calls and
+        checkpoint proofs are as without reasoning; with tools or structured output
+        the call or the JSON is read from the answer, never from the reasoning (with
+        ``reasoning=None`` too, where a think block in front stays in ``content``).
+
+        History: reasoning is not sent back (an ``AIMessage`` is its answer). In an
+        encrypted session a node stores the raw answer, reasoning included, as its
+        history; the client recognises it as the answer it kept, so the conversation
+        goes on without being resent.
+
+        ``model_kwargs={"thinking": ...}`` (or ``thinking=`` per call) is still sent as
+        given with ``reasoning=None``. With ``reasoning`` set, ``reasoning`` decides the
+        ``thinking`` sent; a ``thinking`` that contradicts it (``reasoning=False`` with
+        ``"high"``, ``"low"`` with ``"high"``, ``True`` with ``"disabled"``) is refused
+        with ``InvalidRequestError`` (``INVALID_REQUEST``), as is a value a node refuses
+        (anything but ``enabled | disabled | low | medium | high``), before anything is
+        sent.
+
     Host-specific fields:
         ``model_kwargs={"thinking": "low", "web_search": True, "max_searches": 3}``
         (also per call: ``llm.invoke(x, thinking="high")``) go into the prompt's
