@@ -96,6 +96,9 @@ class ReasoningSplitter:
         return self._maybe(text)
 
     def _reasoning(self, text: str) -> tuple[str, str]:
+        if "<" not in text:  # no tag, nor the beginning of one (held text starts with "<")
+            self._held = ""
+            return text, ""
         end = text.find(THINK_CLOSE)
         if end >= 0:
             self._held = ""
