@@ -17,9 +17,11 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from pydantic import ValidationError
 
+from langchain_fabstir import SessionConfig
 from langchain_fabstir.chat_models import ChatFabstir
 from langchain_fabstir.errors import InvalidRequestError
 from langchain_fabstir.host import EchoEngine, OpenAIEngine, ReferenceHost
+from tests.faults.proxy import CutAfterFrames, FaultProxy
 from tests.openai_upstream import OpenAIUpstream
 
 HOST_KEY = "0x" + "3d" * 32
@@ -263,3 +265,30 @@ async def test_tools_and_structured_output_parse_the_answer_not_the_reasoning() 
                 method="json_mode",
             ).ainvoke("a pair")
             assert out == {"a": 1, "b": "x"}, reasoning
+
+
+async def test_a_cut_in_the_middle_of_the_reasoning_resumes_it() -> None:
+    """The socket drops while the model thinks: the answer resumes on the same host and
+    the reasoning and the answer each come out once, in order, as without the cut."""
+    script = ["<th", "ink>", *(f"r{i} " for i in range(60)), "</", "think>", "\n"]
+    script += [f"a{i} " for i in range(40)]
+    engine = EchoEngine(script, delay=0.001)
+    async with ReferenceHost(engine, rate_limit_per_minute=None) as host:
+        async with FaultProxy("127.0.0.1", host.port) as proxy:
+            llm = ChatFabstir(
+                host_url=f"http://127.0.0.1:{proxy.port}",
+                max_tokens=200,
+                reasoning=True,
+                session_config=SessionConfig(compression_enabled=False),
+            )
+            clean = _merge(await _astream(llm, "go"))
+            proxy.set_fault(CutAfterFrames(30), scope="current")  # within the reasoning
+            chunks = await _astream(llm, "go")
+            proxy.release()
+    assert proxy.cut_happened.is_set() and host.resumes == 1
+    merged = _merge(chunks)
+    assert merged.additional_kwargs["reasoning_content"] == "".join(f"r{i} " for i in range(60))
+    assert merged.content == "".join(f"a{i} " for i in range(40))
+    assert (merged.content, merged.additional_kwargs) == (clean.content, clean.additional_kwargs)
+    resumed = [c for c in chunks if "fabstir_resumed" in c.response_metadata]
+    assert len(resumed) == 1 and resumed[0].additional_kwargs.get("reasoning_content")
