@@ -292,3 +292,15 @@ async def test_a_cut_in_the_middle_of_the_reasoning_resumes_it() -> None:
     assert (merged.content, merged.additional_kwargs) == (clean.content, clean.additional_kwargs)
     resumed = [c for c in chunks if "fabstir_resumed" in c.response_metadata]
     assert len(resumed) == 1 and resumed[0].additional_kwargs.get("reasoning_content")
+
+
+async def test_stop_sequences_apply_to_the_answer_only() -> None:
+    script = ["<think>", "I must not say ST", "OP yet", "</think>", "Go on", " ST", "OP here"]
+    async with ReferenceHost(EchoEngine(script), rate_limit_per_minute=None) as host:
+        llm = ChatFabstir(host_url=host.url, reasoning=True, stop=["STOP"])
+        msg = await llm.ainvoke("go")
+        assert msg.additional_kwargs["reasoning_content"] == "I must not say STOP yet"
+        assert msg.content == "Go on "
+        assert msg.response_metadata["finish_reason"] == "stop"
+        merged = _merge(await _astream(llm, "go"))
+        assert (merged.content, merged.additional_kwargs) == (msg.content, msg.additional_kwargs)
