@@ -304,3 +304,19 @@ async def test_stop_sequences_apply_to_the_answer_only() -> None:
         assert msg.response_metadata["finish_reason"] == "stop"
         merged = _merge(await _astream(llm, "go"))
         assert (merged.content, merged.additional_kwargs) == (msg.content, msg.additional_kwargs)
+
+
+async def test_v1_content_blocks_and_their_history(host: ReferenceHost) -> None:
+    """``output_version="v1"``: the reasoning is a content block of the message, and the
+    message goes back into the history as its answer (the block is not sent)."""
+    llm = ChatFabstir(host_url=host.url, reasoning=True, output_version="v1")
+    msg = await llm.ainvoke("zz-one")
+    assert msg.content == [
+        {"type": "reasoning", "reasoning": REASONING_TEXT},
+        {"type": "text", "text": ANSWER_TEXT},
+    ]
+    await llm.ainvoke([HumanMessage("zz-one"), msg, HumanMessage("zz-two")])
+    seen = host.model_inputs[-1]
+    assert seen[-1] == {"role": "user", "content": "zz-two"}
+    answer = RAW if _encrypted(host) else ANSWER_TEXT  # the node's own copy when encrypted
+    assert {"role": "assistant", "content": answer} in seen
