@@ -68,6 +68,12 @@ from langchain_fabstir.chat_models.messages import (
 )
 from langchain_fabstir.chat_models.options import check_host_fields, host_fields
 from langchain_fabstir.chat_models.profile import base_profile, fetch_profile, learn
+from langchain_fabstir.chat_models.reasoning import (
+    Reasoning,
+    ReasoningPlan,
+    check_thinking,
+    reasoning_plan,
+)
 from langchain_fabstir.chat_models.structured import (
     BoundedJsonOutputParser,
     BoundedPydanticOutputParser,
@@ -81,6 +87,7 @@ from langchain_fabstir.sessions.models import SessionConfig, StreamResult
 from langchain_fabstir.sessions.recovery import fit_context
 from langchain_fabstir.sessions.stream import PromptStream
 from langchain_fabstir.wire.images import ImageInput
+from langchain_fabstir.wire.reasoning import ReasoningSplitter, split_reasoning
 from langchain_fabstir.wire.tools import (
     forced_tool_names,
     parse_envelope,
@@ -190,6 +197,59 @@ class ChatFabstir(BaseChatModel):
         what the host announces: by ``await llm.afetch_profile()`` (``/v1/version``,
         ``/v1/models``) up front, and by every answer (``usage.context_window_size``,
         the greeting's features). A ``profile=`` you pass is never changed.
+
+    Reasoning:
+        .. code-block:: python
+
+            llm = ChatFabstir(reasoning=True)          # or "low" | "medium" | "high"
+            msg = llm.invoke("What is 2 + 2?")
+            msg.content                                # '2 + 2 = 4'
+            msg.additional_kwargs["reasoning_content"]  # 'Two and two make four.'
+            msg.content_blocks[0]                      # {'type': 'reasoning', ...}
+
+        As ``ChatOllama(reasoning=...)``, also per call (``llm.invoke(x, reasoning=True)``):
+
+        - ``True``: sends ``thinking: "enabled"`` (or the level ``model_kwargs`` gives) and
+          returns the model's reasoning apart from the answer; ``"low" | "medium" |
+          "high"``: the same at that level.
+        - ``False``: sends ``thinking: "disabled"``; a think block the model writes anyway
+          is dropped.
+        - ``None`` (default): sends no ``thinking`` (unless ``model_kwargs`` has one) and
+          leaves the text as the model wrote it, think tags included.
+
+        Nodes have no reasoning field (``PROTOCOL.md`` 6.6): models that think write
+        ``<think>...</think>`` into the text. The reasoning is the text before the first
+        ``</think>`` when the text begins with ``<think>``; a think block that never
+        closes (``max_tokens`` ran out while thinking) is all reasoning and the answer is
+        empty. With a level (``"low" | "medium" | "high"``) text before a ``</think>`` is
+        reasoning even without ``<think>``: a GLM-4 node opens the block in its prompt at
+        these levels. Whitespace at the start of the reasoning and of the answer after
+        ``</think>`` is dropped.
+
+        Streaming: reasoning comes as chunks whose ``content`` is empty and whose
+        ``additional_kwargs["reasoning_content"]`` holds it (merged chunks equal
+        ``invoke``), then the answer as content. A tag split across chunks is recognised;
+        while one may be arriving at most ``len("</think>") - 1`` characters are held
+        back. With a level, text that does not begin with ``<think>`` is held back until
+        ``</think>`` (then it is reasoning) or the end (then it is the answer: a Harmony
+        node sends only the answer at every level), because it cannot be told apart
+        before. Stop sequences apply to the answer only. Usage, tool calls and
+        checkpoint proofs are as without reasoning; with tools or structured output
+        the call or the JSON is read from the answer, never from the reasoning (with
+        ``reasoning=None`` too, where a think block in front stays in ``content``).
+
+        History: reasoning is not sent back (an ``AIMessage`` is its answer). In an
+        encrypted session a node stores the raw answer, reasoning included, as its
+        history; the client recognises it as the answer it kept, so the conversation
+        goes on without being resent.
+
+        ``model_kwargs={"thinking": ...}`` (or ``thinking=`` per call) is still sent as
+        given with ``reasoning=None``. With ``reasoning`` set, ``reasoning`` decides the
+        ``thinking`` sent; a ``thinking`` that contradicts it (``reasoning=False`` with
+        ``"high"``, ``"low"`` with ``"high"``, ``True`` with ``"disabled"``) is refused
+        with ``InvalidRequestError`` (``INVALID_REQUEST``), as is a value a node refuses
+        (anything but ``enabled | disabled | low | medium | high``), before anything is
+        sent.
 
     Host-specific fields:
         ``model_kwargs={"thinking": "low", "web_search": True, "max_searches": 3}``
@@ -479,6 +539,15 @@ class ChatFabstir(BaseChatModel):
     ``max_searches`` (int >= 0), ``search_queries`` (list of str). Any other key is
     refused with a ``ValueError``. The same keys are accepted per call
     (``llm.invoke(x, thinking="low")``)."""
+    reasoning: Reasoning = None
+    """Whether the model thinks, and its reasoning returned apart from the answer (as
+    ``ChatOllama(reasoning=...)``; also per call: ``llm.invoke(x, reasoning=True)``):
+    ``True`` sends ``thinking: "enabled"`` and returns the reasoning in
+    ``additional_kwargs["reasoning_content"]`` and as a ``reasoning`` content block;
+    ``"low" | "medium" | "high"`` the same at that level; ``False`` sends ``thinking:
+    "disabled"`` and drops a think block the model writes anyway; ``None`` (default)
+    sends no ``thinking`` (unless ``model_kwargs`` has one) and leaves the text as the
+    model wrote it. See "Reasoning" in the class docstring."""
     session_config: SessionConfig | None = None
     """Settings of the underlying sessions (reconnects, resumes, checkpoint interval,
     timeouts, encryption): a :class:`~langchain_fabstir.sessions.models.SessionConfig`."""
@@ -642,6 +711,7 @@ class ChatFabstir(BaseChatModel):
             "max_tokens": self.max_tokens,
             "stop": self.stop,
             "seed": self.seed,
+            "reasoning": self.reasoning,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -763,6 +833,13 @@ class ChatFabstir(BaseChatModel):
     # --- the core stream ---------------------------------------------------------------
 
     def _stream_params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for given in (kwargs, kwargs.get("model_kwargs") or {}):
+            if "thinking" in given:  # refused typed, before anything is sent
+                check_thinking(given["thinking"])
+        fields = host_fields(self.model_kwargs, kwargs)
+        plan = reasoning_plan(kwargs.get("reasoning", self.reasoning), fields.get("thinking"))
+        if plan is not None:
+            fields["thinking"] = plan.thinking
         params = {
             "model": kwargs.get("model", self.model),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
@@ -774,7 +851,8 @@ class ChatFabstir(BaseChatModel):
             "response_format": kwargs.get("response_format"),
             "parallel_tool_calls": kwargs.get("parallel_tool_calls"),
             "strict": kwargs.get("strict"),
-            "host_fields": host_fields(self.model_kwargs, kwargs),
+            "host_fields": fields,
+            "reasoning": plan,
             "native_tools": False,
         }
         return params
@@ -886,6 +964,10 @@ class ChatFabstir(BaseChatModel):
         params = self._stream_params(stop, kwargs)
         stops = [s for s in (params.pop("stop") or []) if s]
         buffering = bool(params["tools"]) or params["response_format"] is not None
+        plan: ReasoningPlan | None = params["reasoning"]
+        # reasoning=None: no splitter, nothing added per token.
+        splitter: ReasoningSplitter | None = plan.splitter() if plan is not None else None
+        keep = plan is not None and plan.keep
         last: PromptStream | None = None
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
@@ -899,6 +981,11 @@ class ChatFabstir(BaseChatModel):
                         await dispatch(carry[-1])
                 if stream.resume_note is not None:
                     resumed, stream.resume_note = stream.resume_note, None
+                if splitter is not None:
+                    thought, text = splitter.feed(text)
+                    if thought and keep:
+                        yield _thought_chunk(thought, carry, resumed)
+                        carry, resumed = [], None
                 if buffering:
                     emitted.append(text)
                     continue
@@ -920,10 +1007,24 @@ class ChatFabstir(BaseChatModel):
                         yield ChatGenerationChunk(message=AIMessageChunk(content=text))
                 if stopped:
                     break
-            if pending and not stopped:
-                emitted.append(pending)
-                text, pending = pending, ""
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+            tail = ""
+            if splitter is not None and not stopped:
+                thought, tail = splitter.close()  # what it held back
+                if thought and keep:
+                    yield _thought_chunk(thought, carry, resumed)
+                    carry, resumed = [], None
+                if buffering:
+                    emitted.append(tail)
+                    tail = ""
+            if not stopped:
+                pending += tail
+                cut = find_stop(pending, stops) if stops and tail else None
+                if cut is not None:
+                    pending, stopped = pending[:cut], True
+                if pending:
+                    emitted.append(pending)
+                    text, pending = pending, ""
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         if last is None:
             return
         result = last.result
@@ -957,6 +1058,18 @@ class ChatFabstir(BaseChatModel):
     def _parse_buffered(self, text: str, params: dict[str, Any]) -> AIMessageChunk:
         if not params["tools"]:
             return AIMessageChunk(content=text, chunk_position="last")
+        thought = ""
+        if params["reasoning"] is None:
+            # The text as the model wrote it, but the calls are read from the answer
+            # only: a think block in front of it stays in the content, unparsed.
+            answer = split_reasoning(text)[1]
+            thought, text = text[: len(text) - len(answer)], answer
+        final = self._parse_answer(text, params)
+        if thought:
+            final.content = thought + str(final.content)
+        return final
+
+    def _parse_answer(self, text: str, params: dict[str, Any]) -> AIMessageChunk:
         try:
             content, calls = parse_envelope(text)
         except ValueError as exc:
@@ -1243,6 +1356,24 @@ class ChatFabstir(BaseChatModel):
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _thought_chunk(
+    text: str, proofs: list[dict[str, Any]], resumed: dict[str, Any] | None
+) -> ChatGenerationChunk:
+    """A chunk of the model's reasoning (``additional_kwargs["reasoning_content"]``, which
+    LangChain shows as a ``reasoning`` content block); it carries checkpoint proofs and a
+    resume note like any first chunk after them."""
+    meta: dict[str, Any] = {}
+    if proofs:
+        meta[CHECKPOINTS_METADATA_KEY] = proofs
+    if resumed:
+        meta["fabstir_resumed"] = resumed
+    return ChatGenerationChunk(
+        message=AIMessageChunk(
+            content="", additional_kwargs={"reasoning_content": text}, response_metadata=meta
+        )
+    )
 
 
 async def _dispatch_to_parent_run(proof: dict[str, Any]) -> None:

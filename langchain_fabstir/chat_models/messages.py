@@ -62,8 +62,9 @@ def message_text(message: BaseMessage) -> str:
             "tool_use",
             "tool_call",
             "function_call",
+            "reasoning",
         ):
-            continue  # represented by the message's tool_calls
+            continue  # tool_calls / reasoning: not sent back (the answer is the turn)
         elif is_image_block(block):
             raise ValueError(
                 f"images reach a Fabstir host only in a human message (the prompt); a "
@@ -197,6 +198,7 @@ def to_result(chunk: ChatGenerationChunk | None) -> ChatResult:
     assert isinstance(msg, AIMessageChunk)
     message = AIMessage(
         content=msg.content,
+        additional_kwargs=msg.additional_kwargs,
         tool_calls=msg.tool_calls,
         invalid_tool_calls=msg.invalid_tool_calls,
         usage_metadata=msg.usage_metadata,

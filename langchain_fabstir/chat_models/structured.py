@@ -15,6 +15,7 @@ from langchain_core.outputs import Generation
 from langchain_core.utils.pydantic import TBaseModel
 
 from langchain_fabstir._json import MAX_BYTES, MAX_DEPTH, nests_deeper
+from langchain_fabstir.wire.reasoning import THINK_CLOSE, split_reasoning
 
 __all__ = [
     "BoundedJsonOutputParser",
@@ -82,6 +83,10 @@ def answer_problem(text: str) -> str | None:
 def _parse_bounded(parse: Callable[..., Any], result: list[Generation], partial: bool) -> Any:
     """``parse(result, partial=partial)`` of an answer checked first: too deep or too large
     JSON is an ``OutputParserException`` (``None`` while streaming), never a crash."""
+    if result and THINK_CLOSE in result[0].text:
+        # The answer, not the reasoning a model wrote in front of it (ChatFabstir with
+        # reasoning=None leaves a think block in the text).
+        result = [Generation(text=split_reasoning(result[0].text)[1]), *result[1:]]
     problem = answer_problem(result[0].text) if result else None
     if problem is not None:
         if partial:

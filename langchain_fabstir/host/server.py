@@ -113,6 +113,18 @@ log = logging.getLogger(__name__)
 CONTEXT_MESSAGES = 10
 """Real hosts use only the last 10 messages of ``conversation_context``."""
 
+THINKING_MODES = ("enabled", "disabled", "low", "medium", "high")
+"""``thinking`` values a node takes (``PROTOCOL.md`` 6.6); others are refused."""
+
+
+def _invalid_thinking(value: str) -> str:
+    """The node's message for a ``thinking`` value it does not take (6.6)."""
+    return (
+        f"Validation error for thinking: Invalid thinking mode '{value}'. "
+        f"Valid: {', '.join(THINKING_MODES)}"
+    )
+
+
 HOST_FEATURES = ["seed", "response_format", "tools", "resume", "resume_token"]
 """Extensions this host serves (announced in ``connected`` and ``/v1/version``).
 
@@ -592,6 +604,8 @@ class _Connection:
                 body["prompt"] = extract_latest_user_message(body["prompt"], history)
         drop = ("conversation_context", "stream", "action", "images")  # (unknown action: ignored)
         fields = {k: v for k, v in body.items() if k not in drop}
+        if "thinking" not in fields and "thinking" in extra:  # as a node: else the frame's
+            fields["thinking"] = extra["thinking"]
         fields.setdefault("model", self.model_name or "default")
         fields.setdefault("max_tokens", 4000)
         fields["conversation_context"] = history
@@ -1019,6 +1033,11 @@ class ReferenceHost:
             msg = "Validation error for prompt: Prompt cannot be empty"
             await self._error(conn, ErrorFrame(error=msg, id=rid), rid)
             return
+        if request.thinking is not None and request.thinking not in THINKING_MODES:
+            await self._error(
+                conn, ErrorFrame(error=_invalid_thinking(request.thinking), id=rid), rid
+            )
+            return
         self.requests.append(_record(request, conn.frame_size))
         try:
             messages, response_format = self._prepare(request)
@@ -1384,6 +1403,8 @@ class ReferenceHost:
             return invalid(f"invalid request body: {str(exc)[:300]}")
         if not req.prompt.strip():
             return invalid("Prompt cannot be empty", "prompt")
+        if req.thinking is not None and req.thinking not in THINKING_MODES:
+            return invalid(_invalid_thinking(req.thinking), "thinking")
         try:
             messages, response_format = self._prepare(req)
         except _InvalidTools as exc:

@@ -12,6 +12,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from langchain_fabstir.wire.reasoning import THINK_CLOSE, answer_of
+
 __all__ = [
     "ENCRYPTED_CONTEXT_FEATURE",
     "TurnPlan",
@@ -72,6 +74,13 @@ def continues(held: Messages | None, context: Messages) -> bool:
     (True, True, False)
     >>> continues([], []), continues(None, []), continues([u, a], [a, u])
     (True, False, False)
+
+    An answer whose reasoning the client separated (``ChatFabstir(reasoning=True)``)
+    carries on the raw answer the node stored:
+
+    >>> raw = {"role": "assistant", "content": "<think>Hm.</think> 2"}
+    >>> continues([u, raw], [u, a])
+    True
     """
     if held is None:
         return False
@@ -81,7 +90,24 @@ def continues(held: Messages | None, context: Messages) -> bool:
         return False
     if not others:
         return not held_others
-    return len(others) <= len(held_others) and held_others[-len(others) :] == others
+    if len(others) > len(held_others):
+        return False
+    return all(_same(h, m) for h, m in zip(held_others[-len(others) :], others, strict=True))
+
+
+def _same(held: dict[str, str], message: dict[str, str]) -> bool:
+    """``message`` (as the client has it) is ``held`` (as the node stored it): equal, or
+    an assistant answer the client keeps without the reasoning the node stored with it
+    (``PROTOCOL.md`` 6.6: the node stores the raw text, think block included)."""
+    if held == message:
+        return True
+    raw = held.get("content", "")
+    return (
+        held.get("role") == "assistant"
+        and message.get("role") == "assistant"
+        and THINK_CLOSE in raw
+        and message.get("content") == answer_of(raw)
+    )
 
 
 def _instructions(system: Sequence[str]) -> str:
