@@ -61,6 +61,7 @@ __all__ = [
     "HostDisconnectedError",
     "HostError",
     "HostIdentityError",
+    "HostImageError",
     "HostRegistryError",
     "HostSideError",
     "ImageGenerationError",
@@ -840,6 +841,19 @@ class EmbeddingEngineError(HostSideError, RuntimeError):
     """The embedding model is missing, unreadable or failed on a batch."""
 
     code = "EMBEDDING_ENGINE_FAILED"
+
+
+class HostImageError(HostSideError):
+    """An image request the reference host refuses as a node does: ``node_code`` is the
+    node's code (``VALIDATION_FAILED``, ``PROMPT_BLOCKED``, ``DIFFUSION_SERVICE_UNAVAILABLE``,
+    ``IMAGE_GENERATION_FAILED``, ``RATE_LIMIT_EXCEEDED``) that goes on the wire, ``status``
+    the HTTP status ``POST /v1/images/generate`` answers with."""
+
+    code = "HOST_IMAGE_REFUSED"
+
+    def __init__(self, node_code: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.node_code, self.status = node_code, status
 
 
 class UpstreamError(HostSideError):

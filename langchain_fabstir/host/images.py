@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir.errors import HostImageError
 from langchain_fabstir.host._routes import error as _error
 from langchain_fabstir.host._routes import read_json
 from langchain_fabstir.host._upstream import UpstreamError, call_upstream
@@ -66,14 +67,8 @@ _OPTIONAL_STRINGS = ("model", "size", "negativePrompt", "safetyLevel", "sessionI
 _OPTIONAL_UINTS = {"steps": _U32, "seed": _U64, "chainId": _U64, "jobId": _U64}
 
 
-class ImageFailure(Exception):
-    """An image request the node refuses: its code (``VALIDATION_FAILED``,
-    ``PROMPT_BLOCKED``, ``DIFFUSION_SERVICE_UNAVAILABLE``, ``IMAGE_GENERATION_FAILED``,
-    ``RATE_LIMIT_EXCEEDED``), the HTTP status of ``/v1/images/generate`` and the message."""
-
-    def __init__(self, code: str, status: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.status, self.message = code, status, message
+ImageFailure = HostImageError
+"""The node's refusal of an image request (its code, HTTP status and message)."""
 
 
 def _unavailable() -> ImageFailure:
@@ -439,7 +434,7 @@ class SocketImages:
                 raise ImageFailure("VALIDATION_FAILED", 400, problem)
             result = await self.route.generate(fields, safety_first=True)
         except ImageFailure as exc:
-            error = {"code": exc.code, "message": exc.message}
+            error = {"code": exc.node_code, "message": exc.message}
             return {"type": "image_generation_error", "error": error}, 0
         self._count(session_id)
         return {"type": "image_generation_result", **result}, image_tokens(result["billing"])
