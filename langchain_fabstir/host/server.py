@@ -151,6 +151,10 @@ ENCRYPTED_CONTEXT_FEATURE = "encrypted_context"
 ``conversation_context`` inside the decrypted ``encrypted_message`` replaces the history
 the host keeps for the session. Deployed nodes ignore it (``PROTOCOL.md`` 6.1)."""
 
+PREPARE_WAIT = 130.0
+"""Seconds a resume waits for the prompt it names to become an answer (a prompt's images
+are read by the vision sidecar first, each call bounded by 120 s)."""
+
 MAX_RESUME_FAILURES = 8
 """Failed resumes one socket may make before the host closes it (guessing is pointless
 with a 192-bit token; this stops a socket from trying)."""
@@ -418,16 +422,20 @@ class _Connection:
                 return
             images = (frame.model_extra or {}).get("images")  # top level only (6.2)
             vlm_tokens = 0
-            if images and request.resume is None:
-                prompt, vlm_tokens = await self.host.vision.read(images, request.prompt)
-                request = request.model_copy(update={"prompt": prompt})
-            if seq > self.cancel_upto:
-                self.cancel.clear()
-            else:
-                self.cancel.set()  # cancelled before it began
-            self.frame_size = len(raw)
-            self.vlm_tokens = vlm_tokens
-            await self.host.run_prompt(self, request, frame.id)
+            preparing = self.host._preparing_begin(self.token, frame.id)
+            try:
+                if images and request.resume is None:
+                    prompt, vlm_tokens = await self.host.vision.read(images, request.prompt)
+                    request = request.model_copy(update={"prompt": prompt})
+                if seq > self.cancel_upto:
+                    self.cancel.clear()
+                else:
+                    self.cancel.set()  # cancelled before it began
+                self.frame_size = len(raw)
+                self.vlm_tokens = vlm_tokens
+                await self.host.run_prompt(self, request, frame.id)
+            finally:
+                self.host._preparing_end(preparing)
         elif frame.type == "encrypted_session_init":
             await self._encrypted_init(frame.model_extra or {})
         elif frame.type == "encrypted_message":
@@ -574,6 +582,17 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
+        preparing = self.host._preparing_begin(self.token, rid)
+        try:
+            await self._sealed_prompt(seq, size, extra, body, rid)
+        finally:
+            self.host._preparing_end(preparing)
+
+    async def _sealed_prompt(
+        self, seq: int, size: int, extra: dict[str, Any], body: dict[str, Any], rid: Any
+    ) -> None:
+        """The opened body of an ``encrypted_message``: images, an image action, or a prompt
+        answered with the node's history."""
         vlm_tokens = 0  # images first, as a node reads them (6.1, 6.2); an action before them
         if (
             body.get("images")
@@ -785,6 +804,7 @@ class ReferenceHost:
         # Session-scope checkpoint trackers and resumable answers, by (owner token, id).
         self._trackers: OrderedDict[tuple[str, str], CheckpointTracker] = OrderedDict()
         self._jobs: OrderedDict[tuple[str, str], AnswerJob] = OrderedDict()
+        self._preparing: dict[tuple[str, str], asyncio.Event] = {}
         self.resume_grace = resume_grace
         if unread_limit < 1 or unread_wait < 0:
             raise ValueError("unread_limit must be at least 1 and unread_wait not negative")
@@ -1169,6 +1189,8 @@ class ReferenceHost:
             job = self._jobs.get((conn.token, request_id))
             if job is None and isinstance(token, str):
                 job = self._jobs.get((token, request_id))
+        if job is None and isinstance(request_id, str):
+            job = await self._prepared_job(conn.token, token, request_id)
         if job is None or job.cancelled or not isinstance(offset, int) or offset < 0:
             conn.resume_failures += 1
             msg = (
@@ -1186,6 +1208,35 @@ class ReferenceHost:
         self.resumes += 1
         await conn.send(encode_frame(StreamResumed(id=rid, offset=offset)))
         await self._consume(conn, job, job.start_of_token(offset))
+
+    def _preparing_begin(self, owner: str, rid: Any) -> tuple[str, str] | None:
+        """A prompt was received and is being prepared (its images read, its engine
+        opened) before it becomes a resumable answer: a resume of it waits for that."""
+        if not isinstance(rid, str):
+            return None
+        key = (owner, rid)
+        self._preparing[key] = asyncio.Event()
+        return key
+
+    def _preparing_end(self, key: tuple[str, str] | None) -> None:
+        event = self._preparing.pop(key, None) if key is not None else None
+        if event is not None:
+            event.set()
+
+    async def _prepared_job(self, own: str, presented: Any, request_id: str) -> AnswerJob | None:
+        """The answer ``request_id`` once its prompt is prepared (bounded wait), or None."""
+        owners = [own] + ([presented] if isinstance(presented, str) else [])
+        for owner in owners:
+            event = self._preparing.get((owner, request_id))
+            if event is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), PREPARE_WAIT)
+                break
+        for owner in owners:
+            job = self._jobs.get((owner, request_id))
+            if job is not None:
+                return job
+        return None
 
     def _adopt(self, old: str, new: str) -> None:
         """Hand what the socket with token ``old`` owned (answers, session checkpoint
@@ -1211,6 +1262,7 @@ class ReferenceHost:
         job.tracker = tracker
         key = (job.owner, job.request_id)
         self._jobs[key] = job
+        self._preparing_end(key if key in self._preparing else None)
         while len(self._jobs) > 4096:
             self._jobs.popitem(last=False)
 
