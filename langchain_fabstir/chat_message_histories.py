@@ -367,15 +367,16 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
 
     Args:
         session_id: the conversation's id (any string).
-        fs: an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`, or ...
-        portal_url: ... an S5 portal URL, together with
-        seed_phrase: the 15-word S5 seed phrase (``SecretStr``; never printed), or
-        identity: an :class:`~langchain_fabstir.s5.S5Identity`.
+        access: where the history lives: an
+            :class:`~langchain_fabstir.storage.access.S5Access`
+            (``S5Access.from_portal(url, seed_phrase=...)``, ``.from_env()``,
+            ``.from_fs(fs)``), which many histories, savers and stores may share.
+        fs, portal_url, seed_phrase, identity: instead of ``access``, a shorthand that
+            makes one (as :class:`~langchain_fabstir.storage.access.S5Access` takes them;
+            the seed phrase as ``SecretStr``, never printed); the history closes it.
         path_prefix: where the history lives; ``{session_id}`` is substituted.
         seal_records: messages per sealed segment (compaction; see ``SealedLog``).
         seal_bytes: bytes after which the open tail is sealed regardless of count.
-        access: share one :class:`~langchain_fabstir.storage.access.S5Access` (HTTP client)
-            between many histories instead of the arguments above.
     """
 
     def __init__(
@@ -393,9 +394,8 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     ) -> None:
         self.session_id = session_id
         self.path = history_path(session_id, path_prefix)
-        self._owns_access = access is None
-        self._access = access or S5Access(
-            fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
+        self._access, self._owns_access = S5Access.resolve(
+            access, fs=fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
         )
         self._seal_records = seal_records
         self._seal_bytes = seal_bytes
@@ -456,8 +456,13 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
         if user_address is None:
             raise ValueError("user_address= is needed unless private_key= is given")
         user = normalize_address(user_address, what="user_address")
-        owns = access is None
-        shared = access or S5Access(fs, portal_url=portal_url, identity=identity)
+        # The identity also names the user: it makes the access only when none is given.
+        shared, owns = S5Access.resolve(
+            access,
+            fs=fs,
+            portal_url=portal_url,
+            identity=identity if access is None and fs is None else None,
+        )
         history = cls(str(session_id), access=shared)
         history._owns_access = owns
         history._sdk = SdkConversation(shared, user, str(session_id), max_attempts=max_attempts)
