@@ -3,6 +3,10 @@ store against a real LocalPortal on 127.0.0.1; the classes' keywords are shortha
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from pydantic import SecretStr
@@ -116,3 +120,17 @@ def test_the_seed_phrase_is_never_shown(phrase: str) -> None:
     )
     for word in set(phrase.split()):
         assert word not in shown
+
+
+def test_the_docs_page_snippet_runs(
+    portal: ThreadedPortal, phrase: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "storage" / "s5.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text("utf-8"), re.M | re.S)
+    assert blocks
+    monkeypatch.setenv("FABSTIR_PORTAL_URL", portal.url)
+    monkeypatch.setenv("FABSTIR_S5_SEED", phrase)
+    monkeypatch.delenv("FABSTIR_S5_SEED_PHRASE", raising=False)
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"{page.name}[python block {number}]", "exec"), {"__name__": "docs"})
+    assert capsys.readouterr().out.strip() == "['hi', 'hello'] {'likes': 'green'}"
