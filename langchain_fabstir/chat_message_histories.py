@@ -184,6 +184,7 @@ _PLAIN_TYPES: dict[str, type[BaseMessage]] = {
     "system": SystemMessage,
 }
 _FIELDS = {name: frozenset(cls.model_fields) for name, cls in _PLAIN_TYPES.items()}
+_ORDER = {name: tuple(cls.model_fields) for name, cls in _PLAIN_TYPES.items()}
 _USAGE_KEYS = frozenset(UsageMetadata.__required_keys__)
 _DETAIL_KEYS = {
     "input_token_details": frozenset(InputTokenDetails.__annotations__),
@@ -227,7 +228,10 @@ def _plain_message(record: Any) -> BaseMessage | None:
     ):
         return None
     # What ``model_construct`` does, for a dict that has every field: the validated
-    # message compares equal and has the same fields set (tests/storage/test_formats.py).
+    # message compares equal, serialises the same, has the same fields set (in field
+    # order: tests/unit_tests/test_fast_paths.py).
+    if tuple(data) != _ORDER[kind]:
+        data = {name: data[name] for name in _ORDER[kind]}
     message = cls.__new__(cls)
     _set(message, "__dict__", data)
     _set(message, "__pydantic_fields_set__", set(data))

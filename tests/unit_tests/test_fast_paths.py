@@ -313,6 +313,7 @@ def test_a_made_proof_is_the_validated_proof(
     assert got.model_fields_set == want.model_fields_set
     assert got.boundary.model_fields_set == want.boundary.model_fields_set
     assert got.to_dict() == want.to_dict() and got.to_json() == want.to_json()
+    assert got.model_dump_json() == want.model_dump_json()
     assert got.timestamp.tzinfo is timezone.utc and got.timestamp == want.timestamp
     key = "0x" + "42" * 32
     assert recover_proof_signer(sign_proof(got, key)) == sign_proof(want, key).signer
