@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from json.encoder import encode_basestring as _string  # json.dumps' own, ensure_ascii=False
 from typing import Any
 
 from langchain_fabstir.checkpoints.proof import (
@@ -42,8 +43,46 @@ def chain_step(previous: bytes, delta: list[dict[str, Any]]) -> tuple[bytes, int
     ``\\ud800`` escape) cannot be UTF-8: it is encoded as Python's ``surrogatepass``
     does, so that every string hashes, the same way everywhere.
     """
-    data = previous + canonical_json(delta).encode("utf-8", "surrogatepass")
+    return chain_text(previous, delta_json(delta))
+
+
+def chain_text(previous: bytes, text: str) -> tuple[bytes, int]:
+    """:func:`chain_step` of a delta already written as canonical JSON (``text``)."""
+    data = previous + text.encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).digest(), len(data)
+
+
+def delta_json(delta: list[dict[str, Any]]) -> str:
+    """``canonical_json(delta)`` (the same text), written piece by piece with :func:`piece_json`.
+
+    >>> delta_json([{"role": "u", "content": "Hi"}, {"role": "ai", "content": "", "partial": True}])
+    '[{"content":"Hi","role":"u"},{"content":"","partial":true,"role":"ai"}]'
+    """
+    out = []
+    for piece in delta:
+        if (
+            type(piece) is dict
+            and "role" in piece
+            and "content" in piece
+            and (len(piece) == 2 or (len(piece) == 3 and piece.get("partial") is True))
+        ):
+            out.append(piece_json(piece["role"], piece["content"], len(piece) == 3))
+        else:
+            out.append(canonical_json(piece))
+    return "[" + ",".join(out) + "]"
+
+
+def piece_json(role: Any, content: Any, partial: bool) -> str:
+    """``canonical_json`` of one delta piece, written directly when role and content are
+    strings (about 3x faster than ``json.dumps``; the text is the same)."""
+    if type(role) is str and type(content) is str:
+        if partial:
+            return f'{{"content":{_string(content)},"partial":true,"role":{_string(role)}}}'
+        return f'{{"content":{_string(content)},"role":{_string(role)}}}'
+    piece: dict[str, Any] = {"role": role, "content": content}
+    if partial:
+        piece["partial"] = True
+    return canonical_json(piece)
 
 
 def message_role_content(item: Any, index: int) -> tuple[str, str]:

@@ -20,15 +20,12 @@ from typing import Any
 from langchain_fabstir.checkpoints.hashchain import (
     ZERO_HASH,
     Position,
-    chain_step,
+    chain_text,
     message_role_content,
+    piece_json,
     verify_checkpoints,
 )
-from langchain_fabstir.checkpoints.proof import (
-    CheckpointBoundary,
-    CheckpointProof,
-    sign_proof,
-)
+from langchain_fabstir.checkpoints.proof import CheckpointProof, made_proof, sign_proof
 from langchain_fabstir.checkpoints.signing import PrivateKey, _account
 from langchain_fabstir.errors import CheckpointError
 
@@ -50,7 +47,7 @@ class _Message:
         self.closed = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     boundary: Position
     token_count: int
@@ -308,7 +305,7 @@ class CheckpointTracker:
         if self._pending is not None:
             self._pending.token_count = count
         else:
-            self._pending = _Pending(self._end_position(), count, self._now())
+            self._pending = _Pending(self._end_position(), count, self._clock())
         return None
 
     def checkpoint(
@@ -359,28 +356,24 @@ class CheckpointTracker:
             pending.boundary, pending.token_count, partial=partial, timestamp=pending.timestamp
         )
 
-    def _take_delta(self, boundary: Position, partial: bool) -> list[dict[str, Any]]:
-        """The pieces from the cursor to ``boundary`` (the current end), moving the cursor."""
+    def _take_delta(self, boundary: Position, partial: bool) -> str:
+        """The pieces from the cursor to ``boundary`` (the current end) as canonical JSON,
+        moving the cursor."""
         if boundary == self._previous_boundary:
-            return []
+            return "[]"
         last = boundary[0]
-        delta: list[dict[str, Any]] = []
+        pieces: list[str] = []
         for index in range(self._cursor_message, last + 1):
             message = self._messages[index]
             parts = message.parts
             start = self._cursor_part if index == self._cursor_message else 0
-            piece: dict[str, Any] = {
-                "role": message.role,
-                "content": "".join(parts[start:] if start else parts),
-            }
-            if partial and index == last:
-                piece["partial"] = True
-            delta.append(piece)
+            content = "".join(parts[start:] if start else parts)
+            pieces.append(piece_json(message.role, content, partial and index == last))
         if partial:
             self._cursor_message, self._cursor_part = last, len(self._messages[last].parts)
         else:
             self._cursor_message, self._cursor_part = last + 1, 0
-        return delta
+        return "[" + ",".join(pieces) + "]"
 
     def _prove(
         self,
@@ -390,18 +383,16 @@ class CheckpointTracker:
         partial: bool,
         timestamp: datetime | None = None,
     ) -> CheckpointProof:
-        delta = self._take_delta(boundary, partial)
-        digest, hashed = chain_step(self._hash, delta)
+        digest, hashed = chain_text(self._hash, self._take_delta(boundary, partial))
         self.hashed_bytes += hashed
-        proof = CheckpointProof(
-            session_id=self.session_id,
-            checkpoint_number=len(self._proofs) + 1,
-            conversation_hash="0x" + digest.hex(),
-            token_count=token_count,
-            timestamp=timestamp or self._now(),
-            boundary=CheckpointBoundary(message_index=boundary[0], char_offset=boundary[1]),
-            start_token=self._proven_tokens,
-            end_token=token_count,
+        proof = made_proof(
+            self.session_id,
+            len(self._proofs) + 1,
+            digest,
+            token_count,
+            timestamp or self._clock(),
+            boundary,
+            self._proven_tokens,
         )
         if self._account is not None:
             proof = sign_proof(proof, self._account)

@@ -213,10 +213,14 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
     :meth:`S5CheckpointSaver.setup` rewrites stored records into the current format.
 
     Args:
-        fs: an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`, or ...
-        portal_url: ... a portal URL with
-        seed_phrase: the user's S5 seed phrase (``SecretStr``), or
-        identity: an :class:`~langchain_fabstir.s5.S5Identity`.
+        fs: where checkpoints live: an :class:`~langchain_fabstir.storage.access.S5Access`
+            (``S5CheckpointSaver(S5Access.from_portal(url, seed_phrase=...))``; shared
+            with histories and stores), or an authenticated
+            :class:`~langchain_fabstir.s5.S5FileSystem`.
+        portal_url, seed_phrase, identity: instead, a shorthand that makes an access (as
+            :class:`~langchain_fabstir.storage.access.S5Access` takes them); the saver
+            closes it.
+        access: the same as an access in ``fs``.
         root: where checkpoints live in the user's tree.
         serde: serializer of checkpoints, metadata and writes (default JsonPlus).
         seal_records, seal_bytes: compaction thresholds of each thread's log.
@@ -225,7 +229,7 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
 
     def __init__(
         self,
-        fs: S5FileSystem | None = None,
+        fs: S5Access | S5FileSystem | None = None,
         *,
         portal_url: str | None = None,
         seed_phrase: SecretStr | str | None = None,
@@ -239,9 +243,8 @@ class S5CheckpointSaver(BaseCheckpointSaver[int]):
     ) -> None:
         super().__init__(serde=serde)
         self.root = root.strip("/")
-        self._owns_access = access is None
-        self._access = access or S5Access(
-            fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
+        self._access, self._owns_access = S5Access.resolve(
+            access, fs=fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
         )
         self._seal = (seal_records, seal_bytes)
         self._threads: FoldedLogs[str, _Thread] = FoldedLogs(

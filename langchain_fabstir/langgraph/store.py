@@ -335,18 +335,19 @@ class S5Store(BaseStore):
     so one value can never make a namespace unreadable).
 
     Args:
-        fs: an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`, or ...
-        portal_url: ... a portal URL with
-        seed_phrase: the user's S5 seed phrase (``SecretStr``; never printed), or
-        identity: an :class:`~langchain_fabstir.s5.S5Identity`.
+        fs: where the store lives: an :class:`~langchain_fabstir.storage.access.S5Access`
+            (``S5Store(S5Access.from_portal(url, seed_phrase=...))``; shared with a saver
+            and histories), or an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`.
+        portal_url, seed_phrase, identity: instead, a shorthand that makes an access (as
+            :class:`~langchain_fabstir.storage.access.S5Access` takes them; the seed
+            phrase as ``SecretStr``, never printed); the store closes it.
         root: where the store lives in the user's tree.
         ttl: a LangGraph ``TTLConfig`` (``default_ttl`` minutes for puts without ``ttl=``,
             ``refresh_on_read``, ``sweep_interval_minutes`` for :meth:`start_ttl_sweeper`).
         clock: seconds since the epoch (``time.time``); tests inject their own.
         seal_records, seal_bytes: compaction thresholds of each namespace's log.
         max_cached_namespaces: namespaces whose folded items stay in memory.
-        access: share one :class:`~langchain_fabstir.storage.access.S5Access` (HTTP
-            client, login) with a saver or histories instead of the arguments above.
+        access: the same as an access in ``fs``.
         index: LangGraph's ``IndexConfig`` (``embed``, ``dims``, ``fields``) for semantic
             ``search(..., query=...)`` (see the class docstring).
     """
@@ -355,7 +356,7 @@ class S5Store(BaseStore):
 
     def __init__(
         self,
-        fs: S5FileSystem | None = None,
+        fs: S5Access | S5FileSystem | None = None,
         *,
         portal_url: str | None = None,
         seed_phrase: SecretStr | str | None = None,
@@ -384,9 +385,8 @@ class S5Store(BaseStore):
             ]
         self.ttl_config = ttl
         self.clock = clock
-        self._owns_access = access is None
-        self._access = access or S5Access(
-            fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
+        self._access, self._owns_access = S5Access.resolve(
+            access, fs=fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
         )
         self._seal = (seal_records, seal_bytes)
         self._spaces: FoldedLogs[Namespace, _Space] = FoldedLogs(

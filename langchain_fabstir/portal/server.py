@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import base58
 from aiohttp import BodyPartReader, web
@@ -393,11 +393,12 @@ class _Portal:
     async def download(self, request: web.Request) -> web.StreamResponse:
         cid = self._cid(request)
         try:
-            handle = await asyncio.to_thread(self.blobs.path_for(cid.hash).open, "rb")
+            # One trip to a worker thread opens the blob and reads its first piece (all
+            # of a small blob, closing it there): not one trip per step.
+            handle, size, first = await asyncio.to_thread(_open_blob, self.blobs.path_for(cid.hash))
         except FileNotFoundError:
             return self._error(404, "Blob not found")
         try:
-            size = os.fstat(handle.fileno()).st_size
             if cid.size and cid.size != size:  # size 0: unknown (a lookup by hash)
                 return self._error(404, "Blob not found (no blob of this hash has this size)")
             reply = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -409,16 +410,22 @@ class _Portal:
                     return reply
                 # One piece in flight per connection: write() waits while the socket buffer
                 # is full, so a client that does not read holds at most about one piece.
-                while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+                chunk, sent = first, 0
+                while chunk:
                     async with timeout(self.config.body_timeout):
                         await reply.write(chunk)
+                    sent += len(chunk)
+                    chunk = b""
+                    if handle is not None and sent < size:
+                        chunk = await asyncio.to_thread(handle.read, _CHUNK)
             except asyncio.TimeoutError:
                 _drop_connection(request)  # the client stopped reading
             except ConnectionError:
                 pass  # the client went away; nothing to answer
             return reply
         finally:
-            await asyncio.to_thread(handle.close)
+            if handle is not None:
+                await asyncio.to_thread(handle.close)
 
     async def blob(self, request: web.Request) -> web.Response:
         cid = self._cid(request)
@@ -460,6 +467,22 @@ class _Portal:
                 return self._error(400, "Revision number too low")
         self.db.registry_put(entry)
         return web.Response(status=204)
+
+
+def _open_blob(path: Path) -> tuple[BinaryIO | None, int, bytes]:
+    """``(open handle or None, size, first piece)``: a blob of at most one piece is read
+    whole and closed here (no handle)."""
+    handle = path.open("rb")
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        first = handle.read(_CHUNK)
+    except BaseException:
+        handle.close()
+        raise
+    if len(first) >= size:
+        handle.close()
+        return None, size, first
+    return handle, size, first
 
 
 _PORTAL = web.AppKey("portal", _Portal)

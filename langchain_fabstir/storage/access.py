@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from pydantic import SecretStr
@@ -41,9 +42,11 @@ from langchain_fabstir.s5 import (
     S5PortalClient,
 )
 from langchain_fabstir.s5.fs import split_path
+from langchain_fabstir.s5.seed import SEED_ENV, seed_phrase_from_env
 from langchain_fabstir.storage.sealed_log import LogSnapshot, SealedLog
 
 __all__ = [
+    "PORTAL_ENV",
     "LogSnapshot",
     "S5Access",
     "SealedLog",
@@ -53,6 +56,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+PORTAL_ENV = "FABSTIR_PORTAL_URL"
+"""The environment variable holding the S5 portal URL (CLI, examples, :meth:`S5Access.from_env`)."""
 
 
 def _on_background_thread() -> bool:
@@ -126,11 +132,27 @@ async def _ensure_account(client: S5PortalClient, identity: S5Identity) -> None:
 class S5Access:
     """Where a history, saver or store keeps its data: an S5 file system on one portal.
 
-    Pass either ``fs`` (an authenticated :class:`~langchain_fabstir.s5.S5FileSystem`; it is
-    cloned for the background loop) or ``portal_url`` plus ``seed_phrase`` (the account is
-    registered or logged in on first use). The seed phrase is kept only as derived keys.
+    The one way to connect to S5. Make one with a constructor and hand it to any of the
+    storage classes; they share its HTTP client and login::
 
-    >>> S5Access(portal_url="http://127.0.0.1:1", seed_phrase="not a phrase")
+        access = S5Access.from_portal(url, seed_phrase=SecretStr(phrase))  # or identity=
+        access = S5Access.from_env()      # FABSTIR_PORTAL_URL and FABSTIR_S5_SEED
+        access = S5Access.from_fs(fs)     # an authenticated S5FileSystem you hold
+
+        history = S5ChatMessageHistory("session-1", access=access)
+        saver = S5CheckpointSaver(access)
+        store = S5Store(access)
+
+    The classes' own ``fs=`` / ``portal_url=`` / ``seed_phrase=`` / ``identity=``
+    keywords are shorthands for this: they make an access the class owns (and closes);
+    a shared one is closed by whoever made it (:meth:`aclose`). The seed phrase is kept
+    only as derived keys (never in ``repr``); a given ``fs`` is cloned for the
+    package's background loop, where every storage call runs (:func:`on_background`,
+    :func:`blocking`), so sync and async callers on any loop share one connection pool.
+    Bad arguments are ``ValueError``; a seed phrase that is not one,
+    ``InvalidSeedPhraseError``.
+
+    >>> S5Access.from_portal("http://127.0.0.1:1", seed_phrase="not a phrase")
     Traceback (most recent call last):
     ...
     langchain_fabstir.errors.InvalidSeedPhraseError: [INVALID_SEED_PHRASE] ...
@@ -149,21 +171,88 @@ class S5Access:
             raise ValueError("pass either fs= or portal_url= with seed_phrase=, not both")
         if fs is None and (portal_url is None or not given_secret):
             raise ValueError("pass fs=, or portal_url= together with seed_phrase=")
+        if seed_phrase is not None and identity is not None:
+            raise ValueError("pass seed_phrase= or identity=, not both")
+        if fs is not None and not isinstance(fs, S5FileSystem):
+            raise ValueError(
+                f"fs= must be an S5FileSystem, not {type(fs).__name__} (an S5Access is "
+                "passed as access=)"
+            )
         self._source = fs
         self._identity: S5Identity | None = identity
         if identity is None and seed_phrase is not None:
-            phrase = (
-                seed_phrase.get_secret_value()
-                if isinstance(seed_phrase, SecretStr)
-                else seed_phrase
-            )
-            self._identity = S5Identity.from_phrase(phrase)
+            self._identity = S5Identity.from_phrase(seed_phrase)
         self.portal_url = (fs.client.portal_url if fs is not None else str(portal_url)).rstrip("/")
         self._fs: S5FileSystem | None = None
         self._plain: S5FileSystem | None = None
         self._client: S5PortalClient | None = None
         self._ready = threading.Lock()
         self._login: asyncio.Lock | None = None
+
+    @classmethod
+    def from_portal(
+        cls,
+        portal_url: str,
+        *,
+        seed_phrase: SecretStr | str | None = None,
+        identity: S5Identity | None = None,
+    ) -> S5Access:
+        """The account of ``seed_phrase`` (or ``identity``) on ``portal_url``; it is
+        registered, or logged in, on first use."""
+        if seed_phrase is None and identity is None:
+            raise ValueError("from_portal needs seed_phrase= (the 15 words) or identity=")
+        return cls(portal_url=portal_url, seed_phrase=seed_phrase, identity=identity)
+
+    @classmethod
+    def from_fs(cls, fs: S5FileSystem) -> S5Access:
+        """An authenticated file system you already hold (cloned; yours stays untouched)."""
+        return cls(fs)
+
+    @classmethod
+    def from_env(
+        cls, portal_url: str | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> S5Access:
+        """The portal in ``portal_url`` (default ``FABSTIR_PORTAL_URL``) with the seed
+        phrase in ``FABSTIR_S5_SEED``, the variables the CLI and examples read."""
+        env = os.environ if environ is None else environ
+        url = portal_url or env.get(PORTAL_ENV, "").strip()
+        phrase = seed_phrase_from_env(env)
+        missing = [name for name, value in ((PORTAL_ENV, url), (SEED_ENV, phrase)) if not value]
+        if missing:
+            raise ValueError(
+                f"S5Access.from_env: set {' and '.join(missing)} (an S5 portal URL, e.g. "
+                "from `fabstir portal`, and the user's 15-word S5 seed phrase)"
+            )
+        return cls(portal_url=url, seed_phrase=phrase)
+
+    @classmethod
+    def resolve(
+        cls,
+        access: S5Access | None = None,
+        *,
+        fs: S5Access | S5FileSystem | None = None,
+        portal_url: str | None = None,
+        seed_phrase: SecretStr | str | None = None,
+        identity: S5Identity | None = None,
+    ) -> tuple[S5Access, bool]:
+        """``(access, owned)`` for a class that takes an access or the shorthand keywords:
+        the given access (not owned), or one made from the keywords (owned: the class
+        closes it). An access in ``fs`` (the saver's and stores' first positional
+        argument) counts as ``access``."""
+        if isinstance(fs, S5Access):
+            if access is not None:
+                raise ValueError("pass the S5Access once")
+            access, fs = fs, None
+        if access is None:
+            return cls(fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity), True
+        if not isinstance(access, S5Access):
+            raise ValueError(f"access= must be an S5Access, not {type(access).__name__}")
+        if any(v is not None for v in (fs, portal_url, seed_phrase, identity)):
+            raise ValueError(
+                "pass an S5Access alone: fs=, portal_url=, seed_phrase= and identity= are "
+                "a shorthand for making one"
+            )
+        return access, False
 
     def __repr__(self) -> str:
         return f"S5Access({self.portal_url!r})"

@@ -175,7 +175,9 @@ class S5ConversationStore:
         imported = await other_store.import_session(code)   # {"session": ..., "messages": ...}
 
     Args:
-        fs, portal_url, seed_phrase, identity, access: where to store (as for
+        fs, portal_url, seed_phrase, identity, access: where to store: an
+            :class:`~langchain_fabstir.storage.access.S5Access` (positional or
+            ``access=``), or the shorthand keywords that make one (as for
             :class:`~langchain_fabstir.chat_message_histories.S5ChatMessageHistory`).
         user_address: the user's wallet address (a path segment of every conversation).
         sdk_compatible: write plain JSON the TypeScript SDK can read (default: encrypted).
@@ -185,7 +187,7 @@ class S5ConversationStore:
 
     def __init__(
         self,
-        fs: S5FileSystem | None = None,
+        fs: S5Access | S5FileSystem | None = None,
         *,
         user_address: str,
         portal_url: str | None = None,
@@ -202,9 +204,8 @@ class S5ConversationStore:
         self.sdk_compatible = sdk_compatible
         self.base_path = base_path.strip("/")
         self.max_attempts = max_attempts
-        self._owns_access = access is None
-        self._access = access or S5Access(
-            fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
+        self._access, self._owns_access = S5Access.resolve(
+            access, fs=fs, portal_url=portal_url, seed_phrase=seed_phrase, identity=identity
         )
         self._locks: dict[str, asyncio.Lock] = {}
 
