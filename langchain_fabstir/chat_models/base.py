@@ -75,6 +75,7 @@ from langchain_fabstir.chat_models.structured import (
     with_instructions,
 )
 from langchain_fabstir.errors import FabstirError, InvalidRequestError
+from langchain_fabstir.sessions.answer import Proof, Resumed, Text
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
 from langchain_fabstir.sessions.recovery import fit_context
@@ -744,8 +745,8 @@ class ChatFabstir(BaseChatModel):
         self,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
-    ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
-        """The ``(stream, text)`` pairs of one answer, from a pooled session; the session
+    ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed], None]]:
+        """The ``(stream, event)`` pairs of one answer, from a pooled session; the session
         layer owns every retry of it. The session goes back to the pool when its socket is
         still good; otherwise it is ended (a paid one's job released: see "Retries")."""
         res, sid = await self._checkout()
@@ -796,7 +797,7 @@ class ChatFabstir(BaseChatModel):
             context = fit_context(context, manager.config.max_context_messages)
             try:
                 async with contextlib.aclosing(
-                    manager.open_stream(sid, prompt, context=context, record=False, **request)
+                    manager.answer_events(sid, prompt, context=context, record=False, **request)
                 ) as pieces:
                     yield pieces
             except (GeneratorExit, asyncio.CancelledError):
@@ -846,15 +847,17 @@ class ChatFabstir(BaseChatModel):
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
         stopped = False
-        async with self._answer(protocol_messages, params) as pieces:
-            async for stream, text in pieces:
+        async with self._answer(protocol_messages, params) as events:
+            async for stream, event in events:
                 last = stream
-                if stream.chunk_proofs:
-                    for proof in stream.chunk_proofs:
-                        carry.append(proof.to_dict())
+                if type(event) is not Text:
+                    if type(event) is Proof:
+                        carry.append(event.proof.to_dict())
                         await dispatch(carry[-1])
-                if stream.resume_note is not None:
-                    resumed, stream.resume_note = stream.resume_note, None
+                    elif type(event) is Resumed:
+                        resumed = event.note()
+                    continue
+                text = event.text
                 if buffering:
                     emitted.append(text)
                     continue
@@ -889,9 +892,6 @@ class ChatFabstir(BaseChatModel):
             final = self._parse_buffered(full, params)
         if stopped:
             result.finish_reason = "stop"
-        for proof in last.end_proofs:
-            carry.append(proof.to_dict())
-            await dispatch(carry[-1])
         if result.usage is not None and self._auto_profile and self.profile is not None:
             learn(self.profile, context_window=result.usage.context_window_size)
         notes = list(result.metadata.get("resumes", []))

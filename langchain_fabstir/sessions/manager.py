@@ -67,6 +67,7 @@ from langchain_fabstir.errors import (
     SessionTimeoutError,
 )
 from langchain_fabstir.s5.client import S5PortalClient
+from langchain_fabstir.sessions.answer import Proof, Resumed, Text
 from langchain_fabstir.sessions.budget import SpendBudget
 from langchain_fabstir.sessions.connection import Connector
 from langchain_fabstir.sessions.models import (
@@ -573,11 +574,35 @@ class SessionManager:
         record: bool = True,
         **params: Any,
     ) -> AsyncGenerator[tuple[PromptStream, str], None]:
-        """Low-level streaming used by :meth:`stream_prompt` and ``ChatFabstir``.
+        """Low-level streaming: :meth:`answer_events` with the text pieces only.
 
         Yields ``(stream, text)`` pairs; ``stream.result`` describes how the answer ended.
-        ``context`` replaces the session's own history for this prompt (and with
-        ``record=False`` the exchange is not added to the history).
+        """
+        events = self.answer_events(session_id, prompt, context=context, record=record, **params)
+        async with contextlib.aclosing(events) as it:
+            async for stream, event in it:
+                if type(event) is Text:
+                    yield stream, event.text
+
+    async def answer_events(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        context: list[dict[str, str]] | None = None,
+        record: bool = True,
+        **params: Any,
+    ) -> AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed], None]:
+        """One answer as events, the session layer owning every retry of it (used by
+        :meth:`stream_prompt` and ``ChatFabstir``).
+
+        Yields ``(stream, event)`` pairs: :class:`~langchain_fabstir.sessions.answer.Text`
+        (a piece of the answer), :class:`~langchain_fabstir.sessions.answer.Proof` (a
+        checkpoint the session settled, just before the piece that completed it, or at
+        the end), :class:`~langchain_fabstir.sessions.answer.Resumed` (the answer goes on
+        after a break, before its next piece). ``stream.result`` describes how the
+        answer ended. ``context`` replaces the session's own history for this prompt (and
+        with ``record=False`` the exchange is not added to the history).
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequestError("the prompt is empty", session_id=session_id)
@@ -600,17 +625,6 @@ class SessionManager:
             payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
             self._check_model(session, transport, payload["request"])
             started = False
-
-            def feed(text: str, n: int) -> CheckpointProof | None:
-                # The exchange enters the hash chain with its first piece of answer, as
-                # it enters the history (a prompt that got no answer is in neither).
-                nonlocal started
-                if not started:
-                    started = True
-                    tracker.add_message("user", prompt)
-                    tracker.add_message("assistant")
-                return tracker.on_tokens(text, n)
-
             stream = PromptStream(
                 transport,
                 payload,
@@ -619,10 +633,10 @@ class SessionManager:
                 chunk_timeout=self.config.chunk_timeout,
                 session_id=session.id,
                 model=payload["request"]["model"],
-                on_tokens=feed,
                 answer_timeout=self.config.answer_timeout,
                 max_chars=self.config.max_answer_chars,
                 token_allowance=self.config.max_tokens_overrun,
+                sealed=lambda: state.sealed,
             )
             user_msg = Message(role="user", content=prompt)
             recovery = AnswerRecovery(
@@ -637,24 +651,30 @@ class SessionManager:
             try:
                 while True:
                     try:
-                        async with contextlib.aclosing(stream.run()) as pieces:
-                            async for text in pieces:
-                                if stream.new_proofs:
-                                    stream.chunk_proofs = [
-                                        await self._settle(state, stream, p)
-                                        for p in stream.new_proofs
-                                    ]
-                                    stream.new_proofs.clear()
-                                yield stream, text
-                                if stream.chunk_proofs:
-                                    stream.chunk_proofs = []
+                        async with contextlib.aclosing(stream.run()) as events:
+                            async for event in events:
+                                if type(event) is Text:
+                                    if not started:
+                                        # The exchange enters the hash chain with its first
+                                        # piece of answer, as it enters the history (a
+                                        # prompt that got no answer is in neither).
+                                        started = True
+                                        tracker.add_message("user", prompt)
+                                        tracker.add_message("assistant")
+                                    proof = tracker.on_tokens(event.text, event.tokens)
+                                    if proof is not None:
+                                        proof = await self._settle(state, stream, proof)
+                                        yield stream, Proof(proof)
+                                    yield stream, event
+                                elif type(event) is Resumed:
+                                    yield stream, event
                         break
                     except FabstirError as exc:
                         await recovery.recover(stream, exc)
                 if started:
                     last = tracker.end_message()
                     if last is not None:
-                        stream.end_proofs.append(await self._settle(state, stream, last))
+                        yield stream, Proof(await self._settle(state, stream, last))
             except FabstirError:
                 # A broken or timed-out answer leaves the socket in an unknown state.
                 if stream.transport.closed or not stream.finished:
@@ -801,9 +821,10 @@ class SessionManager:
         this prompt (``seed`` and other extensions are sent to hosts that announce them).
         Breaking out of the loop sends ``stream_cancel`` to the host.
         """
-        async with contextlib.aclosing(self.open_stream(session_id, prompt, **params)) as it:
-            async for _stream, text in it:
-                yield text
+        async with contextlib.aclosing(self.answer_events(session_id, prompt, **params)) as it:
+            async for _stream, event in it:
+                if type(event) is Text:
+                    yield event.text
 
     async def prompt(self, session_id: str, prompt: str, **params: Any) -> StreamResult:
         """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``)."""
@@ -1056,7 +1077,7 @@ class SessionManager:
 
     async def _vector_socket(self, state: SessionState, allow_plaintext: bool) -> Transport:
         transport = await self._connector.connection(state)
-        if transport.cipher is not None and not allow_plaintext:
+        if state.sealed is not None and not allow_plaintext:
             raise PlaintextFramesRefusedError(
                 f"session {state.session.id} is end-to-end encrypted, but vectors, their "
                 "metadata and search queries travel in clear (hosts have no encrypted form "
