@@ -75,7 +75,7 @@ from langchain_fabstir.chat_models.structured import (
     with_instructions,
 )
 from langchain_fabstir.errors import FabstirError, InvalidRequestError
-from langchain_fabstir.sessions.answer import Proof, Resumed, Text
+from langchain_fabstir.sessions.answer import ImageAnswer, Proof, Resumed, Text
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
 from langchain_fabstir.sessions.recovery import fit_context
@@ -167,8 +167,20 @@ class ChatFabstir(BaseChatModel):
         The host's own counts from ``stream_end.usage`` (``prompt_tokens``,
         ``completion_tokens``). A host whose engine result was late sends only
         ``tokens_used``: then ``output_tokens`` is that and ``input_tokens`` is 0. An
-        answer continued after a failure counts the tokens of every part.
+        answer continued after a failure counts the tokens of every part. Tokens a
+        node's vision model spent on the prompt's images (``stream_end.vlm_tokens``) are
+        added to ``output_tokens`` and ``total_tokens``: the node bills them with the
+        generated tokens, at the job's price per token (``response_metadata
+        ["vlm_tokens"]`` gives them apart).
         ``langchain_core.callbacks.get_usage_metadata_callback()`` sums it per model.
+
+    Images as answers:
+        In an encrypted session a node routes a prompt that asks for a picture ("draw a
+        lighthouse", "generate an image of ...") to its diffusion model and answers with
+        one image and no text. The message's ``content`` is then a list holding the
+        image as LangChain's standard block ``{"type": "image", "base64": ...,
+        "mime_type": "image/png"}``; a node's refusal is a typed error
+        (``PROMPT_BLOCKED``, ``DIFFUSION_SERVICE_UNAVAILABLE``, ...).
 
     Response metadata:
         ``msg.response_metadata`` holds ``model_name`` (what the host served),
@@ -745,7 +757,9 @@ class ChatFabstir(BaseChatModel):
         self,
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
-    ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed], None]]:
+    ) -> AsyncIterator[
+        AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed | ImageAnswer], None]
+    ]:
         """The ``(stream, event)`` pairs of one answer, from a pooled session; the session
         layer owns every retry of it. The session goes back to the pool when its socket is
         still good; otherwise it is ended (a paid one's job released: see "Retries")."""
@@ -851,7 +865,10 @@ class ChatFabstir(BaseChatModel):
             async for stream, event in events:
                 last = stream
                 if type(event) is not Text:
-                    if type(event) is Proof:
+                    if type(event) is ImageAnswer:
+                        block = event.image.content_block()
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=[block]))
+                    elif type(event) is Proof:
                         carry.append(event.proof.to_dict())
                         await dispatch(carry[-1])
                     elif type(event) is Resumed:
@@ -902,6 +919,9 @@ class ChatFabstir(BaseChatModel):
             if before and (result.usage is not None or result.tokens_used):
                 usage["output_tokens"] += before[-1]
                 usage["total_tokens"] += before[-1]
+            if result.vlm_tokens:  # (billed as generated tokens, see "Token usage")
+                usage["output_tokens"] += result.vlm_tokens
+                usage["total_tokens"] += result.vlm_tokens
             final.usage_metadata = usage
         final.response_metadata = self._response_metadata(result)
         if carry:
@@ -997,6 +1017,7 @@ class ChatFabstir(BaseChatModel):
             "host_url": result.host_url,
             "session_id": result.session_id,
             "request_id": result.request_id,
+            **({"vlm_tokens": result.vlm_tokens} if result.vlm_tokens else {}),
         }
 
     # --- BaseChatModel hooks -----------------------------------------------------------

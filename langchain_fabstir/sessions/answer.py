@@ -16,17 +16,30 @@ from typing import Any
 
 from langchain_fabstir.errors import (
     AnswerTooLargeError,
+    DecryptionFailedError,
+    DiffusionUnavailableError,
+    EncryptionFailedError,
     EncryptionModeError,
     FabstirError,
     HostError,
+    ImageGenerationError,
+    InvalidHexError,
+    InvalidNonceSizeError,
     InvalidRequestError,
+    InvalidUtf8Error,
+    MissingPayloadError,
+    MissingPayloadFieldsError,
+    MissingSessionIdError,
     ModelNotAvailableError,
+    PromptBlockedError,
     ProtocolError,
     RateLimitedError,
+    SessionAuthDeniedError,
+    SessionKeyNotFoundError,
     TokenLimitExceededError,
 )
-from langchain_fabstir.sessions.models import StreamResult
-from langchain_fabstir.sessions.sealed import SealedConversation
+from langchain_fabstir.sessions.models import GeneratedImage, StreamResult
+from langchain_fabstir.sessions.sealed import ImageReply, SealedConversation
 from langchain_fabstir.wire.frames import (
     ErrorFrame,
     StreamChunk,
@@ -44,6 +57,7 @@ __all__ = [
     "Event",
     "Failed",
     "HostCheckpoint",
+    "ImageAnswer",
     "Overrun",
     "Proof",
     "Resumed",
@@ -71,6 +85,84 @@ def parse_retry_after(text: str) -> float | None:
     return value / 1000.0 if (m.group(2) or "").lower().startswith("m") else value
 
 
+_REREAD = "; nothing was answered. Ask again: the next prompt goes on a new socket"
+_NODE_CODES: dict[str, tuple[type[FabstirError], str]] = {
+    # code -> (error, what it means to the user); PROTOCOL.md 6.7. None of these is
+    # followed by a stream_end except ENCRYPTION_FAILED.
+    "MISSING_SESSION_ID": (
+        MissingSessionIdError,
+        "host {host} got the encrypted prompt without a session id it knows" + _REREAD,
+    ),
+    "SESSION_KEY_NOT_FOUND": (
+        SessionKeyNotFoundError,
+        "host {host} holds no session key for this session (it restarted, or lost the "
+        "encrypted init)" + _REREAD + " with a new encrypted init",
+    ),
+    "MISSING_PAYLOAD": (MissingPayloadError, "host {host} found no payload in the prompt"),
+    "MISSING_PAYLOAD_FIELDS": (
+        MissingPayloadFieldsError,
+        "host {host} found the prompt's payload without ciphertextHex, nonceHex or aadHex",
+    ),
+    "INVALID_HEX_ENCODING": (InvalidHexError, "host {host} found bad hex in the prompt"),
+    "INVALID_NONCE_SIZE": (InvalidNonceSizeError, "host {host} found a bad nonce in the prompt"),
+    "DECRYPTION_FAILED": (
+        DecryptionFailedError,
+        "host {host} could not decrypt the prompt (changed on the way, or the host holds "
+        "another key for this session)" + _REREAD,
+    ),
+    "INVALID_UTF8": (InvalidUtf8Error, "host {host} decrypted a prompt that is not UTF-8"),
+    "ENCRYPTION_FAILED": (
+        EncryptionFailedError,
+        "host {host} could not encrypt its answer and stopped it (nothing went out in "
+        "clear); ask again",
+    ),
+    "SESSION_AUTH_DENIED": (
+        SessionAuthDeniedError,
+        "host {host} denied this client the job's session (the job was paid from a vault "
+        "that has not authorised your address: ask the vault's operator to authorise it)",
+    ),
+}
+_ENDS_ALONE = frozenset(_NODE_CODES) - {"ENCRYPTION_FAILED"}
+"""Node error codes after which no ``stream_end`` comes: the answer fails at once."""
+_IMAGE_CODES: dict[str, type[FabstirError]] = {
+    "VALIDATION_FAILED": InvalidRequestError,
+    "PROMPT_BLOCKED": PromptBlockedError,
+    "DIFFUSION_SERVICE_UNAVAILABLE": DiffusionUnavailableError,
+    "IMAGE_GENERATION_FAILED": ImageGenerationError,
+}
+IMAGE_RATE_WINDOW = 60.0
+"""Seconds of a node's image rate limit window (``IMAGE_GEN_RATE_LIMIT`` per 60 s)."""
+
+
+def image_error(
+    reply: dict[str, Any], *, host_url: str | None = None, session_id: str | None = None
+) -> FabstirError:
+    """A node's ``image_generation_error`` as a typed error (``details["host_code"]``: the
+    node's code).
+
+    >>> e = image_error({"type": "image_generation_error",
+    ...                  "error": {"code": "PROMPT_BLOCKED", "message": "Blocked keyword"}})
+    >>> e.code, e.details["host_code"]
+    ('PROMPT_BLOCKED', 'PROMPT_BLOCKED')
+    """
+    error = reply.get("error")
+    error = error if isinstance(error, dict) else {}
+    code = str(error.get("code") or "IMAGE_GENERATION_FAILED")[:64]
+    message = str(error.get("message") or "no details")[:500]
+    where: dict[str, Any] = {"host_url": host_url, "session_id": session_id}
+    details = {"host_code": code}
+    text = f"host {host_url} could not generate the image ({code}: {message})"
+    if code == "RATE_LIMIT_EXCEEDED":
+        return RateLimitedError(
+            text + f"; a node allows a few images per {IMAGE_RATE_WINDOW:g} s per session",
+            retry_after=IMAGE_RATE_WINDOW,
+            details=details,
+            **where,
+        )
+    kind = _IMAGE_CODES.get(code, ImageGenerationError)
+    return kind(text, details=details, **where)
+
+
 def error_from_frame(
     frame: ErrorFrame, *, host_url: str | None = None, session_id: str | None = None
 ) -> FabstirError:
@@ -79,9 +171,18 @@ def error_from_frame(
     >>> e = error_from_frame(ErrorFrame(error="Rate limit exceeded, retry after 60 seconds"))
     >>> e.code, e.retry_after
     ('RATE_LIMITED', 60.0)
+    >>> error_from_frame(ErrorFrame(code="SESSION_KEY_NOT_FOUND", message="x")).code
+    'SESSION_KEY_NOT_FOUND'
     """
     text = frame.text
     where: dict[str, Any] = {"host_url": host_url, "session_id": session_id}
+    known = _NODE_CODES.get(frame.code or "")
+    if known is not None:
+        kind, meaning = known
+        said = f" (the host said: {text[:300]})" if text != frame.code else ""
+        return kind(
+            meaning.format(host=host_url) + said, details={"host_code": frame.code}, **where
+        )
     lowered = text.lower()
     if frame.code == "TOKEN_LIMIT_EXCEEDED" or "context window" in lowered:
         return TokenLimitExceededError(
@@ -156,6 +257,16 @@ class Proof:
         self.proof = proof
 
 
+class ImageAnswer:
+    """The answer is an image (a node routed the prompt to its diffusion model, or an
+    ``action: image_generation``); :class:`Ended` follows (no text, no ``stream_end``)."""
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: GeneratedImage) -> None:
+        self.image = image
+
+
 class UsageReported:
     """The host's counts for the answer (from its ``stream_end``)."""
 
@@ -196,7 +307,9 @@ class Overrun:
         self.error = error
 
 
-Event = Text | Resumed | HostCheckpoint | Proof | UsageReported | Ended | Failed | Overrun
+Event = (
+    Text | Resumed | HostCheckpoint | Proof | ImageAnswer | UsageReported | Ended | Failed | Overrun
+)
 
 
 class AnswerState(enum.Enum):
@@ -217,6 +330,9 @@ class AnswerState(enum.Enum):
 
 
 _OPEN = (AnswerState.AWAITING_FIRST, AnswerState.STREAMING, AnswerState.FAILING)
+"""States in which a chunk of the answer is text."""
+_LIVE = (*_OPEN, AnswerState.AWAITING_RESUME)
+"""States in which the answer's frames are read (errors and ends too)."""
 _NONE: list[Any] = []  # (never mutated: the "no event" answer, without an allocation)
 _ERROR_PREFIX = "Error: "
 
@@ -344,7 +460,7 @@ class AnswerMachine:
         r.reason = "cancelled"
         r.finish_reason = r.finish_reason or "cancelled"
         r.text = self.text
-        if self.state in _OPEN or self.state is AnswerState.AWAITING_RESUME:
+        if self.state in _LIVE:
             self.state = AnswerState.STOPPED
 
     # --- frames in, events out --------------------------------------------------------
@@ -462,11 +578,16 @@ class AnswerMachine:
 
     def _other(self, obj: Any) -> list[Event]:
         rid = self.request_id
-        frame = frame_from_obj(obj)
         self.progressed = False  # unless it is part of this answer (below)
         state = self.state
+        if type(obj) is ImageReply:
+            if obj.id not in (None, rid) or state not in _LIVE:
+                return _NONE
+            self.progressed = True
+            return self._image(obj)
+        frame = frame_from_obj(obj)
         if isinstance(frame, StreamResumed) and frame.id in (None, rid):
-            if state not in _OPEN and state is not AnswerState.AWAITING_RESUME:
+            if state not in _LIVE:
                 return _NONE
             if frame.offset != self._resume_offset:  # (also one nobody asked for)
                 raise self._resume_mismatch(frame.offset)
@@ -478,16 +599,17 @@ class AnswerMachine:
             if state is AnswerState.AWAITING_RESUME and frame.id in (None, rid):
                 raise self._resume_mismatch(None)  # the host started over
             return _NONE  # a chunk of another (cancelled) answer
-        if state not in _OPEN:
-            return _NONE  # (an answer that ended, failed or waits for its resume)
+        if state not in _LIVE:
+            return _NONE  # (an answer that ended or failed)
         if isinstance(frame, ErrorFrame):
             if frame.id not in (None, rid):
                 return _NONE
             self.progressed = True
+            error = error_from_frame(frame, host_url=self.host_url, session_id=self.session_id)
+            if frame.code in _ENDS_ALONE:
+                raise error  # (no stream_end follows these: PROTOCOL.md 6.7)
             self.state = AnswerState.FAILING
-            self._pending = error_from_frame(
-                frame, host_url=self.host_url, session_id=self.session_id
-            )
+            self._pending = error
             return _NONE
         if isinstance(frame, StreamEnd):
             if frame.id not in (None, rid):
@@ -509,12 +631,36 @@ class AnswerMachine:
         # connected, session_init_ack, unknown extension frames: not ours to use.
         return _NONE
 
+    def _image(self, reply: ImageReply) -> list[Event]:
+        """The answer is an image reply (alone: no chunks, no ``stream_end`` follow)."""
+        self.state = AnswerState.ENDED
+        if not reply.ok:
+            return [
+                Failed(image_error(reply.reply, host_url=self.host_url, session_id=self.session_id))
+            ]
+        try:
+            image = GeneratedImage.from_node(
+                reply.reply,
+                host_url=self.host_url,
+                session_id=self.session_id,
+                request_id=self.request_id,
+            )
+        except ValueError as exc:
+            self.state = AnswerState.FAILED
+            raise ProtocolError(f"host {self.host_url} sent a bad image: {exc}") from None
+        r = self.result
+        r.images.append(image)
+        r.text = self.text
+        r.reason, r.finish_reason = "complete", "stop"
+        return [ImageAnswer(image), Ended(r)]
+
     def _end(self, end: StreamEnd) -> list[Event]:
         r = self.result
         r.text = self.text
         r.reason = end.reason
         r.finish_reason = end.finish_reason or ("stop" if end.reason == "complete" else end.reason)
         r.tokens_used = end.tokens_used
+        r.vlm_tokens = end.vlm_tokens
         r.usage = end.usage
         if r.usage is not None and not r.usage.total_tokens:
             r.usage = Usage(
@@ -542,7 +688,7 @@ class AnswerMachine:
             self.state = AnswerState.ENDED
             return [Failed(error)]
         self.state = AnswerState.ENDED
-        usage = UsageReported(r.usage, r.tokens_used, end.vlm_tokens or 0)
+        usage = UsageReported(r.usage, r.tokens_used, end.vlm_tokens)
         spent = self.sealed is not None and self.sealed.spent
         return [usage, Ended(r, close_socket=spent)]
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import time
 import uuid
@@ -59,6 +60,8 @@ from langchain_fabstir.discovery import HostDiscovery, HostInfo, SelectionPolicy
 from langchain_fabstir.errors import (
     ChainError,
     CheckpointError,
+    DiffusionUnavailableError,
+    EncryptionUnavailableError,
     FabstirError,
     InvalidRequestError,
     ModelNotAvailableError,
@@ -67,10 +70,13 @@ from langchain_fabstir.errors import (
     SessionTimeoutError,
 )
 from langchain_fabstir.s5.client import S5PortalClient
-from langchain_fabstir.sessions.answer import Proof, Resumed, Text
+from langchain_fabstir.sessions.answer import ImageAnswer, Proof, Resumed, Text
 from langchain_fabstir.sessions.budget import SpendBudget
 from langchain_fabstir.sessions.connection import Connector
 from langchain_fabstir.sessions.models import (
+    IMAGE_SIZES,
+    MAX_IMAGE_PROMPT_CHARS,
+    GeneratedImage,
     Message,
     Session,
     SessionConfig,
@@ -592,7 +598,7 @@ class SessionManager:
         context: list[dict[str, str]] | None = None,
         record: bool = True,
         **params: Any,
-    ) -> AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed], None]:
+    ) -> AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed | ImageAnswer], None]:
         """One answer as events, the session layer owning every retry of it (used by
         :meth:`stream_prompt` and ``ChatFabstir``).
 
@@ -600,8 +606,12 @@ class SessionManager:
         (a piece of the answer), :class:`~langchain_fabstir.sessions.answer.Proof` (a
         checkpoint the session settled, just before the piece that completed it, or at
         the end), :class:`~langchain_fabstir.sessions.answer.Resumed` (the answer goes on
-        after a break, before its next piece). ``stream.result`` describes how the
-        answer ended. ``context`` replaces the session's own history for this prompt (and
+        after a break, before its next piece),
+        :class:`~langchain_fabstir.sessions.answer.ImageAnswer` (encrypted sessions: a
+        node that routes a prompt such as "draw a cat" to its diffusion model answers
+        with one image and no text; it is also in ``stream.result.images``).
+        ``stream.result`` describes how the answer ended. ``context`` replaces the
+        session's own history for this prompt (and
         with ``record=False`` the exchange is not added to the history).
         """
         if not isinstance(prompt, str) or not prompt.strip():
@@ -666,7 +676,7 @@ class SessionManager:
                                         proof = await self._settle(state, stream, proof)
                                         yield stream, Proof(proof)
                                     yield stream, event
-                                elif type(event) is Resumed:
+                                elif type(event) is Resumed or type(event) is ImageAnswer:
                                     yield stream, event
                         break
                     except FabstirError as exc:
@@ -849,6 +859,122 @@ class SessionManager:
                     buffer.clear()
         if buffer:
             yield "".join(buffer)
+
+    async def generate_image(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        size: str = "1024x1024",
+        steps: int = 4,
+        model: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        guidance_scale: float | None = None,
+        timeout: float | None = None,
+    ) -> GeneratedImage:
+        """Generate an image on the session's host, end to end encrypted (PROTOCOL.md 6.3:
+        the node's ``action: image_generation`` inside an ``encrypted_message``).
+
+        ``size`` is one of ``256x256``, ``512x512``, ``768x768``, ``1024x1024``,
+        ``1024x768``, ``768x1024``; ``steps`` 1 to 100; ``prompt`` at most 2,000
+        characters (the SDK's bound); all checked before anything is sent
+        (``INVALID_REQUEST``). Needs an encrypted session (``ENCRYPTION_UNAVAILABLE``
+        otherwise: the HTTP route of :class:`~langchain_fabstir.FabstirImageGenerationTool`
+        serves plaintext hosts). ``timeout``: seconds for the reply (default
+        ``first_token_timeout``).
+
+        Returns a :class:`~langchain_fabstir.sessions.models.GeneratedImage`. The node's
+        refusals are typed errors with its code in ``details["host_code"]``:
+        ``RATE_LIMITED`` (``RATE_LIMIT_EXCEEDED``: a few images per 60 s per session),
+        ``INVALID_REQUEST`` (``VALIDATION_FAILED``), ``PROMPT_BLOCKED``,
+        ``DIFFUSION_SERVICE_UNAVAILABLE``, ``IMAGE_GENERATION_FAILED``. Never retried:
+        with a job, a generated image is billed (``ceil(generationUnits * 1000)``
+        tokens join the job's count, and the session's ``token_count``).
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("the image prompt is empty", session_id=session_id)
+        problems = []
+        if len(prompt) > MAX_IMAGE_PROMPT_CHARS:
+            problems.append(f"the prompt has {len(prompt)} characters (at most 2000)")
+        if size not in IMAGE_SIZES:
+            problems.append(f"size {size!r} is not one of {', '.join(IMAGE_SIZES)}")
+        if type(steps) is not int or not 1 <= steps <= 100:
+            problems.append(f"steps {steps!r} is not a whole number from 1 to 100")
+        if seed is not None and (type(seed) is not int or not 0 <= seed < 2**64):
+            problems.append(f"seed {seed!r} is not a whole number from 0 to 2**64-1")
+        if guidance_scale is not None and not (
+            isinstance(guidance_scale, (int, float)) and 0 < guidance_scale <= 100
+        ):
+            problems.append(f"guidance_scale {guidance_scale!r} is not a number in (0, 100]")
+        if problems:
+            raise InvalidRequestError(
+                "image request not sent: " + "; ".join(problems), session_id=session_id
+            )
+        state = self._state(session_id, active=True)
+        session = state.session
+        body: dict[str, Any] = {
+            "action": "image_generation",
+            "prompt": prompt,
+            "size": size,
+            "steps": steps,
+            "safetyLevel": "strict",
+            "chainId": session.chain_id,
+        }
+        optional = {
+            "model": model,
+            "seed": seed,
+            "negativePrompt": negative_prompt,
+            "guidanceScale": guidance_scale,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        async with state.lock:
+            state.last_used = self._clock()
+            transport = await self._connector.connection(state)
+            if state.sealed is None:
+                raise EncryptionUnavailableError(
+                    f"session {session.id} is not end-to-end encrypted: nodes generate "
+                    "images over the socket only in encrypted sessions (create the session "
+                    "with host_public_key=..., or use FabstirImageGenerationTool for the "
+                    "host's HTTP route). Nothing was sent.",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            wait = self.config.first_token_timeout if timeout is None else timeout
+            stream = PromptStream(
+                transport,
+                {"id": new_request_id(), "request": {}},
+                new_request_id(),
+                first_timeout=wait,
+                chunk_timeout=self.config.chunk_timeout,
+                session_id=session.id,
+                sealed=lambda: state.sealed,
+                action=body,
+            )
+            image: GeneratedImage | None = None
+            try:
+                async with contextlib.aclosing(stream.run()) as events:
+                    async for event in events:
+                        if type(event) is ImageAnswer:
+                            image = event.image
+                        elif type(event) is Text:
+                            break  # (a host that took it for a prompt: stop it)
+            except FabstirError:
+                if stream.transport.closed or not stream.finished:
+                    await self._connector.drop(state)
+                raise
+            session.last_activity = utcnow()
+            if image is None:
+                raise DiffusionUnavailableError(
+                    f"host {transport.host_url} answered the image request with text: it "
+                    "generates no images over the socket",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            units = (image.billing or {}).get("generationUnits")
+            if isinstance(units, (int, float)) and not isinstance(units, bool) and units > 0:
+                session.token_count += math.ceil(units * 1000)
+            return image
 
     async def send_inference_request(
         self, session_id: str, request: dict[str, Any] | InferenceRequest

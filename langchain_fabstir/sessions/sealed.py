@@ -14,15 +14,40 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from langchain_fabstir.errors import AnswerTruncatedError, EncryptionModeError, FabstirError
+from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir.errors import (
+    AnswerTruncatedError,
+    EncryptionModeError,
+    FabstirError,
+    ProtocolError,
+)
 from langchain_fabstir.sessions.conversation import (
     ENCRYPTED_CONTEXT_FEATURE,
     TurnPlan,
     plan_turn,
 )
-from langchain_fabstir.wire.encryption import SessionCipher
+from langchain_fabstir.wire.encryption import IMAGE_AAD, SessionCipher
 
-__all__ = ["SealedConversation", "SealedPrompt"]
+__all__ = ["ImageReply", "SealedConversation", "SealedPrompt"]
+
+_IMAGE_AAD_HEX = IMAGE_AAD.hex()
+_IMAGE_REPLIES = ("image_generation_result", "image_generation_error")
+
+
+class ImageReply:
+    """An ``encrypted_response`` sealed with AAD ``encrypted_image_response`` (PROTOCOL.md
+    6.3), opened: the node's JSON ``reply`` (``type`` ``image_generation_result`` or
+    ``image_generation_error``). Only :meth:`SealedConversation.open` makes these, so a
+    frame sent in clear can never pass for one."""
+
+    __slots__ = ("id", "reply")
+
+    def __init__(self, id: Any, reply: dict[str, Any]) -> None:
+        self.id, self.reply = id, reply
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.get("type") == "image_generation_result"
 
 
 class SealedPrompt:
@@ -98,6 +123,7 @@ class SealedConversation:
         self._rid: Any = None  # the id of the prompt being answered
         self._final: str | None = None  # its authenticated finish reason
         self._counted = False  # this host sealed a chunk count in a final frame
+        self._held_before: list[dict[str, str]] | None = None
 
     def rekey(
         self, cipher: SessionCipher, *, node_session_id: str | None = None, fresh: bool = True
@@ -154,6 +180,7 @@ class SealedConversation:
         asked = str((payload.get("request") or {}).get("prompt", ""))
         self._asked = [] if resuming else [*prompt.context, {"role": "user", "content": asked}]
         self._answer = []
+        self._held_before = self.held  # (what the node holds if it answers with an image)
         self.held = None  # known again when the answer completes
         cipher = self.cipher
         cipher.expect_chunk(0)
@@ -163,6 +190,23 @@ class SealedConversation:
             "session_id": self.node_session_id or (payload.get("request") or {}).get("session_id"),
             "id": payload.get("id"),
             "payload": cipher.seal_message(json.dumps(request, separators=(",", ":"))),
+        }
+        return json.dumps(frame, separators=(",", ":"))
+
+    def seal_action(self, body: dict[str, Any], request_id: str) -> str:
+        """The ``encrypted_message`` frame text of an ``action`` (e.g. ``image_generation``,
+        PROTOCOL.md 6.3): sent as is, outside the conversation (a node stores nothing of
+        it in the session's history)."""
+        self._asked, self._answer = [], []
+        self._held_before = self.held
+        cipher = self.cipher
+        cipher.expect_chunk(0)
+        self._rid, self._final = request_id, None
+        frame: dict[str, Any] = {
+            "type": "encrypted_message",
+            "session_id": self.node_session_id,
+            "id": request_id,
+            "payload": cipher.seal_message(json.dumps(body, separators=(",", ":"))),
         }
         return json.dumps(frame, separators=(",", ":"))
 
@@ -197,6 +241,10 @@ class SealedConversation:
                 host_url=self.host_url,
             )
         if kind == "encrypted_response":
+            payload = obj.get("payload")
+            aad = payload.get("aadHex") if isinstance(payload, dict) else None
+            if isinstance(aad, str) and aad.lower() == _IMAGE_AAD_HEX:
+                return self._open_image(obj, cipher)  # (the AEAD checks the AAD is so)
             return self._open_final(obj, cipher)
         if kind == "stream_resumed" and type(obj.get("offset")) is int:
             cipher.expect_chunk(obj["offset"])
@@ -215,6 +263,27 @@ class SealedConversation:
                     self.held = [*self._asked, {"role": "assistant", "content": text}]
             self._asked, self._answer = [], []
         return obj
+
+    def _open_image(self, obj: dict[str, Any], cipher: SessionCipher) -> ImageReply:
+        """An image reply: a node sends it alone (no chunks, no ``stream_end``) and
+        stores nothing in the session's history."""
+        try:
+            text = cipher.open_image(obj.get("payload"))
+            try:
+                reply = loads_untrusted(text)
+            except ValueError:
+                reply = None
+            if not isinstance(reply, dict) or reply.get("type") not in _IMAGE_REPLIES:
+                raise ProtocolError(
+                    f"host {self.host_url} sealed an image reply that is neither an "
+                    "image_generation_result nor an image_generation_error"
+                )
+        except FabstirError as exc:
+            exc.host_url = self.host_url
+            raise
+        if obj.get("id") in (None, self._rid):
+            self.held, self._asked, self._answer = self._held_before, [], []
+        return ImageReply(obj.get("id"), reply)
 
     def _open_final(self, obj: dict[str, Any], cipher: SessionCipher) -> Any:
         """``encrypted_response``: the sealed finish reason, and the sealed chunk count

@@ -23,6 +23,7 @@ from langchain_fabstir.sessions.answer import (
     Event,
     Failed,
     HostCheckpoint,
+    ImageAnswer,
     Overrun,
     Resumed,
     Text,
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class PromptStream:
-    """Sends one prompt and drives its :class:`~langchain_fabstir.sessions.answer.AnswerMachine`:
-    :meth:`run` yields the machine's events for the consumer (:class:`Text`,
+    """Sends one prompt and drives its
+    :class:`~langchain_fabstir.sessions.answer.AnswerMachine`: :meth:`run` yields the
+    machine's events for the consumer (:class:`Text`, :class:`ImageAnswer`,
     :class:`Resumed`, :class:`HostCheckpoint`), raises a :class:`Failed` event's error,
     and returns at :class:`Ended`; :attr:`result` says how the answer ended.
 
@@ -66,6 +68,8 @@ class PromptStream:
             closed, ``finish_reason="length"``).
         sealed: the encrypted conversation of the session's current socket (a callable:
             after a reconnect it is the new socket's); ``None``: plaintext.
+        action: an encrypted ``action`` body to send instead of ``payload`` (sealed as
+            is, outside the conversation; encrypted sockets only).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class PromptStream:
         max_chars: int | None = None,
         token_allowance: int = 16,
         sealed: Callable[[], SealedConversation | None] | None = None,
+        action: dict[str, Any] | None = None,
     ) -> None:
         self.transport = transport
         self.payload = payload
@@ -90,6 +95,7 @@ class PromptStream:
         self.chunk_timeout = chunk_timeout
         self.session_id = session_id
         self._sealed_of = sealed or (lambda: None)
+        self._action = action
         max_tokens = (payload.get("request") or {}).get("max_tokens")
         self.machine = AnswerMachine(
             request_id,
@@ -186,6 +192,9 @@ class PromptStream:
         if sealed is None:
             await self.transport.send(json.dumps(self.payload, separators=(",", ":")))
             return
+        if self._action is not None:
+            await self.transport.send(sealed.seal_action(self._action, self.request_id))
+            return
         prompt = sealed.plan(self.payload)
         if prompt.new_node_session and sealed.renew is not None:
             await sealed.renew()  # a new node session id and key on this socket
@@ -272,7 +281,7 @@ class PromptStream:
             while True:
                 events = receive(await self._next_raw())
                 for event in events:
-                    if type(event) is Text:
+                    if type(event) is Text or type(event) is ImageAnswer:
                         yield event
                     elif type(event) is Ended:
                         if event.close_socket:  # the next answer runs on a fresh key

@@ -315,7 +315,7 @@ class StreamEnd(_Frame):
     id: str | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
-    vlm_tokens: int | None = None
+    vlm_tokens: int = 0
     session_id: str | None = None
 
 

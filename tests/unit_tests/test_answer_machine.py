@@ -362,3 +362,13 @@ def test_a_sealed_count_short_of_the_chunks_is_truncated() -> None:
     feed(m, node.chunk("a"))
     node.chunk("dropped on the way")  # sealed, counted, never delivered
     assert isinstance(failure(feed(m, node.final(count=True))), AnswerTruncatedError)
+
+
+def test_a_host_that_lost_the_answer_says_so_while_a_resume_is_awaited() -> None:
+    m = AnswerMachine(RID)
+    feed(m, chunk("a"))
+    m.reattach(host_url="ws://h", sealed=None, mode="exact", resume_offset=1)
+    lost = json.dumps({"type": "error", "id": RID, "code": "RESUME_NOT_FOUND", "message": "gone"})
+    assert feed(m, lost) == []
+    error = failure(feed(m, end(reason="error")))
+    assert isinstance(error, HostError) and error.details["host_code"] == "RESUME_NOT_FOUND"
