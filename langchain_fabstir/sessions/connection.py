@@ -36,6 +36,7 @@ from langchain_fabstir.errors import (
     HostIdentityError,
     ProtocolError,
     ResponseTimeoutError,
+    SessionAuthDeniedError,
 )
 from langchain_fabstir.sessions.conversation import new_node_session_id
 from langchain_fabstir.sessions.models import Session, SessionConfig
@@ -344,6 +345,16 @@ class Connector:
             if isinstance(reply, ErrorFrame):
                 if reply.code == "ENCRYPTION_NOT_SUPPORTED":
                     return None
+                if reply.code == "SESSION_AUTH_DENIED":
+                    raise SessionAuthDeniedError(
+                        f"host {transport.host_url} denied this client the session of job "
+                        f"{job} ({reply.text[:300]}): the job was paid from a vault that has "
+                        "not authorised your address; ask the vault's operator to authorise "
+                        "it, or use a job you paid yourself",
+                        host_url=transport.host_url,
+                        session_id=session.id,
+                        details={"host_code": reply.code},
+                    )
                 error = ENCRYPTION_ERRORS.get(reply.code or "", DecryptionFailedError)
                 raise error(
                     f"host {transport.host_url} could not open the encrypted session init "

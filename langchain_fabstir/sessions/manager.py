@@ -837,10 +837,11 @@ class SessionManager:
                     yield event.text
 
     async def prompt(self, session_id: str, prompt: str, **params: Any) -> StreamResult:
-        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``)."""
+        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``;
+        ``result.images`` when a node answered an encrypted prompt with an image)."""
         last: PromptStream | None = None
-        async with contextlib.aclosing(self.open_stream(session_id, prompt, **params)) as it:
-            async for stream, _text in it:
+        async with contextlib.aclosing(self.answer_events(session_id, prompt, **params)) as it:
+            async for stream, _event in it:
                 last = stream
         return last.result if last is not None else StreamResult(session_id=session_id)
 

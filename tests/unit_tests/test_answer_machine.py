@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
@@ -14,10 +15,13 @@ from langchain_fabstir.errors import (
     ChunkOrderError,
     ChunkReplayError,
     DecryptionFailedError,
+    DiffusionUnavailableError,
     EncryptionModeError,
     FabstirError,
     HostError,
+    ImageGenerationError,
     InvalidRequestError,
+    PromptBlockedError,
     ProtocolError,
     RateLimitedError,
     TokenLimitExceededError,
@@ -28,13 +32,14 @@ from langchain_fabstir.sessions.answer import (
     Ended,
     Failed,
     HostCheckpoint,
+    ImageAnswer,
     Overrun,
     Resumed,
     Text,
     UsageReported,
 )
 from langchain_fabstir.sessions.sealed import SealedConversation
-from langchain_fabstir.wire.encryption import SessionCipher
+from langchain_fabstir.wire.encryption import IMAGE_AAD, SessionCipher, xchacha_encrypt
 
 RID = "r-1"
 
@@ -372,3 +377,119 @@ def test_a_host_that_lost_the_answer_says_so_while_a_resume_is_awaited() -> None
     assert feed(m, lost) == []
     error = failure(feed(m, end(reason="error")))
     assert isinstance(error, HostError) and error.details["host_code"] == "RESUME_NOT_FOUND"
+
+
+# --- the node's other frames (PROTOCOL.md 6.2, 6.3, 6.7) --------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+
+def image_frame(node: Node, reply: dict[str, Any], rid: str = RID) -> str:
+    nonce = os.urandom(24)
+    body = json.dumps(reply).encode()
+    payload = {
+        "ciphertextHex": xchacha_encrypt(node.cipher.key, nonce, body, IMAGE_AAD).hex(),
+        "nonceHex": nonce.hex(),
+        "aadHex": IMAGE_AAD.hex(),
+    }
+    return json.dumps({"type": "encrypted_response", "id": rid, "payload": payload})
+
+
+def test_an_image_reply_ends_the_answer_alone() -> None:
+    sealed, node = sealed_pair()
+    sent(sealed)
+    m = AnswerMachine(RID, host_url="ws://h", sealed=sealed)
+    reply = {"type": "image_generation_result", "image": base64.b64encode(PNG).decode()}
+    events = feed(m, image_frame(node, {**reply, "model": "flux", "steps": 4}))
+    assert [type(e) for e in events] == [ImageAnswer, Ended]
+    image = events[0].image
+    assert image.data == PNG and image.mime_type == "image/png" and image.model == "flux"
+    assert m.state is AnswerState.ENDED and m.result.images == [image]
+    assert sealed.held == []  # (a node stores nothing for an image: what it held before)
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("RATE_LIMIT_EXCEEDED", RateLimitedError),
+        ("VALIDATION_FAILED", InvalidRequestError),
+        ("PROMPT_BLOCKED", PromptBlockedError),
+        ("DIFFUSION_SERVICE_UNAVAILABLE", DiffusionUnavailableError),
+        ("IMAGE_GENERATION_FAILED", ImageGenerationError),
+        ("SOMETHING_NEW", ImageGenerationError),
+    ],
+)
+def test_an_image_error_is_typed_never_a_decryption_failure(
+    code: str, kind: type[FabstirError]
+) -> None:
+    sealed, node = sealed_pair()
+    sent(sealed)
+    m = AnswerMachine(RID, sealed=sealed)
+    reply = {"type": "image_generation_error", "error": {"code": code, "message": "no"}}
+    error = failure(feed(m, image_frame(node, reply)))
+    assert type(error) is kind and error.details["host_code"] == code
+    assert m.finished  # (nothing follows it: the socket is in a known state)
+
+
+def test_bad_image_replies_are_protocol_errors() -> None:
+    for reply in (
+        {"type": "image_generation_result", "image": "not base64!"},
+        {"type": "image_generation_result", "image": base64.b64encode(b"<svg/>").decode()},
+        {"type": "something_else"},
+    ):
+        sealed, node = sealed_pair()
+        sent(sealed)
+        m = AnswerMachine(RID, sealed=sealed)
+        assert isinstance(failure(feed(m, image_frame(node, reply))), ProtocolError), reply
+
+
+def test_an_image_reply_sealed_under_the_final_aad_does_not_open() -> None:
+    """The AAD decides the kind: a frame that claims the image AAD but was sealed as
+    something else fails authentication."""
+    sealed, node = sealed_pair()
+    sent(sealed)
+    forged = json.loads(node.final())
+    forged["payload"]["aadHex"] = IMAGE_AAD.hex()
+    m = AnswerMachine(RID, sealed=sealed)
+    assert isinstance(failure(feed(m, json.dumps(forged))), DecryptionFailedError)
+
+
+def test_an_image_reply_in_clear_is_not_an_image() -> None:
+    m = AnswerMachine(RID)
+    reply = {"type": "image_generation_result", "id": RID, "image": base64.b64encode(PNG).decode()}
+    assert feed(m, json.dumps(reply)) == [] and m.state is AnswerState.AWAITING_FIRST
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "MISSING_SESSION_ID",
+        "SESSION_KEY_NOT_FOUND",
+        "MISSING_PAYLOAD",
+        "MISSING_PAYLOAD_FIELDS",
+        "INVALID_HEX_ENCODING",
+        "INVALID_NONCE_SIZE",
+        "DECRYPTION_FAILED",
+        "INVALID_UTF8",
+        "SESSION_AUTH_DENIED",
+    ],
+)
+def test_node_codes_without_stream_end_fail_at_once(code: str) -> None:
+    m = AnswerMachine(RID, host_url="ws://h")
+    error = failure(feed(m, json.dumps({"type": "error", "code": code, "message": "m"})))
+    assert error.code == code and "ws://h" in str(error)
+    assert m.state is AnswerState.FAILED
+
+
+def test_encryption_failed_waits_for_its_stream_end() -> None:
+    m = AnswerMachine(RID)
+    assert feed(m, json.dumps({"type": "error", "code": "ENCRYPTION_FAILED", "id": RID})) == []
+    error = failure(feed(m, end(reason="error", tokens_used=3)))
+    assert error.code == "ENCRYPTION_FAILED" and m.result.tokens_used == 3
+
+
+def test_vlm_tokens_are_reported() -> None:
+    m = AnswerMachine(RID)
+    events = feed(m, chunk("a"), end(vlm_tokens=40))
+    assert isinstance(events[1], UsageReported) and events[1].vlm_tokens == 40
+    assert m.result.vlm_tokens == 40
