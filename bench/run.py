@@ -18,6 +18,7 @@ from typing import Any
 
 MODULES = [
     "foundation",
+    "client_cpu",
     "chat_model",
     "checkpoints",
     "storage",

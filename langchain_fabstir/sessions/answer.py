@@ -507,7 +507,7 @@ class AnswerMachine:
 
     def _chunk(self, obj: dict[str, Any]) -> list[Event]:
         self.progressed = True
-        if self.state is AnswerState.AWAITING_FIRST:
+        if self.state is not AnswerState.STREAMING and self.state is AnswerState.AWAITING_FIRST:
             self.state = AnswerState.STREAMING
         content = obj.get("content")
         if type(content) is not str:
@@ -533,6 +533,19 @@ class AnswerMachine:
             else:  # not a restatement after all: deliver what was held
                 content, n = "".join(self._held) + content, n + self._held_n
             self._repeat = None
+        if self._held_error is not None or content.startswith(_ERROR_PREFIX):
+            return self._rare_piece(content, n)
+        self.tokens_received = tokens = self.tokens_received + (n or 1)
+        self.chars_received = chars = self.chars_received + len(content)
+        if tokens > self._token_cap or chars > self._char_cap:
+            return [self._overrun()]
+        self.pieces.append(content)
+        self.chunks_received += 1
+        return [Text(content, n)]
+
+    def _rare_piece(self, content: str, n: int) -> list[Event]:
+        """A piece after, or being, an ``"Error: ..."`` piece (held until what follows
+        says whether it was text)."""
         events: list[Event] = []
         if self._held_error is not None:
             # It was text after all: more text followed it.

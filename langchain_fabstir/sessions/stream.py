@@ -10,15 +10,17 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
+
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
     FabstirError,
-    HostDisconnectedError,
     ResponseTimeoutError,
     StreamChunkTimeoutError,
 )
 from langchain_fabstir.sessions.answer import (
     AnswerMachine,
+    AnswerState,
     Ended,
     Event,
     Failed,
@@ -38,6 +40,9 @@ from langchain_fabstir.wire.frames import StreamCancel
 __all__ = ["PromptStream", "error_from_frame", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
+
+_AWAITING_FIRST = AnswerState.AWAITING_FIRST
+_AWAITING_RESUME = AnswerState.AWAITING_RESUME
 
 
 class PromptStream:
@@ -221,7 +226,7 @@ class PromptStream:
         """The next message, within the deadline of this answer's clock (which frames
         that were not part of the answer do not reset) and the answer's own deadline."""
         machine = self.machine
-        first = machine.first
+        first = machine.state is _AWAITING_FIRST or machine.state is _AWAITING_RESUME
         deadline = self.first_timeout if first else self.chunk_timeout
         now = self._loop.time()
         stale = not machine.progressed
@@ -239,10 +244,10 @@ class PromptStream:
             self._watch_at = since + deadline
             self._watch = self._loop.call_at(self._watch_at, self._watchdog)
         try:
-            return await self.transport.recv_raw()
-        except HostDisconnectedError:
+            return await self.transport.ws.recv()  # (the hot path: no wrapper coroutine)
+        except ConnectionClosed as exc:
             if not self._timed_out:
-                raise
+                raise self.transport.disconnected(exc) from None
             if overall is not None and self._loop.time() >= overall:
                 raise self.answer_timeout_error() from None
             if first:

@@ -144,14 +144,14 @@ class Transport:
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:
-            raise self._disconnected(exc) from None
+            raise self.disconnected(exc) from None
 
     async def recv_raw(self) -> str | bytes:
         """The next raw message, without a deadline (callers wrap it in one)."""
         try:
             return await self.ws.recv()
         except ConnectionClosed as exc:
-            raise self._disconnected(exc) from None
+            raise self.disconnected(exc) from None
 
     async def recv(self, timeout: float | None = None, *, what: str = "a frame") -> _Frame:
         """The next typed frame; ``RESPONSE_TIMEOUT`` if none arrives within ``timeout``."""
@@ -208,7 +208,8 @@ class Transport:
             ):
                 return obj
 
-    def _disconnected(self, exc: ConnectionClosed) -> HostDisconnectedError:
+    def disconnected(self, exc: ConnectionClosed) -> HostDisconnectedError:
+        """The typed error of a socket that closed or broke (``HOST_DISCONNECTED``)."""
         rcvd = exc.rcvd
         detail = f"code {rcvd.code} {rcvd.reason!r}" if rcvd is not None else "no close frame"
         return HostDisconnectedError(
