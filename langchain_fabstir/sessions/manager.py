@@ -829,7 +829,9 @@ class SessionManager:
 
         ``params`` override the session's ``model``, ``max_tokens``, ``temperature`` for
         this prompt (``seed`` and other extensions are sent to hosts that announce them).
-        Breaking out of the loop sends ``stream_cancel`` to the host.
+        Breaking out of the loop sends ``stream_cancel`` to the host. An answer that is an
+        image (encrypted sessions, see :meth:`answer_events`) yields no text: use
+        :meth:`prompt` (``result.images``) or :meth:`answer_events` to get it.
         """
         async with contextlib.aclosing(self.answer_events(session_id, prompt, **params)) as it:
             async for _stream, event in it:
