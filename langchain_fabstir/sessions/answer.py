@@ -11,6 +11,7 @@ event loop, no clock here, so every rule below is tested with frames alone
 from __future__ import annotations
 
 import enum
+import json
 import re
 from typing import Any
 
@@ -468,7 +469,13 @@ class AnswerMachine:
     def receive_raw(self, raw: str | bytes) -> list[Event]:
         """A message as the socket gave it (opened with the session key when sealed)."""
         try:
-            obj = loads(raw)
+            if len(raw) < 1024:  # (too short to nest deep: see _json.too_deep)
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, RecursionError):
+                    obj = loads(raw)  # the typed error, with an excerpt
+            else:
+                obj = loads(raw)
             sealed = self.sealed
             if sealed is not None:
                 obj = sealed.open(obj)
