@@ -28,6 +28,7 @@ from typing import Any
 from bench.common import entry
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir.cli import start_host_process
+from langchain_fabstir.sessions.answer import Resumed, Text
 from tests.faults.proxy import CutAfterFrames, FaultProxy
 
 TOKEN_DELAY = 0.005
@@ -68,14 +69,20 @@ async def _stream_times(
     times: list[float] = []
     resumed_at: float | None = None
     try:
-        async for stream, _text in manager.open_stream(
+        resuming = False
+        async for _stream, event in manager.answer_events(
             session_id, "go", max_tokens=ANSWER_TOKENS, context=[], record=False
         ):
+            if type(event) is Resumed:
+                resuming = True
+                continue
+            if type(event) is not Text:
+                continue
             now = time.perf_counter()
             times.append(now)
-            if stream.resume_note is not None and resumed_at is None:
+            if resuming and resumed_at is None:
                 resumed_at = now
-                stream.resume_note = None
+                resuming = False
                 # The cut is no later than the last token that came through before it.
                 cut_at.append(times[-2] if len(times) > 1 else now)
     finally:

@@ -19,6 +19,7 @@ from typing import Any
 MODULES = [
     "imports",
     "foundation",
+    "client_cpu",
     "chat_model",
     "checkpoints",
     "storage",

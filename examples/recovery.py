@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from langchain_fabstir import SessionConfig, SessionManager
 from langchain_fabstir.cli import start_host_process
 from langchain_fabstir.errors import FabstirError
+from langchain_fabstir.sessions.answer import Resumed, Text
 
 QUESTION = (
     "Tell me the story of the lighthouse keeper who kept the lamp burning through the "
@@ -97,11 +98,14 @@ async def stream_through_a_cut(manager: SessionManager, session_id: str, relay: 
     print(f"\nUser: {QUESTION}\nAssistant: ", end="", flush=True)
     tokens = 0
     stream = None
-    async for stream, text in manager.open_stream(session_id, QUESTION):
-        if stream.resume_note is not None:
-            note, stream.resume_note = stream.resume_note, None
-            print(f"\n[reconnected: {note['mode']} resume at token {note['offset']}]", end=" ")
-        print(text, end="", flush=True)
+    async for current, event in manager.answer_events(session_id, QUESTION):
+        stream = current
+        if isinstance(event, Resumed):
+            print(f"\n[reconnected: {event.mode} resume at token {event.offset}]", end=" ")
+            continue
+        if not isinstance(event, Text):
+            continue  # (checkpoint proofs, images)
+        print(event.text, end="", flush=True)
         tokens += 1
         if tokens == CUT_AFTER:
             relay.cut()

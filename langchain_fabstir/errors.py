@@ -51,6 +51,7 @@ __all__ = [
     "EmbeddingEngineError",
     "EmbeddingError",
     "EncryptionError",
+    "EncryptionFailedError",
     "EncryptionModeError",
     "EncryptionUnavailableError",
     "EngineContextOverflow",
@@ -82,8 +83,11 @@ __all__ = [
     "InvalidRegistryEntryError",
     "InvalidRequestError",
     "InvalidSeedPhraseError",
+    "InvalidUtf8Error",
     "MessageReplayError",
     "MissingPayloadError",
+    "MissingPayloadFieldsError",
+    "MissingSessionIdError",
     "ModelNotAvailableError",
     "NoHostAvailableError",
     "NoHostForModelError",
@@ -97,7 +101,9 @@ __all__ = [
     "RevisionConflictError",
     "SearchError",
     "SearchUnavailableError",
+    "SessionAuthDeniedError",
     "SessionKeyExhaustedError",
+    "SessionKeyNotFoundError",
     "SessionKeyReusedError",
     "SessionNotFoundError",
     "SessionTimeoutError",
@@ -244,6 +250,13 @@ class AuthenticationError(FabstirError, ModelAuthenticationError):
 
     code = "AUTH_FAILED"
     is_retryable = False
+
+
+class SessionAuthDeniedError(AuthenticationError):
+    """A host refused the encrypted session init of a job whose deposit belongs to a
+    vault, for a client the vault did not authorise (its ``SESSION_AUTH_DENIED``)."""
+
+    code = "SESSION_AUTH_DENIED"
 
 
 class InvalidKeyError(AuthenticationError):
@@ -528,6 +541,40 @@ class EncryptionModeError(EncryptionError):
     code = "ENCRYPTION_MODE_MISMATCH"
 
 
+class MissingSessionIdError(EncryptionError):
+    """A host got an encrypted prompt without a session id it could use (its
+    ``MISSING_SESSION_ID``, PROTOCOL.md 6.7)."""
+
+    code = "MISSING_SESSION_ID"
+
+
+class SessionKeyNotFoundError(EncryptionError):
+    """A host holds no session key for the session id of an encrypted prompt (its
+    ``SESSION_KEY_NOT_FOUND``: it restarted, or never took the encrypted init)."""
+
+    code = "SESSION_KEY_NOT_FOUND"
+
+
+class MissingPayloadFieldsError(InvalidEncryptedPayloadError):
+    """A host found an encrypted payload without ``ciphertextHex``, ``nonceHex`` or
+    ``aadHex`` (its ``MISSING_PAYLOAD_FIELDS``)."""
+
+    code = "MISSING_PAYLOAD_FIELDS"
+
+
+class InvalidUtf8Error(InvalidEncryptedPayloadError):
+    """A host decrypted a prompt that is not UTF-8 (its ``INVALID_UTF8``)."""
+
+    code = "INVALID_UTF8"
+
+
+class EncryptionFailedError(EncryptionError):
+    """A host could not encrypt a chunk of its answer or its reply (its
+    ``ENCRYPTION_FAILED``): the answer stopped there, nothing went out in clear."""
+
+    code = "ENCRYPTION_FAILED"
+
+
 class PlaintextFramesRefusedError(EncryptionError):
     """A request whose frames travel in clear (host RAG's ``uploadVectors`` and
     ``searchVectors``: no encrypted variant exists) was refused on an encrypted session,
@@ -553,6 +600,11 @@ ENCRYPTION_ERRORS: dict[str, type[EncryptionError]] = {
         SessionKeyReusedError,
         MessageReplayError,
         EncryptionModeError,
+        MissingSessionIdError,
+        SessionKeyNotFoundError,
+        MissingPayloadFieldsError,
+        InvalidUtf8Error,
+        EncryptionFailedError,
     )
 }
 """The encryption errors by code (what a host's ``error`` frame names)."""

@@ -82,6 +82,7 @@ from langchain_fabstir.chat_models.structured import (
     with_instructions,
 )
 from langchain_fabstir.errors import FabstirError, InvalidRequestError
+from langchain_fabstir.sessions.answer import ImageAnswer, Proof, Resumed, Text
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import SessionConfig, StreamResult
 from langchain_fabstir.sessions.recovery import fit_context
@@ -175,8 +176,20 @@ class ChatFabstir(BaseChatModel):
         The host's own counts from ``stream_end.usage`` (``prompt_tokens``,
         ``completion_tokens``). A host whose engine result was late sends only
         ``tokens_used``: then ``output_tokens`` is that and ``input_tokens`` is 0. An
-        answer continued after a failure counts the tokens of every part.
+        answer continued after a failure counts the tokens of every part. Tokens a
+        node's vision model spent on the prompt's images (``stream_end.vlm_tokens``) are
+        input tokens (``input_tokens``, ``total_tokens``, and apart in
+        ``input_token_details["vlm"]`` and ``response_metadata["vlm_tokens"]``); the node
+        bills them with the generated tokens, at the job's price per token.
         ``langchain_core.callbacks.get_usage_metadata_callback()`` sums it per model.
+
+    Images as answers:
+        In an encrypted session a node routes a prompt that asks for a picture ("draw a
+        lighthouse", "generate an image of ...") to its diffusion model and answers with
+        one image and no text. The message's ``content`` is then a list holding the
+        image as LangChain's standard block ``{"type": "image", "base64": ...,
+        "mime_type": "image/png"}``; a node's refusal is a typed error
+        (``PROMPT_BLOCKED``, ``DIFFUSION_SERVICE_UNAVAILABLE``, ...).
 
     Response metadata:
         ``msg.response_metadata`` holds ``model_name`` (what the host served),
@@ -863,8 +876,10 @@ class ChatFabstir(BaseChatModel):
         protocol_messages: list[dict[str, str]],
         params: dict[str, Any],
         images: list[ImageInput] | None = None,
-    ) -> AsyncIterator[AsyncGenerator[tuple[PromptStream, str], None]]:
-        """The ``(stream, text)`` pairs of one answer, from a pooled session; the session
+    ) -> AsyncIterator[
+        AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed | ImageAnswer], None]
+    ]:
+        """The ``(stream, event)`` pairs of one answer, from a pooled session; the session
         layer owns every retry of it. The session goes back to the pool when its socket is
         still good; otherwise it is ended (a paid one's job released: see "Retries")."""
         res, sid = await self._checkout()
@@ -915,7 +930,7 @@ class ChatFabstir(BaseChatModel):
             context = fit_context(context, manager.config.max_context_messages)
             try:
                 async with contextlib.aclosing(
-                    manager.open_stream(
+                    manager.answer_events(
                         sid, prompt, context=context, record=False, images=images, **request
                     )
                 ) as pieces:
@@ -972,15 +987,20 @@ class ChatFabstir(BaseChatModel):
         emitted: list[str] = []  # text of this answer, in order (buffered with tools)
         pending = ""  # text held back while it may begin a stop sequence
         stopped = False
-        async with self._answer(protocol_messages, params, images) as pieces:
-            async for stream, text in pieces:
+        async with self._answer(protocol_messages, params, images) as events:
+            async for stream, event in events:
                 last = stream
-                if stream.chunk_proofs:
-                    for proof in stream.chunk_proofs:
-                        carry.append(proof.to_dict())
+                if type(event) is not Text:
+                    if type(event) is ImageAnswer:
+                        block = event.image.content_block()
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=[block]))
+                    elif type(event) is Proof:
+                        carry.append(event.proof.to_dict())
                         await dispatch(carry[-1])
-                if stream.resume_note is not None:
-                    resumed, stream.resume_note = stream.resume_note, None
+                    elif type(event) is Resumed:
+                        resumed = event.note()
+                    continue
+                text = event.text
                 if splitter is not None:
                     thought, text = splitter.feed(text)
                     if thought and keep:
@@ -1034,9 +1054,6 @@ class ChatFabstir(BaseChatModel):
             final = self._parse_buffered(full, params)
         if stopped:
             result.finish_reason = "stop"
-        for proof in last.end_proofs:
-            carry.append(proof.to_dict())
-            await dispatch(carry[-1])
         if result.usage is not None and self._auto_profile and self.profile is not None:
             learn(self.profile, context_window=result.usage.context_window_size)
         notes = list(result.metadata.get("resumes", []))
@@ -1154,6 +1171,7 @@ class ChatFabstir(BaseChatModel):
             "host_url": result.host_url,
             "session_id": result.session_id,
             "request_id": result.request_id,
+            **({"vlm_tokens": result.vlm_tokens} if result.vlm_tokens else {}),
         }
 
     # --- BaseChatModel hooks -----------------------------------------------------------

@@ -4,7 +4,10 @@
 
 - :mod:`~langchain_fabstir.sessions.transport`: one WebSocket (timeouts, size limit, pings);
 - :mod:`~langchain_fabstir.sessions.connection`: open, ``session_init``, reconnect, failover;
-- :mod:`~langchain_fabstir.sessions.stream`: one streamed answer (frames to text, watchdog);
+- :mod:`~langchain_fabstir.sessions.answer`: one answer's protocol, frames in, events out
+  (no I/O); :mod:`~langchain_fabstir.sessions.stream` drives it (socket, clocks, cancel);
+- :mod:`~langchain_fabstir.sessions.sealed`: an encrypted socket's conversation (key,
+  chunk order, replay checks);
 - :mod:`~langchain_fabstir.sessions.recovery`: keeping a broken answer going (resume,
   continuation, rate-limit waits);
 - :mod:`~langchain_fabstir.sessions.proofs`: checkpoint proofs inside a session;
@@ -14,6 +17,7 @@
 
 from langchain_fabstir.sessions.manager import SessionManager
 from langchain_fabstir.sessions.models import (
+    GeneratedImage,
     Message,
     Session,
     SessionConfig,
@@ -23,6 +27,7 @@ from langchain_fabstir.sessions.models import (
 from langchain_fabstir.wire.images import ImageInput
 
 __all__ = [
+    "GeneratedImage",
     "ImageInput",
     "Message",
     "Session",

@@ -37,10 +37,12 @@ from langchain_fabstir.errors import (
     ModelNotAvailableError,
     ProtocolError,
     ResponseTimeoutError,
+    SessionAuthDeniedError,
 )
 from langchain_fabstir.sessions.conversation import new_node_session_id
 from langchain_fabstir.sessions.models import Session, SessionConfig
 from langchain_fabstir.sessions.recovery import reconnect
+from langchain_fabstir.sessions.sealed import SealedConversation
 from langchain_fabstir.sessions.state import SessionState, new_request_id
 from langchain_fabstir.sessions.transport import Transport, TransportOptions
 from langchain_fabstir.sessions.trust import (
@@ -209,13 +211,14 @@ class Connector:
         )
         transport = await Transport.open(host_url, options)
         if state.transport is not None:
-            state.remember_socket(state.transport)
+            state.remember_socket(state.transport, state.sealed)
         try:
-            await self._init(transport, state, state.handover_token(host_url))
+            sealed = await self._init(transport, state, state.handover_token(host_url))
         except BaseException:
             await transport.close()
             raise
-        state.remember_socket(transport)
+        state.remember_socket(transport, sealed)
+        state.sealed = sealed  # (the encrypted conversation of the socket returned)
         listed = transport.greeting.models
         if not session.model and listed:
             session.model = listed[0]
@@ -266,10 +269,11 @@ class Connector:
 
     async def _init(
         self, transport: Transport, state: SessionState, previous_token: str | None
-    ) -> None:
+    ) -> SealedConversation | None:
         """Encrypted or plaintext init, as ``config.encryption``, the trusted key and the
-        host allow. The host must be the trusted one (``HOST_IDENTITY_MISMATCH`` before
-        anything is sent); a trusted key (the caller's, the chain's, or one proven for the
+        host allow (returns the socket's encrypted conversation, ``None``: plaintext).
+        The host must be the trusted one (``HOST_IDENTITY_MISMATCH`` before anything is
+        sent); a trusted key (the caller's, the chain's, or one proven for the
         paid host's address) makes encryption required: a refusal is an error, never a
         plaintext fallback."""
         session = state.session
@@ -282,11 +286,14 @@ class Connector:
         # never a downgrade: required, an encrypted session, or a key from a trusted source
         must = mode == "required" or session.encrypted or (trusted and mode != "off")
         carry = state.node_session(transport.host_url)  # (same host: its history is kept)
-        if key is not None and await self._encrypted_init(
-            transport, session, key, previous_token, carry=carry
-        ):
+        sealed = None
+        if key is not None:
+            sealed = await self._encrypted_init(
+                transport, session, key, previous_token, carry=carry
+            )
+        if sealed is not None:
             session.encrypted = True
-            return
+            return sealed
         if must:
             if key is None:
                 why = "has no known public key"
@@ -310,6 +317,7 @@ class Connector:
             log.warning("host %s refused encryption: plaintext session", transport.host_url)
         session.encrypted = False
         await self._session_init(transport, session, previous_token)
+        return None
 
     async def _host_key(self, trust: HostTrust, transport: Transport) -> tuple[str | None, bool]:
         """The key to seal the init to, and whether it is trusted.
@@ -347,8 +355,10 @@ class Connector:
         previous_token: str | None,
         node_session_id: str | None = None,
         carry: tuple[str, list[dict[str, str]] | None] | None = None,
-    ) -> bool:
-        """``encrypted_session_init`` and its ack (False: ``ENCRYPTION_NOT_SUPPORTED``).
+        sealed: SealedConversation | None = None,
+    ) -> SealedConversation | None:
+        """``encrypted_session_init`` and its ack: the socket's encrypted conversation
+        (``sealed`` re-keyed, when given), or ``None`` (``ENCRYPTION_NOT_SUPPORTED``).
 
         ``node_session_id``: a fresh node session on this socket for another
         conversation (``sessions/conversation.py``; same job, same keys); default the
@@ -379,13 +389,13 @@ class Connector:
             "pricePerToken": 0,
             "recoveryPublicKey": "0x" + signer.public_key.format(compressed=True).hex(),
         }
-        sealed = seal_session_init(host_key, data, signer)
+        opened = seal_session_init(host_key, data, signer)
         frame: dict[str, Any] = {
             "type": "encrypted_session_init",
             "chain_id": session.chain_id,
             "session_id": node_session_id or session.id,
             "job_id": job,
-            "payload": sealed.payload,
+            "payload": opened.payload,
         }
         if previous_token is not None:
             frame["resume_token"] = previous_token
@@ -393,7 +403,17 @@ class Connector:
         async for reply in self._replies(transport, session, "encrypted_session_init's ack"):
             if isinstance(reply, ErrorFrame):
                 if reply.code == "ENCRYPTION_NOT_SUPPORTED":
-                    return False
+                    return None
+                if reply.code == "SESSION_AUTH_DENIED":
+                    raise SessionAuthDeniedError(
+                        f"host {transport.host_url} denied this client the session of job "
+                        f"{job} ({reply.text[:300]}): the job was paid from a vault that has "
+                        "not authorised your address; ask the vault's operator to authorise "
+                        "it, or use a job you paid yourself",
+                        host_url=transport.host_url,
+                        session_id=session.id,
+                        details={"host_code": reply.code},
+                    )
                 error = ENCRYPTION_ERRORS.get(reply.code or "", DecryptionFailedError)
                 raise error(
                     f"host {transport.host_url} could not open the encrypted session init "
@@ -410,19 +430,29 @@ class Connector:
                     )
                 fresh = session._claim_node_session() if node_session_id is None else carry is None
 
-                async def renew() -> bool:
-                    sid = new_node_session_id(session.id)
-                    return await self._encrypted_init(transport, session, host_key, None, sid)
-
-                transport.encrypt(
-                    SessionCipher(sealed.session_key),
-                    node_session_id=node_session_id or session.id,
+                cipher = SessionCipher(opened.session_key)
+                name = node_session_id or session.id
+                if sealed is not None:
+                    sealed.rekey(cipher, node_session_id=name, fresh=fresh)
+                    return sealed
+                conversation = SealedConversation(
+                    cipher,
+                    host_url=transport.host_url,
+                    features=transport.features,
+                    node_session_id=name,
                     fresh=fresh,
-                    renew=renew,
                 )
+
+                async def renew(target: SealedConversation = conversation) -> object:
+                    sid = new_node_session_id(session.id)
+                    return await self._encrypted_init(
+                        transport, session, host_key, None, sid, sealed=target
+                    )
+
+                conversation.renew = renew
                 if carry is not None and held is not None:
-                    transport.held = held
-                return True
+                    conversation.held = held
+                return conversation
         raise AssertionError("unreachable: _replies ends only by raising")  # pragma: no cover
 
     async def _replies(
@@ -448,8 +478,9 @@ class Connector:
                 self._record_failure(state.transport.host_url, failed)
                 state.transport.abort()
             await state.transport.close()
-            state.remember_socket(state.transport)
+            state.remember_socket(state.transport, state.sealed)
             state.transport = None
+            state.sealed = None
 
     async def reconnect(
         self,

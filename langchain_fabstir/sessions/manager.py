@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import time
 import uuid
@@ -32,6 +33,8 @@ from langchain_fabstir.discovery import HostDiscovery, HostInfo, SelectionPolicy
 from langchain_fabstir.errors import (
     ChainError,
     CheckpointError,
+    DiffusionUnavailableError,
+    EncryptionUnavailableError,
     FabstirError,
     ImageInputsNotSupportedError,
     InvalidRequestError,
@@ -40,9 +43,13 @@ from langchain_fabstir.errors import (
     SessionTimeoutError,
 )
 from langchain_fabstir.s5.client import S5PortalClient
+from langchain_fabstir.sessions.answer import ImageAnswer, Proof, Resumed, Text
 from langchain_fabstir.sessions.budget import SpendBudget
 from langchain_fabstir.sessions.connection import Connector, resolve_model
 from langchain_fabstir.sessions.models import (
+    IMAGE_SIZES,
+    MAX_IMAGE_PROMPT_CHARS,
+    GeneratedImage,
     Message,
     Session,
     SessionConfig,
@@ -583,12 +590,42 @@ class SessionManager:
         images: Sequence[ImageLike] | None = None,
         **params: Any,
     ) -> AsyncGenerator[tuple[PromptStream, str], None]:
-        """Low-level streaming used by :meth:`stream_prompt` and ``ChatFabstir``.
+        """Low-level streaming: :meth:`answer_events` with the text pieces only.
 
         Yields ``(stream, text)`` pairs; ``stream.result`` describes how the answer ended.
-        ``context`` replaces the session's own history for this prompt (and with
-        ``record=False`` the exchange is not added to the history). ``images``: see
-        :meth:`prompt`.
+        """
+        events = self.answer_events(
+            session_id, prompt, context=context, record=record, images=images, **params
+        )
+        async with contextlib.aclosing(events) as it:
+            async for stream, event in it:
+                if type(event) is Text:
+                    yield stream, event.text
+
+    async def answer_events(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        context: list[dict[str, str]] | None = None,
+        record: bool = True,
+        images: Sequence[ImageLike] | None = None,
+        **params: Any,
+    ) -> AsyncGenerator[tuple[PromptStream, Text | Proof | Resumed | ImageAnswer], None]:
+        """One answer as events, the session layer owning every retry of it (used by
+        :meth:`stream_prompt` and ``ChatFabstir``).
+
+        Yields ``(stream, event)`` pairs: :class:`~langchain_fabstir.sessions.answer.Text`
+        (a piece of the answer), :class:`~langchain_fabstir.sessions.answer.Proof` (a
+        checkpoint the session settled, just before the piece that completed it, or at
+        the end), :class:`~langchain_fabstir.sessions.answer.Resumed` (the answer goes on
+        after a break, before its next piece),
+        :class:`~langchain_fabstir.sessions.answer.ImageAnswer` (encrypted sessions: a
+        node that routes a prompt such as "draw a cat" to its diffusion model answers
+        with one image and no text; it is also in ``stream.result.images``).
+        ``stream.result`` describes how the answer ended. ``context`` replaces the
+        session's own history for this prompt (and with ``record=False`` the exchange is
+        not added to the history). ``images``: see :meth:`prompt`.
         """
         pictures = to_images(images)  # checked before anything is sent
         if not isinstance(prompt, str) or not (prompt.strip() or pictures):
@@ -612,20 +649,9 @@ class SessionManager:
             payload = self.build_payload(session, transport.features, prompt, ctx, rid, **params)
             self._check_model(session, transport, payload["request"])
             if pictures:
-                self._attach_images(session, transport, payload, pictures)
+                self._attach_images(session, transport, payload, pictures, state.sealed is not None)
             ignored: ImageInputsNotSupportedError | None = None
             started = False
-
-            def feed(text: str, n: int) -> CheckpointProof | None:
-                # The exchange enters the hash chain with its first piece of answer, as
-                # it enters the history (a prompt that got no answer is in neither).
-                nonlocal started
-                if not started:
-                    started = True
-                    tracker.add_message("user", prompt)
-                    tracker.add_message("assistant")
-                return tracker.on_tokens(text, n)
-
             stream = PromptStream(
                 transport,
                 payload,
@@ -634,10 +660,10 @@ class SessionManager:
                 chunk_timeout=self.config.chunk_timeout,
                 session_id=session.id,
                 model=payload["request"]["model"],
-                on_tokens=feed,
                 answer_timeout=self.config.answer_timeout,
                 max_chars=self.config.max_answer_chars,
                 token_allowance=self.config.max_tokens_overrun,
+                sealed=lambda: state.sealed,
             )
             user_msg = Message(role="user", content=prompt)
             if pictures:  # (the SDK's conversation.json says so; the images are not kept)
@@ -654,24 +680,30 @@ class SessionManager:
             try:
                 while True:
                     try:
-                        async with contextlib.aclosing(stream.run()) as pieces:
-                            async for text in pieces:
-                                if stream.new_proofs:
-                                    stream.chunk_proofs = [
-                                        await self._settle(state, stream, p)
-                                        for p in stream.new_proofs
-                                    ]
-                                    stream.new_proofs.clear()
-                                yield stream, text
-                                if stream.chunk_proofs:
-                                    stream.chunk_proofs = []
+                        async with contextlib.aclosing(stream.run()) as events:
+                            async for event in events:
+                                if type(event) is Text:
+                                    if not started:
+                                        # The exchange enters the hash chain with its first
+                                        # piece of answer, as it enters the history (a
+                                        # prompt that got no answer is in neither).
+                                        started = True
+                                        tracker.add_message("user", prompt)
+                                        tracker.add_message("assistant")
+                                    proof = tracker.on_tokens(event.text, event.tokens)
+                                    if proof is not None:
+                                        proof = await self._settle(state, stream, proof)
+                                        yield stream, Proof(proof)
+                                    yield stream, event
+                                elif type(event) is Resumed or type(event) is ImageAnswer:
+                                    yield stream, event
                         break
                     except FabstirError as exc:
                         await recovery.recover(stream, exc)
                 if started:
                     last = tracker.end_message()
                     if last is not None:
-                        stream.end_proofs.append(await self._settle(state, stream, last))
+                        yield stream, Proof(await self._settle(state, stream, last))
                 if pictures and recovery.segment_payload is payload:
                     ignored = _images_ignored(stream)
                     if ignored is not None:
@@ -696,6 +728,7 @@ class SessionManager:
         transport: Transport,
         payload: dict[str, Any],
         images: list[ImageInput],
+        encrypted: bool,
     ) -> None:
         """Put ``images`` in the prompt frame where a node reads them: at its top level (an
         encrypted socket seals them with the request). Refused first, with
@@ -715,7 +748,7 @@ class SessionManager:
         text = len(request.get("prompt", "")) + sum(
             len(m.get("content", "")) for m in request.get("conversation_context", [])
         )
-        check_message_size(images, encrypted=transport.cipher is not None, text=2 * text)
+        check_message_size(images, encrypted=encrypted, text=2 * text)
         payload["images"] = [i.to_wire() for i in images]
 
     def _check_model(self, session: Session, transport: Transport, request: dict[str, Any]) -> None:
@@ -851,13 +884,15 @@ class SessionManager:
         this prompt (``seed`` and other extensions are sent to hosts that announce them).
         ``images``: see :meth:`prompt`; a host that ignored them raises
         ``IMAGE_INPUTS_NOT_SUPPORTED`` after the last piece of text (which you then
-        discard). Breaking out of the loop sends ``stream_cancel`` to the host.
+        discard). Breaking out of the loop sends ``stream_cancel`` to the host. An answer
+        that is an image (encrypted sessions, see :meth:`answer_events`) yields no text:
+        use :meth:`prompt` (``result.images``) or :meth:`answer_events` to get it.
         """
-        async with contextlib.aclosing(
-            self.open_stream(session_id, prompt, images=images, **params)
-        ) as it:
-            async for _stream, text in it:
-                yield text
+        events = self.answer_events(session_id, prompt, images=images, **params)
+        async with contextlib.aclosing(events) as it:
+            async for _stream, event in it:
+                if type(event) is Text:
+                    yield event.text
 
     async def prompt(
         self,
@@ -867,7 +902,8 @@ class SessionManager:
         images: Sequence[ImageLike] | None = None,
         **params: Any,
     ) -> StreamResult:
-        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``).
+        """Send a prompt and wait for the whole answer (``result.text``, ``result.usage``;
+        ``result.images`` when a node answered an encrypted prompt with an image).
 
         ``images``: pictures for the host's vision model, each an
         :class:`~langchain_fabstir.sessions.ImageInput`, ``bytes``, a
@@ -902,10 +938,9 @@ class SessionManager:
         send it again.
         """
         last: PromptStream | None = None
-        async with contextlib.aclosing(
-            self.open_stream(session_id, prompt, images=images, **params)
-        ) as it:
-            async for stream, _text in it:
+        events = self.answer_events(session_id, prompt, images=images, **params)
+        async with contextlib.aclosing(events) as it:
+            async for stream, _event in it:
                 last = stream
         return last.result if last is not None else StreamResult(session_id=session_id)
 
@@ -924,6 +959,122 @@ class SessionManager:
                     buffer.clear()
         if buffer:
             yield "".join(buffer)
+
+    async def generate_image(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        size: str = "1024x1024",
+        steps: int = 4,
+        model: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        guidance_scale: float | None = None,
+        timeout: float | None = None,
+    ) -> GeneratedImage:
+        """Generate an image on the session's host, end to end encrypted (PROTOCOL.md 6.3:
+        the node's ``action: image_generation`` inside an ``encrypted_message``).
+
+        ``size`` is one of ``256x256``, ``512x512``, ``768x768``, ``1024x1024``,
+        ``1024x768``, ``768x1024``; ``steps`` 1 to 100; ``prompt`` at most 2,000
+        characters (the SDK's bound); all checked before anything is sent
+        (``INVALID_REQUEST``). Needs an encrypted session (``ENCRYPTION_UNAVAILABLE``
+        otherwise: the HTTP route of :class:`~langchain_fabstir.FabstirImageGenerationTool`
+        serves plaintext hosts). ``timeout``: seconds for the reply (default
+        ``first_token_timeout``).
+
+        Returns a :class:`~langchain_fabstir.sessions.models.GeneratedImage`. The node's
+        refusals are typed errors with its code in ``details["host_code"]``:
+        ``RATE_LIMITED`` (``RATE_LIMIT_EXCEEDED``: a few images per 60 s per session),
+        ``INVALID_REQUEST`` (``VALIDATION_FAILED``), ``PROMPT_BLOCKED``,
+        ``DIFFUSION_SERVICE_UNAVAILABLE``, ``IMAGE_GENERATION_FAILED``. Never retried:
+        with a job, a generated image is billed (``ceil(generationUnits * 1000)``
+        tokens join the job's count, and the session's ``token_count``).
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("the image prompt is empty", session_id=session_id)
+        problems = []
+        if len(prompt) > MAX_IMAGE_PROMPT_CHARS:
+            problems.append(f"the prompt has {len(prompt)} characters (at most 2000)")
+        if size not in IMAGE_SIZES:
+            problems.append(f"size {size!r} is not one of {', '.join(IMAGE_SIZES)}")
+        if type(steps) is not int or not 1 <= steps <= 100:
+            problems.append(f"steps {steps!r} is not a whole number from 1 to 100")
+        if seed is not None and (type(seed) is not int or not 0 <= seed < 2**64):
+            problems.append(f"seed {seed!r} is not a whole number from 0 to 2**64-1")
+        if guidance_scale is not None and not (
+            isinstance(guidance_scale, (int, float)) and 0 < guidance_scale <= 100
+        ):
+            problems.append(f"guidance_scale {guidance_scale!r} is not a number in (0, 100]")
+        if problems:
+            raise InvalidRequestError(
+                "image request not sent: " + "; ".join(problems), session_id=session_id
+            )
+        state = self._state(session_id, active=True)
+        session = state.session
+        body: dict[str, Any] = {
+            "action": "image_generation",
+            "prompt": prompt,
+            "size": size,
+            "steps": steps,
+            "safetyLevel": "strict",
+            "chainId": session.chain_id,
+        }
+        optional = {
+            "model": model,
+            "seed": seed,
+            "negativePrompt": negative_prompt,
+            "guidanceScale": guidance_scale,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        async with state.lock:
+            state.last_used = self._clock()
+            transport = await self._connector.connection(state)
+            if state.sealed is None:
+                raise EncryptionUnavailableError(
+                    f"session {session.id} is not end-to-end encrypted: nodes generate "
+                    "images over the socket only in encrypted sessions (create the session "
+                    "with host_public_key=..., or use FabstirImageGenerationTool for the "
+                    "host's HTTP route). Nothing was sent.",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            wait = self.config.first_token_timeout if timeout is None else timeout
+            stream = PromptStream(
+                transport,
+                {"id": new_request_id(), "request": {}},
+                new_request_id(),
+                first_timeout=wait,
+                chunk_timeout=self.config.chunk_timeout,
+                session_id=session.id,
+                sealed=lambda: state.sealed,
+                action=body,
+            )
+            image: GeneratedImage | None = None
+            try:
+                async with contextlib.aclosing(stream.run()) as events:
+                    async for event in events:
+                        if type(event) is ImageAnswer:
+                            image = event.image
+                        elif type(event) is Text:
+                            break  # (a host that took it for a prompt: stop it)
+            except FabstirError:
+                if stream.transport.closed or not stream.finished:
+                    await self._connector.drop(state)
+                raise
+            session.last_activity = utcnow()
+            if image is None:
+                raise DiffusionUnavailableError(
+                    f"host {transport.host_url} answered the image request with text: it "
+                    "generates no images over the socket",
+                    host_url=transport.host_url,
+                    session_id=session.id,
+                )
+            units = (image.billing or {}).get("generationUnits")
+            if isinstance(units, (int, float)) and not isinstance(units, bool) and units > 0:
+                session.token_count += math.ceil(units * 1000)
+            return image
 
     async def send_inference_request(
         self, session_id: str, request: dict[str, Any] | InferenceRequest
@@ -1152,7 +1303,7 @@ class SessionManager:
 
     async def _vector_socket(self, state: SessionState, allow_plaintext: bool) -> Transport:
         transport = await self._connector.connection(state)
-        if transport.cipher is not None and not allow_plaintext:
+        if state.sealed is not None and not allow_plaintext:
             raise PlaintextFramesRefusedError(
                 f"session {state.session.id} is end-to-end encrypted, but vectors, their "
                 "metadata and search queries travel in clear (hosts have no encrypted form "

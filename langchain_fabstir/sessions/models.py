@@ -10,16 +10,19 @@ Field names are snake_case versions of the seed's TypeScript names; times are
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from langchain_fabstir.wire.encryption import RecoveryKey
 from langchain_fabstir.wire.frames import Usage
 
 __all__ = [
+    "GeneratedImage",
     "Message",
     "Session",
     "SessionConfig",
@@ -215,6 +218,92 @@ class SessionSummary(BaseModel):
     ``active``; :meth:`SessionManager.watch_settlement` waits for the end."""
 
 
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+IMAGE_SIZES = ("256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024")
+"""The sizes nodes generate (PROTOCOL.md 6.3)."""
+MAX_IMAGE_PROMPT_CHARS = 2000
+"""Longest image prompt the SDK sends (and the client)."""
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+"""Largest generated image the client takes (a 1024x1024 PNG is a few MB)."""
+
+
+class GeneratedImage(BaseModel):
+    """An image a host generated inside an encrypted session (PROTOCOL.md 6.3).
+
+    It comes from :meth:`~langchain_fabstir.SessionManager.generate_image` (the node's
+    ``action: image_generation``), or as the answer to a prompt a node routed to its
+    diffusion model itself (``StreamResult.images``). The node's metadata is kept as it
+    sent it; the image was checked to be base64 of a PNG, JPEG, GIF or WebP file of at
+    most :data:`MAX_IMAGE_BYTES`.
+
+    Attributes:
+        data: the image file's bytes (``base64``: the same as base64 text).
+        mime_type: read from the bytes (``image/png`` on deployed nodes).
+        billing: the node's ``billing`` block (``generationUnits``, ``megapixels``,
+            ``steps``); with a job, ``ceil(generationUnits * 1000)`` tokens join the job's
+            token count.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    data: bytes = Field(repr=False)
+    mime_type: str
+    model: str | None = None
+    size: str | None = None
+    steps: int | None = None
+    seed: int | None = None
+    processing_time_ms: int | None = Field(default=None, alias="processingTimeMs")
+    safety: dict[str, Any] | None = None
+    billing: dict[str, Any] | None = None
+    provider: str | None = None
+    chain_id: int | None = Field(default=None, alias="chainId")
+    host_url: str = ""
+    session_id: str = ""
+    request_id: str = ""
+
+    @property
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+    def content_block(self) -> dict[str, Any]:
+        """LangChain's standard image content block (as ``ChatFabstir`` returns it)."""
+        return {"type": "image", "base64": self.base64, "mime_type": self.mime_type}
+
+    @classmethod
+    def from_node(cls, reply: dict[str, Any], **where: str) -> GeneratedImage:
+        """The node's ``image_generation_result`` (decrypted JSON), checked; raises
+        ``ValueError`` saying what is wrong with it."""
+        text = reply.get("image")
+        if not isinstance(text, str) or not text:
+            raise ValueError("the image_generation_result has no image")
+        if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+            raise ValueError(f"the generated image is larger than {MAX_IMAGE_BYTES} bytes")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the generated image is not valid base64") from None
+        mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
+        if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            mime = "image/webp"
+        if mime is None:
+            raise ValueError("the generated image is not a PNG, JPEG, GIF or WebP file")
+        fields = {
+            k: v
+            for k, v in reply.items()
+            if k in ("model", "size", "steps", "seed", "processingTimeMs", "safety")
+            or k in ("billing", "provider", "chainId")
+        }
+        try:
+            return cls.model_validate({**fields, "data": data, "mime_type": mime, **where})
+        except ValidationError as exc:
+            raise ValueError(f"the image_generation_result is malformed: {exc}") from None
+
+
 class StreamResult(BaseModel):
     """How one answer ended, with the host's real counts when it sent them."""
 
@@ -223,7 +312,12 @@ class StreamResult(BaseModel):
     reason: str = "complete"
     tokens_used: int = 0
     vlm_tokens: int = 0
+    """Tokens the host's vision model spent on the prompt's images (PROTOCOL.md 6.2:
+    billed to the job like generated tokens; not in ``tokens_used``)."""
     usage: Usage | None = None
+    images: list[GeneratedImage] = Field(default_factory=list)
+    """The answer as an image: a node that routes an encrypted prompt to its diffusion
+    model ("draw a ...", PROTOCOL.md 6.3) answers with one image and no text."""
     host_url: str = ""
     session_id: str = ""
     model: str = ""

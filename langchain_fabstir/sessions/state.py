@@ -8,6 +8,7 @@ import uuid
 
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.sessions.models import Message, Session
+from langchain_fabstir.sessions.sealed import SealedConversation
 from langchain_fabstir.sessions.transport import Transport
 from langchain_fabstir.sessions.trust import HostTrust
 from langchain_fabstir.wire.frames import InferenceRequest
@@ -28,6 +29,8 @@ class SessionState:
         self.session = session
         self.messages: list[Message] = []
         self.transport: Transport | None = None
+        self.sealed: SealedConversation | None = None
+        """The encrypted conversation of :attr:`transport` (``None``: plaintext)."""
         self.lock = asyncio.Lock()
         self.proofs: list[CheckpointProof] = []
         self.tracker: CheckpointTracker | None = None
@@ -61,11 +64,11 @@ class SessionState:
             return self.node_carry[1], self.node_carry[2]
         return None
 
-    def remember_socket(self, transport: Transport) -> None:
+    def remember_socket(self, transport: Transport, sealed: SealedConversation | None) -> None:
         """Keep what a new socket to the same host needs from this one (its token, its
         node session)."""
-        if transport.node_session_id is not None:
-            self.node_carry = (transport.host_url, transport.node_session_id, transport.held)
+        if sealed is not None and sealed.node_session_id is not None:
+            self.node_carry = (transport.host_url, sealed.node_session_id, sealed.held)
         token = (transport.greeting.model_extra or {}).get("resume_token")
         if isinstance(token, str):
             self.handover = (transport.host_url, token)

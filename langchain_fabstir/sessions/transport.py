@@ -1,6 +1,7 @@
 """One WebSocket connection to a host's ``/v1/ws``, over the ``websockets`` library.
 
-The transport knows frames and sockets, nothing of sessions or LangChain. It opens the
+The transport knows frames and sockets, nothing of sessions, encryption or LangChain (an
+encrypted socket's conversation is the session's: ``sessions/sealed.py``). It opens the
 connection (open timeout, permessage-deflate when asked, a maximum frame size,
 keepalive pings), waits for the host's ``connected`` greeting, sends frames and receives
 typed frames with a deadline, and closes cleanly. Every failure is a typed
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,20 +29,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 
 from langchain_fabstir import _compat
 from langchain_fabstir.errors import (
-    AnswerTruncatedError,
     ConnectionFailedError,
-    EncryptionModeError,
-    FabstirError,
     HostDisconnectedError,
     ProtocolError,
     ResponseTimeoutError,
 )
-from langchain_fabstir.sessions.conversation import (
-    ENCRYPTED_CONTEXT_FEATURE,
-    plan_turn,
-    with_images,
-)
-from langchain_fabstir.wire.encryption import SessionCipher
 from langchain_fabstir.wire.frames import Connected, _Frame, encode_frame, loads, parse_frame
 
 __all__ = ["Transport", "TransportOptions", "ws_url"]
@@ -87,213 +77,6 @@ class Transport:
         self.host_url = host_url
         self.ws = ws
         self.greeting = greeting
-        self.cipher: SessionCipher | None = None
-        """The session key once an ``encrypted_session_init`` was acked (see
-        :meth:`encrypt`); ``None``: a plaintext socket."""
-        self.held: list[dict[str, str]] | None = None
-        """Encrypted mode: the conversation the host holds for this socket's node session,
-        as far as the client knows (``None``: unknown)."""
-        self.node_session_id: str | None = None
-        """Encrypted mode: the session id of the latest ``encrypted_session_init``."""
-        self._renew: Callable[[], Awaitable[object]] | None = None
-        self._asked: list[dict[str, str]] = []
-        self._answer: list[str] = []
-        self._rid: Any = None  # the id of the prompt being answered
-        self._final: str | None = None  # its authenticated finish reason
-        self._counted = False  # this host sealed a chunk count in a final frame
-
-    @property
-    def spent(self) -> bool:
-        """The session key carried enough chunks that the next answer should run on a
-        fresh one (a new socket): see :class:`~langchain_fabstir.wire.encryption.SessionCipher`."""
-        return self.cipher is not None and self.cipher.spent
-
-    # --- encrypted mode (PROTOCOL.md section 4) --------------------------------------
-
-    def encrypt(
-        self,
-        cipher: SessionCipher,
-        *,
-        node_session_id: str | None = None,
-        fresh: bool = True,
-        renew: Callable[[], Awaitable[object]] | None = None,
-    ) -> None:
-        """From now on prompts go out as ``encrypted_message`` and answers come in as
-        ``encrypted_chunk`` under ``cipher``; answer text in clear is refused.
-
-        ``node_session_id``: the session id the init named; ``fresh``: never used
-        before, so the node holds no conversation for it (else what it holds is
-        unknown: a node keeps a session id's history across sockets); ``renew``: opens
-        a fresh node session on this socket (calls ``encrypt`` again), for a
-        conversation the current one does not hold (see ``sessions/conversation.py``)."""
-        self.cipher = cipher
-        self.held = [] if fresh else None
-        if node_session_id is not None:
-            self.node_session_id = node_session_id
-        if renew is not None:
-            self._renew = renew
-
-    async def send_prompt(self, payload: dict[str, Any]) -> None:
-        """Send a ``prompt`` frame (a dict from ``prompt_payload``), sealed in encrypted
-        mode, where the host keeps the conversation per node session id.
-
-        A deployed node ignores ``conversation_context`` inside the ciphertext and has no
-        system-prompt field, so the conversation reaches it as prompt text
-        (:func:`~langchain_fabstir.sessions.conversation.plan_turn`): the new message
-        with the instructions in front while the node session holds this conversation,
-        else a fresh node session (a new ``encrypted_session_init`` on this socket) with
-        the conversation inlined. A host that announced ``encrypted_context`` gets the
-        history as ``conversation_context`` instead, whenever its copy is not known to
-        equal it."""
-        cipher = self.cipher
-        if cipher is None:
-            await self.send(json.dumps(payload, separators=(",", ":")))
-            return
-        request = dict(payload.get("request") or {})
-        session_id = request.get("session_id")
-        context = request.pop("conversation_context", None) or []
-        for name in ("session_id", "job_id", "request_id", "chain_id"):
-            request.pop(name, None)
-        prompt = str(request.get("prompt", ""))
-        checkpoint = request.get("checkpoint")
-        # The checkpoints extension hashes the conversation as the client sees it,
-        # whatever text carries it to the model (see plan_turn): say what it is (the
-        # context only when the host may not hold it).
-        told: dict[str, Any] = {"session": session_id, "prompt": prompt}
-        if request.get("resume") is not None:
-            context = []  # the answer goes on; the node session's history is unknown
-            self.held = None
-            told = {}
-        elif ENCRYPTED_CONTEXT_FEATURE in self.greeting.features:
-            if context != self.held:
-                request["conversation_context"] = told["context"] = context
-        else:
-            plan = plan_turn(context, prompt, self.held)
-            if plan.new_node_session and self._renew is not None:
-                await self._renew()  # a new node session id and key on this socket
-                assert self.cipher is not None
-                cipher = self.cipher
-            request["prompt"] = plan.prompt
-            if plan.inlined and payload.get("images"):
-                request["prompt"] = with_images(plan.prompt, prompt)
-            if plan.inlined:
-                told["context"] = context
-        if isinstance(checkpoint, dict) and told:
-            request["checkpoint"] = {**checkpoint, **told}
-        if payload.get("images"):  # (a node reads them inside the ciphertext, 6.2)
-            request["images"] = payload["images"]
-        resuming = request.get("resume") is not None
-        self._asked = [] if resuming else [*context, {"role": "user", "content": prompt}]
-        self._answer = []
-        self.held = None  # known again when the answer completes
-        cipher.expect_chunk(0)
-        self._rid, self._final = payload.get("id"), None
-        frame: dict[str, Any] = {
-            "type": "encrypted_message",
-            "session_id": self.node_session_id or session_id,
-            "id": payload.get("id"),
-            "payload": cipher.seal_message(json.dumps(request, separators=(",", ":"))),
-        }
-        await self.send(json.dumps(frame, separators=(",", ":")))
-
-    def decode(self, raw: str | bytes) -> Any:
-        """A received message as decoded JSON; in encrypted mode ``encrypted_chunk`` is
-        opened into the ``stream_chunk`` it stands for (its index checked in order, its
-        nonce new under the session key), and the ``stream_end`` of a complete answer
-        carries the finish reason the host sealed in ``encrypted_response``.
-
-        Raises :class:`~langchain_fabstir.errors.EncryptionError` subclasses: an encrypted
-        frame on a plaintext socket, or answer text in clear on an encrypted one
-        (``ENCRYPTION_MODE_MISMATCH``), a frame that does not authenticate
-        (``DECRYPTION_FAILED``), a reordered chunk (``CHUNK_OUT_OF_ORDER``), a chunk or
-        final frame of an earlier answer played again (``CHUNK_REPLAYED``), an answer
-        that ends without its sealed final frame, or (hosts that announce
-        ``chunk_count``, and any host once it sealed a count on this socket) with fewer
-        chunks than the host sealed (``ANSWER_TRUNCATED``). Deployed nodes seal no count:
-        against them, a relay that drops the last chunks of an answer and forwards the
-        final frames cannot be detected."""
-        obj = loads(raw)
-        if self.cipher is None:
-            if type(obj) is dict and str(obj.get("type", ""))[:10] == "encrypted_":
-                raise EncryptionModeError(
-                    f"host {self.host_url} sent an {obj.get('type')} frame in a plaintext session",
-                    host_url=self.host_url,
-                )
-            return obj
-        return self._open(obj)
-
-    def _open(self, obj: Any) -> Any:
-        if type(obj) is not dict:
-            return obj
-        kind = obj.get("type")
-        cipher = self.cipher
-        assert cipher is not None
-        if kind == "encrypted_chunk":
-            try:
-                text = cipher.open_chunk(obj.get("payload"))
-            except FabstirError as exc:
-                exc.host_url = self.host_url
-                raise
-            self._answer.append(text)
-            chunk: dict[str, Any] = {
-                "type": "stream_chunk",
-                "content": text,
-                "tokens": obj.get("tokens", 1),
-            }
-            if "id" in obj:
-                chunk["id"] = obj["id"]
-            return chunk
-        if kind == "stream_chunk" and obj.get("content"):
-            raise EncryptionModeError(
-                f"host {self.host_url} sent answer text in clear in an encrypted session "
-                "(refused, not shown)",
-                host_url=self.host_url,
-            )
-        if kind == "encrypted_response":
-            return self._open_final(obj, cipher)
-        if kind == "stream_resumed" and type(obj.get("offset")) is int:
-            cipher.expect_chunk(obj["offset"])
-            self._answer = []  # (the answer's text before the resume is not here)
-        elif kind == "stream_end":
-            if obj.get("reason") == "complete" and obj.get("id") in (None, self._rid):
-                if self._final is None:
-                    raise AnswerTruncatedError(
-                        f"host {self.host_url} ended an encrypted answer as complete without "
-                        "its sealed encrypted_response (frames were dropped on the way)",
-                        host_url=self.host_url,
-                    )
-                obj = dict(obj, finish_reason=self._final)  # the sealed one
-                text = "".join(self._answer)
-                if self._asked and text:  # (a node stores no turn for an empty answer)
-                    self.held = [*self._asked, {"role": "assistant", "content": text}]
-            self._asked, self._answer = [], []
-        return obj
-
-    def _open_final(self, obj: dict[str, Any], cipher: SessionCipher) -> Any:
-        """``encrypted_response``: the sealed finish reason, and the sealed chunk count
-        where the host gives one (checked against the chunks received)."""
-        try:
-            finish_reason = cipher.open_final(obj.get("payload"))
-            count = obj.get("count")
-            if count is not None and obj.get("id") in (None, self._rid):
-                cipher.check_count(count)
-                self._counted = True
-            elif obj.get("id") in (None, self._rid) and (
-                self._counted or "chunk_count" in self.greeting.features
-            ):
-                raise AnswerTruncatedError(
-                    f"host {self.host_url} announced sealed chunk counts and this answer's "
-                    "final frame has none (removed on the way?)",
-                )
-        except FabstirError as exc:
-            exc.host_url = self.host_url
-            raise
-        if obj.get("id") in (None, self._rid):
-            self._final = finish_reason
-        out = dict(obj, finish_reason=finish_reason)
-        out.pop("payload", None)
-        out.pop("count", None)
-        return out
 
     @classmethod
     async def open(cls, host_url: str, options: TransportOptions | None = None) -> Transport:
@@ -361,14 +144,14 @@ class Transport:
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:
-            raise self._disconnected(exc) from None
+            raise self.disconnected(exc) from None
 
     async def recv_raw(self) -> str | bytes:
         """The next raw message, without a deadline (callers wrap it in one)."""
         try:
             return await self.ws.recv()
         except ConnectionClosed as exc:
-            raise self._disconnected(exc) from None
+            raise self.disconnected(exc) from None
 
     async def recv(self, timeout: float | None = None, *, what: str = "a frame") -> _Frame:
         """The next typed frame; ``RESPONSE_TIMEOUT`` if none arrives within ``timeout``."""
@@ -425,7 +208,8 @@ class Transport:
             ):
                 return obj
 
-    def _disconnected(self, exc: ConnectionClosed) -> HostDisconnectedError:
+    def disconnected(self, exc: ConnectionClosed) -> HostDisconnectedError:
+        """The typed error of a socket that closed or broke (``HOST_DISCONNECTED``)."""
         rcvd = exc.rcvd
         detail = f"code {rcvd.code} {rcvd.reason!r}" if rcvd is not None else "no close frame"
         return HostDisconnectedError(

@@ -51,6 +51,7 @@ __all__ = [
     "CHECKPOINT_INFO",
     "COUNT_AAD",
     "FINAL_AAD",
+    "IMAGE_AAD",
     "KEY_SIZE",
     "NONCE_SIZE",
     "OpenedInit",
@@ -84,6 +85,8 @@ KEY_SIZE = 32
 FINAL_AAD = b"encrypted_response_final"
 COUNT_AAD = b"encrypted_response_chunks"
 """AAD of the sealed chunk count (the ``chunk_count`` extension of the reference host)."""
+IMAGE_AAD = b"encrypted_image_response"
+"""AAD of the ``encrypted_response`` that answers with an image (PROTOCOL.md 6.3)."""
 CHECKPOINT_INFO = b"checkpoint-delta-encryption-v1"
 _ZERO_SALT = bytes(32)
 
@@ -681,6 +684,11 @@ class SessionCipher:
     def open_final(self, payload: Any) -> str:
         """The finish reason of an ``encrypted_response`` (its nonce new under this key)."""
         return _decode(self._open_once(payload, FINAL_AAD, "encrypted response"), "response")
+
+    def open_image(self, payload: Any) -> str:
+        """The JSON text of an image reply (``encrypted_response`` with AAD
+        :data:`IMAGE_AAD`; its nonce new under this key)."""
+        return _decode(self._open_once(payload, IMAGE_AAD, "image response"), "image response")
 
     def seal_count(self, chunks: int) -> dict[str, str]:
         """The sealed chunk count of an answer (``chunk_count`` extension): the number of

@@ -36,9 +36,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
     ValidationError,
     field_validator,
+    model_serializer,
 )
 
 from langchain_fabstir._json import loads_untrusted
@@ -315,8 +317,16 @@ class StreamEnd(_Frame):
     id: str | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
-    vlm_tokens: int | None = None
+    vlm_tokens: int = 0
     session_id: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _vlm_only_when_spent(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Nodes send ``vlm_tokens`` only when their vision model spent some."""
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("vlm_tokens"):
+            data.pop("vlm_tokens", None)
+        return data
 
 
 class ErrorFrame(_Frame):
