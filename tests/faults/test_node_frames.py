@@ -323,8 +323,10 @@ async def test_vlm_tokens_are_reported_and_counted() -> None:
             message = await chat.ainvoke("what is in the picture?")
             assert message.response_metadata["vlm_tokens"] == 120
             assert message.usage_metadata is not None
-            assert message.usage_metadata["output_tokens"] == 2 + 120
-            assert message.usage_metadata["total_tokens"] == 2 + 120
+            usage = message.usage_metadata
+            assert usage["output_tokens"] == 2  # vision tokens are input tokens
+            assert usage["input_tokens"] == 120 and usage["total_tokens"] == 2 + 120
+            assert usage.get("input_token_details") == {"vlm": 120}
         finally:
             await chat.aclose()
 
