@@ -77,10 +77,10 @@ class Host(ReferenceHost):
         return super().features() if self._features is None else list(self._features)
 
 
-def make_host(mode: str, **kw: Any) -> Host:
+def make_host(mode: str, *, delay: float = 0.0, **kw: Any) -> Host:
     if mode == "encrypted":
         kw["host_key"] = HOST_KEY
-    return Host(EchoEngine(), **kw)
+    return Host(EchoEngine(delay=delay), **kw)
 
 
 def image_message(text: str = "What does it say?", block: dict[str, Any] | None = None) -> Any:
@@ -446,7 +446,8 @@ async def test_a_socket_dropped_after_the_images_were_read_never_reads_them_agai
     vlm.handler = answer
     features = None if resume else []
     async with (
-        make_host("plaintext", vlm_upstream=vlm.url, features=features) as host,
+        # (paced: the answer is still coming when the cut is set, so the cut happens)
+        make_host("plaintext", delay=0.02, vlm_upstream=vlm.url, features=features) as host,
         FaultProxy("127.0.0.1", host.port) as proxy,
     ):
         config = SessionConfig(reconnect_attempts=2)
