@@ -53,6 +53,7 @@ MAX_NO_RUN = 1
 """Blocks allowed to be compiled only."""
 README_MODEL = ("CohereForAI/TinyVicuna-1B-32k-GGUF", "tiny-vicuna-1b.q4_k_m.gguf")
 """The model the chain blocks name (a model of Base Sepolia), approved on the local chain."""
+README_HOST_KEY = "0x" + "7c" * 32
 HOST_IN_README, PORTAL_IN_README = "http://127.0.0.1:8080", "http://127.0.0.1:5050"
 KEY = "0x" + "4c" * 32  # a throwaway key: signs checkpoints, derives the SDK's S5 seed
 
@@ -115,6 +116,7 @@ def servers(
     host = lt.enter(
         ReferenceHost(
             llama_engine,
+            host_key=README_HOST_KEY,  # encrypted sessions, as `fabstir host --host-key-file`
             rate_limit_per_minute=None,
             embedder=MiniLMEmbedder().load(),
             search_upstream=search.url,
