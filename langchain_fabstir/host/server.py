@@ -422,7 +422,9 @@ class _Connection:
                 return
             images = (frame.model_extra or {}).get("images")  # top level only (6.2)
             vlm_tokens = 0
-            preparing = self.host._preparing_begin(self.token, frame.id)
+            preparing = (  # (a resume names another answer: it is never prepared)
+                self.host._preparing_begin(self.token, frame.id) if request.resume is None else None
+            )
             try:
                 if images and request.resume is None:
                     prompt, vlm_tokens = await self.host.vision.read(images, request.prompt)
@@ -582,7 +584,7 @@ class _Connection:
             body = None
         if not isinstance(body, dict):
             body = {"prompt": text}  # a body that is not JSON is the prompt
-        preparing = self.host._preparing_begin(self.token, rid)
+        preparing = None if body.get("resume") else self.host._preparing_begin(self.token, rid)
         try:
             await self._sealed_prompt(seq, size, extra, body, rid)
         finally:

@@ -145,14 +145,14 @@ async def test_the_request_model_picks_the_engine_unknown_names_the_default() ->
             for model in ("m2", "m1"):
                 s = await manager.create_session(model=model)
                 answers.append((await manager.prompt(s.id, "hi")).text)
-            # A name the host does not list is refused before any prompt is sent...
-            s = await manager.create_session(model="nobody-has-it")
+            # A name the host does not list is refused when the session connects...
             with pytest.raises(ModelNotAvailableError):
-                await manager.prompt(s.id, "hi")
+                await manager.create_session(model="nobody-has-it")
         # ...unless the user accepts the host's default, which is then what is reported.
         fallback = SessionConfig(allow_model_fallback=True)
         async with SessionManager(fallback, host_url=host.url) as manager:
             s = await manager.create_session(model="nobody-has-it")
+            assert s.model == "m1"  # reported before any prompt
             result = await manager.prompt(s.id, "hi")
             answers.append(result.text)
             assert result.model == "m1"

@@ -55,10 +55,12 @@ class TestChatFabstirIntegration(ChatFabstirFeatures, ChatModelIntegrationTests)
     def supports_image_inputs(self) -> bool:
         return True  # the host has a vision sidecar (image URLs are never fetched)
 
-    def test_image_inputs(self, model: Any) -> None:
-        """The standard test downloads its PNG from GitHub; the network is not reachable
-        here, so that one download gives a PNG made in the test instead (the rest is
-        real: the host sends it to its vision sidecar and the model answers)."""
+    @pytest.fixture(autouse=True)
+    def _image_without_network(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The standard ``test_image_inputs`` downloads its PNG from GitHub; the network is
+        not reachable here, so that one download gives a PNG made here instead (the rest
+        is real: the host sends it to its vision sidecar and the model answers). A fixture,
+        not an override: the standard test itself runs unchanged."""
         image = png(64, 48, (30, 120, 200))
         real_get = httpx.get
 
@@ -67,9 +69,7 @@ class TestChatFabstirIntegration(ChatFabstirFeatures, ChatModelIntegrationTests)
                 return httpx.Response(200, content=image, request=httpx.Request("GET", url))
             return real_get(url, *args, **kwargs)
 
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(httpx, "get", get)
-            super().test_image_inputs(model)
+        monkeypatch.setattr(httpx, "get", get)
 
     # JSON mode constrains the answer to *some* JSON object (the plumbing is checked by
     # the test: the output parses). The 135M model answers "a JSON object with 'setup' and
