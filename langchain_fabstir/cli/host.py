@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from langchain_fabstir._extras import missing_extra
 from langchain_fabstir.cli._common import (
     CliError,
     add_chain_options,
@@ -170,7 +171,13 @@ async def serve_host(args: argparse.Namespace) -> None:
             "proving sessions on chain needs a host key (--host-key-file or "
             "FABSTIR_HOST_KEY) and an S5 store for the proofs (--portal-url and --seed-file)"
         )
-    from langchain_fabstir.chain.client import ChainClient
+    client_class: Any = None
+    if chain is not None:  # (web3 only for a host that proves on chain: the chain extra)
+        try:
+            from langchain_fabstir.chain.client import ChainClient as client_class
+        except ImportError as exc:
+            missing = missing_extra("fabstir host --chain-config", "chain", exc)
+            raise CliError(str(missing)) from None
 
     engine = _engine(args)
     try:
@@ -185,7 +192,7 @@ async def serve_host(args: argparse.Namespace) -> None:
             public_url=args.public_url,
             search_upstream=args.search_upstream,
             diffusion_upstream=args.diffusion_upstream,
-            chain=ChainClient(chain, key) if chain is not None and key is not None else None,
+            chain=client_class(chain, key) if chain is not None and key is not None else None,
             settle_delay=args.settle_delay,
             auto_image_routing=False if args.no_auto_image_routing else None,
             vlm_upstream=args.vlm_upstream,
