@@ -66,6 +66,7 @@ def test_cross_device() -> None:
     assert len(re.findall(r"^Assistant: \S", out, re.M)) == 2, out
 
 
+@pytest.mark.timeout(300)  # 1,200 tokens of the real model, beside another worker's model
 def test_checkpoints_example() -> None:
     out = run_example("checkpoints.py")
     assert re.search(r"^  Checkpoint 1 created at token 500$", out, re.M), out

@@ -129,10 +129,10 @@ def test_sync_invoke(tmp_path: Path) -> None:
     try:
         sc = lt.enter(diffusion_sidecar())
         host = lt.enter(  # keyed: the README's generate_image runs on an encrypted session
-        ReferenceHost(
-            EchoEngine(), host_key="0x" + "3d" * 32, embedder=None, diffusion_upstream=sc.url
+            ReferenceHost(
+                EchoEngine(), host_key="0x" + "3d" * 32, embedder=None, diffusion_upstream=sc.url
+            )
         )
-    )
         tool = FabstirImageGenerationTool(host_url=host.url, size="256x256")
         content = tool.invoke({"prompt": "a blue circle"})
         assert read_png(base64.b64decode(content[1]["base64"]))[:2] == (256, 256)
