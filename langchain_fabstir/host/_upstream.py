@@ -14,9 +14,10 @@ import httpx
 
 from langchain_fabstir._compat import timeout as deadline
 from langchain_fabstir._http import ReplyTooLarge, client, read_capped
+from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import UpstreamError
 
-__all__ = ["UpstreamError", "call_upstream"]
+__all__ = ["UpstreamError", "call_upstream", "upstream_json"]
 
 
 async def call_upstream(
@@ -50,3 +51,12 @@ async def call_upstream(
         raise UpstreamError(f"no answer within {timeout:g} s") from exc
     except httpx.HTTPError as exc:
         raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def upstream_json(raw: bytes, not_json: str) -> Any:
+    """A sidecar's answer parsed with the bounds of untrusted JSON, off the event loop;
+    :class:`UpstreamError` ``"{not_json}: <why>"`` when it is not JSON."""
+    try:
+        return await asyncio.to_thread(loads_untrusted, raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UpstreamError(f"{not_json}: {exc}") from exc

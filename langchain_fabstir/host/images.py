@@ -19,11 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.errors import HostImageError
 from langchain_fabstir.host._routes import error as _error
 from langchain_fabstir.host._routes import read_json
-from langchain_fabstir.host._upstream import UpstreamError, call_upstream
+from langchain_fabstir.host._upstream import UpstreamError, call_upstream, upstream_json
 
 __all__ = [
     "ALLOWED_SIZES",
@@ -235,10 +234,7 @@ class ImageRoute:
         if not 200 <= status < 300:
             text = " ".join(raw[:500].decode("utf-8", "replace").split())
             raise UpstreamError(f"diffusion sidecar returned {status} {reason}: {text}")
-        try:
-            data = await asyncio.to_thread(loads_untrusted, raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamError(f"error decoding response body: {exc}") from exc
+        data = await upstream_json(raw, "error decoding response body")
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise UpstreamError("error decoding response body: no `data` list")

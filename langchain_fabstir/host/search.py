@@ -9,17 +9,15 @@ search service.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
 
-from langchain_fabstir._json import loads_untrusted
 from langchain_fabstir.host._routes import error as _error
 from langchain_fabstir.host._routes import read_json
-from langchain_fabstir.host._upstream import UpstreamError, call_upstream
+from langchain_fabstir.host._upstream import UpstreamError, call_upstream, upstream_json
 
 __all__ = ["MAX_QUERY_BYTES", "MAX_RESULTS", "SearchRoute"]
 
@@ -171,10 +169,7 @@ class SearchRoute:
         )
         if status != 200:
             raise UpstreamError(f"the search API answered HTTP {status}")
-        try:
-            data = await asyncio.to_thread(loads_untrusted, raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamError(f"the search API's answer is not JSON: {exc}") from exc
+        data = await upstream_json(raw, "the search API's answer is not JSON")
         web_part = data.get("web") if isinstance(data, dict) else None
         items = web_part.get("results") if isinstance(web_part, dict) else None
         if not isinstance(items, list):

@@ -7,14 +7,12 @@ prompt goes on unchanged, with no ``vlm_tokens`` (the client sees that and says 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_fabstir._json import loads_untrusted
-from langchain_fabstir.host._upstream import UpstreamError, call_upstream
+from langchain_fabstir.host._upstream import UpstreamError, call_upstream, upstream_json
 
 __all__ = [
     "DEFAULT_VLM_MODEL",
@@ -186,10 +184,7 @@ class VisionSidecar:
         )
         if not 200 <= status < 300:
             raise UpstreamError(f"{status} {reason}")
-        try:
-            reply = await asyncio.to_thread(loads_untrusted, raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamError(f"the answer is not JSON: {exc}") from exc
+        reply = await upstream_json(raw, "the answer is not JSON")
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not isinstance(choices, list):
             raise UpstreamError("the answer has no choices")
