@@ -366,7 +366,12 @@ def add_host_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         action=_DeprecatedSeed,
         help=argparse.SUPPRESS,
     )
-    host.add_argument("--threads", type=int, default=2, help="llama: CPU threads (2)")
+    host.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="llama: CPU threads (FABSTIR_LLAMA_THREADS, else 2; 1 where the cores are shared)",
+    )
     host.add_argument(
         "--rate-limit",
         type=int,

@@ -46,6 +46,7 @@ __all__ = [
     "ModelFile",
     "default_model",
     "default_model_path",
+    "default_threads",
     "model_cache_dir",
 ]
 
@@ -363,6 +364,19 @@ def _compact_json_grammar(response_format: dict[str, Any] | None) -> str | None:
     return "%llguidance {}\nstart: %json " + json.dumps(schema, separators=(",", ":"))
 
 
+def default_threads() -> int:
+    """llama.cpp threads when none are given: ``FABSTIR_LLAMA_THREADS``, else 2 (a value
+    that is not a whole number from 1 to 256 raises :class:`EngineError`)."""
+    raw = os.environ.get("FABSTIR_LLAMA_THREADS", "").strip()
+    if not raw:
+        return 2
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise EngineError(
+            f"FABSTIR_LLAMA_THREADS must be a whole number from 1 to 256, not {raw[:20]!r}"
+        )
+    return int(raw)
+
+
 class LlamaEngine:
     """A real model through xllamacpp (llama.cpp); :func:`default_model` when given none
     (SmolLM2-135M-Instruct in a development install, Gemma 3 270M from the ``host``
@@ -373,6 +387,12 @@ class LlamaEngine:
     ``response_format`` (a JSON schema) is enforced by grammar-constrained decoding,
     with no free whitespace. ``repeat_penalty`` (default 1.1) keeps a small model out of
     repetition loops; set 1.0 for llama.cpp's plain sampling.
+
+    ``threads``: llama.cpp's CPU threads (default ``FABSTIR_LLAMA_THREADS``, else 2). Its
+    threads meet at a barrier at every step of every token, so a machine whose cores are
+    busy with other work stalls them all whenever one is descheduled: on 2 cores shared
+    with another model, SmolLM2 measured about 3 tokens/s with 2 threads each and 36 with
+    1. Give a host 1 thread where its cores are shared (CI, several hosts on one machine).
     """
 
     name = "llama"
@@ -383,7 +403,7 @@ class LlamaEngine:
         *,
         n_ctx: int = 8192,
         n_parallel: int = 2,
-        threads: int = 2,
+        threads: int | None = None,
         seed: int = 42,
         model_id: str | None = None,
         repeat_penalty: float = 1.1,
@@ -409,6 +429,8 @@ class LlamaEngine:
         params.model.path = self.model_path
         params.n_ctx = n_ctx * n_parallel
         params.n_parallel = n_parallel
+        if threads is None:
+            threads = default_threads()
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.sampling.seed = seed
