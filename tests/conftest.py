@@ -12,7 +12,7 @@ from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 
 # Two xdist workers share CI's 2 cores, and llama.cpp's threads wait on each other at every
-# step: two models with 2 threads each on 2 cores fell to ~3 tokens/s (36 with 1 thread
+# step: two models with 2 threads each on 2 cores fell below 4 tokens/s (36 with 1 thread
 # each), and an answer stalled past a test's bound. One thread per model, here and in the
 # hosts the tests start as subprocesses (they inherit the environment).
 os.environ.setdefault("FABSTIR_LLAMA_THREADS", "1")

@@ -391,7 +391,7 @@ class LlamaEngine:
     ``threads``: llama.cpp's CPU threads (default ``FABSTIR_LLAMA_THREADS``, else 2). Its
     threads meet at a barrier at every step of every token, so a machine whose cores are
     busy with other work stalls them all whenever one is descheduled: on 2 cores shared
-    with another model, SmolLM2 measured about 3 tokens/s with 2 threads each and 36 with
+    with another model, SmolLM2 measured under 4 tokens/s with 2 threads each and 36 with
     1. Give a host 1 thread where its cores are shared (CI, several hosts on one machine).
     """
 
