@@ -379,8 +379,9 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     ``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
     message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
     calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
-    same at any history length; loading 10,000 messages downloads about 65 blobs. Each
-    record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
+    same at any history length (now and then an append also merges sealed segments, each
+    message once per size tier); loading 10,000 messages downloads 2 blobs (the head and
+    one merged segment). Each record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
     when read, newer ones refused with ``StorageError``; ``setup()`` rewrites a history into
     the current format. Several
     writers may append at once (compare-and-swap on the portal's registry; nothing is lost,

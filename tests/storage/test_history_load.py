@@ -8,6 +8,7 @@ segment and publishing it, or whose publish lands but whose reply is lost).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,8 +30,9 @@ from langchain_fabstir.chat_message_histories import (
 from langchain_fabstir.errors import StorageError
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import RegistryEntry, S5FileSystem, S5Identity, S5PortalClient
+from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import on_background
-from langchain_fabstir.storage.sealed_log import _Head
+from langchain_fabstir.storage.sealed_log import SealedLog, _Head
 
 from .conftest import ThreadedPortal
 from .history_fixture import FIXTURE, SESSION, fixture_messages
@@ -139,13 +141,16 @@ async def test_a_history_written_before_merging_loads_and_compacts(tmp_path: Pat
         await fresh.aclose()
 
 
-class FlakyRegistry:
-    """A proxy in front of a portal that fails registry writes on demand.
+class PortalProxy:
+    """A proxy in front of a portal that fails registry writes, or holds downloads, on
+    demand.
 
     ``mode = "drop"``: every registry write is answered 503 without reaching the portal
     (the writer died after its uploads). ``mode = "lose_reply"``: the next registry write
     reaches the portal, its reply is replaced by a 503 (then the proxy passes again).
-    ``uploads`` counts the blobs uploaded through it.
+    ``uploads`` counts the blobs uploaded through it. ``gate_at = n``: blob downloads are
+    held until ``n`` are in flight at once (then all pass); ``max_in_flight`` is the most
+    seen at once.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -153,9 +158,25 @@ class FlakyRegistry:
         self.mode: Literal["pass", "drop", "lose_reply"] = "pass"
         self.uploads = 0
         self.dropped = 0
+        self.gate_at = 0
+        self.in_flight = self.max_in_flight = 0
+        self.gate = asyncio.Event()
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.gate_at and request.path.startswith("/s5/download/"):
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                if self.in_flight >= self.gate_at:
+                    self.gate.set()
+                await self.gate.wait()
+                return await self.forward(request)
+            finally:
+                self.in_flight -= 1
+        return await self.forward(request)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         registry_write = request.method == "POST" and request.path == "/s5/registry"
         if request.path == "/s5/upload":
@@ -179,7 +200,7 @@ class FlakyRegistry:
             )
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[FlakyRegistry]:
+    async def running(self) -> AsyncIterator[PortalProxy]:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         runner = web.AppRunner(app, access_log=None)
@@ -206,7 +227,7 @@ async def test_a_fault_in_the_middle_of_a_merge_loses_nothing(
     async with S5PortalClient(portal.url) as direct:
         await direct.ensure_account(identity.portal_account_key_pair())
         token = direct.auth_token
-    async with FlakyRegistry(portal.url).running() as proxy:
+    async with PortalProxy(portal.url).running() as proxy:
         client = S5PortalClient(proxy.url, auth_token=token, backoff_initial=0.01)
         history = S5ChatMessageHistory("faulty", fs=S5FileSystem(client, identity), seal_records=2)
         messages = [HumanMessage(f"m{i}", id=f"m{i}") for i in range(40)]
@@ -238,3 +259,31 @@ async def test_a_fault_in_the_middle_of_a_merge_loses_nothing(
         await history.aclose()
         await reader.aclose()
         await client.aclose()
+
+
+async def test_downloads_through_one_client_are_bounded_together(
+    portal: ThreadedPortal, phrase: str
+) -> None:
+    """Three logs of 30 unmerged segments each (16 downloads at a time per log) read at
+    once through one client: at most 20 requests are in flight together (the client's
+    bound, httpx's number of kept-alive connections), and 20 are (they run concurrently)."""
+    identity = S5Identity.from_phrase(phrase)
+    paths = [f"home/bounded/{i}" for i in range(3)]
+    async with S5PortalClient(portal.url) as direct:
+        await direct.ensure_account(identity.portal_account_key_pair())
+        token = direct.auth_token
+        fs = S5FileSystem(direct, identity)
+        for path in paths:
+            log = SealedLog(fs, path, fs._keys(split_path(path)).write_key, seal_records=1)
+            log.merge_fanout = 0  # (a log written before merging existed)
+            await log.extend([b"record %d" % i for i in range(30)])
+    async with PortalProxy(portal.url).running() as proxy:
+        async with S5PortalClient(proxy.url, auth_token=token) as client:
+            fs = S5FileSystem(client, identity)
+            logs = [SealedLog(fs, p, fs._keys(split_path(p)).write_key) for p in paths]
+            for log in logs:
+                await log.count()  # the heads, read now: only segments are downloaded below
+            proxy.gate_at = 20
+            snapshots = await asyncio.wait_for(asyncio.gather(*(log.read() for log in logs)), 30)
+    assert [len(snap.records) for snap in snapshots] == [30, 30, 30]
+    assert proxy.max_in_flight == 20
