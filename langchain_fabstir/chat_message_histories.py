@@ -381,10 +381,10 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
     same at any history length (now and then an append also merges sealed segments, each
     message once per size tier); loading 10,000 messages downloads 2 blobs (the head and
-    one merged segment). Each record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
-    when read, newer ones refused with ``StorageError``; ``setup()`` rewrites a history into
-    the current format. Several
-    writers may append at once (compare-and-swap on the portal's registry; nothing is lost,
+    one merged segment). Each record carries its format version (:data:`FORMAT_VERSION`):
+    older formats are upgraded when read, newer ones refused with ``StorageError``;
+    ``setup()`` rewrites a history into the current format. Several writers may append at
+    once (compare-and-swap on the portal's registry; nothing is lost,
     each writer's messages keep their order). A process killed mid-append leaves the history
     readable, with or without that append.
 
