@@ -167,7 +167,7 @@ class SealedLog:
         merge_fanout: merge this many adjacent segments of one tier into one (tier ``t``:
             segments of ``merge_fanout ** t`` to ``merge_fanout ** (t + 1) - 1`` records);
             ``0`` or ``1``: never merge.
-        max_segment_bytes: a merge never makes a segment blob larger than this.
+        max_segment_bytes: segments whose blobs add up to more are not merged.
     """
 
     def __init__(
