@@ -336,14 +336,21 @@ class SealedLog:
 
     async def _merge(self, head: _Head, budget: int) -> None:
         """Merge up to ``budget`` groups of ``head.segments`` (see :meth:`_merge_plan`)
-        into new segment blobs, uploaded before the head that names them."""
+        into new segment blobs, uploaded before the head that names them.
+
+        Merging only saves later reads work: a group that cannot be downloaded or
+        uploaded now (a portal error, a segment that does not verify) is left as it is,
+        and the append goes on (a later one merges it)."""
         for _ in range(budget):
             start = self._merge_plan(head.segments)
             if start is None:
                 return
             group = head.segments[start : start + self.merge_fanout]
-            parts = await asyncio.gather(*(self._segment_records(seg) for seg in group))
-            merged = await self._seal(group[0].first, [r for part in parts for r in part])
+            try:
+                parts = await asyncio.gather(*(self._segment_records(seg) for seg in group))
+                merged = await self._seal(group[0].first, [r for part in parts for r in part])
+            except StorageError:
+                return
             head.segments[start : start + self.merge_fanout] = [merged]
 
     async def extend(self, records: Sequence[bytes]) -> range:

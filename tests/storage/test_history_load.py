@@ -148,6 +148,7 @@ class PortalProxy:
     ``mode = "drop"``: every registry write is answered 503 without reaching the portal
     (the writer died after its uploads). ``mode = "lose_reply"``: the next registry write
     reaches the portal, its reply is replaced by a 503 (then the proxy passes again).
+    ``mode = "no_downloads"``: every blob download is answered 503.
     ``uploads`` counts the blobs uploaded through it. ``gate_at = n``: blob downloads are
     held until ``n`` are in flight at once (then all pass); ``max_in_flight`` is the most
     seen at once.
@@ -155,7 +156,7 @@ class PortalProxy:
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        self.mode: Literal["pass", "drop", "lose_reply"] = "pass"
+        self.mode: Literal["pass", "drop", "lose_reply", "no_downloads"] = "pass"
         self.uploads = 0
         self.dropped = 0
         self.gate_at = 0
@@ -182,6 +183,9 @@ class PortalProxy:
         if request.path == "/s5/upload":
             self.uploads += 1
         if registry_write and self.mode == "drop":
+            self.dropped += 1
+            return web.Response(status=503, text="injected fault")
+        if request.path.startswith("/s5/download/") and self.mode == "no_downloads":
             self.dropped += 1
             return web.Response(status=503, text="injected fault")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
@@ -287,3 +291,39 @@ async def test_downloads_through_one_client_are_bounded_together(
             snapshots = await asyncio.wait_for(asyncio.gather(*(log.read() for log in logs)), 30)
     assert [len(snap.records) for snap in snapshots] == [30, 30, 30]
     assert proxy.max_in_flight == 20
+
+
+async def test_an_append_goes_on_when_its_merge_cannot_read_the_old_segments(
+    portal: ThreadedPortal, phrase: str
+) -> None:
+    """A writer that does not hold the old segments downloads them to merge; when the
+    portal fails those downloads, the append lands unmerged (merging is an optimisation)
+    and a later append merges."""
+    identity = S5Identity.from_phrase(phrase)
+    messages = [HumanMessage(f"m{i}", id=f"m{i}") for i in range(18)]
+    first = make(portal, phrase, "unmerged", seal_records=2)
+    for message in messages[:15]:  # 7 segments of 2 and one message in the tail
+        await first.aadd_messages([message])
+    await first.aclose()
+    async with S5PortalClient(portal.url) as direct:
+        await direct.ensure_account(identity.portal_account_key_pair())
+        token = direct.auth_token
+    async with PortalProxy(portal.url).running() as proxy:
+        client = S5PortalClient(proxy.url, auth_token=token, backoff_initial=0.01)
+        history = S5ChatMessageHistory(
+            "unmerged", fs=S5FileSystem(client, identity), seal_records=2
+        )
+        assert await history.acount() == 15  # its head, read now
+        proxy.mode = "no_downloads"
+        await history.aadd_messages([messages[15]])  # seals the 8th segment; cannot merge
+        assert proxy.dropped >= 1
+        proxy.mode = "pass"
+        reader = make(portal, phrase, "unmerged")
+        assert await reader.aget_messages() == messages[:16]
+        assert [seg.count for seg in (await head_of(reader)).segments] == [2] * 8
+        await history.aadd_messages([messages[16]])  # merges now
+        assert await reader.aget_messages() == messages[:17]
+        assert [seg.count for seg in (await head_of(reader)).segments] == [16]
+        await history.aclose()
+        await reader.aclose()
+        await client.aclose()
