@@ -28,6 +28,7 @@ from langchain_fabstir._json import (
     MAX_STORED_DEPTH,
     check_value_depth,
     loads_untrusted,
+    too_deep,
 )
 from langchain_fabstir.errors import (
     IntegrityError,
@@ -40,6 +41,11 @@ from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
 from langchain_fabstir.storage.sdk_format import SdkConversation
 from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
+
+try:  # langchain-core's langsmith brings it on CPython; json does the same, slower
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_PATH_PREFIX",
@@ -104,7 +110,7 @@ def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list
         # bound is checked in O(1) for all but long bracket-heavy ones (a batch parse of
         # the records joined would need a full scan for the depth of the whole).
         try:
-            rec = loads_untrusted(record, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
+            rec = _loads_record(record)
         except ValueError as exc:
             raise IntegrityError(
                 f"record {seq} of {where} is not JSON", details={"record": seq}
@@ -122,6 +128,29 @@ def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list
                 ) from exc
         messages.append(message)
     return messages
+
+
+# A run of 19 digits may be an integer beyond 64 bits, which orjson reads as a float
+# (found with ``in`` on the digits mapped to "0": several times faster than a regex).
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def _loads_record(record: bytes) -> Any:
+    """``loads_untrusted(record, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)``, about 3x
+    faster: orjson when it gives exactly what ``json`` gives (same bounds first), else
+    ``json`` (``NaN``, lone surrogates, integers beyond 64 bits, a BOM, or no orjson)."""
+    if (
+        _orjson is None
+        or len(record) > MAX_STORED_BYTES
+        or too_deep(record, MAX_STORED_DEPTH)
+        or _LONG_NUMBER in record.translate(_ZERO_DIGITS)
+    ):
+        return loads_untrusted(record, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
+    try:
+        return _orjson.loads(record)
+    except _orjson.JSONDecodeError:  # what only json takes, or not JSON: json decides
+        return loads_untrusted(record, MAX_STORED_DEPTH, max_bytes=MAX_STORED_BYTES)
 
 
 _PLAIN_TYPES: dict[str, type[BaseMessage]] = {
@@ -350,11 +379,12 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     ``path_prefix`` (default ``home/langchain/histories/{session_id}``), one record per
     message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
     calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
-    same at any history length; loading 10,000 messages downloads about 65 blobs. Each
-    record carries its format version (:data:`FORMAT_VERSION`): older formats are upgraded
-    when read, newer ones refused with ``StorageError``; ``setup()`` rewrites a history into
-    the current format. Several
-    writers may append at once (compare-and-swap on the portal's registry; nothing is lost,
+    same at any history length (now and then an append also merges sealed segments, each
+    message once per size tier); loading 10,000 messages downloads 2 blobs (the head and
+    one merged segment). Each record carries its format version (:data:`FORMAT_VERSION`):
+    older formats are upgraded when read, newer ones refused with ``StorageError``;
+    ``setup()`` rewrites a history into the current format. Several writers may append at
+    once (compare-and-swap on the portal's registry; nothing is lost,
     each writer's messages keep their order). A process killed mid-append leaves the history
     readable, with or without that append.
 

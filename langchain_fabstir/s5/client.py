@@ -69,6 +69,7 @@ from langchain_fabstir.s5.registry import (
 __all__ = [
     "CHALLENGE_LOGIN",
     "CHALLENGE_REGISTER",
+    "DEFAULT_MAX_CONCURRENT_REQUESTS",
     "DEFAULT_REQUEST_DEADLINE",
     "DEFAULT_TIMEOUT",
     "BlobNotFoundError",
@@ -80,6 +81,7 @@ CHALLENGE_REGISTER = 0x01
 CHALLENGE_LOGIN = 0x02
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0, pool=5.0)
 DEFAULT_REQUEST_DEADLINE = 300.0
+DEFAULT_MAX_CONCURRENT_REQUESTS = 20
 
 install_log_redaction()
 
@@ -123,6 +125,11 @@ class S5PortalClient:
         backoff_initial: base of the exponential backoff, seconds (with full jitter).
         backoff_max: cap of one backoff wait, seconds.
         max_download_bytes: downloads above this size are refused (``StorageError``).
+        max_concurrent_requests: requests in flight at once (more wait their turn, before
+            their deadline starts). The default, httpx's number of kept-alive connections,
+            lets every request reuse a warm connection, and keeps many histories or logs
+            sharing one client (one ``S5Access``) from queueing on the connection pool
+            until its pool timeout.
         transport: an ``httpx.AsyncBaseTransport`` (tests, proxies).
     """
 
@@ -139,9 +146,12 @@ class S5PortalClient:
         max_download_bytes: int = 256 * 1024 * 1024,
         min_transfer_rate: float = MIN_TRANSFER_RATE,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if max_concurrent_requests < 1:
+            raise ValueError("max_concurrent_requests must be at least 1")
         if request_deadline is not None and not request_deadline > 0:
             raise ValueError("request_deadline must be positive (or None)")
         if not min_transfer_rate > 0:
@@ -158,6 +168,8 @@ class S5PortalClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_download_bytes = max_download_bytes
+        self.max_concurrent_requests = max_concurrent_requests
+        self._slots = asyncio.Semaphore(max_concurrent_requests)
         self._http = _http.client(timeout or DEFAULT_TIMEOUT, transport=transport)
 
     # --- lifecycle ----------------------------------------------------------------
@@ -201,6 +213,10 @@ class S5PortalClient:
         )
 
     async def _once(self, build: Callable[[], httpx.Request], limit: int, size: int) -> Response:
+        async with self._slots:
+            return await self._attempt(build, limit, size)
+
+    async def _attempt(self, build: Callable[[], httpx.Request], limit: int, size: int) -> Response:
         request = build()
         deadline = self.attempt_deadline(size)
         if deadline is None:

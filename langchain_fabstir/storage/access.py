@@ -102,6 +102,7 @@ def _clone_client(client: S5PortalClient) -> S5PortalClient:
         backoff_initial=client.backoff_initial,
         backoff_max=client.backoff_max,
         max_download_bytes=client.max_download_bytes,
+        max_concurrent_requests=client.max_concurrent_requests,
     )
 
 

@@ -14,12 +14,18 @@ Layout (all blobs encrypted with a key derived from the log's path; see :class:`
   ``seal_records`` records / ``seal_bytes`` bytes of tail plus one small line per segment,
   so the 10,000th append uploads about as much as the 10th.
 * **Compaction**: when the tail fills, its records are *sealed* into one segment blob and
-  the head keeps only the segment's CID. Reading ``n`` records therefore downloads the head
-  and ``n / seal_records`` segments (run concurrently; segments never change, so they are
-  cached by hash), not ``n`` blobs.
+  the head keeps only the segment's CID. Sealed segments are then *merged* as the log grows:
+  ``merge_fanout`` adjacent segments of one tier (by record count) become one segment of
+  a higher tier (the same blob format, so any reader reads it), up to
+  ``max_segment_bytes``. Reading ``n`` records therefore downloads the head and a few
+  segments per tier (run concurrently with a bound; segments never change, so they are
+  cached by hash), not ``n`` blobs; each record is rewritten once per tier, and an append
+  merges at most one group more than it seals (a log written before merging existed is
+  compacted a group per append).
 * **Crash safety**: new blobs are uploaded first; the registry swap is the only step that
-  publishes them, and it is atomic. A process killed at any point leaves the previous head
-  (or the new one), never a torn log. Orphaned blobs are harmless.
+  publishes them, and it is atomic. A process killed at any point, in the middle of a merge
+  too, leaves the previous head (or the new one), never a torn log. Merged-away and
+  orphaned blobs stay on the portal, harmless.
 * **Lost replies**: every append carries a random write id, and the head remembers the last
   few; an append whose swap landed but whose reply was lost finds its id on retry and is
   not applied twice.
@@ -158,6 +164,10 @@ class SealedLog:
         max_attempts: compare-and-swap attempts of one append under contention.
         read_concurrency: parallel segment downloads.
         cache_bytes: budget of the in-memory cache of (immutable) segments.
+        merge_fanout: merge this many adjacent segments of one tier into one (tier ``t``:
+            segments of ``merge_fanout ** t`` to ``merge_fanout ** (t + 1) - 1`` records);
+            ``0`` or ``1``: never merge.
+        max_segment_bytes: segments whose blobs add up to more are not merged.
     """
 
     def __init__(
@@ -171,14 +181,20 @@ class SealedLog:
         max_attempts: int = 40,
         read_concurrency: int = 16,
         cache_bytes: int = 16 * 1024 * 1024,
+        merge_fanout: int = 8,
+        max_segment_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         if seal_records < 1 or seal_bytes < 1:
             raise ValueError("seal_records and seal_bytes must be positive")
+        if merge_fanout < 0 or max_segment_bytes < 1:
+            raise ValueError("merge_fanout must be >= 0 and max_segment_bytes positive")
         self.fs = fs
         self.path = path
         self.seal_records = seal_records
         self.seal_bytes = seal_bytes
         self.max_attempts = max_attempts
+        self.merge_fanout = merge_fanout
+        self.max_segment_bytes = max_segment_bytes
         self._key_pair = Ed25519KeyPair.from_seed(
             derive_hash_string(write_key, "fabstir/sealed-log/v1/head")
         )
@@ -285,6 +301,58 @@ class SealedLog:
         head.tail = tail
         return out
 
+    def _tier(self, seg: _Segment) -> int:
+        # By record count: a merge of ``fanout`` segments of tier t always lands in a
+        # higher tier, so each record is rewritten once per tier (blob sizes are padded:
+        # eight small segments can make a blob no larger than one).
+        tier, bound = 0, self.merge_fanout
+        while seg.count >= bound:
+            tier, bound = tier + 1, bound * self.merge_fanout
+        return tier
+
+    def _merge_plan(self, segments: Sequence[_Segment]) -> int | None:
+        """Where the ``merge_fanout`` segments to merge next start: the first group of
+        that many adjacent segments of the lowest tier that has one (within
+        ``max_segment_bytes``), or ``None``."""
+        fanout = self.merge_fanout
+        if fanout < 2:
+            return None
+        tiers = [self._tier(seg) for seg in segments]
+        best: tuple[int, int] | None = None
+        start = 0
+        while start < len(segments):
+            stop = start
+            while stop < len(segments) and tiers[stop] == tiers[start]:
+                stop += 1
+            if (
+                stop - start >= fanout
+                and (best is None or tiers[start] < best[0])
+                and sum(seg.size for seg in segments[start : start + fanout])
+                <= self.max_segment_bytes
+            ):
+                best = (tiers[start], start)
+            start = stop
+        return None if best is None else best[1]
+
+    async def _merge(self, head: _Head, budget: int) -> None:
+        """Merge up to ``budget`` groups of ``head.segments`` (see :meth:`_merge_plan`)
+        into new segment blobs, uploaded before the head that names them.
+
+        Merging only saves later reads work: a group that cannot be downloaded or
+        uploaded now (a portal error, a segment that does not verify) is left as it is,
+        and the append goes on (a later one merges it)."""
+        for _ in range(budget):
+            start = self._merge_plan(head.segments)
+            if start is None:
+                return
+            group = head.segments[start : start + self.merge_fanout]
+            try:
+                parts = await asyncio.gather(*(self._segment_records(seg) for seg in group))
+                merged = await self._seal(group[0].first, [r for part in parts for r in part])
+            except StorageError:
+                return
+            head.segments[start : start + self.merge_fanout] = [merged]
+
     async def extend(self, records: Sequence[bytes]) -> range:
         """Append ``records`` in order, atomically; return their sequence numbers."""
         items = [bytes(r) for r in records]
@@ -322,6 +390,7 @@ class SealedLog:
                 to_seal = self._compact(new)
                 sealed = await asyncio.gather(*(self._seal(f, r) for f, r in to_seal))
                 new.segments.extend(sealed)
+                await self._merge(new, 1 + len(sealed))
                 try:
                     await self._store(new, revision + 1)
                 except RevisionConflictError:
@@ -406,6 +475,7 @@ class SealedLog:
                     new.segments.extend(
                         await asyncio.gather(*(self._seal(f, r) for f, r in self._compact(new)))
                     )
+                    await self._merge(new, len(new.segments))
                     await self._store(new, revision + 1)
                     return True
         raise AssertionError("unreachable")  # pragma: no cover
