@@ -15,6 +15,11 @@ typed error), whatever the recursion limit:
   :data:`MAX_STORED_DEPTH` levels itself, without recursing on the C stack).
 - :func:`check_value_depth`: for writers, so nothing is stored that cannot be read back.
 
+A peer's JSON may escape half of a surrogate pair alone (``"\\ud800"``), which decodes to a
+string UTF-8 cannot encode: :func:`loads_untrusted` reads each such lone surrogate as
+U+FFFD, so text from a peer can always be sent and stored again. Text from the caller that
+holds one is refused by :func:`dumps_utf8` and :func:`check_utf8` (``LONE_SURROGATE``).
+
 >>> loads_untrusted('{"a": [1, 2]}')
 {'a': [1, 2]}
 >>> loads_untrusted("[" * 5000)
@@ -34,17 +39,22 @@ from typing import Any
 
 import cbor2
 
+from langchain_fabstir.errors import LoneSurrogateError
+
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_STORED_BYTES",
     "MAX_STORED_DEPTH",
     "MAX_VALUE_DEPTH",
+    "check_utf8",
     "check_value_depth",
+    "dumps_utf8",
     "loads_cbor_untrusted",
     "loads_untrusted",
     "nests_deeper",
     "too_deep",
+    "without_lone_surrogates",
 ]
 
 MAX_DEPTH = 64
@@ -133,9 +143,78 @@ def loads_untrusted(
     if too_deep(data, limit):
         raise ValueError(f"JSON nests deeper than {limit} levels")
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except RecursionError:
         raise ValueError(f"JSON nests too deep to decode (over {limit} levels)") from None
+    if escapes_surrogate(data):
+        value = without_lone_surrogates(value)
+    return value
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escapes_surrogate(data: str | bytes | bytearray) -> bool:
+    """Whether JSON text escapes a surrogate (``\\ud800``...): the only way its decoded
+    strings can hold a lone one (a text frame or a UTF-8 body cannot). Two ``in`` tests.
+    """
+    if isinstance(data, str):
+        return "\\ud" in data or "\\uD" in data
+    return b"\\ud" in data or b"\\uD" in data
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    r"""``value`` (decoded JSON) with each lone surrogate in its strings and keys replaced
+    by U+FFFD; a pair escaped whole (an emoji) was joined by the decoder and stays.
+
+    >>> without_lone_surrogates({"a\ud800": ["x\udfff", 1, "\U0001f600"]}) == {
+    ...     "a\ufffd": ["x\ufffd", 1, "\U0001f600"]
+    ... }
+    True
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def check_utf8(text: str, what: str) -> None:
+    r"""Raise :class:`~langchain_fabstir.errors.LoneSurrogateError` when ``text`` holds a
+    lone surrogate (UTF-8 cannot carry it).
+
+    >>> check_utf8("d\u00e9j\u00e0 vu \U0001f600", "the prompt")
+    >>> try:
+    ...     check_utf8("bad \udcff byte", "the prompt")
+    ... except LoneSurrogateError as exc:
+    ...     print(exc.code, str(exc)[17:74])
+    LONE_SURROGATE the prompt holds a lone surrogate (U+DCFF) at character 4
+    """
+    found = _LONE_SURROGATE.search(text)
+    if found is not None:
+        raise LoneSurrogateError(
+            f"{what} holds a lone surrogate (U+{ord(found.group()):04X}) at character "
+            f"{found.start()}, which UTF-8 cannot carry (text decoded with "
+            'errors="surrogateescape" has them: decode with errors="replace")'
+        )
+
+
+def dumps_utf8(value: Any, *, what: str, **options: Any) -> bytes:
+    r"""``json.dumps(value, ensure_ascii=False, **options)`` as UTF-8, or
+    :class:`~langchain_fabstir.errors.LoneSurrogateError` (naming ``what``) when a string
+    in ``value`` holds a lone surrogate.
+
+    >>> dumps_utf8({"a": "é"}, what="the record", separators=(",", ":"))
+    b'{"a":"\xc3\xa9"}'
+    """
+    text = json.dumps(value, ensure_ascii=False, **options)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        check_utf8(text, what)
+        raise
 
 
 def loads_cbor_untrusted(

@@ -5,7 +5,6 @@ Details and examples: :class:`S5ChatMessageHistory`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from langchain_fabstir._json import (
     MAX_STORED_BYTES,
     MAX_STORED_DEPTH,
     check_value_depth,
+    dumps_utf8,
     loads_untrusted,
     too_deep,
 )
@@ -94,7 +94,7 @@ def encode_message(message: BaseMessage) -> bytes:
         check_value_depth(record, what="the message")
     except ValueError as exc:  # a reader could not decode it: refuse it before it is written
         raise ValueTooDeepError(str(exc)) from None
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return dumps_utf8(record, what="the message", separators=(",", ":"))
 
 
 def decode_messages(records: Sequence[bytes], *, where: str = "history") -> list[BaseMessage]:

@@ -84,6 +84,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidSeedPhraseError",
     "InvalidUtf8Error",
+    "LoneSurrogateError",
     "MessageReplayError",
     "MissingPayloadError",
     "MissingPayloadFieldsError",
@@ -314,6 +315,16 @@ class InvalidRequestError(FabstirError, ModelInvalidRequestError):
 
     code = "INVALID_REQUEST"
     is_retryable = False
+
+
+class LoneSurrogateError(InvalidRequestError, ValueError):
+    """Text to send or store holds a lone surrogate (U+D800 to U+DFFF alone), which UTF-8
+    cannot carry: refused before anything is sent or written. Such text usually comes from
+    bytes decoded with ``errors="surrogateescape"``; decode them with
+    ``errors="replace"``. (Text from peers never holds one: the client reads a lone
+    ``\\ud800`` escape in a host's or portal's JSON as U+FFFD.)"""
+
+    code = "LONE_SURROGATE"
 
 
 class HostRegistryError(InvalidRequestError):

@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from langchain_fabstir._json import escapes_surrogate, without_lone_surrogates
 from langchain_fabstir.errors import (
     AnswerTooLargeError,
     DecryptionFailedError,
@@ -474,6 +475,9 @@ class AnswerMachine:
                     obj = json.loads(raw)
                 except (ValueError, RecursionError):
                     obj = loads(raw)  # the typed error, with an excerpt
+                else:
+                    if escapes_surrogate(raw):  # (as loads_untrusted does)
+                        obj = without_lone_surrogates(obj)
             else:
                 obj = loads(raw)
             sealed = self.sealed

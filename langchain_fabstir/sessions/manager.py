@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import SecretStr
 
+from langchain_fabstir._json import check_utf8
 from langchain_fabstir.chain.config import ChainConfig
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker
 from langchain_fabstir.checkpoints.published import HostCheckpoints, fetch_host_checkpoints
@@ -630,6 +631,10 @@ class SessionManager:
         pictures = to_images(images)  # checked before anything is sent
         if not isinstance(prompt, str) or not (prompt.strip() or pictures):
             raise InvalidRequestError("the prompt is empty", session_id=session_id)
+        check_utf8(prompt, "the prompt")
+        for message in context or ():
+            if isinstance(message.get("content"), str):
+                check_utf8(message["content"], "a message of the context")
         state = self._state(session_id, active=True)
         session = state.session
         async with state.lock:

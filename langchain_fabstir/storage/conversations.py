@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
-from langchain_fabstir._json import MAX_STORED_BYTES, MAX_STORED_DEPTH, loads_untrusted
+from langchain_fabstir._json import MAX_STORED_BYTES, MAX_STORED_DEPTH, dumps_utf8, loads_untrusted
 from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5 import CID, S5FileSystem, S5Identity
 from langchain_fabstir.s5.crypto import decrypt_mutable, derive_hash_string, encrypt_mutable
@@ -279,7 +279,7 @@ class S5ConversationStore:
             conv["updatedAt"] = now
             if self.sdk_compatible:
                 return encode_sdk_object(conv)
-            return json.dumps(conv, ensure_ascii=False).encode("utf-8")
+            return dumps_utf8(conv, what="the conversation")
 
         async def save() -> dict[str, Any]:
             lock = self._locks.setdefault(str(session_id), asyncio.Lock())
@@ -309,7 +309,7 @@ class S5ConversationStore:
 
     async def save_to_s5(self, data: Mapping[str, Any]) -> str:
         """Upload ``data`` (JSON) as a blob encrypted for this user; return its CID."""
-        plain = json.dumps(data, ensure_ascii=False).encode("utf-8")
+        plain = dumps_utf8(data, what="the conversation")
 
         async def save(fs: S5FileSystem) -> str:
             blob = encrypt_mutable(plain, await self._blob_key())
@@ -345,7 +345,7 @@ class S5ConversationStore:
 
     async def generate_share_code(self, export: Mapping[str, Any]) -> str:
         """Encrypt ``export`` with a fresh key, upload it, return the share code."""
-        plain = json.dumps(export, ensure_ascii=False).encode("utf-8")
+        plain = dumps_utf8(export, what="the conversation")
         key = os.urandom(32)
 
         async def share(fs: S5FileSystem) -> str:

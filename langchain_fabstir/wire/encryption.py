@@ -14,7 +14,6 @@ XChaCha20-Poly1305 from PyNaCl (libsodium).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from langchain_fabstir._eth import keccak256 as keccak
 from langchain_fabstir._eth import to_checksum_address
-from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir._json import dumps_utf8, loads_untrusted
 from langchain_fabstir.errors import (
     AnswerTruncatedError,
     ChunkOrderError,
@@ -348,7 +347,7 @@ def seal_session_init(
     salt = _ZERO_SALT
     key = hkdf_sha256(shared, salt=salt)
     nonce = secrets.token_bytes(NONCE_SIZE)
-    plaintext = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    plaintext = dumps_utf8(body, what="the encrypted session init", separators=(",", ":"))
     ciphertext = xchacha_encrypt(key, nonce, plaintext)
     who = parse_private_key(signer) if signer is not None else PrivateKey()
     if digest == "ciphertext":
