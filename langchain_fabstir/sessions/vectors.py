@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from langchain_fabstir._json import check_utf8
 from langchain_fabstir.errors import InvalidRequestError, ProtocolError, VectorStoreError
 
 __all__ = [
@@ -112,6 +113,7 @@ class VectorFrames:
         """One vector as JSON, checked: raises ``INVALID_REQUEST`` naming the id."""
         if not isinstance(vid, str) or not vid:
             raise InvalidRequestError(f"a vector id must be a non-empty string, got {vid!r}")
+        check_utf8(vid, "a vector id")
         if not isinstance(vector, Sequence) or len(vector) != VECTOR_DIMS:
             size = len(vector) if isinstance(vector, Sequence) else type(vector).__name__
             raise InvalidRequestError(
@@ -128,6 +130,7 @@ class VectorFrames:
             meta_json = _dumps(dict(meta))
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"metadata of {vid!r} is not JSON: {exc}") from None
+        check_utf8(meta_json, f"metadata of {vid!r}")
         size = len(meta_json.encode())
         if size > MAX_METADATA_BYTES:
             raise InvalidRequestError(

@@ -7,7 +7,12 @@ import random
 
 import pytest
 
-from langchain_fabstir.errors import InvalidRequestError, ProtocolError, VectorStoreError
+from langchain_fabstir.errors import (
+    InvalidRequestError,
+    LoneSurrogateError,
+    ProtocolError,
+    VectorStoreError,
+)
 from langchain_fabstir.sessions.vectors import VectorFrames, metadata_filter
 
 
@@ -50,6 +55,10 @@ def test_limits_are_checked_before_sending() -> None:
         VectorFrames.entry("a", [0.1] * 384, {"text": "é" * 5200})  # bytes, not characters
     with pytest.raises(InvalidRequestError, match="non-empty string"):
         VectorFrames.entry("", [0.1] * 384, None)
+    with pytest.raises(LoneSurrogateError, match="metadata of 'a' holds a lone surrogate"):
+        VectorFrames.entry("a", [0.1] * 384, {"text": "x\udcff"})  # was UnicodeEncodeError
+    with pytest.raises(LoneSurrogateError, match="a vector id holds"):
+        VectorFrames.entry("a\ud800", [0.1] * 384, None)
     with pytest.raises(InvalidRequestError, match="threshold"):
         VectorFrames.search_frame([0.1] * 384, 5, 1.5, None, "s")
     with pytest.raises(InvalidRequestError, match="k must"):
