@@ -26,7 +26,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from pydantic import SecretStr
 
-from langchain_fabstir._json import loads_cbor_untrusted
+from langchain_fabstir._json import check_utf8, loads_cbor_untrusted
 from langchain_fabstir.errors import IntegrityError, StorageError
 from langchain_fabstir.s5 import S5FileSystem, S5Identity, blake3_hash
 from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_background
@@ -58,11 +58,13 @@ def upgrade_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def thread_dir_name(thread_id: str) -> str:
-    """A path segment for ``thread_id`` (base64url, or a hash for very long ids).
+    """A path segment for ``thread_id`` (base64url, or a hash for very long ids);
+    ``LONE_SURROGATE`` for an id UTF-8 cannot carry.
 
     >>> thread_dir_name("user-42")
     'tdXNlci00Mg'
     """
+    check_utf8(thread_id, "the thread id")
     raw = thread_id.encode("utf-8")
     if len(raw) <= 180:
         return "t" + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")

@@ -97,3 +97,11 @@ async def test_the_reference_host_reads_a_clients_lone_surrogate_as_a_replacemen
             '{"type":"prompt","id":"r2","request":{"model":"echo","prompt":"again","max_tokens":5}}'
         )
         assert (await read_answer(ws))[-1]["type"] == "stream_end"
+
+
+def test_a_thread_id_utf8_cannot_carry_is_refused() -> None:
+    from langchain_fabstir.langgraph.saver import thread_dir_name
+
+    assert thread_dir_name("user-\U0001f600").startswith("t")
+    with pytest.raises(LoneSurrogateError, match="the thread id holds"):
+        thread_dir_name("user-\udcff")  # was UnicodeEncodeError
