@@ -1,0 +1,214 @@
+"""Golden proofs: the tracker's output, byte for byte, as the code before issue 22's
+last checkpoint speed-ups made it (``checkpoint_golden.json``, computed with that code).
+
+Each scenario drives a :class:`CheckpointTracker` through one kind of use (streamed
+answers cut into partial pieces, pending checkpoints settled by every call that can
+settle one, empty deltas, multi-message deltas, odd strings, signatures, clocks in
+other zones or with microseconds, a resumed tracker) and records every proof's JSON,
+which call returned it, and ``hashed_bytes``. A faster path that changed a single byte
+of a proof, or when it comes back, fails here.
+
+Regenerate only for an intended change of the chain:
+``python -m tests.unit_tests.test_checkpoint_golden > tests/unit_tests/checkpoint_golden.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker, verify_checkpoints
+
+GOLDEN = Path(__file__).with_name("checkpoint_golden.json")
+CLIENT_KEY = "0x" + "a1" * 32
+WORDS = ("tok ", "en. ", "abc ", "déjà", "xyz ", "1234", "fooo", "bar ", "🙂", '"q\\', "\x00\u2028")
+
+
+def ticking(start: datetime, step: timedelta) -> Callable[[], datetime]:
+    """A clock that moves ``step`` on every reading."""
+    ticks = iter(range(10**9))
+    return lambda: start + step * next(ticks)
+
+
+class Recorder:
+    """Runs tracker calls and writes down what each returned."""
+
+    def __init__(self, tracker: CheckpointTracker) -> None:
+        self.tracker = tracker
+        self.returned: list[list[Any]] = []
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self.tracker, name)(*args, **kwargs)
+        if isinstance(result, CheckpointProof):
+            self.returned.append([len(self.returned), name, result.checkpoint_number])
+        elif result is None:
+            self.returned.append([len(self.returned), name, None])
+        return result
+
+    def record(self) -> dict[str, Any]:
+        tracker = self.tracker
+        verify_checkpoints(tracker.history(), tracker.proofs)
+        return {
+            "proofs": [p.to_json() for p in tracker.proofs],
+            "returned": [r for r in self.returned if r[2] is not None],
+            "calls": len(self.returned),
+            "hashed_bytes": tracker.hashed_bytes,
+            "tokens": tracker.tokens,
+            "conversation_hash": tracker.conversation_hash,
+            "pending": tracker.has_pending,
+        }
+
+
+def streamed(interval: int, clock: Callable[[], datetime], **kwargs: Any) -> Recorder:
+    """The bench's shape: a system prompt, turns of one-token chunks, ``end_message``."""
+    run = Recorder(CheckpointTracker("golden-1", checkpoint_interval=interval, clock=clock, **kwargs))
+    run("add_message", "system", "You are a helpful assistant.")
+    for turn in range(4):
+        run("add_message", "user", f"Question {turn}: tell me more.")
+        run("add_message", "assistant")
+        for i in range(23 + 9 * turn):
+            run("on_tokens", WORDS[(i * 5 + turn) % len(WORDS)], 1)
+        run("end_message")
+    return run
+
+
+def every_call(clock: Callable[[], datetime]) -> Recorder:
+    """Pending checkpoints settled by each call that can, empty deltas, odd text."""
+    run = Recorder(CheckpointTracker("golden-2", checkpoint_interval=3, clock=clock))
+    run("add_message", "system", "Be brief.")
+    run("add_message", "user", "lone \ud800 surrogate, \"quotes\" and \\ back")
+    run("add_message", "assistant")
+    for text, n in [("a", 1), ("", 1), ("bc", 2), ("", 0), ("d", 1), ("ef", 1)]:
+        run("on_tokens", text, n)
+    run("add_tokens", 4)
+    run("request_checkpoint")  # pending at the end of the open message
+    run("request_checkpoint", 11)  # moves the pending count
+    run("append_to_last", "gh")  # settles it as partial
+    run("add_tokens", 1)
+    run("request_checkpoint")
+    run("add_message", "tool", "result 日本")  # settles it as whole
+    run("checkpoint")  # multi-message? no: just the tool message, closed
+    run("checkpoint")  # the same boundary: an empty delta
+    run("add_message", "weird role \x1f", "")
+    run("add_message", "user", "two messages")
+    run("add_message", "assistant", "at once")
+    run("checkpoint", 20)  # three messages in one delta, an explicit count
+    run("add_tokens", 10)  # the count goes on past the explicit one
+    run("add_message", "assistant")
+    for i in range(7):
+        run("on_tokens", WORDS[i], 1)
+    run("checkpoint", timestamp=datetime(2024, 2, 29, 23, 59, 59, 999999))
+    run("add_message", "user", "closed now")
+    run("end_message")
+    run("add_tokens", 5)
+    run("request_checkpoint")  # a closed message: proven at once
+    run("on_tokens", "", 3)
+    return run
+
+
+def resumed(clock: Callable[[], datetime]) -> Recorder:
+    """A tracker that goes on from another one's history and proofs (stopped mid-answer)."""
+    first = streamed(10, clock).tracker
+    proofs = first.proofs[:-1]
+    run = Recorder(CheckpointTracker.resume("golden-1", first.history(), proofs, clock=clock))
+    run.tracker.checkpoint_interval = 4
+    run("add_message", "user", "and then?")
+    run("add_message", "assistant")
+    for i in range(17):
+        run("on_tokens", WORDS[i % len(WORDS)], 1)
+    run("end_message")
+    return run
+
+
+def scenarios() -> Iterator[tuple[str, Recorder]]:
+    utc = datetime(2024, 1, 10, 12, 0, tzinfo=timezone.utc)
+    india = timezone(timedelta(hours=5, minutes=30))
+    yield "interval 7, utc ms clock", streamed(7, ticking(utc, timedelta(milliseconds=1500)))
+    yield "interval 1, us clock", streamed(1, ticking(utc, timedelta(microseconds=1234567)))
+    yield "interval 5, other zone", streamed(5, ticking(utc.astimezone(india), timedelta(seconds=1)))
+    yield (
+        "interval 4, naive clock",
+        streamed(4, ticking(datetime(2030, 5, 1, 1, 2, 3, 456789), timedelta(microseconds=7))),
+    )
+    yield "interval 6, signed", streamed(6, ticking(utc, timedelta(seconds=2)), signing_key=CLIENT_KEY)
+    yield "every call", every_call(ticking(utc, timedelta(milliseconds=250, microseconds=3)))
+    yield "resumed", resumed(ticking(utc, timedelta(seconds=3)))
+
+
+def golden() -> dict[str, Any]:
+    return {name: run.record() for name, run in scenarios()}
+
+
+def test_the_tracker_makes_the_golden_proofs() -> None:
+    want = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    got = golden()
+    assert list(got) == list(want)
+    for name in want:
+        for key in want[name]:
+            assert got[name][key] == want[name][key], f"{name}: {key}"
+
+
+def test_the_default_clock_stamps_utc_milliseconds_of_now() -> None:
+    """The default clock's proofs: the golden fields, a UTC timestamp at ms precision."""
+    want = json.loads(GOLDEN.read_text(encoding="utf-8"))["interval 7, utc ms clock"]
+    before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
+    run = streamed(7, CheckpointTracker("x")._clock)
+    after = datetime.now(timezone.utc)
+    record = run.record()
+    for key in ("returned", "calls", "hashed_bytes", "tokens", "conversation_hash", "pending"):
+        assert record[key] == want[key]
+    for got, expected in zip(run.tracker.proofs, want["proofs"], strict=True):
+        stamp = got.timestamp
+        assert stamp.tzinfo is timezone.utc and stamp.microsecond % 1000 == 0
+        assert before <= stamp <= after
+        assert got.to_dict()["timestamp"].endswith("Z")
+        same = CheckpointProof.from_json(expected).model_copy(update={"timestamp": stamp})
+        assert got == same and got.to_json() == same.to_json()
+        assert CheckpointProof.from_json(got.to_json()) == got
+
+
+@pytest.mark.parametrize("offset_ms", [0, 1, 999, 1_704_888_000_123, 4_294_967_295_999])
+def test_default_clock_milliseconds_are_exact(offset_ms: int, monkeypatch: Any) -> None:
+    """Whatever the clock reads, the timestamp is that reading cut to whole milliseconds."""
+    from langchain_fabstir.checkpoints import tracker as tracker_module
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    for extra_ns in (0, 1, 999_999):
+        ns = offset_ms * 1_000_000 + extra_ns
+        monkeypatch.setattr(tracker_module, "time_ns", lambda ns=ns: ns, raising=False)
+        monkeypatch.setattr(
+            tracker_module,
+            "datetime",
+            _FixedNow(epoch + timedelta(microseconds=ns // 1000)),
+            raising=True,
+        )
+        proof = _one_proof(tracker_module)
+        assert proof.timestamp == epoch + timedelta(milliseconds=offset_ms)
+
+
+class _FixedNow:
+    """``datetime`` with a ``now`` that reads a fixed moment (the old default clock)."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def now(self, tz: Any = None) -> datetime:
+        return self.moment
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(datetime, name)
+
+
+def _one_proof(tracker_module: Any) -> CheckpointProof:
+    tracker = tracker_module.CheckpointTracker("s", checkpoint_interval=None)
+    tracker.add_message("user", "x")
+    return tracker.checkpoint()
+
+
+if __name__ == "__main__":
+    print(json.dumps(golden(), indent=1, ensure_ascii=True))
