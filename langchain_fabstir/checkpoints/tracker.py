@@ -13,8 +13,9 @@ Details and examples: :class:`CheckpointTracker`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring as _json_string
+from time import time_ns
 from typing import Any
 
 from langchain_fabstir.checkpoints.hashchain import (
@@ -23,9 +24,15 @@ from langchain_fabstir.checkpoints.hashchain import (
     chain_text,
     message_role_content,
     piece_json,
+    piece_suffixes,
     verify_checkpoints,
 )
-from langchain_fabstir.checkpoints.proof import CheckpointProof, made_proof, sign_proof
+from langchain_fabstir.checkpoints.proof import (
+    CheckpointProof,
+    built_proof,
+    made_proof,
+    sign_proof,
+)
 from langchain_fabstir.checkpoints.signing import PrivateKey, _account
 from langchain_fabstir.errors import CheckpointError
 
@@ -38,24 +45,34 @@ DEFAULT_CHECKPOINT_INTERVAL = 1000
 class _Message:
     """A message as a list of text pieces: appending is O(1), joining happens once."""
 
-    __slots__ = ("closed", "length", "parts", "role")
+    __slots__ = ("closed", "length", "parts", "role", "suffixes")
 
     def __init__(self, role: str, content: str) -> None:
         self.role = role
         self.parts: list[str] = [content] if content else []
         self.length = len(content)
         self.closed = False
+        # How a one-piece delta of this message ends (whole, partial): see piece_suffixes.
+        self.suffixes = piece_suffixes(role)
 
 
-@dataclass(slots=True)
-class _Pending:
-    boundary: Position
-    token_count: int
-    timestamp: datetime
+# A checkpoint waiting for its message to grow or end: where it ends (message index,
+# offset), its token count, and when it was asked for.
+_Pending = tuple[int, int, int, datetime]
+
+_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+# Below 2**32 s, ``ms / 1000`` is within 0.48 us of the exact time, so ``fromtimestamp``
+# (which rounds to the nearest microsecond) lands on the exact millisecond.
+_FLOAT_EXACT_MS = 2**32 * 1000
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    """Now, in UTC, cut to whole milliseconds (what a proof keeps of its timestamp)."""
+    ms = time_ns() // 1_000_000
+    if 0 <= ms < _FLOAT_EXACT_MS:
+        return datetime.fromtimestamp(ms / 1000, _UTC)
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 class CheckpointTracker:
@@ -229,7 +246,7 @@ class CheckpointTracker:
 
         Returns the proof of a pending checkpoint that this settles, if any.
         """
-        ready = self._settle(partial=False) if self._pending is not None else None
+        ready = self._settle(False) if self._pending is not None else None
         if self._messages:
             self._messages[-1].closed = True
         self._messages.append(_Message(role, content))
@@ -249,7 +266,12 @@ class CheckpointTracker:
             )
         if not text:
             return None
-        ready = self._settle(partial=True) if self._pending is not None else None
+        pending = self._pending
+        if pending is not None:  # the checkpoint due at the end of the text so far
+            self._pending = None
+            ready = self._prove(pending[0], pending[1], pending[2], True, pending[3])
+        else:
+            ready = None
         message = self._messages[-1]
         message.parts.append(text)
         message.length += len(text)
@@ -277,7 +299,7 @@ class CheckpointTracker:
 
     def end_message(self) -> CheckpointProof | None:
         """The last message is complete; returns a pending proof this settles, if any."""
-        ready = self._settle(partial=False) if self._pending is not None else None
+        ready = self._settle(False) if self._pending is not None else None
         if self._messages:
             self._messages[-1].closed = True
         return ready
@@ -290,7 +312,7 @@ class CheckpointTracker:
         if self.checkpoint_interval is None:
             return False
         count = self._tokens if generated_tokens is None else generated_tokens
-        proven = self._pending.token_count if self._pending is not None else self._proven_tokens
+        proven = self._pending[2] if self._pending is not None else self._proven_tokens
         return count - proven >= self.checkpoint_interval
 
     def request_checkpoint(self, token_count: int | None = None) -> CheckpointProof | None:
@@ -299,13 +321,21 @@ class CheckpointTracker:
         If the last message is closed, the proof is made and returned now; if it is still
         open, the checkpoint becomes pending and the call that settles it returns it.
         """
-        count = self._check_count(token_count)
-        if self._messages and self._messages[-1].closed:
-            return self._prove(self._end_position(), count, partial=False)
-        if self._pending is not None:
-            self._pending.token_count = count
+        count = self._tokens if token_count is None else token_count
+        if count < self._proven_tokens:
+            self._check_count(count)  # raises
+        messages = self._messages
+        if not messages:
+            self._end_position()  # raises
+        last = messages[-1]
+        mi, co = len(messages) - 1, last.length
+        if last.closed:
+            return self._prove(mi, co, count, False, None)
+        pending = self._pending
+        if pending is not None:
+            self._pending = (pending[0], pending[1], count, pending[3])
         else:
-            self._pending = _Pending(self._end_position(), count, self._clock())
+            self._pending = (mi, co, count, self._clock())
         return None
 
     def checkpoint(
@@ -318,11 +348,10 @@ class CheckpointTracker:
         message open.
         """
         count = self._check_count(token_count)
-        position = self._end_position()
+        mi, co = self._end_position()
         self._pending = None  # a pending checkpoint is at this very position: this is it
-        if self._messages:
-            self._messages[-1].closed = True
-        return self._prove(position, count, partial=False, timestamp=timestamp)
+        self._messages[mi].closed = True
+        return self._prove(mi, co, count, False, timestamp)
 
     # --- internals --------------------------------------------------------------------
 
@@ -348,20 +377,15 @@ class CheckpointTracker:
             )
         return (len(self._messages) - 1, self._messages[-1].length)
 
-    def _settle(self, *, partial: bool) -> CheckpointProof:
+    def _settle(self, partial: bool) -> CheckpointProof:
         pending = self._pending
         assert pending is not None
         self._pending = None
-        return self._prove(
-            pending.boundary, pending.token_count, partial=partial, timestamp=pending.timestamp
-        )
+        return self._prove(pending[0], pending[1], pending[2], partial, pending[3])
 
-    def _take_delta(self, boundary: Position, partial: bool) -> str:
-        """The pieces from the cursor to ``boundary`` (the current end) as canonical JSON,
-        moving the cursor."""
-        if boundary == self._previous_boundary:
-            return "[]"
-        last = boundary[0]
+    def _take_delta(self, last: int, partial: bool) -> str:
+        """The pieces from the cursor to the end of message ``last`` (the current end of
+        the conversation) as canonical JSON, moving the cursor."""
         pieces: list[str] = []
         for index in range(self._cursor_message, last + 1):
             message = self._messages[index]
@@ -377,23 +401,73 @@ class CheckpointTracker:
 
     def _prove(
         self,
-        boundary: Position,
+        mi: int,
+        co: int,
         token_count: int,
-        *,
         partial: bool,
-        timestamp: datetime | None = None,
+        timestamp: datetime | None,
     ) -> CheckpointProof:
-        digest, hashed = chain_text(self._hash, self._take_delta(boundary, partial))
+        """The proof of the checkpoint at ``(mi, co)``, the current end of the conversation.
+
+        Runs once per checkpoint: the common case (a delta inside one message, fields the
+        tracker made itself) takes the short way; anything else the general one.
+        """
+        boundary = (mi, co)
+        if boundary == self._previous_boundary:
+            delta = "[]"
+        elif mi == self._cursor_message:  # one piece, of one message
+            message = self._messages[mi]
+            parts = message.parts
+            start = self._cursor_part
+            content = "".join(parts[start:] if start else parts)
+            suffixes = message.suffixes
+            if suffixes is not None:
+                delta = '[{"content":' + _json_string(content) + suffixes[partial]
+            else:
+                delta = "[" + piece_json(message.role, content, partial) + "]"
+            if partial:
+                self._cursor_part = len(parts)
+            else:
+                self._cursor_message, self._cursor_part = mi + 1, 0
+        else:
+            delta = self._take_delta(mi, partial)
+        digest, hashed = chain_text(self._hash, delta)
         self.hashed_bytes += hashed
-        proof = made_proof(
-            self.session_id,
-            len(self._proofs) + 1,
-            digest,
-            token_count,
-            timestamp or self._clock(),
-            boundary,
-            self._proven_tokens,
-        )
+        if timestamp is None:
+            timestamp = self._clock()
+        session_id = self.session_id
+        start_token = self._proven_tokens
+        if (
+            type(session_id) is str
+            and session_id
+            and type(token_count) is int
+            and type(start_token) is int
+            and type(timestamp) is datetime
+            and timestamp.tzinfo is _UTC
+            and not timestamp.microsecond % 1000
+        ):
+            # Every field is as validation would leave it (_check_count keeps
+            # 0 <= start_token <= token_count; positions come from len()).
+            proof = built_proof(
+                session_id,
+                len(self._proofs) + 1,
+                "0x" + digest.hex(),
+                token_count,
+                timestamp,
+                mi,
+                co,
+                start_token,
+            )
+        else:
+            proof = made_proof(
+                session_id,
+                len(self._proofs) + 1,
+                digest,
+                token_count,
+                timestamp,
+                boundary,
+                start_token,
+            )
         if self._account is not None:
             proof = sign_proof(proof, self._account)
         self._hash = digest

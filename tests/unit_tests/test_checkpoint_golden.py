@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker, verify_checkpoints
 
 GOLDEN = Path(__file__).with_name("checkpoint_golden.json")
 CLIENT_KEY = "0x" + "a1" * 32
+SECOND = timedelta(seconds=1)
 WORDS = ("tok ", "en. ", "abc ", "déjà", "xyz ", "1234", "fooo", "bar ", "🙂", '"q\\', "\x00\u2028")
 
 
@@ -66,7 +69,8 @@ class Recorder:
 
 def streamed(interval: int, clock: Callable[[], datetime], **kwargs: Any) -> Recorder:
     """The bench's shape: a system prompt, turns of one-token chunks, ``end_message``."""
-    run = Recorder(CheckpointTracker("golden-1", checkpoint_interval=interval, clock=clock, **kwargs))
+    tracker = CheckpointTracker("golden-1", checkpoint_interval=interval, clock=clock, **kwargs)
+    run = Recorder(tracker)
     run("add_message", "system", "You are a helpful assistant.")
     for turn in range(4):
         run("add_message", "user", f"Question {turn}: tell me more.")
@@ -81,7 +85,7 @@ def every_call(clock: Callable[[], datetime]) -> Recorder:
     """Pending checkpoints settled by each call that can, empty deltas, odd text."""
     run = Recorder(CheckpointTracker("golden-2", checkpoint_interval=3, clock=clock))
     run("add_message", "system", "Be brief.")
-    run("add_message", "user", "lone \ud800 surrogate, \"quotes\" and \\ back")
+    run("add_message", "user", 'lone \ud800 surrogate, "quotes" and \\ back')
     run("add_message", "assistant")
     for text, n in [("a", 1), ("", 1), ("bc", 2), ("", 0), ("d", 1), ("ef", 1)]:
         run("on_tokens", text, n)
@@ -128,14 +132,12 @@ def resumed(clock: Callable[[], datetime]) -> Recorder:
 def scenarios() -> Iterator[tuple[str, Recorder]]:
     utc = datetime(2024, 1, 10, 12, 0, tzinfo=timezone.utc)
     india = timezone(timedelta(hours=5, minutes=30))
+    naive = datetime(2030, 5, 1, 1, 2, 3, 456789)
     yield "interval 7, utc ms clock", streamed(7, ticking(utc, timedelta(milliseconds=1500)))
     yield "interval 1, us clock", streamed(1, ticking(utc, timedelta(microseconds=1234567)))
-    yield "interval 5, other zone", streamed(5, ticking(utc.astimezone(india), timedelta(seconds=1)))
-    yield (
-        "interval 4, naive clock",
-        streamed(4, ticking(datetime(2030, 5, 1, 1, 2, 3, 456789), timedelta(microseconds=7))),
-    )
-    yield "interval 6, signed", streamed(6, ticking(utc, timedelta(seconds=2)), signing_key=CLIENT_KEY)
+    yield "interval 5, other zone", streamed(5, ticking(utc.astimezone(india), SECOND))
+    yield "interval 4, naive clock", streamed(4, ticking(naive, timedelta(microseconds=7)))
+    yield "interval 6, signed", streamed(6, ticking(utc, 2 * SECOND), signing_key=CLIENT_KEY)
     yield "every call", every_call(ticking(utc, timedelta(milliseconds=250, microseconds=3)))
     yield "resumed", resumed(ticking(utc, timedelta(seconds=3)))
 
@@ -172,42 +174,20 @@ def test_the_default_clock_stamps_utc_milliseconds_of_now() -> None:
         assert CheckpointProof.from_json(got.to_json()) == got
 
 
-@pytest.mark.parametrize("offset_ms", [0, 1, 999, 1_704_888_000_123, 4_294_967_295_999])
-def test_default_clock_milliseconds_are_exact(offset_ms: int, monkeypatch: Any) -> None:
-    """Whatever the clock reads, the timestamp is that reading cut to whole milliseconds."""
-    from langchain_fabstir.checkpoints import tracker as tracker_module
+@given(
+    ms=st.integers(0, 2**32 * 1000 - 1) | st.sampled_from([0, 999, 2**32 * 1000 - 1, 2**32 * 1000]),
+    sub_ms=st.integers(0, 999_999),
+)
+def test_the_default_clock_is_the_system_clock_cut_to_milliseconds(ms: int, sub_ms: int) -> None:
+    """The default clock gives proofs a timestamp ready as it is (UTC, whole ms), so
+    making one validates and converts nothing: the system clock's reading, cut to ms."""
+    import langchain_fabstir.checkpoints.tracker as tracker_module
 
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    for extra_ns in (0, 1, 999_999):
-        ns = offset_ms * 1_000_000 + extra_ns
-        monkeypatch.setattr(tracker_module, "time_ns", lambda ns=ns: ns, raising=False)
-        monkeypatch.setattr(
-            tracker_module,
-            "datetime",
-            _FixedNow(epoch + timedelta(microseconds=ns // 1000)),
-            raising=True,
-        )
-        proof = _one_proof(tracker_module)
-        assert proof.timestamp == epoch + timedelta(milliseconds=offset_ms)
-
-
-class _FixedNow:
-    """``datetime`` with a ``now`` that reads a fixed moment (the old default clock)."""
-
-    def __init__(self, moment: datetime) -> None:
-        self.moment = moment
-
-    def now(self, tz: Any = None) -> datetime:
-        return self.moment
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(datetime, name)
-
-
-def _one_proof(tracker_module: Any) -> CheckpointProof:
-    tracker = tracker_module.CheckpointTracker("s", checkpoint_interval=None)
-    tracker.add_message("user", "x")
-    return tracker.checkpoint()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tracker_module, "time_ns", lambda: ms * 1_000_000 + sub_ms)
+        stamp = tracker_module._utc_now()
+    assert stamp == datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+    assert stamp.tzinfo is timezone.utc and stamp.microsecond % 1000 == 0
 
 
 if __name__ == "__main__":
