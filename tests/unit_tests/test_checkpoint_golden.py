@@ -174,20 +174,35 @@ def test_the_default_clock_stamps_utc_milliseconds_of_now() -> None:
         assert CheckpointProof.from_json(got.to_json()) == got
 
 
+_MS_LIMIT = 2**41  # year 71,700: past any clock
+
+
 @given(
-    ms=st.integers(0, 2**32 * 1000 - 1) | st.sampled_from([0, 999, 2**32 * 1000 - 1, 2**32 * 1000]),
-    sub_ms=st.integers(0, 999_999),
+    readings=st.lists(
+        st.tuples(
+            st.integers(0, _MS_LIMIT) | st.sampled_from([0, 999, 1000, 1_704_888_000_999]),
+            st.integers(0, 999_999),
+        ),
+        min_size=1,
+        max_size=6,
+    )
 )
-def test_the_default_clock_is_the_system_clock_cut_to_milliseconds(ms: int, sub_ms: int) -> None:
+def test_the_default_clock_is_the_system_clock_cut_to_milliseconds(
+    readings: list[tuple[int, int]],
+) -> None:
     """The default clock gives proofs a timestamp ready as it is (UTC, whole ms), so
-    making one validates and converts nothing: the system clock's reading, cut to ms."""
+    making one validates and converts nothing: each reading of the system clock, cut to
+    ms, whatever came before it (the same second, a later one, an earlier one)."""
     import langchain_fabstir.checkpoints.tracker as tracker_module
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tracker_module, "time_ns", lambda: ms * 1_000_000 + sub_ms)
-        stamp = tracker_module._utc_now()
-    assert stamp == datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
-    assert stamp.tzinfo is timezone.utc and stamp.microsecond % 1000 == 0
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    for ms, sub_ms in readings:
+        reading = ms * 1_000_000 + sub_ms
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tracker_module, "time_ns", lambda reading=reading: reading)
+            stamp = tracker_module._utc_now()
+        assert stamp == epoch + timedelta(milliseconds=ms)
+        assert stamp.tzinfo is timezone.utc and stamp.microsecond % 1000 == 0
 
 
 if __name__ == "__main__":
