@@ -166,7 +166,7 @@ class CheckpointTracker:
         self._previous_boundary: Position | None = None
         self._hash = ZERO_HASH
         # Each proof, or the fields of an unsigned one (built_proof's arguments), which
-        # take a tenth of the memory and become the proof when asked for (_proof).
+        # take a sixth of the memory and become the proof when asked for (_proof).
         self._proofs: list[CheckpointProof | _Made] = []
         self._tokens = 0
         self._proven_tokens = 0
@@ -228,7 +228,8 @@ class CheckpointTracker:
 
     @property
     def proofs(self) -> list[CheckpointProof]:
-        """Every proof made so far, in order (a copy)."""
+        """Every proof made so far, in order (a new list; each proof equals the one the
+        call that made it returned, and is the same object from one read to the next)."""
         return [self._proof(i) for i in range(len(self._proofs))]
 
     @property
@@ -310,7 +311,14 @@ class CheckpointTracker:
         ready = self.append_to_last(text) if text else None
         self.add_tokens(n_tokens)
         if self._pending is None and self.should_checkpoint():
-            self.request_checkpoint()
+            messages = self._messages
+            if messages and not messages[-1].closed:
+                # request_checkpoint's common case: due at the end of the growing answer
+                # (the count just crossed the interval, so it is above the last one's).
+                last = messages[-1]
+                self._pending = (len(messages) - 1, last.length, self._tokens, self._clock())
+            else:
+                self.request_checkpoint()
         return ready
 
     def end_message(self) -> CheckpointProof | None:

@@ -15,6 +15,7 @@ Regenerate only for an intended change of the chain:
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,7 +25,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from langchain_fabstir.checkpoints import CheckpointProof, CheckpointTracker, verify_checkpoints
+from langchain_fabstir.checkpoints import (
+    CheckpointBoundary,
+    CheckpointProof,
+    CheckpointTracker,
+    verify_checkpoints,
+)
 
 GOLDEN = Path(__file__).with_name("checkpoint_golden.json")
 CLIENT_KEY = "0x" + "a1" * 32
@@ -44,10 +50,12 @@ class Recorder:
     def __init__(self, tracker: CheckpointTracker) -> None:
         self.tracker = tracker
         self.returned: list[list[Any]] = []
+        self.proofs: list[CheckpointProof] = []
 
     def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self.tracker, name)(*args, **kwargs)
         if isinstance(result, CheckpointProof):
+            self.proofs.append(result)
             self.returned.append([len(self.returned), name, result.checkpoint_number])
         elif result is None:
             self.returned.append([len(self.returned), name, None])
@@ -155,6 +163,74 @@ def test_the_tracker_makes_the_golden_proofs() -> None:
             assert got[name][key] == want[name][key], f"{name}: {key}"
 
 
+def validated(proof: CheckpointProof) -> CheckpointProof:
+    """``proof`` made again the slow way: ``CheckpointProof(...)`` with validation."""
+    fields = {
+        "session_id": proof.session_id,
+        "checkpoint_number": proof.checkpoint_number,
+        "conversation_hash": proof.conversation_hash,
+        "token_count": proof.token_count,
+        "timestamp": proof.timestamp,
+        "boundary": CheckpointBoundary(
+            message_index=proof.boundary.message_index, char_offset=proof.boundary.char_offset
+        ),
+        "start_token": proof.start_token,
+        "end_token": proof.end_token,
+    }
+    made = CheckpointProof(**fields)
+    if proof.signature is not None:
+        made = made.model_copy(update={"signature": proof.signature, "signer": proof.signer})
+    return made
+
+
+def test_every_proof_is_the_one_validation_makes() -> None:
+    """The proofs a tracker returns, and those its ``proofs`` gives later (built from the
+    fields it kept), are the validated proofs: equal, same fields set, same types."""
+    for name, run in scenarios():
+        kept = run.tracker.proofs
+        assert run.tracker.proofs == kept and all(
+            a is b for a, b in zip(run.tracker.proofs, kept, strict=True)
+        ), name  # built once
+        assert run.tracker.last_proof is kept[-1]
+        by_number = {p.checkpoint_number: p for p in kept}
+        for got in [*run.proofs, *kept]:
+            want = validated(got)
+            assert got == want and got.to_json() == want.to_json(), name
+            assert got == by_number[got.checkpoint_number], name
+            assert got.model_fields_set == want.model_fields_set, name
+            assert got.boundary.model_fields_set == want.boundary.model_fields_set, name
+            assert got.__pydantic_extra__ is None and got.__pydantic_private__ is None
+            assert got.model_dump() == want.model_dump(), name
+            assert [type(v) for v in got.__dict__.values()] == [
+                type(v) for v in want.__dict__.values()
+            ], name
+            assert got.model_fields_set is not kept[0].model_fields_set or got is kept[0]
+
+
+def test_a_tracker_keeps_a_proofs_fields_not_the_model() -> None:
+    """A session's tracker lives as long as the session (on a host: one per session it
+    serves); it keeps each unsigned proof's fields (~330 bytes), not the model (~1.9 KB with its
+    boundary, dicts and sets), and builds the model when ``proofs`` is read."""
+    tracker = CheckpointTracker("memory", checkpoint_interval=10)
+    tracker.add_message("user", "go")
+    tracker.add_message("assistant")
+    words = ["word "] * 10
+    for word in words:  # warm: the first message's structures
+        tracker.on_tokens(word)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            for word in words:
+                tracker.on_tokens(word)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    text = 200 * 10 * 8  # the message's list of pieces grows by a pointer per token
+    assert len(tracker.proofs) == 200  # (the 201st is pending)
+    assert (kept - text) / 200 < 600, kept
+
+
 def test_the_default_clock_stamps_utc_milliseconds_of_now() -> None:
     """The default clock's proofs: the golden fields, a UTC timestamp at ms precision."""
     want = json.loads(GOLDEN.read_text(encoding="utf-8"))["interval 7, utc ms clock"]
@@ -174,7 +250,7 @@ def test_the_default_clock_stamps_utc_milliseconds_of_now() -> None:
         assert CheckpointProof.from_json(got.to_json()) == got
 
 
-_MS_LIMIT = 2**41  # year 71,700: past any clock
+_MS_LIMIT = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last datetime
 
 
 @given(
