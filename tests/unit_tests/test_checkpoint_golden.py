@@ -75,12 +75,14 @@ class Recorder:
         }
 
 
-def streamed(interval: int, clock: Callable[[], datetime], **kwargs: Any) -> Recorder:
+def streamed(
+    interval: int, clock: Callable[[], datetime], turns: int = 4, **kwargs: Any
+) -> Recorder:
     """The bench's shape: a system prompt, turns of one-token chunks, ``end_message``."""
     tracker = CheckpointTracker("golden-1", checkpoint_interval=interval, clock=clock, **kwargs)
     run = Recorder(tracker)
     run("add_message", "system", "You are a helpful assistant.")
-    for turn in range(4):
+    for turn in range(turns):
         run("add_message", "user", f"Question {turn}: tell me more.")
         run("add_message", "assistant")
         for i in range(23 + 9 * turn):
@@ -142,7 +144,7 @@ def scenarios() -> Iterator[tuple[str, Recorder]]:
     india = timezone(timedelta(hours=5, minutes=30))
     naive = datetime(2030, 5, 1, 1, 2, 3, 456789)
     yield "interval 7, utc ms clock", streamed(7, ticking(utc, timedelta(milliseconds=1500)))
-    yield "interval 1, us clock", streamed(1, ticking(utc, timedelta(microseconds=1234567)))
+    yield "interval 1, us clock", streamed(1, ticking(utc, timedelta(microseconds=1234567)), 2)
     yield "interval 5, other zone", streamed(5, ticking(utc.astimezone(india), SECOND))
     yield "interval 4, naive clock", streamed(4, ticking(naive, timedelta(microseconds=7)))
     yield "interval 6, signed", streamed(6, ticking(utc, 2 * SECOND), signing_key=CLIENT_KEY)
