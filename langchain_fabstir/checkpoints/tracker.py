@@ -345,15 +345,9 @@ class CheckpointTracker:
         If the last message is closed, the proof is made and returned now; if it is still
         open, the checkpoint becomes pending and the call that settles it returns it.
         """
-        count = self._tokens if token_count is None else token_count
-        if count < self._proven_tokens:
-            self._check_count(count)  # raises
-        messages = self._messages
-        if not messages:
-            self._end_position()  # raises
-        last = messages[-1]
-        mi, co = len(messages) - 1, last.length
-        if last.closed:
+        count = self._check_count(token_count)
+        mi, co = self._end_position()
+        if self._messages[mi].closed:
             return self._prove(mi, co, count, False, None)
         pending = self._pending
         if pending is not None:
@@ -403,10 +397,11 @@ class CheckpointTracker:
 
     def _proof(self, index: int) -> CheckpointProof:
         """Proof ``index``, built from its fields the first time it is asked for."""
-        proof = self._proofs[index]
-        if type(proof) is tuple:
-            proof = self._proofs[index] = built_proof(*proof)
-        return proof  # type: ignore[return-value]
+        stored = self._proofs[index]
+        if isinstance(stored, CheckpointProof):
+            return stored
+        proof = self._proofs[index] = built_proof(*stored)
+        return proof
 
     def _settle(self, partial: bool) -> CheckpointProof:
         pending = self._pending
