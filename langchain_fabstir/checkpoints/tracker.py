@@ -283,12 +283,7 @@ class CheckpointTracker:
             )
         if not text:
             return None
-        if self._pending is not None:  # the checkpoint due at the end of the text so far
-            pending = self._pending
-            self._pending = None
-            ready = self._prove(pending[0], pending[1], pending[2], True, pending[3])
-        else:
-            ready = None
+        ready = self._settle(True) if self._pending is not None else None
         message = self._messages[-1]
         message.parts.append(text)
         message.length += len(text)
@@ -311,14 +306,7 @@ class CheckpointTracker:
         ready = self.append_to_last(text) if text else None
         self.add_tokens(n_tokens)
         if self._pending is None and self.should_checkpoint():
-            messages = self._messages
-            if messages and not messages[-1].closed:
-                # request_checkpoint's common case: due at the end of the growing answer
-                # (the count just crossed the interval, so it is above the last one's).
-                last = messages[-1]
-                self._pending = (len(messages) - 1, last.length, self._tokens, self._clock())
-            else:
-                self.request_checkpoint()
+            self._due()
         return ready
 
     def end_message(self) -> CheckpointProof | None:
@@ -394,6 +382,16 @@ class CheckpointTracker:
                 details={"reason": "empty_conversation"},
             )
         return (len(self._messages) - 1, self._messages[-1].length)
+
+    def _due(self) -> None:
+        """:meth:`request_checkpoint` for :meth:`on_tokens`, whose count just crossed the
+        interval (so it is above the last checkpoint's): its common case made short."""
+        messages = self._messages
+        if messages and not messages[-1].closed:  # due at the end of the growing answer
+            last = messages[-1]
+            self._pending = (len(messages) - 1, last.length, self._tokens, self._clock())
+        else:
+            self.request_checkpoint()
 
     def _proof(self, index: int) -> CheckpointProof:
         """Proof ``index``, built from its fields the first time it is asked for."""
