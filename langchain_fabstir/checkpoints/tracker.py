@@ -385,9 +385,13 @@ class CheckpointTracker:
 
     def _due(self) -> None:
         """:meth:`request_checkpoint` for :meth:`on_tokens`, whose count just crossed the
-        interval (so it is above the last checkpoint's): its common case made short."""
+        interval: its common case made short (anything else takes the long way)."""
         messages = self._messages
-        if messages and not messages[-1].closed:  # due at the end of the growing answer
+        if (
+            messages
+            and not messages[-1].closed  # due at the end of the growing answer
+            and self._tokens >= self._proven_tokens  # (what _check_count checks)
+        ):
             last = messages[-1]
             self._pending = (len(messages) - 1, last.length, self._tokens, self._clock())
         else:

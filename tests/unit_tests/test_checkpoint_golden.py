@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from langchain_fabstir.checkpoints import (
     CheckpointBoundary,
+    CheckpointError,
     CheckpointProof,
     CheckpointTracker,
     verify_checkpoints,
@@ -207,6 +208,21 @@ def test_every_proof_is_the_one_validation_makes() -> None:
                 type(v) for v in want.__dict__.values()
             ], name
             assert got.model_fields_set is not kept[0].model_fields_set or got is kept[0]
+
+
+def test_the_short_way_refuses_what_the_long_way_refuses() -> None:
+    """A due checkpoint below the last one's count (an interval changed to a negative
+    one after an explicit count ahead of the stream) is a typed error, never a proof
+    with ``start_token > end_token``."""
+    tracker = CheckpointTracker("s", checkpoint_interval=5)
+    tracker.add_message("user", "x")
+    tracker.add_message("assistant")
+    tracker.checkpoint(token_count=10)
+    tracker.add_message("assistant")
+    tracker.checkpoint_interval = -100
+    with pytest.raises(CheckpointError) as err:
+        tracker.on_tokens("a", 1)
+    assert err.value.details["reason"] == "bad_args" and len(tracker.proofs) == 1
 
 
 def test_a_tracker_keeps_a_proofs_fields_not_the_model() -> None:
