@@ -65,7 +65,7 @@ _Made = tuple[str, int, str, int, datetime, int, int, int]
 _Pending = tuple[int, int, int, datetime]
 
 _UTC = timezone.utc
-_MILLISECONDS = tuple(timedelta(milliseconds=ms) for ms in range(1000))
+_MILLISECONDS = tuple(timedelta(milliseconds=1) * ms for ms in range(1000))
 # The last second _utc_now read, and that second as a datetime (one tuple: threads that
 # replace it at the same time each leave a consistent pair).
 _now_second = (0, datetime(1970, 1, 1, tzinfo=_UTC))
