@@ -26,6 +26,7 @@ __all__ = [
     "conversation_deltas",
     "conversation_hashes",
     "message_role_content",
+    "piece_suffixes",
     "verify_checkpoints",
 ]
 
@@ -83,6 +84,24 @@ def piece_json(role: Any, content: Any, partial: bool) -> str:
     if partial:
         piece["partial"] = True
     return canonical_json(piece)
+
+
+def piece_suffixes(role: Any) -> tuple[str, str] | None:
+    """What follows the content in a delta of one piece of ``role``, whole and partial:
+    ``'[{"content":' + json(content) + suffix`` is ``canonical_json([piece])``, the
+    :func:`piece_json` text, for a tracker to write a one-piece delta with one string
+    escape. ``None`` when ``role`` is not a ``str`` (then use :func:`piece_json`).
+
+    >>> whole, partial = piece_suffixes("ai")
+    >>> '[{"content":"Hi"' + partial
+    '[{"content":"Hi","partial":true,"role":"ai"}]'
+    >>> '[{"content":"Hi"' + whole == delta_json([{"role": "ai", "content": "Hi"}])
+    True
+    """
+    if type(role) is not str:
+        return None
+    role_json = _string(role)
+    return f',"role":{role_json}}}]', f',"partial":true,"role":{role_json}}}]'
 
 
 def message_role_content(item: Any, index: int) -> tuple[str, str]:

@@ -280,33 +280,16 @@ def made_proof(
             timestamp = _to_utc_ms(timestamp)
         elif timestamp.microsecond % 1000:
             timestamp -= timedelta(microseconds=timestamp.microsecond % 1000)
-        where = _new(CheckpointBoundary)
-        _set(where, "__dict__", {"message_index": mi, "char_offset": co})
-        _set(where, "__pydantic_fields_set__", _BOUNDARY_SET.copy())
-        _set(where, "__pydantic_extra__", None)
-        _set(where, "__pydantic_private__", None)
-        proof = _new(CheckpointProof)
-        _set(
-            proof,
-            "__dict__",
-            {
-                "session_id": session_id,
-                "checkpoint_number": checkpoint_number,
-                "conversation_hash": "0x" + digest.hex(),
-                "token_count": token_count,
-                "timestamp": timestamp,
-                "boundary": where,
-                "start_token": start_token,
-                "end_token": token_count,
-                "signature": None,
-                "signer": None,
-                "host_signature": None,
-            },
+        return built_proof(
+            session_id,
+            checkpoint_number,
+            "0x" + digest.hex(),
+            token_count,
+            timestamp,
+            mi,
+            co,
+            start_token,
         )
-        _set(proof, "__pydantic_fields_set__", _MADE_SET.copy())
-        _set(proof, "__pydantic_extra__", None)
-        _set(proof, "__pydantic_private__", None)
-        return proof
     return CheckpointProof(
         session_id=session_id,
         checkpoint_number=checkpoint_number,
@@ -319,19 +302,71 @@ def made_proof(
     )
 
 
-_set = object.__setattr__
+def built_proof(
+    session_id: str,
+    checkpoint_number: int,
+    conversation_hash: str,
+    token_count: int,
+    timestamp: datetime,
+    message_index: int,
+    char_offset: int,
+    start_token: int,
+) -> CheckpointProof:
+    """The proof of fields that already have their validated form; nothing is checked.
+
+    For callers that made every field themselves: a non-empty ``str`` id, ``int`` counts
+    with ``1 <= checkpoint_number`` and ``0 <= start_token <= token_count``, a lowercase
+    ``0x`` + 64 hex hash, a ``timezone.utc`` timestamp at millisecond precision, ``int``
+    positions ``>= 0``. :func:`made_proof` checks that and validates anything else. The
+    result is the object ``model_construct`` would make (about 1 us instead of 9).
+    """
+    where = _new(CheckpointBoundary)
+    _set_dict(where, {"message_index": message_index, "char_offset": char_offset})
+    _set_fields(where, set(_BOUNDARY_SET))
+    _set_extra(where, None)
+    _set_private(where, None)
+    proof = _new(CheckpointProof)
+    _set_dict(
+        proof,
+        {
+            "session_id": session_id,
+            "checkpoint_number": checkpoint_number,
+            "conversation_hash": conversation_hash,
+            "token_count": token_count,
+            "timestamp": timestamp,
+            "boundary": where,
+            "start_token": start_token,
+            "end_token": token_count,
+            "signature": None,
+            "signer": None,
+            "host_signature": None,
+        },
+    )
+    _set_fields(proof, set(_MADE_SET))
+    _set_extra(proof, None)
+    _set_private(proof, None)
+    return proof
+
+
+# The setters of BaseModel's four slots, called directly (a frozen model refuses setattr).
 _new = object.__new__
-_BOUNDARY_SET = {"message_index", "char_offset"}
-_MADE_SET = {
-    "session_id",
-    "checkpoint_number",
-    "conversation_hash",
-    "token_count",
-    "timestamp",
-    "boundary",
-    "start_token",
-    "end_token",
-}
+_set_dict = vars(BaseModel)["__dict__"].__set__
+_set_fields = vars(BaseModel)["__pydantic_fields_set__"].__set__
+_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
+_set_private = vars(BaseModel)["__pydantic_private__"].__set__
+_BOUNDARY_SET = frozenset({"message_index", "char_offset"})
+_MADE_SET = frozenset(
+    {
+        "session_id",
+        "checkpoint_number",
+        "conversation_hash",
+        "token_count",
+        "timestamp",
+        "boundary",
+        "start_token",
+        "end_token",
+    }
+)
 
 
 def _first_error(exc: ValidationError) -> str:

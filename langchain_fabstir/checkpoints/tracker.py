@@ -13,8 +13,9 @@ Details and examples: :class:`CheckpointTracker`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring as _json_string
+from time import time_ns
 from typing import Any
 
 from langchain_fabstir.checkpoints.hashchain import (
@@ -23,9 +24,15 @@ from langchain_fabstir.checkpoints.hashchain import (
     chain_text,
     message_role_content,
     piece_json,
+    piece_suffixes,
     verify_checkpoints,
 )
-from langchain_fabstir.checkpoints.proof import CheckpointProof, made_proof, sign_proof
+from langchain_fabstir.checkpoints.proof import (
+    CheckpointProof,
+    built_proof,
+    made_proof,
+    sign_proof,
+)
 from langchain_fabstir.checkpoints.signing import PrivateKey, _account
 from langchain_fabstir.errors import CheckpointError
 
@@ -38,24 +45,48 @@ DEFAULT_CHECKPOINT_INTERVAL = 1000
 class _Message:
     """A message as a list of text pieces: appending is O(1), joining happens once."""
 
-    __slots__ = ("closed", "length", "parts", "role")
+    __slots__ = ("closed", "length", "parts", "role", "suffixes")
 
     def __init__(self, role: str, content: str) -> None:
         self.role = role
         self.parts: list[str] = [content] if content else []
         self.length = len(content)
         self.closed = False
+        # How a one-piece delta of this message ends (whole, partial): see piece_suffixes.
+        self.suffixes = piece_suffixes(role)
 
 
-@dataclass(slots=True)
-class _Pending:
-    boundary: Position
-    token_count: int
-    timestamp: datetime
+# A proof's fields, as built_proof takes them: session_id, checkpoint_number,
+# conversation_hash, token_count, timestamp, message_index, char_offset, start_token.
+_Made = tuple[str, int, str, int, datetime, int, int, int]
+
+# A checkpoint waiting for its message to grow or end: where it ends (message index,
+# offset), its token count, and when it was asked for.
+_Pending = tuple[int, int, int, datetime]
+
+_UTC = timezone.utc
+_MILLISECONDS = tuple(timedelta(milliseconds=1) * ms for ms in range(1000))
+# The last second _utc_now read, and that second as a datetime (one tuple: threads that
+# replace it at the same time each leave a consistent pair).
+_now_second = (0, datetime(1970, 1, 1, tzinfo=_UTC))
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    """Now, in UTC, cut to whole milliseconds (what a proof keeps of its timestamp).
+
+    The second is converted once (``fromtimestamp`` of an int: exact); each call adds
+    its milliseconds to it, which costs a third as much.
+    """
+    global _now_second
+    ms = time_ns() // 1_000_000
+    second, start = _now_second
+    offset = ms - second * 1000
+    if not 0 <= offset < 1000:
+        second = ms // 1000
+        start = datetime.fromtimestamp(second, _UTC)
+        _now_second = (second, start)
+        offset = ms - second * 1000
+    return start + _MILLISECONDS[offset]
 
 
 class CheckpointTracker:
@@ -134,7 +165,9 @@ class CheckpointTracker:
         self._cursor_part = 0
         self._previous_boundary: Position | None = None
         self._hash = ZERO_HASH
-        self._proofs: list[CheckpointProof] = []
+        # Each proof, or the fields of an unsigned one (built_proof's arguments), which
+        # take a sixth of the memory and become the proof when asked for (_proof).
+        self._proofs: list[CheckpointProof | _Made] = []
         self._tokens = 0
         self._proven_tokens = 0
         self._pending: _Pending | None = None
@@ -187,7 +220,7 @@ class CheckpointTracker:
                 tracker._cursor_message, tracker._cursor_part = mi, 1
             tracker._previous_boundary = (mi, co)
             tracker._hash = bytes.fromhex(last.conversation_hash[2:])
-            tracker._proofs = parsed
+            tracker._proofs = list(parsed)
             tracker._tokens = tracker._proven_tokens = last.end_token
         return tracker
 
@@ -195,13 +228,14 @@ class CheckpointTracker:
 
     @property
     def proofs(self) -> list[CheckpointProof]:
-        """Every proof made so far, in order (a copy)."""
-        return list(self._proofs)
+        """Every proof made so far, in order (a new list; each proof equals the one the
+        call that made it returned, and is the same object from one read to the next)."""
+        return [self._proof(i) for i in range(len(self._proofs))]
 
     @property
     def last_proof(self) -> CheckpointProof | None:
         """The latest proof, if any."""
-        return self._proofs[-1] if self._proofs else None
+        return self._proof(len(self._proofs) - 1) if self._proofs else None
 
     @property
     def tokens(self) -> int:
@@ -229,7 +263,7 @@ class CheckpointTracker:
 
         Returns the proof of a pending checkpoint that this settles, if any.
         """
-        ready = self._settle(partial=False) if self._pending is not None else None
+        ready = self._settle(False) if self._pending is not None else None
         if self._messages:
             self._messages[-1].closed = True
         self._messages.append(_Message(role, content))
@@ -249,7 +283,7 @@ class CheckpointTracker:
             )
         if not text:
             return None
-        ready = self._settle(partial=True) if self._pending is not None else None
+        ready = self._settle(True) if self._pending is not None else None
         message = self._messages[-1]
         message.parts.append(text)
         message.length += len(text)
@@ -272,12 +306,12 @@ class CheckpointTracker:
         ready = self.append_to_last(text) if text else None
         self.add_tokens(n_tokens)
         if self._pending is None and self.should_checkpoint():
-            self.request_checkpoint()
+            self._due()
         return ready
 
     def end_message(self) -> CheckpointProof | None:
         """The last message is complete; returns a pending proof this settles, if any."""
-        ready = self._settle(partial=False) if self._pending is not None else None
+        ready = self._settle(False) if self._pending is not None else None
         if self._messages:
             self._messages[-1].closed = True
         return ready
@@ -290,7 +324,7 @@ class CheckpointTracker:
         if self.checkpoint_interval is None:
             return False
         count = self._tokens if generated_tokens is None else generated_tokens
-        proven = self._pending.token_count if self._pending is not None else self._proven_tokens
+        proven = self._pending[2] if self._pending is not None else self._proven_tokens
         return count - proven >= self.checkpoint_interval
 
     def request_checkpoint(self, token_count: int | None = None) -> CheckpointProof | None:
@@ -300,12 +334,14 @@ class CheckpointTracker:
         open, the checkpoint becomes pending and the call that settles it returns it.
         """
         count = self._check_count(token_count)
-        if self._messages and self._messages[-1].closed:
-            return self._prove(self._end_position(), count, partial=False)
-        if self._pending is not None:
-            self._pending.token_count = count
+        mi, co = self._end_position()
+        if self._messages[mi].closed:
+            return self._prove(mi, co, count, False, None)
+        pending = self._pending
+        if pending is not None:
+            self._pending = (pending[0], pending[1], count, pending[3])
         else:
-            self._pending = _Pending(self._end_position(), count, self._clock())
+            self._pending = (mi, co, count, self._clock())
         return None
 
     def checkpoint(
@@ -318,11 +354,10 @@ class CheckpointTracker:
         message open.
         """
         count = self._check_count(token_count)
-        position = self._end_position()
+        mi, co = self._end_position()
         self._pending = None  # a pending checkpoint is at this very position: this is it
-        if self._messages:
-            self._messages[-1].closed = True
-        return self._prove(position, count, partial=False, timestamp=timestamp)
+        self._messages[mi].closed = True
+        return self._prove(mi, co, count, False, timestamp)
 
     # --- internals --------------------------------------------------------------------
 
@@ -348,20 +383,37 @@ class CheckpointTracker:
             )
         return (len(self._messages) - 1, self._messages[-1].length)
 
-    def _settle(self, *, partial: bool) -> CheckpointProof:
+    def _due(self) -> None:
+        """:meth:`request_checkpoint` for :meth:`on_tokens`, whose count just crossed the
+        interval: its common case made short (anything else takes the long way)."""
+        messages = self._messages
+        if (
+            messages
+            and not messages[-1].closed  # due at the end of the growing answer
+            and self._tokens >= self._proven_tokens  # (what _check_count checks)
+        ):
+            last = messages[-1]
+            self._pending = (len(messages) - 1, last.length, self._tokens, self._clock())
+        else:
+            self.request_checkpoint()
+
+    def _proof(self, index: int) -> CheckpointProof:
+        """Proof ``index``, built from its fields the first time it is asked for."""
+        stored = self._proofs[index]
+        if isinstance(stored, CheckpointProof):
+            return stored
+        proof = self._proofs[index] = built_proof(*stored)
+        return proof
+
+    def _settle(self, partial: bool) -> CheckpointProof:
         pending = self._pending
         assert pending is not None
         self._pending = None
-        return self._prove(
-            pending.boundary, pending.token_count, partial=partial, timestamp=pending.timestamp
-        )
+        return self._prove(pending[0], pending[1], pending[2], partial, pending[3])
 
-    def _take_delta(self, boundary: Position, partial: bool) -> str:
-        """The pieces from the cursor to ``boundary`` (the current end) as canonical JSON,
-        moving the cursor."""
-        if boundary == self._previous_boundary:
-            return "[]"
-        last = boundary[0]
+    def _take_delta(self, last: int, partial: bool) -> str:
+        """The pieces from the cursor to the end of message ``last`` (the current end of
+        the conversation) as canonical JSON, moving the cursor."""
         pieces: list[str] = []
         for index in range(self._cursor_message, last + 1):
             message = self._messages[index]
@@ -377,29 +429,81 @@ class CheckpointTracker:
 
     def _prove(
         self,
-        boundary: Position,
+        mi: int,
+        co: int,
         token_count: int,
-        *,
         partial: bool,
-        timestamp: datetime | None = None,
+        timestamp: datetime | None,
     ) -> CheckpointProof:
-        digest, hashed = chain_text(self._hash, self._take_delta(boundary, partial))
+        """The proof of the checkpoint at ``(mi, co)``, the current end of the conversation.
+
+        Runs once per checkpoint: the common case (a delta inside one message, fields the
+        tracker made itself) takes the short way; anything else the general one.
+        """
+        boundary = (mi, co)
+        if boundary == self._previous_boundary:
+            delta = "[]"
+        elif mi == self._cursor_message:  # one piece, of one message
+            message = self._messages[mi]
+            parts = message.parts
+            start = self._cursor_part
+            content = "".join(parts[start:] if start else parts)
+            suffixes = message.suffixes
+            if suffixes is not None:
+                delta = '[{"content":' + _json_string(content) + suffixes[partial]
+            else:
+                delta = "[" + piece_json(message.role, content, partial) + "]"
+            if partial:
+                self._cursor_part = len(parts)
+            else:
+                self._cursor_message, self._cursor_part = mi + 1, 0
+        else:
+            delta = self._take_delta(mi, partial)
+        digest, hashed = chain_text(self._hash, delta)
         self.hashed_bytes += hashed
-        proof = made_proof(
-            self.session_id,
-            len(self._proofs) + 1,
-            digest,
-            token_count,
-            timestamp or self._clock(),
-            boundary,
-            self._proven_tokens,
-        )
+        if timestamp is None:
+            timestamp = self._clock()
+        session_id = self.session_id
+        start_token = self._proven_tokens
+        stored: CheckpointProof | _Made
+        if (
+            type(session_id) is str
+            and session_id
+            and type(token_count) is int
+            and type(start_token) is int
+            and type(timestamp) is datetime
+            and timestamp.tzinfo is _UTC
+            and not timestamp.microsecond % 1000
+        ):
+            # Every field is as validation would leave it (_check_count keeps
+            # 0 <= start_token <= token_count; positions come from len()).
+            stored = (
+                session_id,
+                len(self._proofs) + 1,
+                "0x" + digest.hex(),
+                token_count,
+                timestamp,
+                mi,
+                co,
+                start_token,
+            )
+            proof = built_proof(*stored)
+        else:
+            proof = stored = made_proof(
+                session_id,
+                len(self._proofs) + 1,
+                digest,
+                token_count,
+                timestamp,
+                boundary,
+                start_token,
+            )
         if self._account is not None:
-            proof = sign_proof(proof, self._account)
+            proof = stored = sign_proof(proof, self._account)
         self._hash = digest
         self._previous_boundary = boundary
         self._proven_tokens = token_count
-        self._proofs.append(proof)
+        self._proofs.append(stored)
         return proof
 
 
