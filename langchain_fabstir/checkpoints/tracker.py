@@ -306,7 +306,9 @@ class CheckpointTracker:
         ready = self.append_to_last(text) if text else None
         self.add_tokens(n_tokens)
         if self._pending is None and self.should_checkpoint():
-            self._due()
+            made = self._due()  # a proof now only when the last message is closed
+            if ready is None:
+                return made
         return ready
 
     def end_message(self) -> CheckpointProof | None:
@@ -361,9 +363,6 @@ class CheckpointTracker:
 
     # --- internals --------------------------------------------------------------------
 
-    def _now(self) -> datetime:
-        return self._clock()
-
     def _check_count(self, token_count: int | None) -> int:
         count = self._tokens if token_count is None else token_count
         if count < self._proven_tokens:
@@ -383,7 +382,7 @@ class CheckpointTracker:
             )
         return (len(self._messages) - 1, self._messages[-1].length)
 
-    def _due(self) -> None:
+    def _due(self) -> CheckpointProof | None:
         """:meth:`request_checkpoint` for :meth:`on_tokens`, whose count just crossed the
         interval: its common case made short (anything else takes the long way)."""
         messages = self._messages
@@ -394,8 +393,8 @@ class CheckpointTracker:
         ):
             last = messages[-1]
             self._pending = (len(messages) - 1, last.length, self._tokens, self._clock())
-        else:
-            self.request_checkpoint()
+            return None
+        return self.request_checkpoint()
 
     def _proof(self, index: int) -> CheckpointProof:
         """Proof ``index``, built from its fields the first time it is asked for."""

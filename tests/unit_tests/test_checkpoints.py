@@ -823,3 +823,17 @@ def test_verify_host_checkpoints_needs_every_delta_and_matching_entries() -> Non
     with pytest.raises(CheckpointError) as err:
         verify_host_checkpoints(index, [deltas[0], stranger, deltas[2]], host)
     assert err.value.details["reason"] == "index_mismatch"
+
+
+def test_a_proof_made_by_tokens_after_a_closed_message_is_returned() -> None:
+    # Tokens counted with no text after the answer closed (a host's final usage) cross
+    # the interval: the proof is made at once, and on_tokens returns it (it used to be
+    # recorded but returned to no one, so no callback heard of it).
+    tracker = CheckpointTracker("s", checkpoint_interval=10)
+    tracker.add_message("user", "hi")
+    tracker.add_message("assistant")
+    assert tracker.on_tokens("hello", 4) is None
+    assert tracker.end_message() is None
+    proof = tracker.on_tokens("", 6)
+    assert proof is not None and proof == tracker.last_proof
+    assert proof.token_count == 10
