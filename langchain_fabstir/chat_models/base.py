@@ -61,6 +61,7 @@ from langchain_fabstir.chat_models.messages import (
     generation_info,
     held_back,
     prompt_images,
+    text_chunk,
     to_protocol,
     to_result,
     usage_metadata,
@@ -984,7 +985,7 @@ class ChatFabstir(BaseChatModel):
         splitter: ReasoningSplitter | None = plan.splitter() if plan is not None else None
         keep = plan is not None and plan.keep
         last: PromptStream | None = None
-        emitted: list[str] = []  # text of this answer, in order (buffered with tools)
+        emitted: list[str] = []  # the answer's text, buffered (tools, structured output)
         pending = ""  # text held back while it may begin a stop sequence
         stopped = False
         async with self._answer(protocol_messages, params, images) as events:
@@ -1019,12 +1020,11 @@ class ChatFabstir(BaseChatModel):
                         safe = len(pending) - held_back(pending, stops)
                         text, pending = pending[:safe], pending[safe:]
                 if text:
-                    emitted.append(text)
                     if carry or resumed:
                         yield with_metadata(text, carry, resumed)
                         carry, resumed = [], None
                     else:
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                        yield text_chunk(text)
                 if stopped:
                     break
             tail = ""
@@ -1042,9 +1042,8 @@ class ChatFabstir(BaseChatModel):
                 if cut is not None:
                     pending, stopped = pending[:cut], True
                 if pending:
-                    emitted.append(pending)
                     text, pending = pending, ""
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    yield text_chunk(text)
         if last is None:
             return
         result = last.result

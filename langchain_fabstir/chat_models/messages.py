@@ -19,6 +19,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import BaseModel
 
 from langchain_fabstir.callbacks import CHECKPOINTS_METADATA_KEY
 from langchain_fabstir.sessions.models import StreamResult
@@ -35,6 +36,7 @@ __all__ = [
     "held_back",
     "message_text",
     "prompt_images",
+    "text_chunk",
     "to_protocol",
     "to_result",
     "usage_metadata",
@@ -147,6 +149,94 @@ def with_metadata(
     if resumed:
         meta["fabstir_resumed"] = resumed
     return ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=meta))
+
+
+def _validated_text_chunk(text: str) -> ChatGenerationChunk:
+    return ChatGenerationChunk(message=AIMessageChunk(content=text))
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _built_text_chunk(text: str) -> ChatGenerationChunk:
+    """The chunk :func:`_validated_text_chunk` makes, built as pydantic's
+    ``model_construct`` builds a model (its instance state set directly), without
+    validation: every container is new, nothing is shared between chunks.
+
+    One difference: ``ChatGenerationChunk.text`` is the ``str`` its field declares (as
+    in langchain-core 0.3), not the callable ``str`` subclass that
+    ``AIMessageChunk.text`` returns (which a garbage collector has to track)."""
+    message = _new(AIMessageChunk)
+    _set(
+        message,
+        "__dict__",
+        {
+            "content": text,
+            "additional_kwargs": {},
+            "response_metadata": {},
+            "type": "AIMessageChunk",
+            "name": None,
+            "id": None,
+            "tool_calls": [],
+            "invalid_tool_calls": [],
+            "usage_metadata": None,
+            "tool_call_chunks": [],
+            "chunk_position": None,
+        },
+    )
+    _set(message, "__pydantic_fields_set__", {"content"})
+    _set(message, "__pydantic_extra__", {})
+    _set(message, "__pydantic_private__", None)
+    chunk = _new(ChatGenerationChunk)
+    _set(
+        chunk,
+        "__dict__",
+        {"text": text, "generation_info": None, "type": "ChatGenerationChunk", "message": message},
+    )
+    _set(chunk, "__pydantic_fields_set__", {"message", "text"})
+    _set(chunk, "__pydantic_extra__", None)
+    _set(chunk, "__pydantic_private__", None)
+    return chunk
+
+
+def _model_state(model: BaseModel) -> list[Any]:
+    """Everything a pydantic model instance holds, with the type of every value (a
+    ``str`` subclass counted as ``str``)."""
+    values = model.__dict__.values()
+    return [
+        type(model),
+        list(model.__dict__.items()),
+        [str if isinstance(v, str) else type(v) for v in values],
+        model.__pydantic_fields_set__,
+        model.__pydantic_extra__,
+        model.__pydantic_private__,
+    ]
+
+
+def _fast_path_matches() -> bool:
+    """Whether :func:`_built_text_chunk` makes the chunk validation makes, with the
+    langchain-core and pydantic installed (their fields and validators may change
+    between versions: then validation it is)."""
+    slots = {"__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"}
+    try:
+        if set(BaseModel.__slots__) != slots:
+            return False
+        for text in ("tok ", "", "<think>"):
+            validated, built = _validated_text_chunk(text), _built_text_chunk(text)
+            for a, b in ((built, validated), (built.message, validated.message)):
+                if _model_state(a) != _model_state(b):
+                    return False
+        return True
+    except Exception:  # (an unexpected shape of either library: validation it is)
+        return False
+
+
+text_chunk = _built_text_chunk if _fast_path_matches() else _validated_text_chunk
+"""``ChatGenerationChunk(message=AIMessageChunk(content=text))``: one piece of answer
+text, as the hot path (one per host token) makes it. Built directly when that gives the
+same chunk (checked once, at import, against validated ones): about three times faster
+than validation, with one object less for the garbage collector to track per token."""
 
 
 def find_stop(text: str, stops: list[str]) -> int | None:
