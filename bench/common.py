@@ -9,15 +9,18 @@ from typing import Any
 
 
 async def interleaved(
-    runs: dict[str, Callable[[], Awaitable[float]]], repeats: int = 3
+    runs: dict[str, Callable[[], Awaitable[float]]],
+    repeats: int = 3,
+    statistic: Callable[[list[float]], float] = statistics.median,
 ) -> dict[str, float]:
     """Run each measurement ``repeats`` times, interleaved (A B A B ...), and return the
-    median of each. Each callable returns its own figure (e.g. tokens/s)."""
+    median of each (or ``statistic``). Each callable returns its own figure (e.g.
+    tokens/s)."""
     figures: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             figures[name].append(await run())
-    return {name: statistics.median(values) for name, values in figures.items()}
+    return {name: statistic(values) for name, values in figures.items()}
 
 
 class Stopwatch:
