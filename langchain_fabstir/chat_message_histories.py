@@ -42,7 +42,7 @@ from langchain_fabstir.storage.access import S5Access, SealedLog, blocking, on_b
 from langchain_fabstir.storage.sdk_format import SdkConversation
 from langchain_fabstir.storage.sealed_log import upgrade_record as upgrade
 
-try:  # langchain-core's langsmith brings it on CPython; json does the same, slower
+try:  # a dependency on CPython (pyproject); json does the same, slower
     import orjson as _orjson
 except ImportError:  # pragma: no cover
     _orjson = None  # type: ignore[assignment]
