@@ -7,6 +7,9 @@ nothing else), a plaintext ``SessionManager.stream_prompt``, and ``ChatFabstir.a
 The figure is ``time.process_time()`` of this process per streamed token, as a ratio
 over the bare loop's (aim <= 1.3 and <= 3.0). Measured with the host sending as fast as
 it can and with the host pacing tokens at 0.5 ms (each frame a wake-up in every client).
+A fourth arm is LangChain's own floor: a chat model without I/O that yields ready chunks
+through the same ``astream`` (``bench.chat_model.ReadyChunksModel``); ``astream`` over
+bare plus that floor is reported beside.
 
 Each client's figure is the mean of 7 interleaved runs: LangChain's ``astream`` keeps
 every chunk of an answer until it ends, and the full garbage collections those chunks
@@ -28,6 +31,7 @@ from typing import Any
 
 import websockets
 
+from bench.chat_model import ReadyChunksModel
 from bench.common import entry, interleaved
 from langchain_fabstir import ChatFabstir, SessionConfig, SessionManager
 from langchain_fabstir.cli import start_host_process
@@ -94,10 +98,22 @@ async def _measure(delay: float) -> list[dict[str, Any]]:
                         n += 1
                 return n
 
+            ready = ReadyChunksModel(n=TOKENS)
+
+            async def no_io_astream() -> int:
+                # LangChain's own floor: a chat model that does nothing but yield chunks
+                # (built the usual, validated way), through the same astream.
+                n = 0
+                async for chunk in ready.astream("go"):
+                    if chunk.content:
+                        n += 1
+                return n
+
             runs = {
                 "bare": per_token(bare),
                 "stream_prompt": per_token(stream_prompt),
                 "astream": per_token(astream),
+                "langchain_no_io_astream": per_token(no_io_astream),
             }
             for run in runs.values():  # warm-up
                 await run()
@@ -125,6 +141,7 @@ async def _measure(delay: float) -> list[dict[str, Any]]:
     medians = {name: round(statistics.median(values), 2) for name, values in seen.items()}
     sm = means["stream_prompt"] / means["bare"]
     cf = means["astream"] / means["bare"]
+    floor = means["astream"] / (means["bare"] + means["langchain_no_io_astream"])
     return [
         entry(
             f"client_cpu_per_token_stream_prompt_over_bare{paced}",
@@ -147,6 +164,16 @@ async def _measure(delay: float) -> list[dict[str, Any]]:
             us_per_token=us,
             median_us_per_token=medians,
             full_collections=full,
+            host_delay_ms=delay * 1000,
+            tokens=TOKENS,
+        ),
+        entry(
+            f"client_cpu_per_token_astream_over_bare_plus_langchain_no_io{paced}",
+            floor,
+            "ratio",
+            target="report",
+            passed=None,
+            us_per_token=us,
             host_delay_ms=delay * 1000,
             tokens=TOKENS,
         ),

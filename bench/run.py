@@ -2,7 +2,8 @@
 
 Each figure is a ratio of two measurements taken side by side in the same run (or a
 plainly reported absolute), never a wall-clock limit: machines here are noisy.
-Run a subset with ``python -m bench.run foundation``.
+Run a subset with ``python -m bench.run foundation``. Each group runs in a process of its
+own (the arms of one figure side by side in it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import importlib
 import json
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,23 +36,23 @@ MODULES = [
 
 def main(argv: list[str]) -> int:
     wanted = argv or MODULES
+    if argv[:1] == ["--group"]:  # a child of the loop below
+        rows = _run_group(argv[1])
+        Path(argv[2]).write_text(json.dumps(rows))
+        return 0
     results: list[dict[str, Any]] = []
     for name in wanted:
-        try:
-            module = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"bench.{name}":
-                continue
-            raise
-        for bench in module.BENCHMARKS:
-            print(f"running {name}.{bench.__name__} ...", flush=True)
-            outcome = bench()
-            if asyncio.iscoroutine(outcome):
-                outcome = asyncio.run(outcome)
-            rows = outcome if isinstance(outcome, list) else [outcome]
-            for row in rows:
-                row["group"] = name
-                results.append(row)
+        # Each group in a process of its own: what one leaves behind (a model, threads, a
+        # larger heap that makes every full garbage collection slower) must not move the
+        # next group's figures. The arms of one figure still run side by side.
+        with tempfile.TemporaryDirectory() as tmp:
+            rows_file = Path(tmp) / "rows.json"
+            subprocess.run(
+                [sys.executable, "-m", "bench.run", "--group", name, str(rows_file)],
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            results.extend(json.loads(rows_file.read_text()))
     out = Path(__file__).with_name("results.json")
     if argv and out.exists():  # a subset: keep the other groups' last figures
         ran = {row["group"] for row in results}
@@ -76,6 +79,26 @@ def main(argv: list[str]) -> int:
         )
     print(f"\nwritten to {out}")
     return 0
+
+
+def _run_group(name: str) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"bench.{name}":
+            return results
+        raise
+    for bench in module.BENCHMARKS:
+        print(f"running {name}.{bench.__name__} ...", flush=True)
+        outcome = bench()
+        if asyncio.iscoroutine(outcome):
+            outcome = asyncio.run(outcome)
+        rows = outcome if isinstance(outcome, list) else [outcome]
+        for row in rows:
+            row["group"] = name
+            results.append(row)
+    return results
 
 
 def _cpus() -> int:
