@@ -20,7 +20,6 @@ from eth_account import Account
 
 from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
-from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.errors import (
     BudgetExceededError,
     DelegateAllowanceInsufficientError,
@@ -34,8 +33,8 @@ from langchain_fabstir.errors import (
 )
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
-from langchain_fabstir.s5 import generate_phrase
 from langchain_fabstir.sessions.budget import SpendBudget
+from tests._support.chain import self_settling_host
 from tests.localchain import DEPLOYER, HOST1, SMOLLM2_FILE, SMOLLM2_REPO, USER, LocalChain
 
 MODEL = f"{SMOLLM2_REPO}/{SMOLLM2_FILE}"
@@ -82,15 +81,7 @@ async def settling_host(
     """A host that proves and settles its jobs itself, as nodes do (no dispute-window wait)."""
     async with (
         LocalPortal(tmp_path / "portal", port=0) as portal,
-        ReferenceHost(
-            EchoEngine(),
-            host_key=HOST1.private_key,
-            rate_limit_per_minute=None,
-            portal_url=portal.url,
-            s5_seed_phrase=generate_phrase(),
-            chain=ChainClient(ChainConfig.from_mapping(chain.config()), HOST1.private_key),
-            settle_delay=0,
-        ) as h,
+        self_settling_host(chain, EchoEngine(), portal.url) as h,
     ):
         chain.register_reference_host(h, [smollm2], price_native=PRICE, price_stable=USDC_PRICE)
         yield h

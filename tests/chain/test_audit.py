@@ -21,17 +21,16 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
-from pydantic import SecretStr
 
 from langchain_fabstir import ChatFabstir, SessionManager
 from langchain_fabstir.chain import ChainConfig
-from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.errors import DecryptionKeyRequiredError, InvalidRequestError
 from langchain_fabstir.host import EchoEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import S5Identity, S5PortalClient
 from langchain_fabstir.s5.cid import CID
 from langchain_fabstir.wire.encryption import RecoveryKey
+from tests._support.chain import self_settling_host
 from tests.cli.conftest import run_cli
 from tests.localchain import (
     HOST1,
@@ -60,14 +59,8 @@ async def host(
     portal: LocalPortal, chain: LocalChain, market: ChainConfig, smollm2: bytes
 ) -> AsyncIterator[ReferenceHost]:
     """A host that proves and settles its jobs itself (no dispute-window wait)."""
-    async with ReferenceHost(
-        EchoEngine(WORDS, fill=True),
-        host_key=HOST1.private_key,
-        rate_limit_per_minute=None,
-        portal_url=portal.url,
-        s5_seed_phrase=PHRASE,
-        chain=ChainClient(market, SecretStr(HOST1.private_key)),  # the host's own key
-        settle_delay=0,
+    async with self_settling_host(
+        chain, EchoEngine(WORDS, fill=True), portal.url, phrase=PHRASE
     ) as h:
         chain.register_reference_host(h, [smollm2], price_native=10**12)
         yield h

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from langchain_fabstir.chain import ChainConfig
-from langchain_fabstir.chain.client import ChainClient
 from langchain_fabstir.host import EchoEngine, LlamaEngine, ReferenceHost
 from langchain_fabstir.portal import LocalPortal
-from langchain_fabstir.s5 import generate_phrase
+from tests._support.chain import self_settling_host
 from tests.localchain import (
-    HOST1,
     HOST2,
     SMOLLM2_FILE,
     SMOLLM2_REPO,
@@ -44,15 +41,7 @@ async def test_paid_session_example_runs_on_the_local_chain(
 ) -> None:
     async with (
         LocalPortal(tmp_path / "portal", port=0) as portal,
-        ReferenceHost(
-            llama_engine,
-            host_key=HOST1.private_key,
-            rate_limit_per_minute=None,
-            portal_url=portal.url,
-            s5_seed_phrase=generate_phrase(),
-            chain=ChainClient(ChainConfig.from_mapping(chain.config()), HOST1.private_key),
-            settle_delay=0,
-        ) as h1,
+        self_settling_host(chain, llama_engine, portal.url) as h1,
         ReferenceHost(EchoEngine(), host_key=HOST2.private_key, rate_limit_per_minute=None) as h2,
     ):
         chain.register_reference_host(h1, [smollm2], price_native=10**12)  # the cheaper
