@@ -15,10 +15,11 @@ typed error), whatever the recursion limit:
   :data:`MAX_STORED_DEPTH` levels itself, without recursing on the C stack).
 - :func:`check_value_depth`: for writers, so nothing is stored that cannot be read back.
 
-A peer's JSON may escape half of a surrogate pair alone (``"\\ud800"``), which decodes to a
-string UTF-8 cannot encode: :func:`loads_untrusted` reads each such lone surrogate as
-U+FFFD, so text from a peer can always be sent and stored again. Text from the caller that
-holds one is refused by :func:`dumps_utf8` and :func:`check_utf8` (``LONE_SURROGATE``).
+A peer's JSON may escape half of a surrogate pair alone (``"\\ud800"``), or, as bytes, encode
+one as UTF-8 would: either decodes to a string UTF-8 cannot encode. :func:`loads_untrusted`
+reads each such lone surrogate as U+FFFD, so text from a peer can always be sent and stored
+again. Text from the caller that holds one is refused by :func:`dumps_utf8` and
+:func:`check_utf8` (``LONE_SURROGATE``).
 
 >>> loads_untrusted('{"a": [1, 2]}')
 {'a': [1, 2]}
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_STORED_BYTES",
     "MAX_STORED_DEPTH",
     "MAX_VALUE_DEPTH",
+    "check_strings_utf8",
     "check_utf8",
     "check_value_depth",
     "dumps_utf8",
@@ -154,13 +156,28 @@ def loads_untrusted(
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# A surrogate encoded as UTF-8 would be (not valid UTF-8, but ``json.loads`` decodes bytes
+# with "surrogatepass", so such bytes become a lone surrogate too).
+_ENCODED_SURROGATE = re.compile(b"\xed[\xa0-\xbf]")
+
+
 def escapes_surrogate(data: str | bytes | bytearray) -> bool:
-    """Whether JSON text escapes a surrogate (``\\ud800``...): the only way its decoded
-    strings can hold a lone one (a text frame or a UTF-8 body cannot). Two ``in`` tests.
+    r"""Whether JSON text may decode to a lone surrogate: it escapes one (``\ud800``...)
+    or, as bytes, holds one encoded as UTF-8 would (``ED A0 80``), which ``json.loads``
+    lets through. A ``str`` from a text frame cannot hold one itself. A few ``in`` tests.
+
+    >>> escapes_surrogate('"\\ud800"'), escapes_surrogate(b'"\xed\xa0\x80"')
+    (True, True)
+    >>> escapes_surrogate('"ok"'), escapes_surrogate('"\ud55c"'.encode())  # Hangul
+    (False, False)
     """
     if isinstance(data, str):
         return "\\ud" in data or "\\uD" in data
-    return b"\\ud" in data or b"\\uD" in data
+    return (
+        b"\\ud" in data
+        or b"\\uD" in data
+        or (b"\xed" in data and _ENCODED_SURROGATE.search(data) is not None)
+    )
 
 
 def without_lone_surrogates(value: Any) -> Any:
@@ -172,13 +189,36 @@ def without_lone_surrogates(value: Any) -> Any:
     ... }
     True
     """
+    # Iterative (a peer's document may nest as deep as its bound allows, and the stack
+    # must not be what limits it): containers are copied, parents before children.
+    fix = _LONE_SURROGATE.sub
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [without_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
-    return value
+        return fix("\ufffd", value)
+    if not isinstance(value, (list, dict)):
+        return value
+    root: list[Any] = [value]
+    todo: list[tuple[Any, Any, Any]] = [(root, 0, value)]  # (parent, key, original)
+    while todo:
+        parent, key, item = todo.pop()
+        if isinstance(item, list):
+            copy: Any = list(item)
+            for i, v in enumerate(copy):
+                if isinstance(v, str):
+                    copy[i] = fix("\ufffd", v)
+                elif isinstance(v, (list, dict)):
+                    todo.append((copy, i, v))
+        else:
+            copy = {}
+            for k, v in item.items():
+                k = fix("\ufffd", k) if isinstance(k, str) else k
+                if isinstance(v, str):
+                    copy[k] = fix("\ufffd", v)
+                else:
+                    copy[k] = v
+                    if isinstance(v, (list, dict)):
+                        todo.append((copy, k, v))
+        parent[key] = copy
+    return root[0]
 
 
 def check_utf8(text: str, what: str) -> None:
@@ -213,8 +253,31 @@ def dumps_utf8(value: Any, *, what: str, **options: Any) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        check_utf8(text, what)
+        check_strings_utf8(value, what)
+        check_utf8(text, what)  # (a value json.dumps turned into text some other way)
         raise
+
+
+def check_strings_utf8(value: Any, what: str) -> None:
+    r""":func:`check_utf8` on every string (and key) in ``value``, walked without
+    recursion; the error names the position in the first string that holds one.
+
+    >>> try:
+    ...     check_strings_utf8({"messages": [{"content": "ok \udcff"}]}, "the conversation")
+    ... except LoneSurrogateError as exc:
+    ...     print(str(exc)[17:93])
+    the conversation holds a lone surrogate (U+DCFF) at character 3, which UTF-8
+    """
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            check_utf8(item, what)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+            todo.extend(item.keys())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(reversed(item))
 
 
 def loads_cbor_untrusted(

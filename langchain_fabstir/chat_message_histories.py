@@ -380,8 +380,9 @@ class S5ChatMessageHistory(BaseChatMessageHistory):
     message (``message_to_dict`` as JSON, so every message type round-trips losslessly: tool
     calls, usage metadata, response metadata, ids, ``AIMessageChunk``). Appending costs the
     same at any history length (now and then an append also merges sealed segments, each
-    message once per size tier); loading 10,000 messages downloads 2 blobs (the head and
-    one merged segment). Each record carries its format version (:data:`FORMAT_VERSION`):
+    message once per size tier); loading 10,000 messages downloads a few blobs (the head and
+    a few segments per size tier: 2 in ``make bench``, 65 before merging). Each record
+    carries its format version (:data:`FORMAT_VERSION`):
     older formats are upgraded when read, newer ones refused with ``StorageError``;
     ``setup()`` rewrites a history into the current format. Several writers may append at
     once (compare-and-swap on the portal's registry; nothing is lost,

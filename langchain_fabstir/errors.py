@@ -321,8 +321,8 @@ class LoneSurrogateError(InvalidRequestError, ValueError):
     """Text to send or store holds a lone surrogate (U+D800 to U+DFFF alone), which UTF-8
     cannot carry: refused before anything is sent or written. Such text usually comes from
     bytes decoded with ``errors="surrogateescape"``; decode them with
-    ``errors="replace"``. (Text from peers never holds one: the client reads a lone
-    ``\\ud800`` escape in a host's or portal's JSON as U+FFFD.)"""
+    ``errors="replace"``. (A lone surrogate in a host's or portal's JSON, escaped as
+    ``\\ud800`` or encoded in its bytes, is read as U+FFFD.)"""
 
     code = "LONE_SURROGATE"
 

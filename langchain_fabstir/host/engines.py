@@ -370,7 +370,7 @@ def default_threads() -> int:
     raw = os.environ.get("FABSTIR_LLAMA_THREADS", "").strip()
     if not raw:
         return 2
-    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 256:
         raise EngineError(
             f"FABSTIR_LLAMA_THREADS must be a whole number from 1 to 256, not {raw[:20]!r}"
         )

@@ -40,7 +40,12 @@ from typing import Any
 
 import cbor2
 
-from langchain_fabstir._json import MAX_STORED_BYTES, MAX_STORED_DEPTH, loads_untrusted
+from langchain_fabstir._json import (
+    MAX_STORED_BYTES,
+    MAX_STORED_DEPTH,
+    check_strings_utf8,
+    loads_untrusted,
+)
 from langchain_fabstir.errors import IntegrityError
 from langchain_fabstir.s5.collation import s5js_sort_key
 from langchain_fabstir.storage.access import S5Access, update_file
@@ -139,8 +144,13 @@ def _top(value: Any) -> Any:
 
 
 def encode_sdk_object(value: Any) -> bytes:
-    """The bytes s5.js ``fs.put(path, value)`` stores for a JSON-like ``value``."""
-    return cbor2.dumps(_top(value), default=_default)
+    """The bytes s5.js ``fs.put(path, value)`` stores for a JSON-like ``value``
+    (``LONE_SURROGATE`` for a string UTF-8 cannot carry)."""
+    try:
+        return cbor2.dumps(_top(value), default=_default)
+    except UnicodeEncodeError:
+        check_strings_utf8(value, "the conversation")
+        raise
 
 
 def _from_js(value: Any, where: str) -> Any:

@@ -313,7 +313,8 @@ class SealedLog:
     def _merge_plan(self, segments: Sequence[_Segment]) -> int | None:
         """Where the ``merge_fanout`` segments to merge next start: the first group of
         that many adjacent segments of the lowest tier that has one (within
-        ``max_segment_bytes``), or ``None``."""
+        ``max_segment_bytes``), or ``None``. The group slides along a run of one tier, so
+        large segments at a run's start do not keep the small ones after them unmerged."""
         fanout = self.merge_fanout
         if fanout < 2:
             return None
@@ -324,13 +325,14 @@ class SealedLog:
             stop = start
             while stop < len(segments) and tiers[stop] == tiers[start]:
                 stop += 1
-            if (
-                stop - start >= fanout
-                and (best is None or tiers[start] < best[0])
-                and sum(seg.size for seg in segments[start : start + fanout])
-                <= self.max_segment_bytes
-            ):
-                best = (tiers[start], start)
+            if stop - start >= fanout and (best is None or tiers[start] < best[0]):
+                size = sum(seg.size for seg in segments[start : start + fanout])
+                for first in range(start, stop - fanout + 1):
+                    if first > start:
+                        size += segments[first + fanout - 1].size - segments[first - 1].size
+                    if size <= self.max_segment_bytes:
+                        best = (tiers[start], first)
+                        break
             start = stop
         return None if best is None else best[1]
 

@@ -16,7 +16,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from websockets.asyncio.server import ServerConnection
 
 from langchain_fabstir import ChatFabstir, S5ChatMessageHistory, SessionManager
-from langchain_fabstir.errors import LoneSurrogateError
+from langchain_fabstir._json import loads_untrusted
+from langchain_fabstir.errors import LoneSurrogateError, ProtocolError
 from langchain_fabstir.host import ReferenceHost
 from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import generate_phrase
@@ -105,3 +106,40 @@ def test_a_thread_id_utf8_cannot_carry_is_refused() -> None:
     assert thread_dir_name("user-\U0001f600").startswith("t")
     with pytest.raises(LoneSurrogateError, match="the thread id holds"):
         thread_dir_name("user-\udcff")  # was UnicodeEncodeError
+
+
+async def _deep_frame(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
+    frame = "[" * 500 + '"\\ud800"' + "]" * 500  # short enough to skip the depth scan
+    assert len(frame) < 1024
+    await ws.send(frame)
+
+
+async def test_a_deep_frame_with_an_escape_is_a_protocol_error() -> None:
+    # Found in review: cleaning the 500-level frame recursed past the stack
+    # (RecursionError, untyped). The walk is iterative now.
+    async with raw_host(_deep_frame, features=None) as raw:
+        async with SessionManager(host_url=raw.url) as manager:
+            session = await manager.create_session()
+            with pytest.raises(ProtocolError) as info:
+                await manager.prompt(session.id, "hi")
+    assert info.value.code == "PROTOCOL_ERROR"
+    deep = loads_untrusted("[" * 500 + '"\\ud800"' + "]" * 500, 600)
+    for _ in range(500):
+        deep = deep[0]
+    assert deep == "\ufffd"
+
+
+async def _encoded_surrogate(ws: ServerConnection, msg: dict[str, Any], n: int) -> None:
+    rid = msg["id"]
+    head, tail = '{"type":"stream_chunk","content":"a', f'b","tokens":1,"id":"{rid}"}}'
+    await ws.send(head.encode() + b"\xed\xa0\x80" + tail.encode())  # a binary frame
+    await ws.send(json.dumps({"type": "stream_end", "reason": "complete", "id": rid}))
+
+
+async def test_a_surrogate_encoded_in_a_binary_frame_is_read_as_a_replacement() -> None:
+    # Found in review: json.loads reads such bytes with "surrogatepass".
+    async with raw_host(_encoded_surrogate, features=None) as raw:
+        async with SessionManager(host_url=raw.url) as manager:
+            session = await manager.create_session()
+            answer = await manager.prompt(session.id, "hi")
+    assert answer.text == "a\ufffdb"

@@ -32,7 +32,7 @@ from langchain_fabstir.portal import LocalPortal
 from langchain_fabstir.s5 import RegistryEntry, S5FileSystem, S5Identity, S5PortalClient
 from langchain_fabstir.s5.fs import split_path
 from langchain_fabstir.storage.access import on_background
-from langchain_fabstir.storage.sealed_log import SealedLog, _Head
+from langchain_fabstir.storage.sealed_log import SealedLog, _Head, _Segment
 
 from .conftest import ThreadedPortal
 from .history_fixture import FIXTURE, SESSION, fixture_messages
@@ -327,3 +327,20 @@ async def test_an_append_goes_on_when_its_merge_cannot_read_the_old_segments(
         await history.aclose()
         await reader.aclose()
         await client.aclose()
+
+
+def test_large_segments_at_the_start_of_a_tier_do_not_stop_the_small_ones_merging() -> None:
+    # Eight segments of big records (8 x 1.2 MB: more than max_segment_bytes together),
+    # then small ones of the same tier: the group slides past the big ones. It used to
+    # test only the run's first eight, and the log grew by one unmerged segment an append.
+    log = SealedLog(None, "home/x", b"k" * 32)  # type: ignore[arg-type]
+    segments, first = [], 0
+    for size in [1_200_000] * 8 + [40_000] * 48:
+        segments.append(_Segment(bytes(32), size, first, 128))
+        first += 128
+    start = log._merge_plan(segments)
+    assert start == 2  # the first eight that fit: 6 big and 2 small, 7.28 MB
+    assert sum(s.size for s in segments[start : start + 8]) <= log.max_segment_bytes
+    assert log._merge_plan(segments[:9]) is None  # no eight of them fit yet
+    small = [_Segment(bytes(32), 40_000, 128 * i, 128) for i in range(8)]
+    assert log._merge_plan(small) == 0

@@ -17,7 +17,7 @@ def test_two_threads_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch
     assert default_threads() == 2
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "1.5", "lots", "257", "\x1b[2J"])
+@pytest.mark.parametrize("raw", ["0", "-1", "1.5", "lots", "257", "\x1b[2J", "\u00b2"])
 def test_a_bad_value_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("FABSTIR_LLAMA_THREADS", raw)
     with pytest.raises(EngineError, match="FABSTIR_LLAMA_THREADS must be a whole number"):
